@@ -1,0 +1,45 @@
+// Explicit, seedable random numbers. The generator is counter-based: draw i of a request
+// is a pure function of (seed, counter + i), so results never depend on the thread count.
+#pragma once
+#include <cstdint>
+
+#include "tensor.h"
+
+namespace lotgrad {
+
+class Generator {
+ public:
+  explicit Generator(uint64_t seed = 0) { manual_seed(seed); }
+  void manual_seed(uint64_t seed) { seed_ = seed; counter_ = 0; }
+  uint64_t seed() const { return seed_; }
+  uint64_t counter() const { return counter_; }
+  void set_state(uint64_t seed, uint64_t counter) { seed_ = seed; counter_ = counter; }
+  // Reserves n draws; returns the first counter. Draw i is at counter base + i.
+  uint64_t reserve(uint64_t n) { uint64_t b = counter_; counter_ += n; return b; }
+
+  // Stateless draws at a given counter.
+  static uint64_t bits(uint64_t seed, uint64_t counter);
+  static double uniform(uint64_t seed, uint64_t counter);  // [0, 1)
+  static double normal(uint64_t seed, uint64_t counter);   // N(0, 1)
+
+  // Stateful conveniences (each reserves its draws).
+  double uniform() { return uniform(seed_, reserve(1)); }
+  double normal() { return normal(seed_, reserve(1)); }
+  int64_t randint(int64_t low, int64_t high);  // [low, high)
+
+ private:
+  uint64_t seed_ = 0, counter_ = 0;
+};
+
+// Process-wide default generator, reset by manual_seed().
+Generator& default_generator();
+void manual_seed(uint64_t seed);
+
+Tensor rand(const Shape& shape, Generator& gen, DType dtype = kFloat32);   // U[0,1)
+Tensor randn(const Shape& shape, Generator& gen, DType dtype = kFloat32);  // N(0,1)
+Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen);  // i64
+Tensor randperm(int64_t n, Generator& gen);                                // i64
+inline Tensor rand(const Shape& s, DType d = kFloat32) { return rand(s, default_generator(), d); }
+inline Tensor randn(const Shape& s, DType d = kFloat32) { return randn(s, default_generator(), d); }
+
+}  // namespace lotgrad
