@@ -1,0 +1,137 @@
+// Gradient checks (f64) for every elementwise op: contiguous, non-contiguous, broadcast on
+// each side, and the same tensor used twice.
+#include <doctest/doctest.h>
+
+#include "support/gradcheck.h"
+
+using namespace lotgrad;
+using namespace lotgrad::testing;
+using V = std::vector<Tensor>;
+
+namespace {
+using Unary = std::function<Tensor(const Tensor&)>;
+void check_unary(const char* name, Unary f, double scale = 1.0, double shift = 0.0) {
+  INFO(name);
+  Tensor x = leaf({3, 4}, 11, scale, shift);
+  CHECK_GRAD([&](const V& v) { return f(v[0]); }, {x});
+  Tensor nc = noncontig_leaf({3, 4}, 12, scale, shift);
+  CHECK_GRAD([&](const V& v) { return f(v[0]); }, {nc});
+  // used twice: f(x) * f(x)
+  CHECK_GRAD([&](const V& v) { return mul(f(v[0]), f(v[0])); }, {x});
+  // f32 forward agrees with f64
+  Tensor x32 = x.detach().to(kFloat32);
+  std::vector<double> a = f(x32).to_vector(), b = f(x.detach()).to_vector();
+  for (size_t i = 0; i < a.size(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-5));
+}
+using Binary = std::function<Tensor(const Tensor&, const Tensor&)>;
+void check_binary(const char* name, Binary f, double scale = 1.0, double shift = 0.0) {
+  INFO(name);
+  Tensor a = leaf({3, 4}, 21, scale, shift), b = leaf({3, 4}, 22, scale, shift);
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[1]); }, {a, b});
+  Tensor r = leaf({4}, 23, scale, shift), c = leaf({3, 1}, 24, scale, shift);
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[1]); }, {a, r});  // broadcast right
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[1]); }, {c, b});  // broadcast left
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[1]); }, {c, r});  // both
+  Tensor nc = noncontig_leaf({3, 4}, 25, scale, shift);
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[1]); }, {nc, b});
+  CHECK_GRAD([&](const V& v) { return f(v[0], v[0]); }, {a});  // same tensor twice
+}
+}  // namespace
+
+TEST_CASE("unary ops: gradient checks") {
+  check_unary("neg", [](const Tensor& x) { return neg(x); });
+  check_unary("exp", [](const Tensor& x) { return exp(x); });
+  check_unary("log", [](const Tensor& x) { return log(x); }, 0.2, 2.0);
+  check_unary("sqrt", [](const Tensor& x) { return sqrt(x); }, 0.2, 2.0);
+  check_unary("rsqrt", [](const Tensor& x) { return rsqrt(x); }, 0.2, 2.0);
+  check_unary("abs", [](const Tensor& x) { return abs(x); }, 1.0, 0.0);
+  check_unary("tanh", [](const Tensor& x) { return tanh(x); });
+  check_unary("sigmoid", [](const Tensor& x) { return sigmoid(x); });
+  check_unary("relu", [](const Tensor& x) { return relu(x); });
+  check_unary("gelu", [](const Tensor& x) { return gelu(x); });
+  check_unary("gelu tanh", [](const Tensor& x) { return gelu(x, "tanh"); });
+  check_unary("elu", [](const Tensor& x) { return elu(x, 0.7); });
+  check_unary("softplus", [](const Tensor& x) { return softplus(x, 1.5, 20.0); });
+  check_unary("clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.6); });
+  check_unary("clamp min only", [](const Tensor& x) { return clamp(x, -0.5); });
+  check_unary("pow 3", [](const Tensor& x) { return pow(x, 3.0); });
+  check_unary("pow 2", [](const Tensor& x) { return pow(x, 2.0); });
+  check_unary("pow -1.5", [](const Tensor& x) { return pow(x, -1.5); }, 0.2, 2.0);
+  check_unary("scalar add/sub/mul/div", [](const Tensor& x) { return div(mul(sub(add(x, 1.5), 0.5), 3.0), 2.0); });
+  check_unary("rsub rdiv", [](const Tensor& x) { return 2.0 / (3.0 - x); }, 0.2, 0.0);
+}
+
+TEST_CASE("binary ops: gradient checks with broadcasting, views and reuse") {
+  check_binary("add", [](const Tensor& a, const Tensor& b) { return add(a, b); });
+  check_binary("add alpha", [](const Tensor& a, const Tensor& b) { return add(a, b, -2.5); });
+  check_binary("sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); });
+  check_binary("mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); });
+  check_binary("div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, 0.3, 2.0);
+  check_binary("maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); });
+  check_binary("minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); });
+  check_binary("pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); }, 0.2, 1.5);
+}
+
+TEST_CASE("values: gelu, softplus, elu and clamp against closed forms") {
+  Tensor x = Tensor::from_vector(std::vector<double>{-2.0, -0.5, 0.0, 0.5, 3.0}, {5});
+  std::vector<double> g = gelu(x).to_vector(), gt = gelu(x, "tanh").to_vector();
+  CHECK(g[3] == doctest::Approx(0.3457312306));
+  CHECK(g[0] == doctest::Approx(-0.0455002639));
+  CHECK(gt[3] == doctest::Approx(0.3457140714));
+  CHECK(softplus(x).to_vector()[4] == doctest::Approx(std::log1p(std::exp(3.0))));
+  CHECK(elu(x).to_vector()[0] == doctest::Approx(std::exp(-2.0) - 1));
+  std::vector<double> c = clamp(x, -1.0, 1.0).to_vector();
+  CHECK(c[0] == -1.0);
+  CHECK(c[4] == 1.0);
+  CHECK(c[3] == 0.5);
+}
+
+TEST_CASE("maximum splits the gradient at ties") {
+  Tensor a = Tensor::from_vector(std::vector<double>{1.0, 2.0}, {2}).requires_grad_();
+  Tensor b = Tensor::from_vector(std::vector<double>{1.0, 3.0}, {2}).requires_grad_();
+  maximum(a, b).backward(Tensor::ones({2}, kFloat64));
+  CHECK(a.grad().to_vector() == std::vector<double>{0.5, 0.0});
+  CHECK(b.grad().to_vector() == std::vector<double>{0.5, 1.0});
+}
+
+TEST_CASE("comparisons, where and masked_fill") {
+  Tensor a = Tensor::from_vector(std::vector<double>{1, 2, 3, 4}, {2, 2});
+  Tensor b = Tensor::from_vector(std::vector<double>{2, 2}, {2});
+  CHECK(lt(a, b).dtype() == kBool);
+  CHECK(lt(a, b).to_vector() == std::vector<double>{1, 0, 0, 0});
+  CHECK(le(a, b).to_vector() == std::vector<double>{1, 1, 0, 0});
+  CHECK(gt(a, 2.5).to_vector() == std::vector<double>{0, 0, 1, 1});
+  CHECK(ge(a, b).to_vector() == std::vector<double>{0, 1, 1, 1});
+  CHECK(eq(a, 3.0).to_vector() == std::vector<double>{0, 0, 1, 0});
+  CHECK(ne(a, b).to_vector() == std::vector<double>{1, 0, 1, 1});
+  CHECK(logical_not(eq(a, 3.0)).to_vector() == std::vector<double>{1, 1, 0, 1});
+  Tensor x = leaf({2, 2}, 31), y = leaf({2}, 32);
+  Tensor cond = gt(a, 2.5);
+  CHECK_GRAD([&](const V& v) { return where(cond, v[0], v[1]); }, {x, y});
+  CHECK_GRAD([&](const V& v) { return where(cond, v[0], v[0]); }, {x});
+  Tensor mask = Tensor::from_vector(std::vector<bool>{true, false}, {2});  // broadcast over rows
+  Tensor mf = masked_fill(x.detach(), mask, -7.0);
+  CHECK(mf.at({0, 0}) == -7.0);
+  CHECK(mf.at({1, 0}) == -7.0);
+  CHECK(mf.at({1, 1}) == x.detach().at({1, 1}));
+  CHECK_GRAD([&](const V& v) { return masked_fill(v[0], mask, 0.0); }, {x});
+  masked_fill(x, mask, 1.0).backward(Tensor::ones({2, 2}, kFloat64));
+  // no gradient reaches masked positions
+  CHECK(x.grad().at({0, 0}) == 0.0);
+  CHECK_THROWS_AS(where(a, a, a), DTypeError);
+  CHECK_THROWS_AS(masked_fill(x, Tensor::zeros({3}, kBool), 0.0), ShapeError);
+}
+
+TEST_CASE("large inputs take the threaded path and agree with the serial one") {
+  Generator g(5);
+  Tensor a = randn({513, 257}, g), b = randn({257}, g);
+  set_num_threads(2);
+  std::vector<double> p = mul(gelu(a), b).to_vector();
+  set_num_threads(1);
+  std::vector<double> s = mul(gelu(a), b).to_vector();
+  set_num_threads(2);
+  CHECK(p == s);
+  // a transposed (non-contiguous) big input
+  std::vector<double> t1 = exp(a.t()).to_vector(), t2 = exp(a.t().contiguous()).to_vector();
+  CHECK(t1 == t2);
+}
