@@ -1,5 +1,6 @@
 #include "tensor.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -100,13 +101,27 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape) {
 // ---------------------------------------------------------------------------------------
 // storage and construction
 // ---------------------------------------------------------------------------------------
+namespace {
+std::atomic<int64_t> g_bytes_in_use{0}, g_bytes_peak{0};
+}
+int64_t storage_bytes_in_use() { return g_bytes_in_use.load(); }
+int64_t storage_bytes_peak() { return g_bytes_peak.load(); }
+void reset_storage_peak() { g_bytes_peak.store(g_bytes_in_use.load()); }
+
 Storage::Storage(size_t n) : nbytes(n) {
   const size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
   data = std::aligned_alloc(64, alloc);
   if (!data) throw std::bad_alloc();
   std::memset(data, 0, alloc);
+  const int64_t now = g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc;
+  int64_t peak = g_bytes_peak.load();
+  while (now > peak && !g_bytes_peak.compare_exchange_weak(peak, now)) {
+  }
 }
-Storage::~Storage() { std::free(data); }
+Storage::~Storage() {
+  std::free(data);
+  g_bytes_in_use.fetch_sub((int64_t)std::max<size_t>(64, (nbytes + 63) / 64 * 64));
+}
 
 Tensor make_tensor(const Shape& shape, DType dtype) {
   for (auto v : shape)

@@ -21,6 +21,12 @@ Shape contiguous_strides(const Shape& s);
 
 struct Node;
 
+// Bytes held by tensor storage in this process: now and the high-water mark since the last
+// reset. Benchmarks report peak memory from here (plus the process's peak RSS).
+int64_t storage_bytes_in_use();
+int64_t storage_bytes_peak();
+void reset_storage_peak();
+
 // Owned, aligned bytes plus the version counter shared by every view.
 struct Storage {
   void* data = nullptr;
