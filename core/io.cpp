@@ -373,6 +373,8 @@ template <class Src, class Dst> void convert(const char* src, Dst* dst, int64_t 
 Tensor parse_npy(const std::string& bytes, const std::string& file) {
   static const std::string op = "load_npy";
   Reader r(bytes, op, file);
+  if (bytes.size() < 6 && std::memcmp(bytes.data(), kNpyMagic, bytes.size()) == 0)
+    r.fail(bytes.empty() ? std::string("empty file") : "truncated: " + std::to_string(bytes.size()) + " bytes is shorter than the magic string");
   if (bytes.size() < 6 || std::memcmp(bytes.data(), kNpyMagic, 6) != 0)
     r.fail("not a .npy file (bad magic: expected \\x93NUMPY)");
   r.pos = 6;
@@ -578,6 +580,8 @@ void write_checkpoint(Sink& out, const NamedTensors& tensors, const Metadata& me
 Checkpoint parse_checkpoint(const std::string& bytes, const std::string& file) {
   static const std::string op = "load_checkpoint";
   Reader r(bytes, op, file);
+  if (bytes.size() < 8 && std::memcmp(bytes.data(), kCkptMagic, bytes.size()) == 0)
+    r.fail(bytes.empty() ? std::string("empty file") : "truncated: " + std::to_string(bytes.size()) + " bytes is shorter than the magic string");
   if (bytes.size() < 8 || std::memcmp(bytes.data(), kCkptMagic, 8) != 0)
     r.fail("not a lotgrad checkpoint (bad magic: expected \"LOTGCKPT\")");
   if (bytes.size() < kCkptHeader + 4)
