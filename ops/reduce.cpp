@@ -530,6 +530,7 @@ Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) {
 }
 Tensor argmax(const Tensor& x) {
   check_float(x, "argmax");
+  if (x.dim() == 0) return Tensor::zeros({}, kInt64);  // reshape of 0-d is not supported by the core yet
   return argmax(x.detach().reshape({-1}), 0, false);
 }
 

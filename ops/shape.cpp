@@ -108,7 +108,8 @@ Tensor stack(const std::vector<Tensor>& ts, int64_t dim) {
   if (dim < 0) dim += r;
   std::vector<Tensor> us;
   us.reserve(ts.size());
-  for (const auto& t : ts) us.push_back(t.unsqueeze(dim));
+  // 0-d inputs: expand (the core view() cannot unsqueeze a 0-d tensor yet).
+  for (const auto& t : ts) us.push_back(t.dim() == 0 ? t.expand({1}) : t.unsqueeze(dim));
   return cat(us, dim);
 }
 

@@ -69,6 +69,26 @@ TEST_CASE("sum and mean: hand-computed values, keepdim, negative and empty dims"
   CHECK(sum(Tensor::zeros({3, 0}, kFloat64), {0}).shape() == Shape{0});
 }
 
+TEST_CASE("0-d inputs reduce to themselves") {
+  Tensor s = leaf({}, 3);
+  const double v = s.detach().item();
+  CHECK(sum(s, {0}).item() == v);
+  CHECK(mean(s, {-1}, true).dim() == 0);
+  CHECK(max(s, 0).values.item() == v);
+  CHECK(max(s, 0).indices.item() == 0.0);
+  CHECK(argmax(s).item() == 0.0);
+  CHECK(logsumexp(s, {}).item() == doctest::Approx(v));
+  CHECK(cumsum(s, 0).item() == v);
+  CHECK_GRAD([](const V& x) { return sum(x[0]); }, {s});
+  CHECK_GRAD([](const V& x) { return max(x[0], 0).values; }, {s});
+  CHECK_GRAD([](const V& x) { return logsumexp(x[0], {0}, true); }, {s});
+  CHECK_GRAD([](const V& x) { return cumsum(x[0], -1); }, {s});
+  // a (1,)-shaped reduction into 0-d and back
+  Tensor one = leaf({1}, 4);
+  CHECK_GRAD([](const V& x) { return max(x[0], 0).values; }, {one});
+  CHECK_GRAD([](const V& x) { return var(x[0], {0}, 0.0); }, {one});
+}
+
 TEST_CASE("sum agrees with a naive reference on every dim set and layout") {
   Generator g(3);
   Tensor base = randn({4, 5, 6}, g, kFloat64);

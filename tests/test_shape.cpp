@@ -1,0 +1,256 @@
+// Shape ops: values, gradient checks (contiguous, views, reuse such as cat({x, x})),
+// scatter-add determinism, and error messages that name every operand.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "support/gradcheck.h"
+
+using namespace lotgrad;
+using namespace lotgrad::testing;
+using V = std::vector<Tensor>;
+
+namespace {
+Tensor dvec(std::vector<double> v, const Shape& s) { return Tensor::from_vector(v, s); }
+Tensor ivec(std::vector<int64_t> v, const Shape& s) { return Tensor::from_vector(v, s); }
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+TEST_CASE("cat: values, dims, gradients, reuse") {
+  Tensor a = dvec({1, 2, 3, 4}, {2, 2}), b = dvec({5, 6}, {1, 2}), c = dvec({7, 8}, {2, 1});
+  CHECK(cat({a, b}).to_vector() == std::vector<double>{1, 2, 3, 4, 5, 6});
+  CHECK(cat({a, b}, 0).shape() == Shape{3, 2});
+  CHECK(cat({a, c}, 1).to_vector() == std::vector<double>{1, 2, 7, 3, 4, 8});
+  CHECK(cat({a, c}, -1).shape() == Shape{2, 3});
+  CHECK(cat({a.t(), c}, 1).to_vector() == std::vector<double>{1, 3, 7, 2, 4, 8});
+  CHECK(cat({a, Tensor::zeros({0, 2}, kFloat64)}).shape() == Shape{2, 2});
+  CHECK(cat({ivec({1, 2}, {2}), ivec({3}, {1})}).to_vector() == std::vector<double>{1, 2, 3});  // int64 too
+
+  Tensor x = leaf({2, 3}, 1), y = leaf({2, 4}, 2), z = leaf({1, 3}, 3);
+  CHECK_GRAD([](const V& v) { return cat({v[0], v[1]}, 1); }, {x, y});
+  CHECK_GRAD([](const V& v) { return cat({v[0], v[1]}, 0); }, {x, z});
+  CHECK_GRAD([](const V& v) { return cat({v[0], v[0]}, 0); }, {x});  // same tensor twice
+  CHECK_GRAD([](const V& v) { return cat({v[0], v[1], v[0]}, -1); }, {x, y});
+  Tensor nc = noncontig_leaf({3, 2}, 4);  // transposed
+  CHECK_GRAD([](const V& v) { return cat({v[0], mul(v[0], 2.0)}, 1); }, {nc});
+  Tensor n3 = noncontig_leaf({2, 3, 2}, 5);
+  CHECK_GRAD([](const V& v) { return cat({v[0], mul(v[0], v[0])}, 1); }, {n3});
+  // only some inputs need a gradient
+  Tensor fixed = dvec({1, 2, 3}, {1, 3});
+  CHECK_GRAD([&](const V& v) { return cat({fixed, v[0]}); }, {x});
+}
+
+TEST_CASE("cat / stack errors name every operand shape") {
+  Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({2, 4}), c = Tensor::zeros({2, 3}, kFloat64);
+  std::string m = error_of([&] { cat({a, b}, 0); });
+  CHECK(has(m, "cat"));
+  CHECK(has(m, "(2, 3)"));
+  CHECK(has(m, "(2, 4)"));
+  CHECK(has(m, "dim 1: 3 vs 4"));
+  CHECK_THROWS_AS(cat({a, b}, 0), ShapeError);
+  CHECK_NOTHROW(cat({a, b}, 1));
+  m = error_of([&] { cat({a, c}); });
+  CHECK(has(m, "dtype"));
+  CHECK(has(m, "f32"));
+  CHECK(has(m, "f64"));
+  CHECK_THROWS_AS(cat({a, c}), DTypeError);
+  CHECK_THROWS_AS(cat({a, Tensor::zeros({2, 3, 1})}), ShapeError);
+  CHECK_THROWS_AS(cat({a, a}, 2), ShapeError);
+  CHECK_THROWS_AS(cat({}), ShapeError);
+  CHECK_THROWS_AS(cat({Tensor::scalar(1.0), Tensor::scalar(2.0)}), ShapeError);
+  m = error_of([&] { stack({a, a, b}); });
+  CHECK(has(m, "stack"));
+  CHECK(has(m, "tensors[2] (2, 4)"));
+  CHECK(has(m, "tensors[0] (2, 3)"));
+  CHECK_THROWS_AS(stack({a, a}, 3), ShapeError);
+}
+
+TEST_CASE("stack: values and gradients") {
+  Tensor a = dvec({1, 2}, {2}), b = dvec({3, 4}, {2});
+  CHECK(stack({a, b}).shape() == Shape{2, 2});
+  CHECK(stack({a, b}).to_vector() == std::vector<double>{1, 2, 3, 4});
+  CHECK(stack({a, b}, 1).to_vector() == std::vector<double>{1, 3, 2, 4});
+  CHECK(stack({a, b}, -1).shape() == Shape{2, 2});
+  CHECK(stack({Tensor::scalar(1.0), Tensor::scalar(2.0)}).shape() == Shape{2});
+  Tensor x = leaf({2, 3}, 11), y = leaf({2, 3}, 12);
+  for (int64_t d : {0, 1, 2, -1}) {
+    INFO("dim " << d);
+    CHECK_GRAD([&](const V& v) { return stack({v[0], v[1]}, d); }, {x, y});
+  }
+  CHECK_GRAD([](const V& v) { return stack({v[0], v[0], v[0]}, 1); }, {x});
+  CHECK_GRAD([](const V& v) { return stack({v[0], v[1]}, 0); }, {noncontig_leaf({2, 3}, 13), y});
+}
+
+TEST_CASE("split: views, sizes, gradients") {
+  Tensor x = Tensor::arange(0.0, 10.0, 1.0, kFloat64).view({5, 2});
+  std::vector<Tensor> p = split(x, 2);
+  REQUIRE(p.size() == 3);
+  CHECK(p[0].shape() == Shape{2, 2});
+  CHECK(p[2].shape() == Shape{1, 2});
+  CHECK(p[2].to_vector() == std::vector<double>{8, 9});
+  CHECK(p[1].shares_storage(x));
+  std::vector<Tensor> q = split(x, {1, 4});  // sizes overload
+  REQUIRE(q.size() == 2);
+  CHECK(q[1].shape() == Shape{4, 2});
+  CHECK(q[1].to_vector()[0] == 2.0);
+  std::vector<Tensor> r = split(x, std::vector<int64_t>{1, 1}, -1);
+  CHECK(r[1].to_vector() == std::vector<double>{1, 3, 5, 7, 9});
+  CHECK(split(x, 5).size() == 1);
+  CHECK(split(x, 7).size() == 1);
+  CHECK(split(x, {0, 5}).at(0).shape() == Shape{0, 2});
+
+  Tensor a = leaf({5, 4}, 21);
+  // pieces recombined in a new order (each piece gets its own gradient)
+  CHECK_GRAD([](const V& v) {
+    std::vector<Tensor> s = split(v[0], 2, 0);
+    return cat({s[2], mul(s[0], s[1]), s[0]}, 0);
+  }, {a});
+  CHECK_GRAD([](const V& v) {
+    std::vector<Tensor> s = split(v[0], {1, 3}, 1);
+    return mul(s[0], s[1]);  // (5, 1) * (5, 3): broadcast
+  }, {a});
+  CHECK_GRAD([](const V& v) { return split(v[0], 3, 1)[1]; }, {noncontig_leaf({5, 4}, 22)});
+
+  CHECK_THROWS_AS(split(x, {2, 2}), ShapeError);
+  std::string m = error_of([&] { split(x, std::vector<int64_t>{2, 2}, 0); });
+  CHECK(has(m, "sum to 4"));
+  CHECK(has(m, "(5, 2)"));
+  CHECK_THROWS_AS(split(x, 0), ShapeError);
+  CHECK_THROWS_AS(split(x, {-1, 6}), ShapeError);
+  CHECK_THROWS_AS(split(x, 2, 2), ShapeError);
+}
+
+TEST_CASE("index_select: values, repeated indices, gradients") {
+  Tensor x = dvec({1, 2, 3, 4, 5, 6}, {3, 2});
+  Tensor i = ivec({2, 0, 2}, {3});
+  CHECK(index_select(x, 0, i).to_vector() == std::vector<double>{5, 6, 1, 2, 5, 6});
+  CHECK(index_select(x, 1, ivec({1}, {1})).to_vector() == std::vector<double>{2, 4, 6});
+  CHECK(index_select(x.t(), -1, i).to_vector() == std::vector<double>{5, 1, 5, 6, 2, 6});
+  CHECK(index_select(x, 0, ivec({}, {0})).shape() == Shape{0, 2});
+  CHECK(index_select(ivec({7, 8, 9}, {3}), 0, ivec({2, 2}, {2})).to_vector() == std::vector<double>{9, 9});
+
+  // backward accumulates repeated rows
+  Tensor xl = x.detach().clone().requires_grad_();
+  index_select(xl, 0, i).backward(Tensor::ones({3, 2}, kFloat64));
+  CHECK(xl.grad().to_vector() == std::vector<double>{1, 1, 0, 0, 2, 2});
+
+  Tensor a = leaf({4, 3, 5}, 31);
+  Tensor idx = ivec({3, 1, 3, 0, 1}, {5});
+  for (int64_t d : {0, 1, 2}) {
+    INFO("dim " << d);
+    Tensor id = d == 1 ? ivec({2, 2, 0}, {3}) : idx;
+    CHECK_GRAD([&](const V& v) { return index_select(v[0], d, id); }, {a});
+  }
+  CHECK_GRAD([&](const V& v) { return index_select(v[0], 1, ivec({0, 2, 2}, {3})); }, {noncontig_leaf({3, 4}, 32)});
+  CHECK_GRAD([&](const V& v) { return mul(index_select(v[0], 0, idx), index_select(v[0], 0, idx)); }, {a});
+
+  std::string m = error_of([&] { index_select(x, 0, ivec({0, 3}, {2})); });
+  CHECK(has(m, "index[1] = 3"));
+  CHECK(has(m, "(3, 2)"));
+  CHECK_THROWS_AS(index_select(x, 0, ivec({-1}, {1})), ShapeError);
+  CHECK_THROWS_AS(index_select(x, 0, dvec({0}, {1})), DTypeError);
+  CHECK_THROWS_AS(index_select(x, 0, ivec({0, 1}, {1, 2})), ShapeError);
+  CHECK_THROWS_AS(index_select(x, 2, i), ShapeError);
+}
+
+TEST_CASE("gather and scatter_add: PyTorch semantics, gradients") {
+  Tensor x = dvec({1, 2, 3, 4, 5, 6}, {2, 3});
+  // out[i][j] = x[i][index[i][j]]
+  Tensor g1 = gather(x, 1, ivec({2, 0, 1, 1}, {2, 2}));
+  CHECK(g1.to_vector() == std::vector<double>{3, 1, 5, 5});
+  // out[i][j] = x[index[i][j]][j], index smaller than x along dim 1
+  Tensor g0 = gather(x, 0, ivec({1, 0, 0, 0}, {2, 2}));
+  CHECK(g0.to_vector() == std::vector<double>{4, 2, 1, 2});
+  CHECK(gather(x.t(), -1, ivec({1, 0, 1}, {3, 1})).to_vector() == std::vector<double>{4, 2, 6});
+  // scatter_add is gather's adjoint
+  Tensor s = scatter_add(Tensor::zeros({2, 3}, kFloat64), 1, ivec({2, 0, 1, 1}, {2, 2}), dvec({10, 20, 30, 40}, {2, 2}));
+  CHECK(s.to_vector() == std::vector<double>{20, 0, 10, 0, 70, 0});
+
+  Tensor a = leaf({3, 4, 2}, 41);
+  Generator gen(42);
+  for (int64_t d : {0, 1, 2}) {
+    INFO("dim " << d);
+    Shape is = {3, 3, 2};
+    is[d] = 5;  // more picks than the dim holds: repeats are certain
+    Tensor idx = randint(0, a.shape()[d], is, gen);
+    CHECK_GRAD([&](const V& v) { return gather(v[0], d, idx); }, {a});
+    Tensor src = leaf(is, 43 + d);
+    CHECK_GRAD([&](const V& v) { return scatter_add(v[0], d, idx, v[1]); }, {a, src});
+  }
+  Tensor idx = randint(0, 4, {3, 2}, gen);
+  CHECK_GRAD([&](const V& v) { return gather(v[0], 1, idx); }, {noncontig_leaf({3, 4}, 44)});
+  CHECK_GRAD([&](const V& v) { return mul(gather(v[0], 1, idx), gather(v[0], 1, idx)); }, {leaf({3, 4}, 45)});
+  CHECK_GRAD([&](const V& v) { return scatter_add(v[0], 1, idx, v[0].narrow(1, 0, 2)); }, {leaf({3, 4}, 46)});
+
+  std::string m = error_of([&] { gather(x, 1, ivec({0, 3}, {2, 1})); });
+  CHECK(has(m, "index value 3 out of range"));
+  CHECK(has(m, "(2, 3)"));
+  m = error_of([&] { gather(x, 1, ivec({0, 0, 0}, {3, 1})); });
+  CHECK(has(m, "index.size(0) = 3 exceeds self.size(0) = 2"));
+  CHECK_THROWS_AS(gather(x, 1, ivec({0}, {1})), ShapeError);  // rank mismatch
+  CHECK_THROWS_AS(gather(x, 1, dvec({0}, {1, 1})), DTypeError);
+  CHECK_THROWS_AS(scatter_add(x, 1, ivec({0}, {1, 1}), dvec({1, 2}, {1, 2})), ShapeError);
+  CHECK_THROWS_AS(scatter_add(x, 1, ivec({0}, {1, 1}), Tensor::ones({1, 1})), DTypeError);
+}
+
+TEST_CASE("pad: F.pad order, values, gradients, errors") {
+  Tensor x = dvec({1, 2, 3, 4}, {2, 2});
+  Tensor p = pad(x, {1, 0});  // last dim: one on the left
+  CHECK(p.shape() == Shape{2, 3});
+  CHECK(p.to_vector() == std::vector<double>{0, 1, 2, 0, 3, 4});
+  Tensor q = pad(x, {0, 1, 1, 1}, -1.0);  // last dim right 1; first dim 1 each side
+  CHECK(q.shape() == Shape{4, 3});
+  CHECK(q.to_vector() == std::vector<double>{-1, -1, -1, 1, 2, -1, 3, 4, -1, -1, -1, -1});
+  CHECK(pad(x, {}).to_vector() == x.to_vector());
+  CHECK(pad(x.t(), {0, 1}).to_vector() == std::vector<double>{1, 3, 0, 2, 4, 0});
+  CHECK(pad(ivec({5}, {1}), {2, 0}, 9).to_vector() == std::vector<double>{9, 9, 5});
+
+  Tensor a = leaf({2, 3, 4}, 51);
+  CHECK_GRAD([](const V& v) { return pad(v[0], {1, 2}); }, {a});
+  CHECK_GRAD([](const V& v) { return pad(v[0], {0, 1, 2, 0, 1, 1}, 3.0); }, {a});
+  CHECK_GRAD([](const V& v) { return pad(v[0], {2, 1, 0, 3}); }, {noncontig_leaf({3, 4}, 52)});
+  CHECK_GRAD([](const V& v) { return add(pad(v[0], {1, 0}), pad(v[0], {0, 1})); }, {leaf({3, 4}, 53)});
+
+  std::string m = error_of([&] { pad(x, {-1, 0}); });
+  CHECK(has(m, "negative"));
+  CHECK(has(m, "(2, 2)"));
+  CHECK_THROWS_AS(pad(x, {1}), ShapeError);
+  CHECK_THROWS_AS(pad(x, {1, 1, 1, 1, 1, 1}), ShapeError);
+}
+
+TEST_CASE("index gradients are deterministic and thread-count independent") {
+  const int prev = get_num_threads();
+  Generator gen(61);
+  Tensor w = randn({1000, 64}, gen);  // embedding-like table, f32
+  Tensor idx = randint(0, 1000, {4096}, gen);
+  Tensor up = randn({4096, 64}, gen);
+  Tensor gi = randint(0, 1000, {64, 64}, gen);
+  Tensor gup = randn({64, 64}, gen);
+  auto run = [&] {
+    Tensor wl = w.detach().clone().requires_grad_();
+    index_select(wl, 0, idx).backward(up);
+    std::vector<double> a = wl.grad().to_vector();
+    Tensor wt = w.detach().t().contiguous().requires_grad_();  // (64, 1000): gather along dim 1
+    gather(wt, 1, gi).backward(gup);
+    std::vector<double> b = wt.grad().to_vector();
+    a.insert(a.end(), b.begin(), b.end());
+    std::vector<double> c = cat({w, w, w}, 1).to_vector();
+    a.insert(a.end(), c.begin(), c.end());
+    return a;
+  };
+  set_num_threads(2);
+  std::vector<double> p = run(), p2 = run();
+  set_num_threads(1);
+  std::vector<double> s = run();
+  set_num_threads(prev);
+  CHECK(p == p2);
+  CHECK(p == s);
+}
