@@ -1,0 +1,633 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <bit>
+#include <utility>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "../core/autograd.h"
+#include "../core/iter.h"
+#include "../core/parallel.h"
+#include "elementwise.h"
+#include "matmul.h"
+#include "softmax.h"
+
+namespace lotgrad {
+
+namespace {
+
+// =======================================================================================
+// SIMD: GCC/Clang vector extensions, as wide as the target allows (AVX-512 with
+// -march=native on this machine). Loads and stores are unaligned.
+// =======================================================================================
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kAccRegs = 16;  // accumulators per micro-kernel (32 registers in all)
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kAccRegs = 8;   // 16 registers
+#else
+constexpr int kVecBytes = 16;
+constexpr int kAccRegs = 8;
+#endif
+
+template <class T> struct IntOf;
+template <> struct IntOf<float> { using type = int32_t; };
+template <> struct IntOf<double> { using type = int64_t; };
+
+template <class T>
+struct Simd {
+  static constexpr int W = kVecBytes / (int)sizeof(T);
+  typedef T V __attribute__((vector_size(kVecBytes)));
+  typedef T VU __attribute__((vector_size(kVecBytes), aligned(sizeof(T)), may_alias));
+  typedef typename IntOf<T>::type I;
+  typedef I VI __attribute__((vector_size(kVecBytes)));
+
+  static V load(const T* p) { return *reinterpret_cast<const VU*>(p); }
+  static void store(T* p, V v) { *reinterpret_cast<VU*>(p) = v; }
+  static V set1(T x) { return x - V{}; }  // x - (+0) is exact for every x: a plain broadcast
+  static V vmax(V a, V b) { return a > b ? a : b; }
+  // Lane i of the result is v[(i + S) mod W].
+  template <int S, size_t... L>
+  static V rotate(V v, std::index_sequence<L...>) {
+    return __builtin_shuffle(v, VI{(I)((L + S) % W)...});
+  }
+  // Horizontal max and sum by a fixed halving tree (log2 W steps; deterministic).
+  static T hmax(V v) {
+    [&]<size_t... S>(std::index_sequence<S...>) {
+      ((v = vmax(v, rotate<(W >> (S + 1))>(v, std::make_index_sequence<W>{}))), ...);
+    }(std::make_index_sequence<std::countr_zero((unsigned)W)>{});
+    return v[0];
+  }
+  static T hsum(V v) {
+    [&]<size_t... S>(std::index_sequence<S...>) {
+      ((v = v + rotate<(W >> (S + 1))>(v, std::make_index_sequence<W>{})), ...);
+    }(std::make_index_sequence<std::countr_zero((unsigned)W)>{});
+    return v[0];
+  }
+  // 2^x: x = k + r with k = round(x), |r| <= 1/2, 2^r by the Taylor series of e^(r ln2)
+  // (|r ln2| <= 0.35; f32 degree 7, f64 degree 13: about 1 ulp), 2^k through the exponent
+  // bits. Below the smallest normal it gives exactly 0, so -inf (the mask value) gives a
+  // weight of exactly zero. The kernels work in base 2 (log2 e is folded into q's scale),
+  // which saves the multiply by log2 e here.
+  static V exp2(V x) {
+    if constexpr (sizeof(T) == 4) {
+      const V xc = x > T(127) ? set1(T(127)) : x;
+      const V kb = xc + T(12582912.0);  // 1.5·2^23: the low mantissa bits of kb hold round(x)
+      const V r = xc - (kb - T(12582912.0));
+      constexpr double c[] = {1.5252733804059841e-05, 1.5403530393381609e-04, 1.3333558146428443e-03,
+                              9.6181291076284772e-03, 5.5504108664821580e-02, 2.4022650695910071e-01,
+                              6.9314718055994531e-01, 1.0};
+      V p = set1(T(c[0]));
+      for (int i = 1; i < 8; ++i) p = p * r + T(c[i]);
+      // (bits(kb) + 127) << 23 == (round(x) + 127) << 23 modulo 2^32: the exponent of 2^k.
+      const V scale = (V)(((VI)kb + 127) << 23);
+      return x < T(-126) ? V{} : p * scale;
+    } else {
+      const V xc = x > T(1023) ? set1(T(1023)) : x;
+      const V kb = xc + T(6755399441055744.0);  // 1.5·2^52
+      const V r = xc - (kb - T(6755399441055744.0));
+      constexpr double c[] = {1.0/6227020800.0, 1.0/479001600.0, 1.0/39916800.0, 1.0/3628800.0, 1.0/362880.0,
+                              1.0/40320.0, 1.0/5040.0, 1.0/720.0, 1.0/120.0, 1.0/24.0, 1.0/6.0, 0.5, 1.0, 1.0};
+      constexpr double ln2 = 0.69314718055994530942;
+      // Taylor of e^y, y = r ln2: coefficients c[i] · ln2^(13-i).
+      V p = set1(T(c[0]));
+      const V y = r * T(ln2);
+      for (int i = 1; i < 14; ++i) p = p * y + T(c[i]);
+      const V scale = (V)(((VI)kb + 1023) << 52);
+      return x < T(-1022) ? V{} : p * scale;
+    }
+  }
+};
+
+// Tile sizes: a (64 × 64) score tile is 16 KB in f32; with the Q, Kᵀ and V tiles (8 KB each
+// at d = 32) the working set of one tile step sits in L1/L2.
+constexpr int kBr = 64;  // query rows per tile
+constexpr int kBc = 64;  // keys per tile
+
+// Scores are kept in base 2: q is packed times scale·log2 e, so softmax weights are
+// 2^(s - max). dK = scale · dSᵀ Q = ln 2 · dSᵀ Qs.
+constexpr double kLog2e = 1.4426950408889634074, kLn2 = 0.69314718055994530942;
+
+// ---- micro-kernels --------------------------------------------------------------------
+
+// out (kBr × kBc, row stride kBc) = a (kBr × d, row stride lda) · bt (d × kBc, contiguous).
+// Vectorised along keys: each step broadcasts R entries of a and loads NV vectors of bt.
+template <class T>
+void tile_scores(const T* a, int64_t lda, const T* bt, int d, T* out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  constexpr int NV = std::min(2, kBc / W);
+  constexpr int R = kAccRegs / NV;
+  static_assert(kBc % (NV * W) == 0 && kBr % R == 0);
+  for (int c0 = 0; c0 < kBc; c0 += NV * W) {
+    for (int r0 = 0; r0 < kBr; r0 += R) {
+      V acc[R][NV];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+      const T* ap = a + r0 * lda;
+      const T* bp = bt + c0;
+      for (int k = 0; k < d; ++k) {
+        V b[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) b[v] = S::load(bp + (int64_t)k * kBc + v * W);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const V ar = S::set1(ap[r * lda + k]);
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) S::store(out + (r0 + r) * kBc + c0 + v * W, acc[r][v]);
+    }
+  }
+}
+
+// out (rows × DV·W, row stride ldo) += A · b, where A(i, j) = a[i·ars + j·acs] is rows × kred
+// and b is kred × DV·W (row stride ldb). Vectorised along the output row; A is broadcast.
+// The strides let the same kernel read a score tile transposed (Pᵀ dO, dSᵀ Q).
+template <class T, int DV>
+void tile_accum_block(const T* a, int64_t ars, int64_t acs, int rows, int kred, const T* b, int64_t ldb, T* out,
+                      int64_t ldo) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  constexpr int R = kAccRegs / DV >= 8 ? 8 : kAccRegs / DV >= 4 ? 4 : kAccRegs / DV >= 2 ? 2 : 1;
+  for (int r0 = 0; r0 < rows; r0 += R) {  // rows is kBr or kBc: a multiple of R
+    V acc[R][DV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < DV; ++v) acc[r][v] = S::load(out + (r0 + r) * ldo + v * W);
+    const T* ap = a + r0 * ars;
+    for (int j = 0; j < kred; ++j) {
+      V bv[DV];
+#pragma GCC unroll 8
+      for (int v = 0; v < DV; ++v) bv[v] = S::load(b + j * ldb + v * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const V ar = S::set1(ap[r * ars + j * acs]);
+#pragma GCC unroll 8
+        for (int v = 0; v < DV; ++v) acc[r][v] += ar * bv[v];
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < DV; ++v) S::store(out + (r0 + r) * ldo + v * W, acc[r][v]);
+  }
+}
+
+// The same over dv vectors per row, in column chunks of at most 4 vectors.
+template <class T>
+void tile_accum(const T* a, int64_t ars, int64_t acs, int rows, int kred, const T* b, int64_t ldb, T* out,
+                int64_t ldo, int dv) {
+  constexpr int W = Simd<T>::W;
+  for (int c = 0; c < dv; c += 4) {
+    const T* bc = b + c * W;
+    T* oc = out + c * W;
+    switch (std::min(4, dv - c)) {
+      case 1: tile_accum_block<T, 1>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
+      case 2: tile_accum_block<T, 2>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
+      case 3: tile_accum_block<T, 3>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
+      default: tile_accum_block<T, 4>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
+    }
+  }
+}
+
+// ---- geometry, packing, masks -----------------------------------------------------------
+
+// Sizes of one call. Rows are padded to whole tiles and the head dim to whole vectors; the
+// padding is zero (packed buffers are zero-initialised) and padded keys are masked.
+struct Geo {
+  int64_t B, H, n, m, d;
+  int64_t dp, dv;        // padded head dim, vectors per row
+  int64_t nI, nJ;        // query and key tiles
+  int64_t n_pad, m_pad;  // nI·kBr, nJ·kBc
+  int64_t BH() const { return B * H; }
+};
+
+template <class T>
+Geo make_geo(const Tensor& q, const Tensor& k) {
+  Geo g;
+  g.B = q.size(0);
+  g.H = q.size(1);
+  g.n = q.size(2);
+  g.d = q.size(3);
+  g.m = k.size(2);
+  constexpr int W = Simd<T>::W;
+  g.dv = (g.d + W - 1) / W;
+  g.dp = g.dv * W;
+  g.nI = (g.n + kBr - 1) / kBr;
+  g.nJ = (g.m + kBc - 1) / kBc;
+  g.n_pad = g.nI * kBr;
+  g.m_pad = g.nJ * kBc;
+  return g;
+}
+
+// dst (BH, rows_pad, dp) ← src (B, H, rows, d) (any strides) · mul.
+template <class T>
+void pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* dst) {
+  const T* s0 = src.data_ptr<T>();
+  const Shape st = src.strides();
+  const int64_t d = g.d, dp = g.dp, H = g.H;
+  parallel_for(0, g.BH() * rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d, 1)),
+               [&](int64_t r0, int64_t r1) {
+                 for (int64_t r = r0; r < r1; ++r) {
+                   const int64_t bh = r / rows, i = r % rows;
+                   const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
+                   T* o = dst + (bh * rows_pad + i) * dp;
+                   if (st[3] == 1)
+                     for (int64_t c = 0; c < d; ++c) o[c] = s[c] * mul;
+                   else
+                     for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul;
+                 }
+               });
+}
+
+// dst (BH, nJ, d, kBc) ← src (B, H, m, d): every key tile stored transposed, so score tiles
+// can be built with loads along the keys.
+template <class T>
+void pack_tiles_t(const Tensor& src, const Geo& g, T* dst) {
+  const T* s0 = src.data_ptr<T>();
+  const Shape st = src.strides();
+  const int64_t d = g.d, H = g.H, m = g.m, nJ = g.nJ;
+  parallel_for(0, g.BH() * nJ, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d * kBc, 1)),
+               [&](int64_t u0, int64_t u1) {
+                 for (int64_t u = u0; u < u1; ++u) {
+                   const int64_t bh = u / nJ, J = u % nJ;
+                   T* o = dst + u * d * kBc;
+                   for (int64_t c = 0; c < kBc && J * kBc + c < m; ++c) {
+                     const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + (J * kBc + c) * st[2];
+                     for (int64_t k = 0; k < d; ++k) o[k * kBc + c] = s[k * st[3]];
+                   }
+                 }
+               });
+}
+
+// Per batch entry: an additive bias per key (0, or -inf for padded keys and the tile
+// padding past m) and a status per key tile, so unmasked tiles skip the bias and fully
+// masked tiles are skipped altogether.
+enum : uint8_t { kTileOpen = 0, kTilePartial = 1, kTileMasked = 2 };
+template <class T>
+struct KeyMask {
+  std::vector<T> bias;            // (B, m_pad)
+  std::vector<uint8_t> status;    // (B, nJ)
+};
+template <class T>
+KeyMask<T> make_key_mask(const Tensor& mask, const Geo& g) {
+  KeyMask<T> km;
+  km.bias.assign(g.B * g.m_pad, T(0));
+  km.status.assign(g.B * g.nJ, kTileOpen);
+  const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t b = 0; b < g.B; ++b) {
+    for (int64_t J = 0; J < g.nJ; ++J) {
+      int64_t masked = 0;
+      for (int64_t c = 0; c < kBc; ++c) {
+        const int64_t j = J * kBc + c;
+        const bool pad = j >= g.m || (mp && mp[b * mask.stride(0) + j * mask.stride(1)]);
+        if (pad) {
+          km.bias[b * g.m_pad + j] = -std::numeric_limits<T>::infinity();
+          ++masked;
+        }
+      }
+      km.status[b * g.nJ + J] = masked == 0 ? kTileOpen : masked == kBc ? kTileMasked : kTilePartial;
+    }
+  }
+  return km;
+}
+
+// =======================================================================================
+// forward: per (b, h, query tile), online softmax over the key tiles.
+// =======================================================================================
+template <class T>
+void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, const KeyMask<T>& km, T* out,
+                       T* lse) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ;
+  const int dv = (int)g.dv;
+  parallel_for(0, g.BH() * nI, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<T> s((size_t)kBr * kBc), acc((size_t)kBr * dp), mx(kBr), l(kBr);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t bh = u / nI, I = u % nI, b = bh / g.H;
+      const T* qI = qs + (bh * g.n_pad + I * kBr) * dp;
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(mx.begin(), mx.end(), -kInf);
+      std::fill(l.begin(), l.end(), T(0));
+      for (int64_t J = 0; J < nJ; ++J) {
+        const uint8_t st = km.status[b * nJ + J];
+        if (st == kTileMasked) continue;
+        tile_scores<T>(qI, dp, kt + (bh * nJ + J) * d * kBc, (int)d, s.data());  // S = Qs Kᵀ
+        const T* bias = km.bias.data() + b * g.m_pad + J * kBc;
+        for (int i = 0; i < kBr; ++i) {
+          T* sr = s.data() + i * kBc;
+          if (st == kTilePartial)
+            for (int c = 0; c < kBc; c += W) S::store(sr + c, S::load(sr + c) + S::load(bias + c));
+          V vm = S::load(sr);
+          for (int c = W; c < kBc; c += W) vm = S::vmax(vm, S::load(sr + c));
+          const T m_new = std::max(mx[i], S::hmax(vm));
+          if (m_new == -kInf) {  // no unmasked key yet: weights 0 (avoids -inf - -inf)
+            std::fill(sr, sr + kBc, T(0));
+            continue;
+          }
+          const V shift = S::set1(m_new);
+          V sum = V{};
+          for (int c = 0; c < kBc; c += W) {
+            const V p = S::exp2(S::load(sr + c) - shift);
+            S::store(sr + c, p);
+            sum += p;
+          }
+          const T corr = m_new == mx[i] ? T(1) : std::exp2(mx[i] - m_new);  // 0 when mx was -inf
+          l[i] = l[i] * corr + S::hsum(sum);
+          mx[i] = m_new;
+          if (corr != T(1)) {
+            T* ar = acc.data() + i * dp;
+            for (int64_t c = 0; c < dp; c += W) S::store(ar + c, S::load(ar + c) * corr);
+          }
+        }
+        // acc += P V_J
+        tile_accum<T>(s.data(), kBc, 1, kBr, kBc, vr + (bh * g.m_pad + J * kBc) * dp, dp, acc.data(), dp, dv);
+      }
+      for (int i = 0; i < kBr; ++i) {
+        const int64_t row = I * kBr + i;
+        const bool live = l[i] > T(0);
+        if (lse) lse[bh * g.n_pad + row] = live ? mx[i] + std::log2(l[i]) : kInf;  // +inf: weights 0 in backward
+        if (row >= g.n) continue;
+        T* o = out + (bh * g.n + row) * d;
+        const T inv = live ? T(1) / l[i] : T(0);
+        const T* ar = acc.data() + i * dp;
+        for (int64_t c = 0; c < d; ++c) o[c] = ar[c] * inv;
+      }
+    }
+  });
+}
+
+// =======================================================================================
+// backward by recomputation. Work unit: (b, h, chunk of query tiles). A unit owns the dQ
+// rows of its chunk, and writes its dK/dV contributions to its own partial buffer; the
+// partials are summed afterwards in chunk order (no atomics, deterministic).
+// =======================================================================================
+template <class T>
+void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, const T* kr, const T* vt,
+                        const T* dor, const T* D, const T* lse, const KeyMask<T>& km, T* dq, T* dk_part,
+                        T* dv_part) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ, BH = g.BH();
+  const int dv = (int)g.dv;
+  parallel_for(0, BH * chunks, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<T> p((size_t)kBr * kBc), ds((size_t)kBr * kBc), dkacc((size_t)kBc * dp), dvacc((size_t)kBc * dp);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
+      const int64_t I0 = nI * c / chunks, I1 = nI * (c + 1) / chunks;
+      T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
+      T* dvp = dv_part + (c * BH + bh) * g.m_pad * dp;
+      for (int64_t J = 0; J < nJ; ++J) {
+        const uint8_t st = km.status[b * nJ + J];
+        if (st == kTileMasked) continue;  // partial rows stay zero
+        std::fill(dkacc.begin(), dkacc.end(), T(0));
+        std::fill(dvacc.begin(), dvacc.end(), T(0));
+        const T* bias = km.bias.data() + b * g.m_pad + J * kBc;
+        const T* ktJ = kt + (bh * nJ + J) * d * kBc;
+        const T* vtJ = vt + (bh * nJ + J) * d * kBc;
+        const T* krJ = kr + (bh * g.m_pad + J * kBc) * dp;
+        for (int64_t I = I0; I < I1; ++I) {
+          const int64_t r0 = bh * g.n_pad + I * kBr;
+          const T* qI = qs + r0 * dp;
+          const T* doI = dor + r0 * dp;
+          tile_scores<T>(qI, dp, ktJ, (int)d, p.data());  // S = Qs Kᵀ
+          for (int i = 0; i < kBr; ++i) {                  // P = exp(S + bias - lse)
+            T* pr = p.data() + i * kBc;
+            const V sh = S::set1(lse[r0 + i]);
+            if (st == kTilePartial)
+              for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) + S::load(bias + cc) - sh));
+            else
+              for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) - sh));
+          }
+          // dV_J += Pᵀ dO_I
+          tile_accum<T>(p.data(), 1, kBc, kBc, kBr, doI, dp, dvacc.data(), dp, dv);
+          // dP = dO_I Vᵀ_J, then dS = P ∘ (dP − D)
+          tile_scores<T>(doI, dp, vtJ, (int)d, ds.data());
+          for (int i = 0; i < kBr; ++i) {
+            T* dr = ds.data() + i * kBc;
+            const T* pr = p.data() + i * kBc;
+            const V Di = S::set1(D[r0 + i]);
+            for (int cc = 0; cc < kBc; cc += W) S::store(dr + cc, S::load(pr + cc) * (S::load(dr + cc) - Di));
+          }
+          // dQ_I += dS K_J (scaled at the end); dK_J += dSᵀ Qs_I (Qs carries the scale)
+          tile_accum<T>(ds.data(), kBc, 1, kBr, kBc, krJ, dp, dq + r0 * dp, dp, dv);
+          tile_accum<T>(ds.data(), 1, kBc, kBc, kBr, qI, dp, dkacc.data(), dp, dv);
+        }
+        std::copy(dkacc.begin(), dkacc.end(), dkp + J * kBc * dp);
+        std::copy(dvacc.begin(), dvacc.end(), dvp + J * kBc * dp);
+      }
+    }
+  });
+}
+
+// out (B, H, rows, d) contiguous ← mul · Σ_c parts[c] (BH, rows_pad, dp), summed in order.
+template <class T>
+void unpack_rows(const T* parts, int64_t nparts, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* out) {
+  const int64_t d = g.d, dp = g.dp, part_stride = g.BH() * rows_pad * dp;
+  parallel_for(0, g.BH() * rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d * nparts, 1)),
+               [&](int64_t r0, int64_t r1) {
+                 for (int64_t r = r0; r < r1; ++r) {
+                   const int64_t bh = r / rows, i = r % rows;
+                   const T* src = parts + (bh * rows_pad + i) * dp;
+                   T* o = out + r * d;
+                   for (int64_t c = 0; c < d; ++c) o[c] = src[c];
+                   for (int64_t p = 1; p < nparts; ++p)
+                     for (int64_t c = 0; c < d; ++c) o[c] += src[p * part_stride + c];
+                   if (mul != T(1))
+                     for (int64_t c = 0; c < d; ++c) o[c] *= mul;
+                 }
+               });
+}
+
+// ---- drivers (Tensor in, Tensor out; scratch is tensor storage so benchmarks see it) ----
+
+// Returns out (B, H, n, d) and, if want_lse, lse (B, H, n_pad).
+template <class T>
+std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                                        double scale, bool want_lse) {
+  const Geo g = make_geo<T>(q, k);
+  const DType dt = dtype_of<T>::value;
+  Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
+  Tensor vr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
+  pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>());
+  pack_tiles_t<T>(k, g, kt.data_ptr<T>());
+  pack_rows<T>(v, g, g.m, g.m_pad, T(1), vr.data_ptr<T>());
+  const KeyMask<T> km = make_key_mask<T>(mask, g);
+  Tensor out = make_tensor({g.B, g.H, g.n, g.d}, dt);
+  Tensor lse = make_tensor({g.B, g.H, g.n_pad}, dt);
+  attention_forward<T>(g, qs.data_ptr<T>(), kt.data_ptr<T>(), vr.data_ptr<T>(), km, out.data_ptr<T>(),
+                       lse.data_ptr<T>());
+  return {out, want_lse ? lse : Tensor()};
+}
+
+// Chunks of query tiles per (b, h) in the backward: the fewest that give every thread the
+// same number of units (B·H·chunks a multiple of the thread count), so two heads on two
+// threads need no partial dK/dV buffers at all.
+int64_t backward_chunks(const Geo& g) {
+  const int64_t T = get_num_threads(), BH = std::max<int64_t>(g.BH(), 1);
+  const int64_t c = T / std::gcd(BH, T);
+  return std::max<int64_t>(1, std::min<int64_t>(c, g.nI));
+}
+
+template <class T>
+std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                                     double scale, const Tensor& out, const Tensor& lse, const Tensor& dout) {
+  const Geo g = make_geo<T>(q, k);
+  const DType dt = dtype_of<T>::value;
+  const int64_t chunks = backward_chunks(g);
+  Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
+  Tensor kr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
+  Tensor vt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
+  Tensor dor = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>());
+  pack_tiles_t<T>(k, g, kt.data_ptr<T>());
+  pack_rows<T>(k, g, g.m, g.m_pad, T(1), kr.data_ptr<T>());
+  pack_tiles_t<T>(v, g, vt.data_ptr<T>());
+  pack_rows<T>(dout, g, g.n, g.n_pad, T(1), dor.data_ptr<T>());
+  // D_i = rowsum(dO ∘ O)_i  (= rowsum(dP ∘ P)_i); padded rows stay 0.
+  Tensor Dt = make_tensor({g.BH(), g.n_pad}, dt);
+  {
+    T* D = Dt.data_ptr<T>();
+    const T* o = out.data_ptr<T>();
+    const T* dop = dor.data_ptr<T>();
+    parallel_for(0, g.BH() * g.n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.d, 1)),
+                 [&](int64_t r0, int64_t r1) {
+                   for (int64_t r = r0; r < r1; ++r) {
+                     const int64_t bh = r / g.n, i = r % g.n;
+                     const T* orow = o + r * g.d;
+                     const T* drow = dop + (bh * g.n_pad + i) * g.dp;
+                     T s = 0;
+                     for (int64_t c = 0; c < g.d; ++c) s += orow[c] * drow[c];
+                     D[bh * g.n_pad + i] = s;
+                   }
+                 });
+  }
+  const KeyMask<T> km = make_key_mask<T>(mask, g);
+  Tensor dqp = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor dkp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
+  Tensor dvp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
+  attention_backward<T>(g, chunks, qs.data_ptr<T>(), kt.data_ptr<T>(), kr.data_ptr<T>(), vt.data_ptr<T>(),
+                        dor.data_ptr<T>(), Dt.data_ptr<T>(), lse.data_ptr<T>(), km, dqp.data_ptr<T>(),
+                        dkp.data_ptr<T>(), dvp.data_ptr<T>());
+  Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
+  Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
+  Tensor dv = make_tensor({g.B, g.H, g.m, g.d}, dt);
+  unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, (T)scale, dq.data_ptr<T>());
+  unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, (T)kLn2, dk.data_ptr<T>());
+  unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, T(1), dv.data_ptr<T>());
+  return {dq, dk, dv};
+}
+
+struct FusedAttentionBackward : Node {
+  SavedTensor q, k, v, mask, out, lse;
+  double scale = 1.0;
+  const char* name() const override { return "FusedAttentionBackward"; }
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
+    const Tensor qq = q.unpack(this), kk = k.unpack(this), vv = v.unpack(this);
+    const Tensor mm = mask.defined() ? mask.unpack(this) : Tensor();
+    const Tensor oo = out.unpack(this), ll = lse.unpack(this);
+    std::array<Tensor, 3> g = dispatch_float(qq.dtype(), name(), [&]<class T>() {
+      return fused_backward<T>(qq, kk, vv, mm, scale, oo, ll, grads[0]);
+    });
+    return {needs_grad(0) ? g[0] : Tensor(), needs_grad(1) ? g[1] : Tensor(), needs_grad(2) ? g[2] : Tensor()};
+  }
+  void release() override {
+    q.reset();
+    k.reset();
+    v.reset();
+    mask.reset();
+    out.reset();
+    lse.reset();
+  }
+};
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
+  const char* op = "scaled_dot_product_attention";
+  if (!q.defined() || !k.defined() || !v.defined()) throw ShapeError(std::string(op) + ": q, k and v must be defined");
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+    throw_shape(op, "q, k and v must be 4-d: q (B, H, n, d), k and v (B, H, m, d)", {{"q", &q}, {"k", &k}, {"v", &v}});
+  if (!is_floating(q.dtype()) || q.dtype() != k.dtype() || q.dtype() != v.dtype())
+    throw_dtype(op, "q, k and v must share one float dtype (f32 or f64)", {{"q", &q}, {"k", &k}, {"v", &v}});
+  if (k.shape() != v.shape() || q.size(0) != k.size(0) || q.size(1) != k.size(1) || q.size(3) != k.size(3))
+    throw_shape(op, "need q (B, H, n, d), k (B, H, m, d) and v (B, H, m, d) with the same B, H and d",
+                {{"q", &q}, {"k", &k}, {"v", &v}});
+  if (mask.defined()) {
+    if (mask.dtype() != kBool)
+      throw_dtype(op, "key_padding_mask must be bool (true = padded key)", {{"q", &q}, {"k", &k}, {"key_padding_mask", &mask}});
+    if (mask.dim() != 2 || mask.size(0) != k.size(0) || mask.size(1) != k.size(2))
+      throw_shape(op, "key_padding_mask must be (B, m) for k (B, H, m, d)", {{"k", &k}, {"key_padding_mask", &mask}});
+  }
+}
+
+Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale) {
+  auto node = make_node<FusedAttentionBackward>({q, k, v});
+  auto [out, lse] = dispatch_float(q.dtype(), "scaled_dot_product_attention", [&]<class T>() {
+    return fused_forward<T>(q, k, v, mask, scale, node != nullptr);
+  });
+  if (node) {
+    node->q = save(q);
+    node->k = save(k);
+    node->v = save(v);
+    if (mask.defined()) node->mask = save(mask);
+    node->out = save(out);
+    node->lse = save(lse);
+    node->scale = scale;
+    set_history(out, node);
+  }
+  return out;
+}
+
+// The composite: scores = q kᵀ · scale, padded keys filled with -inf, softmax, times v.
+// Rows whose keys are all padded would be softmax(-inf, ..., -inf) = NaN: for them the mask
+// is lifted before the softmax and their weights are zeroed after it (masked_fill passes no
+// gradient where it fills), so they output zeros and pass zero gradient.
+Tensor reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale) {
+  Tensor s = mul(matmul(q, k.transpose(-2, -1)), scale);  // (B, H, n, m)
+  if (!mask.defined()) return matmul(softmax(s, -1), v);
+  const int64_t B = mask.size(0), m = mask.size(1);
+  const std::vector<double> mv = mask.to_vector();
+  std::vector<bool> eff((size_t)(B * m)), dead((size_t)B);
+  for (int64_t b = 0; b < B; ++b) {
+    bool all = true;
+    for (int64_t j = 0; j < m; ++j) all = all && mv[b * m + j] != 0.0;
+    dead[b] = all;
+    for (int64_t j = 0; j < m; ++j) eff[b * m + j] = !all && mv[b * m + j] != 0.0;
+  }
+  s = masked_fill(s, Tensor::from_vector(eff, {B, 1, 1, m}), -std::numeric_limits<double>::infinity());
+  Tensor p = masked_fill(softmax(s, -1), Tensor::from_vector(dead, {B, 1, 1, 1}), 0.0);
+  return matmul(p, v);
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& key_padding_mask, double scale, bool fused) {
+  check_inputs(q, k, v, key_padding_mask);
+  if (std::isnan(scale)) scale = q.size(3) > 0 ? 1.0 / std::sqrt((double)q.size(3)) : 1.0;
+  if (fused) return fused_attention(q, k, v, key_padding_mask, scale);
+  return reference_attention(q, k, v, key_padding_mask, scale);
+}
+
+}  // namespace lotgrad
