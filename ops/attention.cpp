@@ -308,6 +308,10 @@ KeyMask<T> make_key_mask(const Tensor& mask, const Geo& g) {
   return km;
 }
 
+// Units per thread chunk so that tiny problems (tests, short sequences) stay on one thread:
+// work is counted in multiply-adds of one unit; a thread gets at least ~256K of them.
+int64_t unit_grain(int64_t unit_work) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(unit_work, 1)); }
+
 // =======================================================================================
 // forward: per (b, h, query tile), online softmax over the key tiles.
 // =======================================================================================
@@ -320,7 +324,7 @@ void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, cons
   constexpr T kInf = std::numeric_limits<T>::infinity();
   const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ;
   const int dv = (int)g.dv;
-  parallel_for(0, g.BH() * nI, 1, [&](int64_t u0, int64_t u1) {
+  parallel_for(0, g.BH() * nI, unit_grain(kBr * g.m_pad * std::max<int64_t>(d, 1)), [&](int64_t u0, int64_t u1) {
     std::vector<T> s((size_t)kBr * kBc), acc((size_t)kBr * dp), mx(kBr), l(kBr);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t bh = u / nI, I = u % nI, b = bh / g.H;
@@ -390,7 +394,8 @@ void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, 
   constexpr int W = S::W;
   const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ, BH = g.BH();
   const int dv = (int)g.dv;
-  parallel_for(0, BH * chunks, 1, [&](int64_t u0, int64_t u1) {
+  const int64_t unit_work = (nI / chunks + 1) * kBr * g.m_pad * std::max<int64_t>(d, 1) * 2;
+  parallel_for(0, BH * chunks, unit_grain(unit_work), [&](int64_t u0, int64_t u1) {
     std::vector<T> p((size_t)kBr * kBc), ds((size_t)kBr * kBc), dkacc((size_t)kBc * dp), dvacc((size_t)kBc * dp);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;

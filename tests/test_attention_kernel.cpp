@@ -88,6 +88,11 @@ TEST_CASE("fused attention equals the reference: random inputs, n != m, partial 
     check_fused_vs_reference(rnd({1, 1, 150, 24}, 10, dt), rnd({1, 1, 100, 24}, 11, dt), rnd({1, 1, 100, 24}, 12, dt),
                              Tensor(), atol, rtol);
     set_num_threads(saved);
+    // Wider heads: d = 64 and d = 100 (several vector chunks per row).
+    check_fused_vs_reference(rnd({1, 2, 65, 64}, 13, dt), rnd({1, 2, 70, 64}, 14, dt), rnd({1, 2, 70, 64}, 15, dt),
+                             Tensor(), atol, rtol);
+    check_fused_vs_reference(rnd({1, 1, 30, 100}, 16, dt), rnd({1, 1, 80, 100}, 17, dt), rnd({1, 1, 80, 100}, 18, dt),
+                             Tensor(), atol, rtol);
     // Tiny sizes.
     check_fused_vs_reference(rnd({1, 1, 1, 1}, 7, dt), rnd({1, 1, 1, 1}, 8, dt), rnd({1, 1, 1, 1}, 9, dt), Tensor(),
                              atol, rtol);

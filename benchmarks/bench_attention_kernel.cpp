@@ -1,0 +1,210 @@
+// Softmax attention, fused tiled kernel vs the composite reference: forward and
+// forward+backward time (median) and peak memory against n, at B=1, H=2, d=32 (f32).
+//
+// Memory, per implementation and n, from one extra forward+backward after timing:
+//   peak_storage_mb  high-water mark of lotgrad tensor storage during the step (inputs,
+//                    dO, output, saved tensors, scratch, gradients);
+//   extra_storage_mb the same minus what was in use before the step (q, k, v, dO);
+//   vmhwm_mb         the process's peak RSS (VmHWM) during the step, reset before it by
+//                    writing 5 to /proc/self/clear_refs (comparable to PyTorch's peak RSS).
+// Verification before timing: against the reference path (output and gradients) for
+// n <= 2048, else sampled output rows against a naive double-precision computation.
+//
+// Options (besides the harness's --json --runs --warmup --threads --filter --quick):
+//   --n LIST        comma-separated sequence lengths (default 512,1024,2048,4096,8192,16384)
+//   --batch B --heads H --dim d   (defaults 1, 2, 32)
+//   --max-ref N     largest n for the reference path (default 8192; it holds (B, H, n, n))
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "../ops/attention.h"
+#include "harness.h"
+
+int bench_attention_kernel_main(int argc, char** argv);
+
+namespace {
+
+using namespace lotgrad;
+
+double vmhwm_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;  // kB
+  return 0;
+}
+void reset_vmhwm() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (f) f << "5";
+}
+
+// Naive double-precision output row i of head (b, h).
+std::vector<double> naive_row(const Tensor& q, const Tensor& k, const Tensor& v, int64_t bh, int64_t i) {
+  const int64_t n = q.size(2), m = k.size(2), d = q.size(3);
+  const float* qp = q.data_ptr<float>() + (bh * n + i) * d;
+  const float* kp = k.data_ptr<float>() + bh * m * d;
+  const float* vp = v.data_ptr<float>() + bh * m * d;
+  std::vector<double> s((size_t)m), o((size_t)d, 0.0);
+  double mx = -INFINITY, l = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    double a = 0;
+    for (int64_t c = 0; c < d; ++c) a += (double)qp[c] * kp[j * d + c];
+    s[(size_t)j] = a / std::sqrt((double)d);
+    mx = std::max(mx, s[(size_t)j]);
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    const double p = std::exp(s[(size_t)j] - mx);
+    l += p;
+    for (int64_t c = 0; c < d; ++c) o[(size_t)c] += p * vp[j * d + c];
+  }
+  for (auto& x : o) x /= l;
+  return o;
+}
+
+}  // namespace
+
+int bench_attention_kernel_main(int argc, char** argv) {
+  using namespace lotgrad::bench;
+  std::vector<int64_t> ns = {512, 1024, 2048, 4096, 8192, 16384};
+  int64_t B = 1, H = 2, d = 32, max_ref = 8192;
+  std::vector<char*> rest;
+  try {
+    for (int i = 0; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto val = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument("bench attention_kernel: option " + a + " needs a value");
+        return argv[++i];
+      };
+      auto num = [&](const std::string& s) {
+        char* end = nullptr;
+        const long long x = std::strtoll(s.c_str(), &end, 10);
+        if (s.empty() || *end || x < 1) throw std::invalid_argument("bench attention_kernel: " + a + " expects positive integers, got '" + s + "'");
+        return (int64_t)x;
+      };
+      if (a == "--n") {
+        ns.clear();
+        std::stringstream ss(val());
+        for (std::string t; std::getline(ss, t, ',');) ns.push_back(num(t));
+      } else if (a == "--batch") B = num(val());
+      else if (a == "--heads") H = num(val());
+      else if (a == "--dim") d = num(val());
+      else if (a == "--max-ref") max_ref = num(val());
+      else rest.push_back(argv[i]);
+    }
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
+  Options opt;
+  try {
+    opt = parse_options((int)rest.size(), rest.data());
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "%s\n(attention_kernel also takes --n LIST --batch B --heads H --dim d --max-ref N)\n", e.what());
+    return 2;
+  }
+  if (opt.quick) ns = {256, 512};
+  bool ok = true;
+  for (const int64_t n : ns) {
+    // Long sequences: fewer runs (the reference takes seconds per step there).
+    Options o = opt;
+    if (n >= 8192) {
+      o.runs = std::min(o.runs, 3);
+      o.warmup = std::min(o.warmup, 1);
+    }
+    Harness h("attention_kernel", o);
+    Generator gen(1234 + (uint64_t)n);
+    Tensor q = randn({B, H, n, d}, gen), k = randn({B, H, n, d}, gen), v = randn({B, H, n, d}, gen);
+    Tensor dout = randn({B, H, n, d}, gen);
+    q.requires_grad_();
+    k.requires_grad_();
+    v.requires_grad_();
+    const double fwd_flops = 4.0 * B * H * n * n * d;  // q kᵀ and P v
+    const double bwd_flops = 8.0 * B * H * n * n * d;  // dV, dP, dQ, dK (recomputation not counted)
+
+    // Reference results for verification (small n only).
+    std::vector<double> ref_out, ref_dq, ref_dk, ref_dv;
+    if (n <= 2048) {
+      Tensor out = scaled_dot_product_attention(q, k, v, Tensor(), NAN, false);
+      out.backward(dout);
+      ref_out = out.to_vector();
+      ref_dq = q.grad().to_vector();
+      ref_dk = k.grad().to_vector();
+      ref_dv = v.grad().to_vector();
+    }
+    auto close = [](const std::vector<double>& a, const std::vector<double>& b, const char* what) -> std::string {
+      const double c = closeness(a.data(), b.data(), (int64_t)a.size(), 1e-4, 1e-3);
+      return c <= 1.0 ? "" : std::string(what) + " differs from the reference (closeness " + std::to_string(c) + ")";
+    };
+
+    for (const bool fused : {true, false}) {
+      if (!fused && n > max_ref) continue;
+      const std::string impl = fused ? "fused" : "reference";
+      const std::string tag = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " n=" + std::to_string(n) +
+                              " d=" + std::to_string(d);
+      Tensor out;
+      auto forward = [&] { out = scaled_dot_product_attention(q, k, v, Tensor(), NAN, fused); };
+      auto step = [&] {
+        q.zero_grad();
+        k.zero_grad();
+        v.zero_grad();
+        forward();
+        out.backward(dout);
+      };
+      auto verify_out = [&]() -> std::string {
+        if (!ref_out.empty()) return close(out.to_vector(), ref_out, "output");
+        const std::vector<double> o = out.to_vector();
+        for (int64_t bh : {int64_t(0), B * H - 1})
+          for (int64_t i : {int64_t(0), n / 3, n - 1}) {
+            const std::vector<double> r = naive_row(q.detach(), k.detach(), v.detach(), bh, i);
+            std::vector<double> got(o.begin() + (bh * n + i) * d, o.begin() + (bh * n + i + 1) * d);
+            if (std::string e = close(got, r, "sampled output row"); !e.empty()) return e;
+          }
+        return "";
+      };
+      auto verify_step = [&]() -> std::string {
+        if (std::string e = verify_out(); !e.empty()) return e;
+        if (!ref_out.empty()) {
+          for (auto [t, r, w] : {std::tuple{&q, &ref_dq, "dq"}, {&k, &ref_dk, "dk"}, {&v, &ref_dv, "dv"}})
+            if (std::string e = close(t->grad().to_vector(), *r, w); !e.empty()) return e;
+          return "";
+        }
+        for (const Tensor* t : {&q, &k, &v})
+          for (double x : t->grad().to_vector())
+            if (!std::isfinite(x)) return "non-finite gradient";
+        return "";
+      };
+
+      const std::string fwd_name = "attention fwd " + tag, step_name = "attention fwd+bwd " + tag;
+      if (h.selected(fwd_name)) {
+        Measurement m = h.measure(fwd_name, impl, forward, verify_out, fwd_flops, 0);
+        m.tags.push_back({"pass", "fwd"});
+        m.extra.push_back({"n", (double)n});
+        h.emit(m);
+      }
+      out = Tensor();
+      if (h.selected(step_name)) {
+        Measurement m = h.measure(step_name, impl, step, verify_step, fwd_flops + bwd_flops, 0);
+        out = Tensor();
+        if (m.verified) {
+          q.zero_grad();
+          k.zero_grad();
+          v.zero_grad();
+          const int64_t base = storage_bytes_in_use();
+          reset_storage_peak();
+          reset_vmhwm();
+          step();
+          out = Tensor();
+          m.extra.push_back({"peak_storage_mb", storage_bytes_peak() / 1048576.0});
+          m.extra.push_back({"extra_storage_mb", (storage_bytes_peak() - base) / 1048576.0});
+          m.extra.push_back({"vmhwm_mb", vmhwm_mb()});
+        }
+        m.tags.push_back({"pass", "fwd+bwd"});
+        m.extra.push_back({"n", (double)n});
+        h.emit(m);
+      }
+    }
+    ok = ok && h.all_ok();
+  }
+  return ok ? 0 : 1;
+}
