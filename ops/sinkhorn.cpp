@@ -1,0 +1,1294 @@
+// Log-domain Sinkhorn with unrolled and implicit backward passes. Derivations and the
+// test list are in /work/shared/reference/sinkhorn.md; the student page is docs/sinkhorn.md.
+//
+// Internally every problem is put in a canonical "tall" layout: rows are the larger side
+// (N = max(n, m)) and columns the smaller side (M = min(n, m)); a problem with n < m is
+// transposed while the working cost is built. The working cost is
+//   K_ij = (C_ij - rs_i - cs_j) / eps    (rs: row minima, cs: column minima after that)
+// so that in f32 the entries that carry mass are small numbers. The iteration is exactly
+// equivariant under such shifts (the potentials absorb them), so nothing downstream
+// depends on them. Potentials fh, gh are in these shifted, scaled units.
+#include "sinkhorn.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../core/autograd.h"
+#include "../core/iter.h"
+#include "../core/parallel.h"
+
+namespace lotgrad {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kBalanceTol = 1e-4;  // relative disagreement allowed between the totals
+
+// ---- a vectorisable exp ---------------------------------------------------------------
+// std::exp does not vectorise without -ffast-math; this one is plain arithmetic (range
+// reduction x = k ln2 + r, Taylor polynomial on |r| <= ln2/2, 2^k by exponent bits), so
+// loops over it vectorise and are deterministic. Below the smallest normal it returns 0
+// (also for -inf, which is how zero mass enters); above overflow +inf.
+inline float fexp(float x) {
+  constexpr float lo = -87.0f, hi = 88.5f;
+  const float xc = x < lo ? lo : (x > hi ? hi : x);
+  constexpr float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float t = xc * 1.44269504088896341f + shifter;
+  const int32_t k = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(shifter);
+  const float kf = t - shifter;
+  float r = xc - kf * 0.693359375f;
+  r = r - kf * -2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float y = p * std::bit_cast<float>((k + 127) << 23);
+  return x < lo ? 0.0f : (x > hi ? std::numeric_limits<float>::infinity() : y);
+}
+inline double fexp(double x) {
+  constexpr double lo = -708.0, hi = 709.0;
+  const double xc = x < lo ? lo : (x > hi ? hi : x);
+  constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = xc * 1.4426950408889634074 + shifter;
+  const int64_t k = std::bit_cast<int64_t>(t) - std::bit_cast<int64_t>(shifter);
+  const double kf = t - shifter;
+  double r = xc - kf * 6.93147180369123816490e-01;
+  r = r - kf * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const double y = p * std::bit_cast<double>((k + 1023) << 52);
+  return x < lo ? 0.0 : (x > hi ? kInf : y);
+}
+
+// Below this a centred column sum has lost accuracy to underflow: redo with a max pass.
+template <class T> constexpr double kTinySum = std::is_same_v<T, float> ? 1e-20 : 1e-200;
+
+inline bool valid(double lw) { return lw != -kInf; }
+
+// Fixed row chunks (independent of the thread count, so sums are bit-reproducible).
+inline int64_t chunk_rows(int64_t M) { return std::max<int64_t>(8, 32768 / std::max<int64_t>(M, 1)); }
+
+template <class F>
+void for_chunks(int64_t nchunks, int64_t work, F&& f) {
+  parallel_for(0, nchunks, work >= kParallelGrain ? 1 : nchunks + 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) f(c);
+  });
+}
+
+// ---- per-problem view --------------------------------------------------------------
+template <class T>
+struct Prob {
+  int64_t N = 0, M = 0;
+  const T* K = nullptr;        // (N, M) working cost
+  const double* la = nullptr;  // (N) effective log-weights (canonical rows)
+  const double* lb = nullptr;  // (M)
+  T* f = nullptr;              // (N) potentials, shifted scaled units
+  T* g = nullptr;              // (M)
+  double mass = 0;             // total mass (both sides after rebalancing)
+  int64_t nchunks() const { return (N + chunk_rows(M) - 1) / chunk_rows(M); }
+  int64_t cbeg(int64_t c) const { return c * chunk_rows(M); }
+  int64_t cend(int64_t c) const { return std::min(N, (c + 1) * chunk_rows(M)); }
+};
+
+// Row LSE of (g_j - K_ij) over j, with an exact max (the row is short and in cache).
+template <class T>
+inline double row_lse(const T* g, const T* k, int64_t M) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < M; ++j) mx = std::max(mx, T(g[j] - k[j]));
+  if (mx == -std::numeric_limits<T>::infinity()) return -kInf;
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < M; ++j) s += (double)fexp(T(g[j] - k[j] - mx));
+  return (double)mx + std::log(s);
+}
+
+// Row half-step: f_i = la_i - LSE_j(g_j - K_ij). If `other`, also measures the row
+// marginal error of the current plan and skips the update when it is below stop_below.
+// Returns the relative L1 error (or -1 when not measured) and sets stopped.
+template <class T>
+double row_step(Prob<T>& p, bool measure, double stop_below, bool& stopped, std::vector<T>& tmp) {
+  const int64_t nc = p.nchunks(), M = p.M;
+  std::vector<double> part(measure ? nc : 0, 0.0);
+  T* dst = p.f;
+  if (measure) {
+    tmp.resize(p.N);
+    dst = tmp.data();
+  }
+  for_chunks(nc, p.N * M, [&](int64_t c) {
+    double e = 0;
+    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+      if (!valid(p.la[i])) {
+        dst[i] = -std::numeric_limits<T>::infinity();
+        continue;
+      }
+      const double lse = row_lse(p.g, p.K + i * M, M);
+      if (measure) e += std::abs(std::exp((double)p.f[i] + lse) - std::exp(p.la[i]));
+      dst[i] = T(p.la[i] - lse);
+    }
+    if (measure) part[c] = e;
+  });
+  stopped = false;
+  if (!measure) return -1;
+  double err = 0;
+  for (double v : part) err += v;
+  err /= p.mass;
+  if (err < stop_below) {
+    stopped = true;
+    return err;
+  }
+  std::copy(tmp.begin(), tmp.end(), p.f);
+  return err;
+}
+
+// Column half-step: g_j = lb_j - LSE_i(f_i - K_ij). Centred form first (the sums are the
+// current column marginals, no max pass); falls back to a two-pass LSE when a sum
+// under- or overflowed (cold starts). Sums over rows accumulate in double per chunk.
+template <class T>
+double col_step(Prob<T>& p, bool measure, double stop_below, bool& stopped) {
+  const int64_t nc = p.nchunks(), M = p.M, N = p.N;
+  std::vector<double> part((size_t)nc * M, 0.0);
+  for_chunks(nc, N * M, [&](int64_t c) {
+    double* acc = part.data() + c * M;
+    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+      if (!valid(p.la[i])) continue;
+      const T fi = p.f[i];
+      const T* k = p.K + i * M;
+#pragma omp simd
+      for (int64_t j = 0; j < M; ++j) acc[j] += (double)fexp(T(fi + p.g[j] - k[j]));
+    }
+  });
+  std::vector<double> s(M, 0.0), lse(M, -kInf);
+  for (int64_t c = 0; c < nc; ++c)
+    for (int64_t j = 0; j < M; ++j) s[j] += part[c * M + j];
+  bool ok = true;
+  for (int64_t j = 0; j < M; ++j)
+    if (valid(p.lb[j]) && !(std::isfinite(s[j]) && s[j] > kTinySum<T> * p.mass)) ok = false;
+  double err = 0;
+  if (ok) {
+    for (int64_t j = 0; j < M; ++j) {
+      if (!valid(p.lb[j])) continue;
+      lse[j] = std::log(s[j]) - (double)p.g[j];  // LSE_i(f_i - K_ij)
+      err += std::abs(s[j] - std::exp(p.lb[j]));
+    }
+  } else {
+    // Two passes: column maxima, then shifted sums.
+    std::vector<T> mpart((size_t)nc * M, -std::numeric_limits<T>::infinity());
+    for_chunks(nc, N * M, [&](int64_t c) {
+      T* mx = mpart.data() + c * M;
+      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+        if (!valid(p.la[i])) continue;
+        const T fi = p.f[i];
+        const T* k = p.K + i * M;
+        for (int64_t j = 0; j < M; ++j) mx[j] = std::max(mx[j], T(fi - k[j]));
+      }
+    });
+    std::vector<T> mx(M, -std::numeric_limits<T>::infinity());
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t j = 0; j < M; ++j) mx[j] = std::max(mx[j], mpart[c * M + j]);
+    std::fill(part.begin(), part.end(), 0.0);
+    for_chunks(nc, N * M, [&](int64_t c) {
+      double* acc = part.data() + c * M;
+      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+        if (!valid(p.la[i])) continue;
+        const T fi = p.f[i];
+        const T* k = p.K + i * M;
+#pragma omp simd
+        for (int64_t j = 0; j < M; ++j) acc[j] += (double)fexp(T(fi - k[j] - mx[j]));
+      }
+    });
+    std::fill(s.begin(), s.end(), 0.0);
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t j = 0; j < M; ++j) s[j] += part[c * M + j];
+    for (int64_t j = 0; j < M; ++j) {
+      if (!valid(p.lb[j])) continue;
+      lse[j] = (double)mx[j] + std::log(s[j]);
+      err += std::abs(std::exp((double)p.g[j] + lse[j]) - std::exp(p.lb[j]));
+    }
+  }
+  err /= p.mass;
+  stopped = measure && err < stop_below;
+  if (stopped) return err;
+  for (int64_t j = 0; j < M; ++j) {
+    if (!valid(p.lb[j])) continue;
+    if (!std::isfinite(lse[j]))
+      throw std::runtime_error("sinkhorn: column log-sum-exp is not finite (cost/eps out of range?)");
+    p.g[j] = T(p.lb[j] - lse[j]);
+  }
+  return measure ? err : -1;
+}
+
+// ---- shared setup ---------------------------------------------------------------------
+struct Dims {
+  Shape batch;        // C.shape[:-2]
+  int64_t B = 1, n = 0, m = 0, N = 0, M = 0;
+  bool tr = false;    // canonical = transposed
+};
+
+// Expands a (..., k) log-weight (or warm start) to (B, k) doubles; undefined -> fill.
+std::vector<double> expand_vec(const Tensor& t, const Dims& d, int64_t k, double fill) {
+  std::vector<double> out((size_t)(d.B * k), fill);
+  if (!t.defined()) return out;
+  Shape full = d.batch;
+  full.push_back(k);
+  Tensor e = t.detach().expand(full);
+  std::vector<double> v = e.to_vector();
+  std::copy(v.begin(), v.end(), out.begin());
+  return out;
+}
+
+// Everything the forward computes and the backward reuses (no n x m arrays).
+template <class T>
+struct State {
+  Dims d;
+  double eps = 1;
+  int64_t H = 0;
+  bool last_rows = true;  // canonical side updated last
+  SinkhornGrad mode = SinkhornGrad::implicit;
+  std::vector<double> la0, lb0;  // canonical log-weights as given (B*N, B*M)
+  std::vector<double> la, lb;    // effective (rebalanced)
+  std::vector<double> rs, cs;    // canonical shifts in cost units
+  std::vector<double> mass;      // per problem
+  Tensor fh, gh;                 // (B, N), (B, M) final potentials
+  Tensor f0, g0;                 // (B, N), (B, M) initial potentials (unrolled)
+  Tensor snaps;                  // (B, H/2 + 2, M) g after each column step (unrolled)
+  std::vector<int64_t> steps, ncol;
+  std::vector<double> err;
+  int64_t snap_stride() const { return (H / 2 + 2) * d.M; }
+};
+
+// Builds K (B, N, M) from C (validated, contiguous copy), filling rs, cs.
+template <class T>
+Tensor build_K(const Tensor& C, State<T>& st) {
+  const Dims& d = st.d;
+  Tensor Cc = C.detach().contiguous();
+  const T* c = Cc.data_ptr<T>();
+  Tensor K = make_tensor({d.B, d.N, d.M}, dtype_of<T>::value);
+  T* k = K.data_ptr<T>();
+  st.rs.assign((size_t)(d.B * d.N), 0.0);
+  st.cs.assign((size_t)(d.B * d.M), 0.0);
+  const double ie = 1.0 / st.eps;
+  parallel_for(0, d.B, d.n * d.m >= kParallelGrain ? 1 : d.B + 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> ro(d.n), co(d.m);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* cb = c + b * d.n * d.m;
+      // original-orientation log-weights
+      const double* lan = d.tr ? &st.lb[b * d.M] : &st.la[b * d.N];
+      const double* lbn = d.tr ? &st.la[b * d.N] : &st.lb[b * d.M];
+      for (int64_t i = 0; i < d.n; ++i) {
+        double mn = kInf;
+        for (int64_t j = 0; j < d.m; ++j)
+          if (valid(lbn[j])) mn = std::min(mn, (double)cb[i * d.m + j]);
+        ro[i] = std::isfinite(mn) ? mn : 0.0;
+      }
+      std::fill(co.begin(), co.end(), kInf);
+      for (int64_t i = 0; i < d.n; ++i) {
+        if (!valid(lan[i])) continue;
+        for (int64_t j = 0; j < d.m; ++j) co[j] = std::min(co[j], (double)cb[i * d.m + j] - ro[i]);
+      }
+      for (auto& v : co)
+        if (!std::isfinite(v)) v = 0.0;
+      T* kb = k + b * d.N * d.M;
+      for (int64_t i = 0; i < d.n; ++i)
+        for (int64_t j = 0; j < d.m; ++j) {
+          const T v = T(((double)cb[i * d.m + j] - ro[i] - co[j]) * ie);
+          if (d.tr) kb[j * d.M + i] = v;
+          else kb[i * d.M + j] = v;
+        }
+      double* rsb = &st.rs[b * d.N];
+      double* csb = &st.cs[b * d.M];
+      for (int64_t i = 0; i < d.N; ++i) rsb[i] = d.tr ? co[i] : ro[i];
+      for (int64_t j = 0; j < d.M; ++j) csb[j] = d.tr ? ro[j] : co[j];
+    }
+  });
+  return K;
+}
+
+double lse_vec(const double* x, int64_t k) {
+  double mx = -kInf;
+  for (int64_t i = 0; i < k; ++i) mx = std::max(mx, x[i]);
+  if (mx == -kInf) return -kInf;
+  double s = 0;
+  for (int64_t i = 0; i < k; ++i) s += std::exp(x[i] - mx);
+  return mx + std::log(s);
+}
+
+// ---- input validation ------------------------------------------------------------------
+void check_inputs(const char* op, const Tensor& C, const Tensor& la, const Tensor& lb, const Tensor& eps,
+                  const SinkhornOptions& o, Dims& d) {
+  if (!C.defined()) throw ShapeError(std::string(op) + ": cost C is undefined");
+  if (!is_floating(C.dtype())) throw_dtype(op, "cost must be f32 or f64", {{"C", &C}});
+  if (C.dim() < 2) throw_shape(op, "cost must be (..., n, m) with at least 2 dims", {{"C", &C}});
+  d.n = C.size(-2);
+  d.m = C.size(-1);
+  d.batch = Shape(C.shape().begin(), C.shape().end() - 2);
+  d.B = shape_numel(d.batch);
+  d.tr = d.n < d.m;
+  d.N = std::max(d.n, d.m);
+  d.M = std::min(d.n, d.m);
+  if (d.n == 0 || d.m == 0) throw_shape(op, "cost must have n >= 1 and m >= 1", {{"C", &C}});
+  auto check_vec = [&](const Tensor& t, const char* name, int64_t k, const char* side) {
+    if (!t.defined()) return;
+    if (t.dtype() != C.dtype())
+      throw_dtype(op, std::string(name) + " must have the cost's dtype", {{"C", &C}, {name, &t}});
+    Shape want = d.batch;
+    want.push_back(k);
+    bool okb = t.dim() >= 1 && t.size(-1) == k;
+    if (okb) {
+      try {
+        okb = broadcast_shapes(t.shape(), want, op) == want;
+      } catch (const ShapeError&) {
+        okb = false;
+      }
+    }
+    if (!okb)
+      throw_shape(op, std::string(name) + " must be (..., " + side + ") = " + shape_str(want) + " or broadcast to it",
+                  {{"C", &C}, {name, &t}});
+  };
+  check_vec(la, "log_a", d.n, "n");
+  check_vec(lb, "log_b", d.m, "m");
+  check_vec(o.f_init, "f_init", d.n, "n");
+  check_vec(o.g_init, "g_init", d.m, "m");
+  if (!eps.defined() || eps.numel() != 1)
+    throw_shape(op, "eps must be a one-element tensor", {{"C", &C}, {"eps", eps.defined() ? &eps : nullptr}});
+  if (eps.dtype() != C.dtype()) throw_dtype(op, "eps must have the cost's dtype", {{"C", &C}, {"eps", &eps}});
+  const double e = eps.item();
+  if (!(e > 0) || !std::isfinite(e)) throw_shape(op, "eps must be finite and > 0, got " + std::to_string(e), {{"eps", &eps}});
+  if (o.max_half_steps < 1) throw ShapeError(std::string(op) + ": max_half_steps must be >= 1");
+  if (!(o.tol >= 0)) throw ShapeError(std::string(op) + ": tol must be >= 0");
+}
+
+// Fills log-weights (canonical, effective), masses, checks values and totals.
+template <class T>
+void setup_weights(const char* op, const Tensor& C, const Tensor& la_t, const Tensor& lb_t, State<T>& st) {
+  const Dims& d = st.d;
+  std::vector<double> la = expand_vec(la_t, d, d.n, -std::log((double)d.n));
+  std::vector<double> lb = expand_vec(lb_t, d, d.m, -std::log((double)d.m));
+  for (double v : la)
+    if (std::isnan(v) || v == kInf) throw_shape(op, "log_a must not contain NaN or +inf", {{"log_a", &la_t}});
+  for (double v : lb)
+    if (std::isnan(v) || v == kInf) throw_shape(op, "log_b must not contain NaN or +inf", {{"log_b", &lb_t}});
+  st.la0 = d.tr ? lb : la;
+  st.lb0 = d.tr ? la : lb;
+  st.la = st.la0;
+  st.lb = st.lb0;
+  st.mass.assign(d.B, 0.0);
+  for (int64_t b = 0; b < d.B; ++b) {
+    const double A = lse_vec(&st.la0[b * d.N], d.N), Bm = lse_vec(&st.lb0[b * d.M], d.M);
+    if (A == -kInf && Bm == -kInf) continue;  // empty problem: zero plan
+    if (A == -kInf || Bm == -kInf || std::abs(std::expm1(A - Bm)) > kBalanceTol) {
+      throw_shape(op,
+                  "marginals must have equal total mass (sum exp(log_a) = " + std::to_string(std::exp(d.tr ? Bm : A)) +
+                      ", sum exp(log_b) = " + std::to_string(std::exp(d.tr ? A : Bm)) + " in batch entry " +
+                      std::to_string(b) + ")",
+                  {{"C", &C}, {"log_a", &la_t}, {"log_b", &lb_t}});
+    }
+    for (int64_t j = 0; j < d.M; ++j) st.lb[b * d.M + j] += A - Bm;
+    st.mass[b] = std::exp(A);
+  }
+}
+
+template <class T>
+void check_cost(const char* op, const Tensor& C) {
+  Tensor Cc = C.detach().contiguous();
+  const T* c = Cc.data_ptr<T>();
+  const int64_t n = Cc.numel();
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(c[i]);
+  if (bad) throw_shape(op, "cost must be finite (found NaN or inf)", {{"C", &C}});
+}
+
+// Initial potentials (shifted, scaled units). Zero potentials in cost units unless warm.
+template <class T>
+void init_potentials(State<T>& st, const SinkhornOptions& o, T* f, T* g) {
+  const Dims& d = st.d;
+  std::vector<double> fi = expand_vec(o.f_init, d, d.n, 0.0), gi = expand_vec(o.g_init, d, d.m, 0.0);
+  const std::vector<double>& fc = d.tr ? gi : fi;
+  const std::vector<double>& gc = d.tr ? fi : gi;
+  for (int64_t k = 0; k < d.B * d.N; ++k) {
+    if (valid(st.la[k]) && !std::isfinite(fc[k])) throw ShapeError("sinkhorn: warm-start potentials must be finite on entries with mass");
+    f[k] = valid(st.la[k]) ? T((fc[k] - st.rs[k]) / st.eps) : -std::numeric_limits<T>::infinity();
+  }
+  for (int64_t k = 0; k < d.B * d.M; ++k) {
+    if (valid(st.lb[k]) && !std::isfinite(gc[k])) throw ShapeError("sinkhorn: warm-start potentials must be finite on entries with mass");
+    g[k] = valid(st.lb[k]) ? T((gc[k] - st.cs[k]) / st.eps) : -std::numeric_limits<T>::infinity();
+  }
+}
+
+// Runs the solver for every problem. K must be built. Fills fh, gh (and snaps, f0, g0).
+template <class T>
+void solve_all(State<T>& st, const Tensor& K, const SinkhornOptions& o) {
+  const Dims& d = st.d;
+  st.H = o.max_half_steps;
+  st.last_rows = (o.last == SinkhornSide::rows) != d.tr;
+  st.fh = make_tensor({d.B, d.N}, dtype_of<T>::value);
+  st.gh = make_tensor({d.B, d.M}, dtype_of<T>::value);
+  T* fh = st.fh.template data_ptr<T>();
+  T* gh = st.gh.template data_ptr<T>();
+  init_potentials(st, o, fh, gh);
+  const bool unrolled = st.mode == SinkhornGrad::unrolled;
+  T* snaps = nullptr;
+  if (unrolled) {
+    st.f0 = st.fh.clone();
+    st.g0 = st.gh.clone();
+    st.snaps = make_tensor({d.B, st.H / 2 + 2, d.M}, dtype_of<T>::value);
+    snaps = st.snaps.template data_ptr<T>();
+  }
+  st.steps.assign(d.B, 0);
+  st.ncol.assign(d.B, 0);
+  st.err.assign(d.B, -1.0);
+  const T* kp = K.data_ptr<T>();
+  // Many problems: one per thread, serial inside. Few: serial over problems, parallel rows.
+  const bool outer = d.B >= get_num_threads() && d.B > 1;
+  auto run = [&](int64_t b) {
+    Prob<T> p;
+    p.N = d.N;
+    p.M = d.M;
+    p.K = kp + b * d.N * d.M;
+    p.la = &st.la[b * d.N];
+    p.lb = &st.lb[b * d.M];
+    p.f = fh + b * d.N;
+    p.g = gh + b * d.M;
+    p.mass = st.mass[b];
+    if (p.mass == 0) return;  // empty problem
+    T* sn = snaps ? snaps + b * st.snap_stride() : nullptr;
+    if (sn) std::copy(p.g, p.g + d.M, sn);
+    std::vector<T> tmp;
+    bool did_last = false;
+    int64_t k = 0, nc = 0;
+    for (; k < st.H; ++k) {
+      const bool is_last = ((st.H - 1 - k) % 2) == 0;
+      const bool rows = is_last == st.last_rows;
+      const bool measure = !is_last;
+      const double thr = (did_last && o.tol > 0) ? o.tol : -1.0;
+      bool stopped = false;
+      const double e = rows ? row_step(p, measure, thr, stopped, tmp) : col_step(p, measure, thr, stopped);
+      if (measure) st.err[b] = e;
+      if (stopped) break;
+      if (!rows) {
+        ++nc;
+        if (sn) std::copy(p.g, p.g + d.M, sn + nc * d.M);
+      }
+      did_last |= is_last;
+    }
+    st.steps[b] = k;
+    st.ncol[b] = nc;
+  };
+  if (outer) {
+    parallel_for(0, d.B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) run(b);
+    });
+  } else {
+    for (int64_t b = 0; b < d.B; ++b) run(b);
+  }
+}
+
+// Potentials in cost units, original orientation.
+template <class T>
+void export_potentials(const State<T>& st, Tensor& f, Tensor& g) {
+  const Dims& d = st.d;
+  Shape sf = d.batch, sg = d.batch;
+  sf.push_back(d.n);
+  sg.push_back(d.m);
+  f = make_tensor(sf, dtype_of<T>::value);
+  g = make_tensor(sg, dtype_of<T>::value);
+  Tensor fc = d.tr ? g : f, gc = d.tr ? f : g;  // canonical rows / cols
+  T* fo = fc.template data_ptr<T>();
+  T* go = gc.template data_ptr<T>();
+  const T* fh = st.fh.template data_ptr<T>();
+  const T* gh = st.gh.template data_ptr<T>();
+  for (int64_t k = 0; k < d.B * d.N; ++k)
+    fo[k] = valid(st.la[k]) ? T(st.eps * (double)fh[k] + st.rs[k]) : -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < d.B * d.M; ++k)
+    go[k] = valid(st.lb[k]) ? T(st.eps * (double)gh[k] + st.cs[k]) : -std::numeric_limits<T>::infinity();
+}
+
+// Plan or log-plan, original orientation (B.., n, m).
+template <class T>
+Tensor export_plan(const State<T>& st, const Tensor& K, bool log_space) {
+  const Dims& d = st.d;
+  Shape s = d.batch;
+  s.push_back(d.n);
+  s.push_back(d.m);
+  Tensor P = make_tensor(s, dtype_of<T>::value);
+  T* po = P.data_ptr<T>();
+  const T* kp = K.data_ptr<T>();
+  const T* fh = st.fh.template data_ptr<T>();
+  const T* gh = st.gh.template data_ptr<T>();
+  const int64_t N = d.N, M = d.M;
+  parallel_for(0, d.B * N, std::max<int64_t>(1, kParallelGrain / M), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / N, i = r % N;
+      const T fi = fh[r];
+      const T* g = gh + b * M;
+      const T* k = kp + r * M;
+      T* out = po + b * N * M;
+      for (int64_t j = 0; j < M; ++j) {
+        const T lp = T(fi + g[j] - k[j]);  // -inf on padding (f or g is -inf)
+        const T v = log_space ? lp : fexp(lp);
+        if (d.tr) out[j * N + i] = v;
+        else out[i * M + j] = v;
+      }
+    }
+  });
+  return P;
+}
+
+// ---- Laplacian solve -------------------------------------------------------------------
+// Solves (S + c 1 1^T) v = rhs on the valid columns, S = diag(Moff 1) - Moff built from the
+// off-diagonal of Mm (the graph Laplacian of sec. 4.3), so S 1 = 0 holds to rounding.
+// Tiny pivots (disconnected components) are treated as null directions (v component 0).
+void laplacian_solve(const std::vector<double>& Mm, const std::vector<double>& rhs_in, const double* lb, int64_t M,
+                     std::vector<double>& v) {
+  std::vector<int64_t> idx;
+  for (int64_t j = 0; j < M; ++j)
+    if (valid(lb[j])) idx.push_back(j);
+  const int64_t k = (int64_t)idx.size();
+  v.assign(M, 0.0);
+  if (k <= 1) return;
+  std::vector<double> A((size_t)(k * k), 0.0), r(k);
+  double rmean = 0;
+  for (int64_t a = 0; a < k; ++a) rmean += rhs_in[idx[a]];
+  rmean /= (double)k;
+  double diag_sum = 0;
+  for (int64_t a = 0; a < k; ++a) {
+    double s = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      if (c == a) continue;
+      const double w = Mm[idx[a] * M + idx[c]];
+      A[a * k + c] = -w;
+      s += w;
+    }
+    A[a * k + a] = s;
+    diag_sum += s;
+    r[a] = rhs_in[idx[a]] - rmean;  // exact rhs sums to zero; drop rounding drift
+  }
+  const double cc = diag_sum > 0 ? diag_sum / (double)(k * k) : 1.0;
+  for (auto& x : A) x += cc;
+  // Cholesky, lower triangle in place.
+  double maxd = 0;
+  for (int64_t a = 0; a < k; ++a) maxd = std::max(maxd, A[a * k + a]);
+  std::vector<char> null(k, 0);
+  for (int64_t j = 0; j < k; ++j) {
+    double djj = A[j * k + j];
+    for (int64_t q = 0; q < j; ++q) djj -= A[j * k + q] * A[j * k + q];
+    if (djj <= 1e-13 * maxd) {
+      null[j] = 1;
+      for (int64_t i = j; i < k; ++i) A[i * k + j] = 0;
+      continue;
+    }
+    const double l = std::sqrt(djj);
+    A[j * k + j] = l;
+    for (int64_t i = j + 1; i < k; ++i) {
+      double s = A[i * k + j];
+      for (int64_t q = 0; q < j; ++q) s -= A[i * k + q] * A[j * k + q];
+      A[i * k + j] = s / l;
+    }
+  }
+  for (int64_t i = 0; i < k; ++i) {  // L y = r
+    if (null[i]) { r[i] = 0; continue; }
+    double s = r[i];
+    for (int64_t q = 0; q < i; ++q) s -= A[i * k + q] * r[q];
+    r[i] = s / A[i * k + i];
+  }
+  for (int64_t i = k - 1; i >= 0; --i) {  // L^T x = y
+    if (null[i]) { r[i] = 0; continue; }
+    double s = r[i];
+    for (int64_t q = i + 1; q < k; ++q) s -= A[q * k + i] * r[q];
+    r[i] = s / A[i * k + i];
+  }
+  for (int64_t a = 0; a < k; ++a) v[idx[a]] = r[a];
+}
+
+// ---- backward core -------------------------------------------------------------------
+// Inputs per problem: R = dL/dP o P (+ dL/dlogP) in Kb (canonical, N x M), potential
+// adjoints yf0 = eps * dL/df (N), yg0 = eps * dL/dg (M) in canonical orientation.
+// Outputs: Kb becomes dL/dK; dla, dlb (adjoints of the effective log-weights); df0, dg0
+// (adjoints of the initial shifted potentials, unrolled only).
+template <class T>
+struct BwdOut {
+  std::vector<double> dla, dlb, df0, dg0;
+};
+
+template <class T>
+void backward_implicit(const State<T>& st, int64_t b, const T* K, T* Kb, const double* yf0, const double* yg0,
+                       BwdOut<T>& out) {
+  const int64_t N = st.d.N, M = st.d.M;
+  const double* la = &st.la[b * N];
+  const double* lb = &st.lb[b * M];
+  const T* f = st.fh.template data_ptr<T>() + b * N;
+  const T* g = st.gh.template data_ptr<T>() + b * M;
+  Prob<T> p;
+  p.N = N;
+  p.M = M;
+  const int64_t nc = p.nchunks();
+  // Project the potential adjoints onto the consistent (gauge-invariant) subspace.
+  double sf = 0, sg = 0;
+  int64_t nv = 0, mv = 0;
+  for (int64_t i = 0; i < N; ++i)
+    if (valid(la[i])) sf += yf0[i], ++nv;
+  for (int64_t j = 0; j < M; ++j)
+    if (valid(lb[j])) sg += yg0[j], ++mv;
+  const double delta = (nv + mv) ? (sf - sg) / (double)(nv + mv) : 0.0;
+  std::vector<double> alpha(N, 0.0), yf(N, 0.0);
+  // Pass 1: alpha, rho, kappa, rhs part, M = P~^T P~ (all accumulated in double).
+  std::vector<double> pk((size_t)nc * M, 0.0), prhs((size_t)nc * M, 0.0), pM((size_t)nc * M * M, 0.0);
+  for_chunks(nc, N * M, [&](int64_t c) {
+    std::vector<double> prow(M), pt(M);
+    double* kap = pk.data() + c * M;
+    double* rh = prhs.data() + c * M;
+    double* Mm = pM.data() + c * M * M;
+    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+      if (!valid(la[i])) continue;
+      const T* k = K + i * M;
+      const T* R = Kb + i * M;
+      double a = 0, rho = 0;
+      for (int64_t j = 0; j < M; ++j) {
+        prow[j] = (double)fexp(T(f[i] + g[j] - k[j]));
+        a += prow[j];
+        rho += (double)R[j];
+        kap[j] += (double)R[j];
+      }
+      if (!(a > 0)) continue;  // a row whose mass underflowed entirely carries nothing
+      alpha[i] = a;
+      yf[i] = rho + yf0[i] - delta;
+      const double w = yf[i] / a, isa = 1.0 / std::sqrt(a);
+      for (int64_t j = 0; j < M; ++j) {
+        rh[j] += prow[j] * w;
+        pt[j] = prow[j] * isa;
+      }
+      for (int64_t j = 0; j < M; ++j) {
+        const double pj = pt[j];
+        if (pj == 0) continue;
+        double* row = Mm + j * M;
+#pragma omp simd
+        for (int64_t q = 0; q < M; ++q) row[q] += pj * pt[q];
+      }
+    }
+  });
+  std::vector<double> rhs(M, 0.0), Mm((size_t)M * M, 0.0);
+  for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t j = 0; j < M; ++j) rhs[j] += pk[c * M + j] - prhs[c * M + j];
+    for (int64_t q = 0; q < M * M; ++q) Mm[q] += pM[c * M * M + q];
+  }
+  for (int64_t j = 0; j < M; ++j) rhs[j] = valid(lb[j]) ? rhs[j] + yg0[j] + delta : 0.0;
+  std::vector<double> v;
+  laplacian_solve(Mm, rhs, lb, M, v);
+  // Pass 2: u, dL/dK = P o (u + v) - R.
+  out.dla.assign(N, 0.0);
+  for_chunks(nc, N * M, [&](int64_t c) {
+    std::vector<double> prow(M);
+    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+      T* R = Kb + i * M;
+      if (!valid(la[i]) || alpha[i] == 0) {
+        for (int64_t j = 0; j < M; ++j) R[j] = T(0);
+        continue;
+      }
+      const T* k = K + i * M;
+      double pv = 0;
+      for (int64_t j = 0; j < M; ++j) {
+        prow[j] = (double)fexp(T(f[i] + g[j] - k[j]));
+        pv += prow[j] * v[j];
+      }
+      const double u = (yf[i] - pv) / alpha[i];
+      for (int64_t j = 0; j < M; ++j) R[j] = T(prow[j] * (u + v[j]) - (double)R[j]);
+      out.dla[i] = std::exp(la[i]) * u;
+    }
+  });
+  out.dlb.assign(M, 0.0);
+  for (int64_t j = 0; j < M; ++j)
+    if (valid(lb[j])) out.dlb[j] = std::exp(lb[j]) * v[j];
+}
+
+template <class T>
+void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const double* yf0, const double* yg0,
+                       BwdOut<T>& out) {
+  const int64_t N = st.d.N, M = st.d.M;
+  const double* la = &st.la[b * N];
+  const double* lb = &st.lb[b * M];
+  const T* f = st.fh.template data_ptr<T>() + b * N;
+  const T* g = st.gh.template data_ptr<T>() + b * M;
+  const T* f0 = st.f0.template data_ptr<T>() + b * N;
+  const T* sn = st.snaps.template data_ptr<T>() + b * st.snap_stride();
+  Prob<T> p;
+  p.N = N;
+  p.M = M;
+  const int64_t nc = p.nchunks();
+  // Seed: Kb = -R, fbar = R 1 + yf0, gbar = R^T 1 + yg0.
+  std::vector<double> fb(N, 0.0), gb(M, 0.0), part((size_t)nc * M, 0.0);
+  for_chunks(nc, N * M, [&](int64_t c) {
+    double* acc = part.data() + c * M;
+    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+      T* R = Kb + i * M;
+      if (!valid(la[i])) {
+        for (int64_t j = 0; j < M; ++j) R[j] = T(0);
+        continue;
+      }
+      double rho = 0;
+      for (int64_t j = 0; j < M; ++j) {
+        rho += (double)R[j];
+        acc[j] += (double)R[j];
+        R[j] = -R[j];
+      }
+      fb[i] = rho + yf0[i];
+    }
+  });
+  for (int64_t c = 0; c < nc; ++c)
+    for (int64_t j = 0; j < M; ++j) gb[j] += part[c * M + j];
+  for (int64_t j = 0; j < M; ++j) gb[j] = valid(lb[j]) ? gb[j] + yg0[j] : 0.0;
+  out.dla.assign(N, 0.0);
+  out.dlb.assign(M, 0.0);
+  (void)f;
+  (void)g;
+  const int64_t T_b = st.steps[b];
+  int64_t cidx = st.ncol[b];
+  auto is_rows = [&](int64_t k) { return (((st.H - 1 - k) % 2) == 0) == st.last_rows; };
+  std::vector<T> fcur(N);
+  // Undo a row step that used column potentials gin: Kb += fbar Rr, gbar -= Rr^T fbar,
+  // dla += fbar, fbar = 0. If `col` (a column step follows it, producing gout, with
+  // adjoint gb_col), undo that first in the same pass: f is the row step's output.
+  auto undo = [&](const T* gin, bool row, bool col, const T* gout, const T* fin) {
+    std::vector<double> gnew((size_t)nc * M, 0.0);
+    std::vector<double> gbc = gb;  // adjoint of the column step's output
+    for_chunks(nc, N * M, [&](int64_t c) {
+      double* acc = gnew.data() + c * M;
+      std::vector<double> e(M);
+      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+        if (!valid(la[i])) continue;
+        const T* k = K + i * M;
+        T* kb = Kb + i * M;
+        double fi_d = 0, s = 0, mx = 0;
+        if (row) {
+          T m = -std::numeric_limits<T>::infinity();
+          for (int64_t j = 0; j < M; ++j) m = std::max(m, T(gin[j] - k[j]));
+          mx = (double)m;
+          for (int64_t j = 0; j < M; ++j) {
+            e[j] = (double)fexp(T(gin[j] - k[j] - m));
+            s += e[j];
+          }
+          fi_d = la[i] - (mx + std::log(s));
+        } else {
+          fi_d = (double)fin[i];
+        }
+        double fbi = fb[i];
+        if (col) {
+          const T fi = T(fi_d);
+          double t = 0;
+          for (int64_t j = 0; j < M; ++j) {
+            if (gbc[j] == 0) continue;
+            const double q = (double)fexp(T(fi + gout[j] - k[j] - T(lb[j])));  // Qc_ij
+            kb[j] = T((double)kb[j] + q * gbc[j]);
+            t += q * gbc[j];
+          }
+          fbi -= t;
+        }
+        if (row) {
+          const double w = fbi / s;
+          for (int64_t j = 0; j < M; ++j) {
+            const double rr = e[j] * w;  // fbar_i * Rr_ij
+            kb[j] = T((double)kb[j] + rr);
+            acc[j] -= rr;
+          }
+          out.dla[i] += fbi;
+          fbi = 0;
+        }
+        fb[i] = fbi;
+      }
+    });
+    if (col) {
+      for (int64_t j = 0; j < M; ++j) out.dlb[j] += gbc[j];
+      std::fill(gb.begin(), gb.end(), 0.0);
+    }
+    if (row)
+      for (int64_t c = 0; c < nc; ++c)
+        for (int64_t j = 0; j < M; ++j) gb[j] += gnew[c * M + j];
+    for (int64_t j = 0; j < M; ++j)
+      if (!valid(lb[j])) gb[j] = 0;
+  };
+  int64_t k = T_b - 1;
+  while (k >= 0) {
+    if (is_rows(k)) {
+      undo(sn + cidx * M, true, false, nullptr, nullptr);
+      k -= 1;
+    } else if (k >= 1) {
+      undo(sn + (cidx - 1) * M, true, true, sn + cidx * M, nullptr);
+      cidx -= 1;
+      k -= 2;
+    } else {
+      undo(nullptr, false, true, sn + cidx * M, f0);
+      cidx -= 1;
+      k -= 1;
+    }
+  }
+  out.df0 = fb;
+  out.dg0 = gb;
+}
+
+// ---- autograd node ------------------------------------------------------------------
+// Seeds R (canonical) per problem into Kb; returns nothing. For the plain op R = dL/dP o P
+// + dL/dlogP; for sinkhorn_apply R = P o (dA X^T + Y dB^T).
+template <class T>
+struct SinkhornBackwardT : Node {
+  std::shared_ptr<State<T>> st;
+  SavedTensor C, X, Y;  // X, Y: canonical product operands (apply only)
+  bool is_apply = false;
+  const char* name() const override { return is_apply ? "SinkhornApplyBackward" : "SinkhornBackward"; }
+  void release() override {
+    C.reset();
+    X.reset();
+    Y.reset();
+    st.reset();
+  }
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override;
+};
+
+template <class T>
+Tensor contig_or_empty(const Tensor& t) {
+  return t.defined() ? t.detach().contiguous() : Tensor();
+}
+
+// Canonical potential adjoint eps * dL/d(potential) (B*K doubles) from an orig-side grad.
+template <class T>
+std::vector<double> pot_adjoint(const Tensor& G, int64_t count, double eps) {
+  std::vector<double> y((size_t)count, 0.0);
+  if (!G.defined()) return y;
+  std::vector<double> v = G.to_vector();
+  for (int64_t k = 0; k < count; ++k) y[k] = eps * v[k];
+  return y;
+}
+
+template <class T>
+std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
+  State<T>& s = *st;
+  const Dims& d = s.d;
+  const int64_t N = d.N, M = d.M, B = d.B;
+  const double eps = s.eps;
+  Tensor Cin = C.unpack(this);
+  Tensor K = build_K<T>(Cin, s);
+  Tensor Kb = make_tensor({B, N, M}, dtype_of<T>::value);
+  const T* kp = K.data_ptr<T>();
+  T* kb = Kb.data_ptr<T>();
+  const T* fh = s.fh.template data_ptr<T>();
+  const T* gh = s.gh.template data_ptr<T>();
+  // Upstream gradients, in the output order of each op.
+  Tensor Gf, Gg, Gp, Glp, GA, GB;
+  Tensor Xc, Yc;
+  int64_t dA = 0, dB = 0;
+  if (!is_apply) {
+    Gf = grads[0], Gg = grads[1], Gp = contig_or_empty<T>(grads[2]), Glp = contig_or_empty<T>(grads[3]);
+  } else {
+    Gf = grads[2], Gg = grads[3];
+    Tensor gpw = contig_or_empty<T>(grads[0]), gptv = contig_or_empty<T>(grads[1]);
+    GA = d.tr ? gptv : gpw;  // adjoint of A = P_c X
+    GB = d.tr ? gpw : gptv;  // adjoint of Bo = P_c^T Y
+    if (X.defined()) Xc = X.unpack(this), dA = Xc.size(-1);
+    if (Y.defined()) Yc = Y.unpack(this), dB = Yc.size(-1);
+    if (!Xc.defined()) GA = Tensor();
+    if (!Yc.defined()) GB = Tensor();
+  }
+  // Canonical potential adjoints.
+  std::vector<double> yfo = pot_adjoint<T>(Gf, B * d.n, eps), ygo = pot_adjoint<T>(Gg, B * d.m, eps);
+  const std::vector<double>& yf = d.tr ? ygo : yfo;
+  const std::vector<double>& yg = d.tr ? yfo : ygo;
+  // Direct gradients of the apply operands.
+  Tensor dX, dY;
+  if (Xc.defined() && GA.defined()) dX = make_tensor(Xc.shape(), dtype_of<T>::value);
+  if (Yc.defined() && GB.defined()) dY = make_tensor(Yc.shape(), dtype_of<T>::value);
+  // Seed R into Kb (and the apply direct terms), one pass per problem.
+  const T* gp = Gp.defined() ? Gp.template data_ptr<T>() : nullptr;
+  const T* glp = Glp.defined() ? Glp.template data_ptr<T>() : nullptr;
+  const T* xa = Xc.defined() ? Xc.template data_ptr<T>() : nullptr;
+  const T* ya = Yc.defined() ? Yc.template data_ptr<T>() : nullptr;
+  const T* ga = GA.defined() ? GA.template data_ptr<T>() : nullptr;
+  const T* gbp = GB.defined() ? GB.template data_ptr<T>() : nullptr;
+  T* dxp = dX.defined() ? dX.template data_ptr<T>() : nullptr;
+  T* dyp = dY.defined() ? dY.template data_ptr<T>() : nullptr;
+  std::vector<BwdOut<T>> outs(B);
+  std::vector<double> deps_part(B, 0.0);
+  auto one = [&](int64_t b) {
+    Prob<T> p;
+    p.N = N;
+    p.M = M;
+    const int64_t nc = p.nchunks();
+    const T* K_b = kp + b * N * M;
+    T* Kb_b = kb + b * N * M;
+    const T* f = fh + b * N;
+    const T* g = gh + b * M;
+    const double* la = &s.la[b * N];
+    std::vector<double> dxpart(dxp ? (size_t)nc * M * dA : 0, 0.0);
+    for_chunks(nc, N * M, [&](int64_t c) {
+      std::vector<double> prow(M);
+      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+        T* R = Kb_b + i * M;
+        if (!valid(la[i]) || s.mass[b] == 0) {
+          for (int64_t j = 0; j < M; ++j) R[j] = T(0);
+          if (dyp)
+            for (int64_t t = 0; t < dB; ++t) dyp[(b * N + i) * dB + t] = T(0);
+          continue;
+        }
+        for (int64_t j = 0; j < M; ++j) prow[j] = (double)fexp(T(f[i] + g[j] - K_b[i * M + j]));
+        if (!is_apply) {
+          for (int64_t j = 0; j < M; ++j) {
+            const int64_t o = b * N * M + (d.tr ? j * N + i : i * M + j);
+            double r = 0;
+            if (gp) r += (double)gp[o] * prow[j];
+            if (glp && valid(s.lb[b * M + j])) r += (double)glp[o];  // d logP = df + dg - dK
+            R[j] = T(r);
+          }
+        } else {
+          const T* gai = ga ? ga + (b * N + i) * dA : nullptr;
+          const T* yi = ya ? ya + (b * N + i) * dB : nullptr;
+          for (int64_t j = 0; j < M; ++j) {
+            double gij = 0;
+            if (gai)
+              for (int64_t t = 0; t < dA; ++t) gij += (double)gai[t] * (double)xa[(b * M + j) * dA + t];
+            if (gbp)
+              for (int64_t t = 0; t < dB; ++t) gij += (double)yi[t] * (double)gbp[(b * M + j) * dB + t];
+            R[j] = T(prow[j] * gij);
+          }
+          if (dxp) {
+            double* acc = dxpart.data() + c * M * dA;
+            for (int64_t j = 0; j < M; ++j)
+              for (int64_t t = 0; t < dA; ++t) acc[j * dA + t] += prow[j] * (double)gai[t];
+          }
+          if (dyp) {
+            for (int64_t t = 0; t < dB; ++t) {
+              double sacc = 0;
+              for (int64_t j = 0; j < M; ++j) sacc += prow[j] * (double)gbp[(b * M + j) * dB + t];
+              dyp[(b * N + i) * dB + t] = T(sacc);
+            }
+          }
+        }
+      }
+    });
+    if (dxp) {
+      for (int64_t q = 0; q < M * dA; ++q) {
+        double sacc = 0;
+        for (int64_t c = 0; c < nc; ++c) sacc += dxpart[c * M * dA + q];
+        dxp[b * M * dA + q] = T(sacc);
+      }
+    }
+    BwdOut<T>& o = outs[b];
+    if (s.mass[b] == 0) {
+      o.dla.assign(N, 0.0);
+      o.dlb.assign(M, 0.0);
+      o.df0.assign(N, 0.0);
+      o.dg0.assign(M, 0.0);
+      return;
+    }
+    if (s.mode == SinkhornGrad::implicit)
+      backward_implicit(s, b, K_b, Kb_b, &yf[b * N], &yg[b * M], o);
+    else
+      backward_unrolled(s, b, K_b, Kb_b, &yf[b * N], &yg[b * M], o);
+    // d/d eps at fixed shifts: K = (C - shifts)/eps, outputs f = eps fh + rs, init fh0 = (f_init - rs)/eps.
+    double de = 0;
+    for (int64_t i = 0; i < N * M; ++i) de -= (double)Kb_b[i] * (double)K_b[i];
+    de /= eps;
+    const double* lb = &s.lb[b * M];
+    for (int64_t i = 0; i < N; ++i)
+      if (valid(la[i])) de += yf[b * N + i] / eps * (double)f[i];
+    for (int64_t j = 0; j < M; ++j)
+      if (valid(lb[j])) de += yg[b * M + j] / eps * (double)g[j];
+    if (s.mode == SinkhornGrad::unrolled) {
+      const T* f0 = s.f0.template data_ptr<T>() + b * N;
+      const T* g0 = s.g0.template data_ptr<T>() + b * M;
+      for (int64_t i = 0; i < N; ++i)
+        if (valid(la[i])) de -= o.df0[i] * (double)f0[i] / eps;
+      for (int64_t j = 0; j < M; ++j)
+        if (valid(lb[j])) de -= o.dg0[j] * (double)g0[j] / eps;
+    }
+    deps_part[b] = de;
+  };
+  if (B >= get_num_threads() && B > 1) {
+    parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) one(b);
+    });
+  } else {
+    for (int64_t b = 0; b < B; ++b) one(b);
+  }
+  K = Tensor();  // free before allocating outputs
+  std::vector<Tensor> res(next.size());
+  // dC = Kb / eps in the original orientation.
+  if (needs_grad(0)) {
+    Shape sc = d.batch;
+    sc.push_back(d.n);
+    sc.push_back(d.m);
+    const T ie = T(1.0 / eps);
+    if (!d.tr) {
+      T* q = Kb.data_ptr<T>();
+      for (int64_t k = 0; k < B * N * M; ++k) q[k] *= ie;
+      res[0] = Kb.view(sc);
+    } else {
+      Tensor dC = make_tensor(sc, dtype_of<T>::value);
+      T* q = dC.data_ptr<T>();
+      parallel_for(0, B * M, std::max<int64_t>(1, kParallelGrain / N), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / M, j = r % M;
+          for (int64_t i = 0; i < N; ++i) q[r * N + i] = kb[(b * N + i) * M + j] * ie;
+        }
+      });
+      res[0] = dC;
+    }
+  }
+  // Log-weights: undo the rebalancing lb_eff = lb + LSE(la) - LSE(lb).
+  if (needs_grad(1) || needs_grad(2)) {
+    std::vector<double> dla((size_t)(B * N), 0.0), dlb((size_t)(B * M), 0.0);
+    for (int64_t b = 0; b < B; ++b) {
+      if (s.mass[b] == 0) continue;
+      double sb = 0;
+      for (int64_t j = 0; j < M; ++j) sb += outs[b].dlb[j];
+      const double A = lse_vec(&s.la0[b * N], N), Bm = lse_vec(&s.lb0[b * M], M);
+      for (int64_t i = 0; i < N; ++i)
+        if (valid(s.la0[b * N + i])) dla[b * N + i] = outs[b].dla[i] + sb * std::exp(s.la0[b * N + i] - A);
+      for (int64_t j = 0; j < M; ++j)
+        if (valid(s.lb0[b * M + j])) dlb[b * M + j] = outs[b].dlb[j] - sb * std::exp(s.lb0[b * M + j] - Bm);
+    }
+    auto to_tensor = [&](const std::vector<double>& v, int64_t k) {
+      Shape sh = d.batch;
+      sh.push_back(k);
+      Tensor t = make_tensor(sh, dtype_of<T>::value);
+      T* q = t.data_ptr<T>();
+      for (size_t i = 0; i < v.size(); ++i) q[i] = T(v[i]);
+      return t;
+    };
+    if (needs_grad(1)) res[1] = d.tr ? to_tensor(dlb, d.n) : to_tensor(dla, d.n);
+    if (needs_grad(2)) res[2] = d.tr ? to_tensor(dla, d.m) : to_tensor(dlb, d.m);
+  }
+  if (needs_grad(3)) {
+    double de = 0;
+    for (double v : deps_part) de += v;
+    res[3] = Tensor::scalar(de, dtype_of<T>::value).view(next[3].shape);
+  }
+  // Warm starts (unrolled only): fh0 = (f_init - rs) / eps.
+  if ((needs_grad(4) || needs_grad(5)) && s.mode == SinkhornGrad::unrolled) {
+    auto warm = [&](bool rows_side, int64_t k) {
+      Shape sh = d.batch;
+      sh.push_back(k);
+      Tensor t = make_tensor(sh, dtype_of<T>::value);
+      T* q = t.data_ptr<T>();
+      const int64_t kk = rows_side ? N : M;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < kk; ++i) {
+          const double v = rows_side ? (outs[b].df0.empty() ? 0.0 : outs[b].df0[i]) : (outs[b].dg0.empty() ? 0.0 : outs[b].dg0[i]);
+          q[b * kk + i] = T(v / eps);
+        }
+      return t;
+    };
+    if (needs_grad(4)) res[4] = warm(!d.tr, d.n);
+    if (needs_grad(5)) res[5] = warm(d.tr, d.m);
+  }
+  if (is_apply) {
+    // X, Y are inputs 6 (W) and 7 (V): canonical X = W unless transposed.
+    if (next.size() > 7) {
+      Tensor dW = d.tr ? dY : dX, dV = d.tr ? dX : dY;
+      if (needs_grad(6)) res[6] = dW;
+      if (needs_grad(7)) res[7] = dV;
+    }
+  }
+  return res;
+}
+
+// Shared front half of both public ops: validation, setup, solve.
+template <class T>
+std::shared_ptr<State<T>> forward_common(const char* op, const Tensor& C, const Tensor& la, const Tensor& lb,
+                                         const Tensor& eps, const SinkhornOptions& o, Tensor& K) {
+  auto st = std::make_shared<State<T>>();
+  Dims d;
+  check_inputs(op, C, la, lb, eps, o, d);
+  check_cost<T>(op, C);
+  st->d = d;
+  st->eps = eps.item();
+  st->mode = o.grad;
+  setup_weights<T>(op, C, la, lb, *st);
+  K = build_K<T>(C, *st);
+  solve_all<T>(*st, K, o);
+  return st;
+}
+
+template <class T>
+void fill_info(const State<T>& st, double tol, Tensor& half_steps, Tensor& error, bool& converged) {
+  std::vector<int64_t> hs(st.steps.begin(), st.steps.end());
+  half_steps = Tensor::from_vector(hs, {(int64_t)hs.size()}).view(st.d.batch);
+  error = Tensor::from_vector(st.err, {(int64_t)st.err.size()}).view(st.d.batch);
+  converged = tol > 0;
+  for (size_t b = 0; b < st.err.size(); ++b)
+    if (st.mass[b] > 0 && !(st.err[b] >= 0 && st.err[b] < tol)) converged = false;
+}
+
+template <class T>
+SinkhornResult sinkhorn_impl(const Tensor& C, const Tensor& la, const Tensor& lb, const Tensor& eps,
+                             const SinkhornOptions& o) {
+  Tensor K;
+  auto st = forward_common<T>("sinkhorn", C, la, lb, eps, o, K);
+  SinkhornResult r;
+  export_potentials(*st, r.f, r.g);
+  if (o.return_plan) r.plan = export_plan(*st, K, false);
+  if (o.return_log_plan) r.log_plan = export_plan(*st, K, true);
+  K = Tensor();
+  fill_info(*st, o.tol, r.half_steps, r.error, r.converged);
+  if (o.grad == SinkhornGrad::none) return r;
+  if (auto n = make_node<SinkhornBackwardT<T>>({C, la, lb, eps, o.f_init, o.g_init})) {
+    n->C = save(C);
+    n->st = st;
+    set_history(r.f, n, 0);
+    set_history(r.g, n, 1);
+    if (r.plan.defined()) set_history(r.plan, n, 2);
+    if (r.log_plan.defined()) set_history(r.log_plan, n, 3);
+    n->num_outputs = 4;
+  }
+  return r;
+}
+
+template <class T>
+SinkhornApplyResult apply_impl(const Tensor& C, const Tensor& la, const Tensor& lb, const Tensor& eps,
+                               const Tensor& W, const Tensor& V, const SinkhornOptions& o) {
+  const char* op = "sinkhorn_apply";
+  // Shape checks for W (..., m, d1) and V (..., n, d2) before solving.
+  {
+    Dims d;
+    check_inputs(op, C, la, lb, eps, o, d);
+    auto chk = [&](const Tensor& t, const char* name, int64_t rows, const char* side) {
+      if (!t.defined()) return;
+      if (t.dtype() != C.dtype()) throw_dtype(op, std::string(name) + " must have the cost's dtype", {{"C", &C}, {name, &t}});
+      Shape want = d.batch;
+      want.push_back(rows);
+      if (t.dim() != (int64_t)want.size() + 1 || Shape(t.shape().begin(), t.shape().end() - 1) != want)
+        throw_shape(op, std::string(name) + " must be (..., " + side + ", d) with C's batch dims", {{"C", &C}, {name, &t}});
+    };
+    chk(W, "W", d.m, "m");
+    chk(V, "V", d.n, "n");
+  }
+  Tensor K;
+  auto st = forward_common<T>(op, C, la, lb, eps, o, K);
+  const Dims& d = st->d;
+  const int64_t N = d.N, M = d.M, B = d.B;
+  Tensor Xc = d.tr ? contig_or_empty<T>(V) : contig_or_empty<T>(W);  // M-indexed operand
+  Tensor Yc = d.tr ? contig_or_empty<T>(W) : contig_or_empty<T>(V);  // N-indexed operand
+  const int64_t dA = Xc.defined() ? Xc.size(-1) : 0, dB = Yc.defined() ? Yc.size(-1) : 0;
+  Tensor A, Bo;
+  Shape sa = d.batch, sb = d.batch;
+  sa.push_back(N);
+  sa.push_back(dA);
+  sb.push_back(M);
+  sb.push_back(dB);
+  if (Xc.defined()) A = make_tensor(sa, dtype_of<T>::value);
+  if (Yc.defined()) Bo = make_tensor(sb, dtype_of<T>::value);
+  const T* kp = K.data_ptr<T>();
+  const T* fh = st->fh.template data_ptr<T>();
+  const T* gh = st->gh.template data_ptr<T>();
+  const T* xp = Xc.defined() ? Xc.template data_ptr<T>() : nullptr;
+  const T* yp = Yc.defined() ? Yc.template data_ptr<T>() : nullptr;
+  T* ap = A.defined() ? A.template data_ptr<T>() : nullptr;
+  T* bp = Bo.defined() ? Bo.template data_ptr<T>() : nullptr;
+  auto one = [&](int64_t b) {
+    Prob<T> p;
+    p.N = N;
+    p.M = M;
+    const int64_t nc = p.nchunks();
+    std::vector<double> bpart(bp ? (size_t)nc * M * dB : 0, 0.0);
+    for_chunks(nc, N * M, [&](int64_t c) {
+      std::vector<double> prow(M), arow(dA);
+      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
+        for (int64_t j = 0; j < M; ++j) prow[j] = (double)fexp(T(fh[b * N + i] + gh[b * M + j] - kp[(b * N + i) * M + j]));
+        if (ap) {
+          std::fill(arow.begin(), arow.end(), 0.0);
+          for (int64_t j = 0; j < M; ++j) {
+            if (prow[j] == 0) continue;
+            const T* xj = xp + (b * M + j) * dA;
+            for (int64_t t = 0; t < dA; ++t) arow[t] += prow[j] * (double)xj[t];
+          }
+          for (int64_t t = 0; t < dA; ++t) ap[(b * N + i) * dA + t] = T(arow[t]);
+        }
+        if (bp) {
+          double* acc = bpart.data() + c * M * dB;
+          const T* yi = yp + (b * N + i) * dB;
+          for (int64_t j = 0; j < M; ++j) {
+            if (prow[j] == 0) continue;
+            for (int64_t t = 0; t < dB; ++t) acc[j * dB + t] += prow[j] * (double)yi[t];
+          }
+        }
+      }
+    });
+    if (bp)
+      for (int64_t q = 0; q < M * dB; ++q) {
+        double sacc = 0;
+        for (int64_t c = 0; c < nc; ++c) sacc += bpart[c * M * dB + q];
+        bp[b * M * dB + q] = T(sacc);
+      }
+  };
+  if (B >= get_num_threads() && B > 1) {
+    parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) one(b);
+    });
+  } else {
+    for (int64_t b = 0; b < B; ++b) one(b);
+  }
+  K = Tensor();
+  SinkhornApplyResult r;
+  r.PW = d.tr ? Bo : A;
+  r.PtV = d.tr ? A : Bo;
+  export_potentials(*st, r.f, r.g);
+  fill_info(*st, o.tol, r.half_steps, r.error, r.converged);
+  if (o.grad == SinkhornGrad::none) return r;
+  if (auto n = make_node<SinkhornBackwardT<T>>({C, la, lb, eps, o.f_init, o.g_init, W, V})) {
+    n->is_apply = true;
+    n->C = save(C);
+    if (Xc.defined()) n->X = save(Xc);
+    if (Yc.defined()) n->Y = save(Yc);
+    n->st = st;
+    if (r.PW.defined()) set_history(r.PW, n, 0);
+    if (r.PtV.defined()) set_history(r.PtV, n, 1);
+    set_history(r.f, n, 2);
+    set_history(r.g, n, 3);
+    n->num_outputs = 4;
+  }
+  return r;
+}
+
+}  // namespace
+
+SinkhornResult sinkhorn(const Tensor& C, const Tensor& log_a, const Tensor& log_b, const Tensor& eps,
+                        const SinkhornOptions& opts) {
+  if (!C.defined()) throw ShapeError("sinkhorn: cost C is undefined");
+  return dispatch_float(C.dtype(), "sinkhorn", [&]<class T>() { return sinkhorn_impl<T>(C, log_a, log_b, eps, opts); });
+}
+SinkhornResult sinkhorn(const Tensor& C, const Tensor& log_a, const Tensor& log_b, double eps,
+                        const SinkhornOptions& opts) {
+  if (!C.defined()) throw ShapeError("sinkhorn: cost C is undefined");
+  return sinkhorn(C, log_a, log_b, Tensor::scalar(eps, C.dtype()), opts);
+}
+SinkhornApplyResult sinkhorn_apply(const Tensor& C, const Tensor& log_a, const Tensor& log_b, const Tensor& eps,
+                                   const Tensor& W, const Tensor& V, const SinkhornOptions& opts) {
+  if (!C.defined()) throw ShapeError("sinkhorn_apply: cost C is undefined");
+  return dispatch_float(C.dtype(), "sinkhorn_apply",
+                        [&]<class T>() { return apply_impl<T>(C, log_a, log_b, eps, W, V, opts); });
+}
+SinkhornApplyResult sinkhorn_apply(const Tensor& C, const Tensor& log_a, const Tensor& log_b, double eps,
+                                   const Tensor& W, const Tensor& V, const SinkhornOptions& opts) {
+  if (!C.defined()) throw ShapeError("sinkhorn_apply: cost C is undefined");
+  return sinkhorn_apply(C, log_a, log_b, Tensor::scalar(eps, C.dtype()), W, V, opts);
+}
+
+}  // namespace lotgrad
