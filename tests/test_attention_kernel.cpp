@@ -253,6 +253,16 @@ TEST_CASE("fused attention: no-grad forward, scale, and argument errors") {
     check_close(a.to_vector(), b.to_vector(), 0, 0, "default scale");
     CHECK(a.shape() == Shape{1, 2, 10, 4});
   }
+  // No keys at all: every row is fully masked, so zeros (and zero gradient); no queries: empty.
+  {
+    Tensor qe = q.detach();
+    qe.requires_grad_();
+    Tensor none = scaled_dot_product_attention(qe, k.narrow(2, 0, 0), v.narrow(2, 0, 0));
+    for (double x : none.to_vector()) CHECK(x == 0.0);
+    none.backward(Tensor::ones(none.shape(), kFloat64));
+    for (double x : qe.grad().to_vector()) CHECK(x == 0.0);
+    CHECK(scaled_dot_product_attention(q.narrow(2, 0, 0), k, v).shape() == Shape{1, 2, 0, 4});
+  }
   CHECK_THROWS_AS(scaled_dot_product_attention(q.select(0, 0), k, v), ShapeError);
   CHECK_THROWS_AS(scaled_dot_product_attention(q, k, v.narrow(2, 0, 11)), ShapeError);
   CHECK_THROWS_AS(scaled_dot_product_attention(q, k.narrow(3, 0, 3), v.narrow(3, 0, 3)), ShapeError);
