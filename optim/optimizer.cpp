@@ -71,7 +71,29 @@ void sgd_kernel(T* p, const T* g, T* buf, int64_t n, const OptimOptions& o, bool
   });
 }
 
-// m, v: first and second moments. bc2_sqrt = sqrt(1 - b2^t), step_size = lr / (1 - b1^t).
+// One chunk [b, e) of the Adam update; L2 / DECAY are template flags so the loop body has
+// no branches. m, v: first and second moments.
+// Note: GCC vectorises this loop only under -fno-math-errno (otherwise every sqrt carries
+// an errno branch); sqrt is correctly rounded either way, so the bits do not change.
+template <class T, bool L2, bool DECAY>
+void adam_chunk(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+                                      int64_t b, int64_t e, T wd, T keep, T omb1, T b2, T omb2, T eps, T neg_step,
+                                      T bc2s) {
+  for (int64_t i = b; i < e; ++i) {
+    T gi = g[i];
+    if constexpr (L2) gi = gi + wd * p[i];
+    T pi = p[i];
+    if constexpr (DECAY) pi = pi * keep;
+    const T mi = m[i] + omb1 * (gi - m[i]);
+    const T vi = v[i] * b2 + omb2 * (gi * gi);
+    const T denom = std::sqrt(vi) / bc2s + eps;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi + neg_step * (mi / denom);
+  }
+}
+
+// bc2_sqrt = sqrt(1 - b2^t), step_size = lr / (1 - b1^t).
 template <class T>
 void adam_kernel(T* p, const T* g, T* m, T* v, int64_t n, const OptimOptions& o, bool decoupled, double step_size,
                  double bc2_sqrt) {
@@ -81,15 +103,12 @@ void adam_kernel(T* p, const T* g, T* m, T* v, int64_t n, const OptimOptions& o,
   const T omb1 = (T)(1.0 - o.beta1), b2 = (T)o.beta2, omb2 = (T)(1.0 - o.beta2), eps = (T)o.eps;
   const T neg_step = (T)(-step_size), bc2s = (T)bc2_sqrt;
   parallel_for(0, n, kParallelGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      T gi = g[i];
-      if (l2) gi = gi + wd * p[i];
-      if (decay) p[i] = p[i] * keep;
-      m[i] = m[i] + omb1 * (gi - m[i]);
-      v[i] = v[i] * b2 + omb2 * (gi * gi);
-      const T denom = std::sqrt(v[i]) / bc2s + eps;
-      p[i] = p[i] + neg_step * (m[i] / denom);
-    }
+    auto run = [&]<bool L2, bool DECAY>() {
+      adam_chunk<T, L2, DECAY>(p, g, m, v, b, e, wd, keep, omb1, b2, omb2, eps, neg_step, bc2s);
+    };
+    if (l2) run.template operator()<true, false>();
+    else if (decay) run.template operator()<false, true>();
+    else run.template operator()<false, false>();
   });
 }
 
@@ -169,6 +188,7 @@ template <class F> void Optimizer::for_each_param(const char* op, F&& fn) {
         throw_shape(op, "gradient shape must match the parameter (group " + std::to_string(gi) + ", parameter " +
                             std::to_string(pi) + ")", {{"param", &p}, {"grad", &g}});
       g = g.contiguous();
+      if (g.shares_storage(p)) g = g.clone();  // kernels take __restrict pointers
       Tensor w = p.is_contiguous() ? p : p.detach().contiguous();
       fn(grp, state_[gi][pi], w, g);
       if (w.shares_storage(p)) p.bump_version();
