@@ -1,0 +1,75 @@
+#include "attention.h"
+
+#include <sstream>
+
+#include "../ops/elementwise.h"
+#include "attention_mechanisms.h"
+
+namespace lotgrad::nn {
+
+const std::map<std::string, AttentionFactory>& attention_registry() {
+  // One line per mechanism.
+  static const std::map<std::string, AttentionFactory> reg = {
+      {"softmax", make_softmax_attention},
+      {"linear", make_linear_attention},
+      {"performer", make_performer_attention},
+      {"nystromformer", make_nystromformer_attention},
+  };
+  return reg;
+}
+std::vector<std::string> attention_names() {
+  std::vector<std::string> names;
+  for (auto& [k, v] : attention_registry()) names.push_back(k);
+  return names;
+}
+std::shared_ptr<AttentionMechanism> make_attention(const AttentionOptions& opt, Generator& gen) {
+  auto& reg = attention_registry();
+  auto it = reg.find(opt.name);
+  if (it == reg.end()) {
+    std::string known;
+    for (auto& n : attention_names()) known += (known.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("unknown attention mechanism \"" + opt.name + "\"; known: " + known);
+  }
+  return it->second(opt, gen);
+}
+
+Tensor zero_padded_rows(const Tensor& x, const Tensor& mask) {
+  if (!mask.defined()) return x;
+  // keep: (B, 1, n, 1) with 1 for valid tokens
+  Tensor keep = logical_not(mask).to(x.dtype()).unsqueeze(1).unsqueeze(-1);
+  return mul(x, keep);
+}
+
+MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& opt, Generator& gen)
+    : opt_(opt), d_model_(d_model) {
+  if (opt.n_heads <= 0 || d_model % opt.n_heads)
+    throw std::invalid_argument("MultiHeadAttention: d_model " + std::to_string(d_model) +
+                                " must be a positive multiple of n_heads " + std::to_string(opt.n_heads));
+  opt_.d_head = d_model / opt.n_heads;
+  qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, gen));
+  out_proj = register_module("out_proj", std::make_shared<Linear>(d_model, d_model, gen));
+  mechanism = register_module("mechanism", make_attention(opt_, gen));
+}
+
+void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
+  if (x.dim() != 3 || x.size(2) != d_model_)
+    throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
+  const int64_t B = x.size(0), n = x.size(1), H = opt_.n_heads, dh = opt_.d_head;
+  // (B, n, 3D) -> (B, n, 3, H, dh) -> (3, B, H, n, dh)
+  Tensor h = qkv->forward(x).view({B, n, 3, H, dh}).permute({2, 0, 3, 1, 4});
+  q = h.select(0, 0);
+  k = h.select(0, 1);
+  v = h.select(0, 2);
+}
+
+Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask) {
+  if (mask.defined() && (mask.dtype() != kBool || mask.dim() != 2 || mask.size(0) != x.size(0) || mask.size(1) != x.size(1)))
+    throw_shape("MultiHeadAttention", "key_padding_mask must be bool (B, n) matching x", {{"x", &x}, {"mask", &mask}});
+  Tensor q, k, v;
+  project(x, q, k, v);
+  Tensor o = zero_padded_rows(mechanism->forward(q, k, v, mask), mask);  // (B, H, n, dh)
+  const int64_t B = x.size(0), n = x.size(1);
+  return out_proj->forward(o.permute({0, 2, 1, 3}).reshape({B, n, d_model_}));
+}
+
+}  // namespace lotgrad::nn

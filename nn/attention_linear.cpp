@@ -1,0 +1,47 @@
+// Linear attention (Katharopoulos et al. 2020): phi(x) = elu(x) + 1,
+//   out_i = phi(q_i)ᵀ (Σ_j phi(k_j) v_jᵀ) / (phi(q_i)ᵀ Σ_j phi(k_j) + 1e-6),
+// computed right to left in O(n d²) time and O(d²) extra memory per head. Padded keys are
+// removed by zeroing phi(k) after the feature map (phi(0) = 1 would otherwise leak).
+#include "../ops/elementwise.h"
+#include "../ops/matmul.h"
+#include "../ops/reduce.h"
+#include "attention_mechanisms.h"
+
+namespace lotgrad::nn {
+
+namespace {
+// phi(k) with padded rows zeroed: (B, H, n, d)
+Tensor masked_features(const Tensor& phi_k, const Tensor& mask) {
+  if (!mask.defined()) return phi_k;
+  return mul(phi_k, logical_not(mask).to(phi_k.dtype()).unsqueeze(1).unsqueeze(-1));
+}
+
+class LinearAttention : public AttentionMechanism {
+ public:
+  explicit LinearAttention(const AttentionOptions& opt) {
+    for (auto& [k, v] : opt.knobs) throw std::invalid_argument("linear attention: unknown option \"" + k + "\"");
+  }
+  std::string type_name() const override { return "LinearAttention"; }
+  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
+    Tensor pq = add(elu(q), 1.0);                      // (B, H, n, d)
+    Tensor pk = masked_features(add(elu(k), 1.0), mask);  // (B, H, n, d)
+    Tensor kv = matmul(pk.transpose(-2, -1), v);        // (B, H, d, dv)
+    Tensor z = sum(pk, {-2}, /*keepdim=*/true);         // (B, H, 1, d)
+    Tensor num = matmul(pq, kv);                        // (B, H, n, dv)
+    Tensor den = add(sum(mul(pq, z), {-1}, true), 1e-6);  // (B, H, n, 1)
+    return div(num, den);
+  }
+  Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& mask) override {
+    Tensor pq = add(elu(q), 1.0);
+    Tensor pk = masked_features(add(elu(k), 1.0), mask);
+    Tensor s = matmul(pq, pk.transpose(-2, -1));  // (B, H, n, n)
+    return div(s, add(sum(s, {-1}, true), 1e-6));
+  }
+};
+}  // namespace
+
+std::shared_ptr<AttentionMechanism> make_linear_attention(const AttentionOptions& opt, Generator&) {
+  return std::make_shared<LinearAttention>(opt);
+}
+
+}  // namespace lotgrad::nn

@@ -1,0 +1,63 @@
+#include "layers.h"
+
+#include "../ops/dropout.h"
+#include "../ops/elementwise.h"
+#include "../ops/embedding.h"
+#include "../ops/matmul.h"
+#include "../ops/norm.h"
+#include "init.h"
+
+namespace lotgrad::nn {
+
+Linear::Linear(int64_t in, int64_t out, Generator& gen, bool with_bias, double init_std) {
+  weight = Tensor::zeros({out, in});
+  init::normal_(weight, gen, 0.0, init_std);
+  register_parameter("weight", &weight);
+  if (with_bias) {
+    bias = Tensor::zeros({out});
+    register_parameter("bias", &bias);
+  }
+}
+Tensor Linear::forward(const Tensor& x) const { return linear(x, weight, bias); }
+
+Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double init_std) {
+  weight = Tensor::zeros({num, dim});
+  init::normal_(weight, gen, 0.0, init_std);
+  register_parameter("weight", &weight);
+}
+Tensor Embedding::forward(const Tensor& idx) const { return embedding(weight, idx); }
+
+LayerNorm::LayerNorm(int64_t dim, double eps_) : eps(eps_) {
+  weight = Tensor::ones({dim});
+  bias = Tensor::zeros({dim});
+  register_parameter("weight", &weight);
+  register_parameter("bias", &bias);
+}
+Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, {x.size(-1)}, weight, bias, eps); }
+
+Dropout::Dropout(double p_, std::shared_ptr<Generator> g) : p(p_), gen(std::move(g)) {
+  if (p < 0 || p >= 1) throw std::invalid_argument("Dropout: p must be in [0, 1), got " + std::to_string(p));
+  if (p > 0 && !gen) throw std::invalid_argument("Dropout: p > 0 needs a generator");
+}
+Tensor Dropout::forward(const Tensor& x) const {
+  if (!is_training() || p == 0.0) return x;
+  return dropout(x, p, true, *gen);
+}
+
+MLP::MLP(int64_t dim, int64_t hidden, Generator& init_gen, double dropout_p, std::shared_ptr<Generator> dgen,
+         int64_t out_dim) {
+  fc1 = register_module("fc1", std::make_shared<Linear>(dim, hidden, init_gen));
+  fc2 = register_module("fc2", std::make_shared<Linear>(hidden, out_dim < 0 ? dim : out_dim, init_gen));
+  drop = register_module("drop", std::make_shared<Dropout>(dropout_p, dgen));
+}
+Tensor MLP::forward(const Tensor& x) const {
+  return drop->forward(fc2->forward(drop->forward(gelu(fc1->forward(x)))));
+}
+
+Tensor Sequential::forward(const Tensor& x) const {
+  Tensor h = x;
+  for (auto& f : fns_) h = f(h);
+  return h;
+}
+
+}  // namespace lotgrad::nn

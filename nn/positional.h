@@ -1,0 +1,26 @@
+// Positional encodings: learned (a parameter table) and sinusoidal (a fixed buffer).
+// forward(n) returns (n, d), to be added to (B, n, d) token embeddings by broadcasting.
+#pragma once
+#include "../core/random.h"
+#include "module.h"
+
+namespace lotgrad::nn {
+
+class LearnedPositionalEmbedding : public Module {
+ public:
+  LearnedPositionalEmbedding(int64_t max_len, int64_t dim, Generator& gen, double init_std = 0.02);
+  Tensor forward(int64_t n) const;  // (n, d)
+  std::string type_name() const override { return "LearnedPositionalEmbedding"; }
+  Tensor weight;  // (max_len, d)
+};
+
+// PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)).
+class SinusoidalPositionalEncoding : public Module {
+ public:
+  SinusoidalPositionalEncoding(int64_t max_len, int64_t dim);
+  Tensor forward(int64_t n) const;  // (n, d)
+  std::string type_name() const override { return "SinusoidalPositionalEncoding"; }
+  Tensor table;  // buffer (max_len, d)
+};
+
+}  // namespace lotgrad::nn

@@ -1,0 +1,227 @@
+// nn/: modules, the encoder, every attention mechanism, masks and the probe.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <lotgrad/nn/attention.h>
+#include <lotgrad/nn/layers.h>
+#include <lotgrad/nn/positional.h>
+#include <lotgrad/nn/probe.h>
+#include <lotgrad/nn/transformer.h>
+
+#include "support/gradcheck.h"
+
+using namespace lotgrad;
+using namespace lotgrad::nn;
+using namespace lotgrad::testing;
+using V = std::vector<Tensor>;
+
+namespace {
+const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer"};
+
+AttentionOptions opts(const std::string& name, int64_t heads = 2) {
+  AttentionOptions o;
+  o.name = name;
+  o.n_heads = heads;
+  if (name == "nystromformer") o.knobs["landmarks"] = 3;
+  if (name == "performer") o.knobs["features"] = 16;
+  return o;
+}
+// (B, n) mask with the last `pad` positions of batch row 1 padded.
+Tensor tail_mask(int64_t B, int64_t n, int64_t pad) {
+  std::vector<bool> m(B * n, false);
+  for (int64_t j = n - pad; j < n; ++j) m[1 * n + j] = true;
+  return Tensor::from_vector(m, {B, n});
+}
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  double d = 0;
+  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
+  return d;
+}
+}  // namespace
+
+TEST_CASE("module names, counts, modes and state round trip") {
+  Generator g(1);
+  EncoderConfig cfg;
+  cfg.depth = 2;
+  cfg.d_model = 16;
+  cfg.n_heads = 2;
+  cfg.mlp_hidden = 32;
+  TransformerEncoder enc(cfg, g);
+  auto named = enc.named_parameters();
+  REQUIRE(!named.empty());
+  CHECK(named[0].first == "layers.0.ln1.weight");
+  bool found = false;
+  for (auto& [n, t] : named) found = found || n == "layers.1.attn.qkv.weight";
+  CHECK(found);
+  // per layer: 2 LN (2*16 each), qkv 16*48+48, out 16*16+16, mlp 16*32+32 + 32*16+16
+  const int64_t per = 2 * 32 + (16 * 48 + 48) + (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16);
+  CHECK(enc.num_parameters() == 2 * per);
+  enc.eval();
+  CHECK_FALSE(enc.layers[1]->mlp->drop->is_training());
+  enc.train();
+  CHECK(enc.layers[1]->mlp->drop->is_training());
+  Generator g2(2);
+  TransformerEncoder other(cfg, g2);
+  other.load_state_dict(enc.state_dict());
+  Tensor x = randn({2, 5, 16}, g);
+  CHECK(max_abs_diff(enc.forward(x), other.forward(x)) == 0.0);
+  auto bad = enc.state_dict();
+  bad.pop_back();
+  CHECK_THROWS_AS(other.load_state_dict(bad), std::invalid_argument);
+  CHECK_THROWS_AS(make_attention(opts("nope"), g), std::invalid_argument);
+}
+
+TEST_CASE("layers: gradient checks through Linear, LayerNorm, Embedding, MLP and positions") {
+  Generator g(3);
+  Linear lin(4, 3, g);
+  lin.to_(kFloat64);
+  Tensor x = leaf({2, 4}, 31);
+  CHECK_GRAD([&](const V& v) { return lin.forward(v[0]); }, {x, lin.weight, lin.bias});
+  LayerNorm ln(4);
+  ln.to_(kFloat64);
+  Tensor x2 = noncontig_leaf({3, 4}, 32);
+  CHECK_GRAD([&](const V& v) { return ln.forward(v[0]); }, {x2, ln.weight, ln.bias});
+  MLP mlp(4, 8, g);
+  mlp.to_(kFloat64);
+  CHECK_GRAD([&](const V& v) { return mlp.forward(v[0]); }, {x, mlp.fc1->weight, mlp.fc2->bias});
+  Embedding emb(5, 3, g);
+  emb.to_(kFloat64);
+  Tensor idx = Tensor::from_vector(std::vector<int64_t>{0, 4, 4, 2}, {2, 2});
+  CHECK_GRAD([&](const V& v) { return emb.forward(idx); }, {emb.weight});
+  LearnedPositionalEmbedding pos(10, 3, g);
+  pos.to_(kFloat64);
+  CHECK_GRAD([&](const V& v) { return mul(pos.forward(4), pos.forward(4)); }, {pos.weight});
+  SinusoidalPositionalEncoding sp(8, 4);
+  CHECK(sp.forward(3).at({0, 1}) == doctest::Approx(1.0));
+  CHECK(sp.forward(3).at({2, 0}) == doctest::Approx(std::sin(2.0)));
+  CHECK_THROWS_AS(sp.forward(9), ShapeError);
+}
+
+TEST_CASE("every mechanism: gradient check through multi-head attention with a mask") {
+  for (const auto& name : kMechs) {
+    INFO(name);
+    Generator g(4);
+    MultiHeadAttention mha(8, opts(name), g);
+    mha.to_(kFloat64);
+    Tensor x = leaf({2, 5, 8}, 41, 0.5);
+    Tensor mask = tail_mask(2, 5, 2);
+    GradcheckOptions o;
+    o.max_checks_per_input = 24;
+    CHECK_GRAD([&](const V& v) { return mha.forward(v[0], mask); }, {x, mha.qkv->weight, mha.out_proj->bias}, o);
+  }
+}
+
+TEST_CASE("every mechanism: padding has the right meaning") {
+  for (const auto& name : kMechs) {
+    INFO(name);
+    Generator g(5);
+    MultiHeadAttention mha(8, opts(name), g);
+    const int64_t B = 2, n = 7, pad = 3;
+    Tensor mask = tail_mask(B, n, pad);
+    Tensor x = randn({B, n, 8}, g);
+    Tensor y = mha.forward(x, mask);
+    // changing what padded positions hold changes no valid output
+    Tensor x2 = x.clone();
+    x2.select(0, 1).narrow(0, n - pad, pad).copy_(mul(randn({pad, 8}, g), 10.0));
+    Tensor y2 = mha.forward(x2, mask);
+    CHECK(max_abs_diff(y.select(0, 1).narrow(0, 0, n - pad), y2.select(0, 1).narrow(0, 0, n - pad)) < 1e-5);
+    CHECK(max_abs_diff(y.select(0, 0), y2.select(0, 0)) == 0.0);
+    // padded queries: attention output rows are zero (before out_proj adds its bias)
+    Tensor q, k, v;
+    mha.project(x, q, k, v);
+    Tensor o = zero_padded_rows(mha.mechanism->forward(q, k, v, mask), mask);
+    CHECK(max_abs_diff(o.select(0, 1).narrow(1, n - pad, pad), Tensor::zeros({2, pad, 4})) == 0.0);
+    // padded keys get zero weight
+    Tensor A = probe_attention(mha, x, mask);
+    CHECK(A.shape() == Shape{B, 2, n, n});
+    for (int64_t j = n - pad; j < n; ++j)
+      for (int64_t i = 0; i < n; ++i) CHECK(std::abs(A.at({1, 0, i, j})) < 1e-7);
+    // the probe's matrix is what forward applies
+    Tensor Av = matmul(A, v);
+    CHECK(max_abs_diff(Av.select(0, 0), o.select(0, 0)) < 1e-4);
+    CHECK(max_abs_diff(Av.select(0, 1).narrow(1, 0, n - pad), o.select(0, 1).narrow(1, 0, n - pad)) < 1e-4);
+  }
+}
+
+TEST_CASE("softmax attention: rows sum to 1, fused equals reference, fully padded rows are zero") {
+  Generator g(6);
+  AttentionOptions ref = opts("softmax");
+  ref.knobs["fused"] = 0;
+  MultiHeadAttention fused(8, opts("softmax"), g);
+  Generator g2(6);
+  MultiHeadAttention plain(8, ref, g2);
+  Tensor x = randn({2, 9, 8}, g);
+  Tensor mask = tail_mask(2, 9, 4);
+  CHECK(max_abs_diff(fused.forward(x, mask), plain.forward(x, mask)) < 1e-5);
+  AttentionStats st = attention_stats(probe_attention(fused, x, mask), mask);
+  for (int64_t i = 0; i < 5; ++i) CHECK(st.row_sum.at({1, 1, i}) == doctest::Approx(1.0).epsilon(1e-5));
+  CHECK(st.row_sum.at({1, 1, 8}) == 0.0);  // padded query row
+  std::vector<bool> all(2 * 9, false);
+  for (int j = 0; j < 9; ++j) all[9 + j] = true;
+  Tensor full = Tensor::from_vector(all, {2, 9});
+  Tensor y = fused.forward(x, full);
+  for (double v : y.select(0, 1).to_vector()) CHECK(std::isfinite(v));
+}
+
+TEST_CASE("performer approaches softmax attention as features grow") {
+  Generator g(7);
+  Tensor q = mul(randn({1, 1, 32, 16}, g), 0.5), k = mul(randn({1, 1, 32, 16}, g), 0.5), v = randn({1, 1, 32, 16}, g);
+  AttentionOptions so = opts("softmax", 1);
+  so.d_head = 16;
+  Tensor exact = make_attention(so, g)->forward(q, k, v, Tensor());
+  double prev = 1e9;
+  std::vector<double> errs;
+  for (int64_t m : {16, 256, 4096}) {
+    AttentionOptions po = opts("performer", 1);
+    po.d_head = 16;
+    po.knobs["features"] = (double)m;
+    po.knobs["seed"] = 11;
+    double e = max_abs_diff(make_attention(po, g)->forward(q, k, v, Tensor()), exact);
+    errs.push_back(e);
+    prev = e;
+  }
+  INFO(errs[0] << " " << errs[1] << " " << errs[2]);
+  CHECK(errs[2] < errs[0]);
+  CHECK(errs[2] < 0.1);
+  (void)prev;
+}
+
+TEST_CASE("attention stats: singular values and rank") {
+  std::vector<double> a = {1, 2, 2, 4};  // rank 1
+  auto sv = singular_values(a, 2, 2);
+  CHECK(sv[0] == doctest::Approx(5.0));
+  CHECK(std::abs(sv[1]) < 1e-12);
+  Tensor A = Tensor::from_vector(std::vector<double>{0.5, 0.5, 0.5, 0.5}, {1, 1, 2, 2});
+  AttentionStats st = attention_stats(A);
+  CHECK(st.rank.at({0, 0}) == 1.0);
+  CHECK(st.row_entropy.at({0, 0, 0}) == doctest::Approx(std::log(2.0)));
+  CHECK(st.col_sum.at({0, 0, 1}) == doctest::Approx(1.0));
+  CHECK(st.max_weight == doctest::Approx(0.5));
+}
+
+TEST_CASE("encoder: gradient check with mixed mechanisms per layer, dropout determinism") {
+  Generator g(8);
+  EncoderConfig cfg;
+  cfg.depth = 2;
+  cfg.d_model = 8;
+  cfg.n_heads = 2;
+  cfg.mlp_hidden = 16;
+  cfg.attention = {opts("softmax"), opts("linear")};
+  TransformerEncoder enc(cfg, g);
+  enc.to_(kFloat64);
+  Tensor x = leaf({2, 4, 8}, 81, 0.5);
+  Tensor mask = tail_mask(2, 4, 1);
+  GradcheckOptions o;
+  o.max_checks_per_input = 16;
+  CHECK_GRAD([&](const V& v) { return enc.forward(v[0], mask); }, {x, enc.layers[0]->attn->qkv->weight, enc.layers[1]->mlp->fc1->weight}, o);
+  cfg.dropout = 0.1;
+  auto run = [&]() {
+    Generator gi(9);
+    auto dg = std::make_shared<Generator>(10);
+    TransformerEncoder e(cfg, gi, dg);
+    Generator gx(11);
+    return e.forward(randn({2, 4, 8}, gx), mask).to_vector();
+  };
+  CHECK(run() == run());
+}
