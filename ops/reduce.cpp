@@ -270,11 +270,48 @@ struct ExtremeR {
     if (std::isnan(v)) return true;
     return IsMax ? v > best : v < best;
   }
+  // First i with p[i] == m (m occurs in p): blocks scanned with a vectorised test.
+  static int64_t first_equal(const T* p, int64_t n, T m) {
+    for (int64_t b = 0; b < n; b += 64) {
+      const int64_t e = std::min(n, b + 64);
+      int hit = 0;
+#pragma omp simd reduction(| : hit)
+      for (int64_t i = b; i < e; ++i) hit |= (p[i] == m);
+      if (hit)
+        for (int64_t i = b; i < e; ++i)
+          if (p[i] == m) return i;
+    }
+    return 0;
+  }
   Acc init(int64_t) const { return {}; }
   void step(Acc& a, T v, int64_t r) const {
     if (a.i < 0 || better(v, a.v)) a = {v, r};
   }
   void run(Acc& a, const T* p, int64_t n, int64_t s, int64_t r0) const {
+    if (s == 1 && n >= 16) {
+      // Contiguous: a vectorised extreme plus zs = sum(v - v), which is NaN iff some v is
+      // NaN or infinite (then the careful loop below decides). The extreme is exact in any
+      // order, so the simd reductions stay deterministic.
+      T m = p[0], zs = 0;
+      if constexpr (IsMax) {
+#pragma omp simd reduction(max : m) reduction(+ : zs)
+        for (int64_t i = 0; i < n; ++i) {
+          zs += p[i] - p[i];
+          m = p[i] > m ? p[i] : m;
+        }
+      } else {
+#pragma omp simd reduction(min : m) reduction(+ : zs)
+        for (int64_t i = 0; i < n; ++i) {
+          zs += p[i] - p[i];
+          m = p[i] < m ? p[i] : m;
+        }
+      }
+      if (zs == 0) {
+        if (a.i >= 0 && !better(m, a.v)) return;  // an earlier run holds it (ties: first wins)
+        a = {m, r0 + first_equal(p, n, m)};
+        return;
+      }
+    }
     for (int64_t i = 0; i < n; ++i) step(a, p[i * s], r0 + i);
   }
   void combine(Acc& a, const Acc& b) const {
@@ -295,9 +332,16 @@ struct LseR {
   T* out;
   const double* mx;
   Acc init(int64_t o) const { return {0.0, mx[o]}; }
-  void step(Acc& a, T v, int64_t) const { a.s += std::exp((double)v - a.m); }
+  // exp in T (expf for f32: x - m <= 0, so full relative accuracy), sums in double.
+  void step(Acc& a, T v, int64_t) const { a.s += (double)std::exp(v - (T)a.m); }
   void run(Acc& a, const T* p, int64_t n, int64_t s, int64_t) const {
-    for (int64_t i = 0; i < n; ++i) a.s += std::exp((double)p[i * s] - a.m);
+    const T m = (T)a.m;
+    double l[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int k = 0; k < 4; ++k) l[k] += (double)std::exp(p[(i + k) * s] - m);
+    for (; i < n; ++i) l[0] += (double)std::exp(p[i * s] - m);
+    a.s += (l[0] + l[1]) + (l[2] + l[3]);
   }
   void combine(Acc& a, const Acc& b) const { a.s += b.s; }
   void finish(int64_t o, const Acc& a) const {
@@ -574,6 +618,21 @@ Tensor cumsum_kernel(const Tensor& x_in, int64_t dim, bool reverse) {
     constexpr int64_t B = 256;  // columns scanned together when inner > 1
     const int64_t nb = (inner + B - 1) / B;
     const int64_t grain = std::max<int64_t>(1, kParallelGrain / (n * std::min(inner, B)));
+    if (inner == 1) {  // scan along contiguous rows
+      parallel_for(0, outer, std::max<int64_t>(1, kParallelGrain / n), [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; ++o) {
+          const T* xr = xp + o * n;
+          T* orow = op + o * n;
+          double acc = 0.0;
+          if (reverse) {
+            for (int64_t j = n - 1; j >= 0; --j) orow[j] = static_cast<T>(acc += (double)xr[j]);
+          } else {
+            for (int64_t j = 0; j < n; ++j) orow[j] = static_cast<T>(acc += (double)xr[j]);
+          }
+        }
+      });
+      return;
+    }
     parallel_for(0, outer * nb, grain, [&](int64_t b, int64_t e) {
       double acc[B];
       for (int64_t it = b; it < e; ++it) {

@@ -221,6 +221,38 @@ TEST_CASE("max / min along a dim: values, indices, ties, gradient to the arg pos
   CHECK_GRAD([](const V& v) { return add(max(v[0], 0).values, min(v[0], 0).values); }, {a});
 }
 
+TEST_CASE("max / min on long rows (vectorised path) match a naive scan, with ties, inf and NaN") {
+  Generator g(13);
+  for (DType dt : {kFloat32, kFloat64}) {
+    Tensor x = randint(-20, 20, {6, 100}, g).to(dt);  // many ties
+    {
+      NoGradGuard ng;
+      x.select(0, 1).narrow(0, 70, 1).fill_(INFINITY);
+      x.select(0, 2).narrow(0, 3, 1).fill_(-INFINITY);
+      x.select(0, 3).narrow(0, 50, 1).fill_(NAN);
+      x.select(0, 4).narrow(0, 99, 1).fill_(NAN);
+      x.select(0, 4).narrow(0, 10, 1).fill_(INFINITY);
+    }
+    std::vector<double> xv = x.to_vector();
+    for (bool is_max : {true, false}) {
+      ValuesIndices r = is_max ? max(x, 1) : min(x, 1);
+      std::vector<double> v = r.values.to_vector(), i = r.indices.to_vector();
+      for (int64_t row = 0; row < 6; ++row) {
+        int64_t best = 0;
+        for (int64_t j = 1; j < 100; ++j) {
+          const double c = xv[row * 100 + j], b = xv[row * 100 + best];
+          if (std::isnan(b)) break;
+          if (std::isnan(c) || (is_max ? c > b : c < b)) best = j;
+        }
+        INFO("row " << row << " max " << is_max << " dtype " << dtype_name(dt));
+        CHECK(i[row] == (double)best);
+        const double want = xv[row * 100 + best];
+        CHECK((v[row] == want || (std::isnan(v[row]) && std::isnan(want))));
+      }
+    }
+  }
+}
+
 TEST_CASE("logsumexp: stable at large magnitudes, values and gradients") {
   Tensor x = dvec({1000, 1001, 1002, -1000, -1001, -1002}, {2, 3});
   std::vector<double> l = logsumexp(x, {1}).to_vector();
