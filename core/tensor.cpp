@@ -295,7 +295,7 @@ Shape infer_shape(const Shape& req, int64_t numel, const char* op, const Tensor*
 // Strides for viewing (shape, strides) as new_shape without copying, or empty if impossible.
 bool view_strides(const Shape& shape, const Shape& strides, const Shape& new_shape, Shape& out) {
   out.assign(new_shape.size(), 0);
-  if (shape_numel(shape) == 0) {
+  if (shape_numel(shape) == 0 || shape.empty()) {  // empty or 0-d: any layout works
     out = contiguous_strides(new_shape);
     return true;
   }

@@ -190,3 +190,11 @@ TEST_CASE("the generator gives the same bits for the same seed, at any thread co
   CHECK(std::abs(m) < 0.02);
   CHECK(std::abs(s - 1) < 0.02);
 }
+
+TEST_CASE("0-d tensors view, unsqueeze and flatten") {
+  Tensor s = Tensor::scalar(3.0);
+  CHECK(s.view({1}).shape() == Shape{1});
+  CHECK(s.reshape({1, 1}).at({0, 0}) == 3.0);
+  CHECK(s.unsqueeze(0).shape() == Shape{1});
+  CHECK(s.flatten().shape() == Shape{1});
+}

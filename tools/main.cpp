@@ -1,3 +1,57 @@
-#include <lotgrad/lotgrad.h>
-#include <iostream>
-int main() { lotgrad::Tensor t = lotgrad::Tensor::ones({2,3}); std::cout << t << "\n"; }
+// `lotgrad`: the command-line program. Subcommands grow with the project.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "commands.h"
+
+namespace {
+const char* kUsage = R"(lotgrad: attention mechanisms and their training, on the CPU.
+
+usage: lotgrad <command> [options]      (lotgrad <command> --help for its options)
+
+commands:
+  demo              train a 2-layer MLP on a generated problem and print the loss falling
+  info              build, thread and BLAS settings
+  probe             write a mechanism's attention matrix (and stats) for a random input
+  bench matmul      lotgrad matmul against raw OpenBLAS at transformer shapes
+  bench ops         elementwise, softmax and layer_norm throughput (GB/s)
+  bench attention   softmax attention: fused kernel vs reference, time and peak memory
+  bench sinkhorn    the Sinkhorn op: forward / backward time and peak memory
+
+common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS), --json
+)";
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, stdout);
+    return argc < 2 ? 1 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    using namespace lotgrad::cli;
+    if (cmd == "demo") return cmd_demo(argc - 2, argv + 2);
+    if (cmd == "info") return cmd_info(argc - 2, argv + 2);
+    if (cmd == "probe") return cmd_probe(argc - 2, argv + 2);
+    if (cmd == "bench") {
+      if (argc < 3) {
+        std::fputs("lotgrad bench: name a benchmark: matmul, ops, attention, sinkhorn\n", stderr);
+        return 2;
+      }
+      const std::string which = argv[2];
+      if (which == "matmul") return bench_matmul_main(argc - 3, argv + 3);
+      if (which == "ops") return bench_ops_main(argc - 3, argv + 3);
+      if (which == "attention") return bench_attention_kernel_main(argc - 3, argv + 3);
+      if (which == "sinkhorn") return bench_sinkhorn_main(argc - 3, argv + 3);
+      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, sinkhorn)\n", which.c_str());
+      return 2;
+    }
+    std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

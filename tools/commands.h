@@ -1,0 +1,14 @@
+// The lotgrad command-line program's subcommands. Each takes the arguments after its name.
+#pragma once
+
+namespace lotgrad::cli {
+int cmd_demo(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_probe(int argc, char** argv);
+}  // namespace lotgrad::cli
+
+// Benchmarks (benchmarks/), linked from the lotgrad_bench library.
+int bench_matmul_main(int argc, char** argv);
+int bench_ops_main(int argc, char** argv);
+int bench_attention_kernel_main(int argc, char** argv);
+int bench_sinkhorn_main(int argc, char** argv);
