@@ -8,6 +8,11 @@
 // so that in f32 the entries that carry mass are small numbers. The iteration is exactly
 // equivariant under such shifts (the potentials absorb them), so nothing downstream
 // depends on them. Potentials fh, gh are in these shifted, scaled units.
+// GCC will not if-convert the float compares in fexp (so no loop over it vectorises) while
+// it must assume compares can trap. Nothing here relies on FP traps; values are unchanged.
+// It is set before the includes because the kernels' loops are inlined into parallel_for's
+// outlined OpenMP bodies, which take the options in force where parallel.h is read.
+#pragma GCC optimize("no-trapping-math")
 #include "sinkhorn.h"
 
 #include <algorithm>
@@ -22,6 +27,7 @@
 #include "../core/autograd.h"
 #include "../core/iter.h"
 #include "../core/parallel.h"
+
 
 namespace lotgrad {
 
