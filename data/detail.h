@@ -1,0 +1,43 @@
+// Internal helpers shared by the data/ sources: a counter-based random stream and file I/O
+// that reports errors as IOError naming the file (and line).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../core/error.h"
+#include "../core/random.h"
+
+namespace lotgrad::data::detail {
+
+// Sequential draws from lotgrad's counter-based generator: draw i = bits(seed, i). Portable and
+// independent of the standard library's distributions.
+struct Rng {
+  uint64_t seed, counter = 0;
+  explicit Rng(uint64_t s) : seed(s) {}
+  uint64_t bits() { return Generator::bits(seed, counter++); }
+  double uniform() { return (double)(bits() >> 11) * 0x1.0p-53; }  // [0, 1)
+  // Uniform integer in [0, n), n > 0 (multiply-shift; bias < n / 2^64).
+  uint64_t below(uint64_t n) { return (uint64_t)(((unsigned __int128)bits() * n) >> 64); }
+  int64_t range(int64_t lo, int64_t hi_inclusive) { return lo + (int64_t)below((uint64_t)(hi_inclusive - lo + 1)); }
+};
+
+// A sub-seed for stream `k` of `seed` (e.g. one per epoch or per image).
+inline uint64_t subseed(uint64_t seed, uint64_t k) { return Generator::bits(seed ^ 0x6a09e667f3bcc909ULL, k); }
+
+[[noreturn]] void fail(const std::string& path, const std::string& what);
+[[noreturn]] void fail_line(const std::string& path, int64_t line, const std::string& what);
+
+std::string read_file(const std::string& path);                   // whole file, binary
+void write_file(const std::string& path, const std::string& bytes);  // creates parent folders
+void make_dirs(const std::string& path);
+
+// Splits text into lines (without the terminator; a trailing "\r" is removed).
+std::vector<std::string> split_lines(const std::string& text);
+std::vector<std::string> split(const std::string& s, char sep);
+std::vector<std::string> split_ws(const std::string& s);  // on runs of spaces/tabs
+// Strict integer parse of the whole string (optional surrounding spaces); false on failure.
+bool parse_int(const std::string& s, int64_t& out);
+bool parse_double(const std::string& s, double& out);
+
+}  // namespace lotgrad::data::detail
