@@ -29,3 +29,4 @@
 #include "nn/positional.h"
 #include "nn/probe.h"
 #include "nn/transformer.h"
+#include "nn/attention_lotformer.h"

@@ -14,6 +14,8 @@ const std::map<std::string, AttentionFactory>& attention_registry() {
       {"linear", make_linear_attention},
       {"performer", make_performer_attention},
       {"nystromformer", make_nystromformer_attention},
+      {"lotformer", make_lotformer_attention},
+      {"sinkformer", make_sinkformer_attention},
   };
   return reg;
 }

@@ -8,5 +8,7 @@ std::shared_ptr<AttentionMechanism> make_softmax_attention(const AttentionOption
 std::shared_ptr<AttentionMechanism> make_linear_attention(const AttentionOptions&, Generator&);
 std::shared_ptr<AttentionMechanism> make_performer_attention(const AttentionOptions&, Generator&);
 std::shared_ptr<AttentionMechanism> make_nystromformer_attention(const AttentionOptions&, Generator&);
+std::shared_ptr<AttentionMechanism> make_lotformer_attention(const AttentionOptions&, Generator&);
+std::shared_ptr<AttentionMechanism> make_sinkformer_attention(const AttentionOptions&, Generator&);
 
 }  // namespace lotgrad::nn

@@ -16,7 +16,7 @@ using namespace lotgrad::testing;
 using V = std::vector<Tensor>;
 
 namespace {
-const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer"};
+const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer", "lotformer", "sinkformer"};
 
 AttentionOptions opts(const std::string& name, int64_t heads = 2) {
   AttentionOptions o;
@@ -24,6 +24,8 @@ AttentionOptions opts(const std::string& name, int64_t heads = 2) {
   o.n_heads = heads;
   if (name == "nystromformer") o.knobs["landmarks"] = 3;
   if (name == "performer") o.knobs["features"] = 16;
+  if (name == "lotformer") o.knobs = {{"r", 3}, {"eps", 0.5}, {"half_steps", 9}, {"grad", 0}};
+  if (name == "sinkformer") o.knobs["half_steps"] = 3;
   return o;
 }
 // (B, n) mask with the last `pad` positions of batch row 1 padded.

@@ -1,0 +1,175 @@
+// LOTFormer attention (doubly stochastic, linear time). Per head, with learned pivots
+// Z (r, d) and pivot masses b = softmax(w / mass_temp):
+//   Γ1 = OT(queries -> pivots; cost −QZᵀ/√d; marginals (1/n, b))        (n, r)
+//   Γ2 = OT(pivots -> keys;   cost −ZKᵀ/√d; marginals (b, 1/n))        (r, n)
+//   Y  = n · Γ1 · diag(1/b) · (Γ2 · V)                                    (n, d)
+// computed right to left through sinkhorn_apply, so no n×n (or stored n×r plan per
+// iteration) ever exists: O(n·r·d + half_steps·n·r) time, O(n·r) memory.
+//
+// Padding is zero mass: padded tokens get log-weight −inf, n is the number of valid tokens,
+// and padded queries give zero output (MultiHeadAttention zeroes them).
+//
+// Knobs (AttentionOptions::knobs):
+//   r (4), eps (0.1), half_steps (50), grad (1 = implicit, 0 = unrolled), tol (0: run all
+//   half-steps), last (−1: the reference parity — odd half-steps end on rows, even on
+//   columns; 0 rows; 1 columns), learn_masses (1), mass_temp (1), init_std (0.02; −1 means
+//   1/√d), clamp (50: similarities clamped to ±clamp as the reference does; 0 = off),
+//   fused (1: plan products; 0: the composite that stores Γ1, Γ2 and multiplies with ops),
+//   lra_code_compat (0; 1 reproduces the public LRA code: mask ignored, uniform masses and
+//   the output scaled by 1/r²; for comparisons only).
+#include <cmath>
+
+#include "../core/autograd.h"
+#include "../ops/elementwise.h"
+#include "../ops/matmul.h"
+#include "../ops/reduce.h"
+#include "../ops/sinkhorn.h"
+#include "../ops/softmax.h"
+#include "attention_lotformer.h"
+#include "attention_mechanisms.h"
+#include "init.h"
+
+namespace lotgrad::nn {
+
+namespace {
+const char* kKnobs[] = {"r",    "eps",  "half_steps", "grad",  "tol",  "last",           "learn_masses",
+                        "mass_temp", "init_std", "clamp", "fused", "lra_code_compat"};
+}
+
+LOTFormerAttention::LOTFormerAttention(const AttentionOptions& opt, Generator& gen) : opt_(opt) {
+  for (auto& [k, v] : opt.knobs) {
+    bool known = false;
+    for (auto* kk : kKnobs) known = known || k == kk;
+    if (!known) throw std::invalid_argument("lotformer attention: unknown option \"" + k + "\"");
+  }
+  r_ = (int64_t)opt.get("r", 4);
+  eps_ = opt.get("eps", 0.1);
+  half_steps_ = (int64_t)opt.get("half_steps", 50);
+  implicit_ = opt.get("grad", 1) != 0;
+  tol_ = opt.get("tol", 0.0);
+  last_ = (int)opt.get("last", -1);
+  learn_masses_ = opt.get("learn_masses", 1) != 0;
+  mass_temp_ = opt.get("mass_temp", 1.0);
+  clamp_ = opt.get("clamp", 50.0);
+  fused_ = opt.get("fused", 1) != 0;
+  compat_ = opt.get("lra_code_compat", 0) != 0;
+  if (r_ <= 0 || eps_ <= 0 || half_steps_ <= 0 || mass_temp_ <= 0)
+    throw std::invalid_argument("lotformer attention: r, eps, half_steps and mass_temp must be positive");
+  const int64_t H = opt.n_heads, d = opt.d_head;
+  double std = opt.get("init_std", 0.02);
+  if (std < 0) std = 1.0 / std::sqrt((double)d);
+  pivots = Tensor::zeros({H, r_, d});
+  init::normal_(pivots, gen, 0.0, std);
+  register_parameter("pivots", &pivots);
+  mass_logits = Tensor::zeros({H, r_});  // uniform masses at start
+  if (learn_masses_ && !compat_) register_parameter("mass_logits", &mass_logits);
+  else register_buffer("mass_logits", &mass_logits);
+}
+
+std::string LOTFormerAttention::type_name() const {
+  return "LOTFormerAttention(r=" + std::to_string(r_) + ", eps=" + std::to_string(eps_) +
+         ", half_steps=" + std::to_string(half_steps_) + (implicit_ ? ", implicit" : ", unrolled") +
+         (compat_ ? ", lra_code_compat" : "") + ")";
+}
+
+Tensor LOTFormerAttention::log_masses(DType dt) const {
+  Tensor w = mass_logits.to(dt);  // zeros (uniform) in compat mode: a buffer never trained
+  return log_softmax(mass_temp_ == 1.0 ? w : div(w, mass_temp_), -1);  // (H, r)
+}
+
+void LOTFormerAttention::costs(const Tensor& q, const Tensor& k, Tensor& C1, Tensor& C2) const {
+  const double s = 1.0 / std::sqrt((double)q.size(-1));
+  Tensor Z = pivots.to(q.dtype());                        // (H, r, d)
+  Tensor S1 = mul(matmul(q, Z.transpose(-2, -1)), s);     // (B, H, n, r)
+  Tensor S2 = mul(matmul(Z, k.transpose(-2, -1)), s);     // (B, H, r, n)
+  if (clamp_ > 0) {
+    S1 = clamp(S1, -clamp_, clamp_);
+    S2 = clamp(S2, -clamp_, clamp_);
+  }
+  C1 = neg(S1);
+  C2 = neg(S2);
+}
+
+// log-weights of tokens (B, 1, n): −log(n_valid) on valid tokens, −inf on padding; and
+// n_valid as (B, 1, 1, 1).
+void LOTFormerAttention::token_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tensor& log_a,
+                                       Tensor& n_valid) const {
+  std::vector<double> la((size_t)(B * n)), nv((size_t)B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t L = 0;
+    for (int64_t j = 0; j < n; ++j) L += (!mask.defined() || compat_ || mask.at({b, j}) == 0.0);
+    if (L == 0) L = n;  // every token padded: uniform (the outputs are zeroed anyway)
+    for (int64_t j = 0; j < n; ++j) {
+      const bool pad = mask.defined() && !compat_ && mask.at({b, j}) != 0.0 && L != n;
+      la[b * n + j] = pad ? -INFINITY : -std::log((double)L);
+    }
+    nv[b] = (double)L;
+  }
+  log_a = Tensor::from_vector(la, {B, 1, n}).to(dt);
+  n_valid = Tensor::from_vector(nv, {B, 1, 1, 1}).to(dt);
+}
+
+SinkhornOptions LOTFormerAttention::solver_options() const {
+  SinkhornOptions o;
+  o.max_half_steps = half_steps_;
+  o.last = last_ < 0 ? (half_steps_ % 2 ? SinkhornSide::rows : SinkhornSide::cols)
+                     : (last_ == 0 ? SinkhornSide::rows : SinkhornSide::cols);
+  o.tol = tol_;
+  o.grad = implicit_ ? SinkhornGrad::implicit : SinkhornGrad::unrolled;
+  o.return_plan = !fused_;
+  return o;
+}
+
+Tensor LOTFormerAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
+  const int64_t B = q.size(0), n = q.size(2);
+  Tensor C1, C2, log_a, n_valid;
+  costs(q, k, C1, C2);
+  token_weights(mask, B, n, q.dtype(), log_a, n_valid);
+  Tensor log_b = log_masses(q.dtype()).unsqueeze(0);  // (1, H, r)
+  Tensor inv_b = exp(neg(log_b)).unsqueeze(-1);        // (1, H, r, 1)
+  SinkhornOptions so = solver_options();
+  Tensor y;
+  if (fused_) {
+    // Γ2 V (B, H, r, d), then Γ1 (diag(1/b) Γ2 V) (B, H, n, d): plans never stored.
+    Tensor kv = sinkhorn_apply(C2, log_b, log_a, eps_, v, Tensor(), so).PW;
+    y = sinkhorn_apply(C1, log_a, log_b, eps_, mul(kv, inv_b), Tensor(), so).PW;
+  } else {
+    Tensor G1 = sinkhorn(C1, log_a, log_b, eps_, so).plan;  // (B, H, n, r)
+    Tensor G2 = sinkhorn(C2, log_b, log_a, eps_, so).plan;  // (B, H, r, n)
+    y = matmul(G1, mul(matmul(G2, v), inv_b));
+  }
+  y = mul(y, n_valid);
+  if (compat_) y = mul(y, 1.0 / (double)(r_ * r_));
+  return y;
+}
+
+void LOTFormerAttention::plans(const Tensor& q, const Tensor& k, const Tensor& mask, Tensor& G1, Tensor& G2,
+                               Tensor& b) {
+  const int64_t B = q.size(0), n = q.size(2);
+  Tensor C1, C2, log_a, n_valid;
+  costs(q, k, C1, C2);
+  token_weights(mask, B, n, q.dtype(), log_a, n_valid);
+  Tensor log_b = log_masses(q.dtype()).unsqueeze(0);
+  SinkhornOptions so = solver_options();
+  so.return_plan = true;
+  G1 = sinkhorn(C1, log_a, log_b, eps_, so).plan;
+  G2 = sinkhorn(C2, log_b, log_a, eps_, so).plan;
+  b = exp(log_b);
+}
+
+Tensor LOTFormerAttention::attention_matrix(const Tensor& q, const Tensor& k, const Tensor& mask) {
+  const int64_t B = q.size(0), n = q.size(2);
+  Tensor G1, G2, b, log_a, n_valid;
+  plans(q, k, mask, G1, G2, b);
+  token_weights(mask, B, n, q.dtype(), log_a, n_valid);
+  // A = n · Γ1 diag(1/b) Γ2  (B, H, n, n): for study only.
+  Tensor A = mul(matmul(div(G1, b.unsqueeze(-2)), G2), n_valid);
+  if (compat_) A = mul(A, 1.0 / (double)(r_ * r_));
+  return A;
+}
+
+std::shared_ptr<AttentionMechanism> make_lotformer_attention(const AttentionOptions& opt, Generator& gen) {
+  return std::make_shared<LOTFormerAttention>(opt, gen);
+}
+
+}  // namespace lotgrad::nn

@@ -1,0 +1,37 @@
+// LOTFormer attention: see nn/attention_lotformer.cpp for the mechanism and its knobs.
+// Exposed as a class (not only through the registry) so that tests and study tools can
+// reach the plans Γ1, Γ2 and the masses b.
+#pragma once
+#include "../ops/sinkhorn.h"
+#include "attention.h"
+
+namespace lotgrad::nn {
+
+class LOTFormerAttention : public AttentionMechanism {
+ public:
+  LOTFormerAttention(const AttentionOptions& opt, Generator& gen);
+  std::string type_name() const override;
+  // q, k, v (B, H, n, d) -> (B, H, n, d)
+  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_padding_mask) override;
+  // A = n · Γ1 diag(1/b) Γ2 (B, H, n, n), for study at small n.
+  Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask) override;
+  // The two plans Γ1 (B, H, n, r), Γ2 (B, H, r, n) and the masses b (1, H, r).
+  void plans(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask, Tensor& G1, Tensor& G2, Tensor& b);
+  Tensor log_masses(DType dt) const;  // (H, r)
+  int64_t r() const { return r_; }
+
+  Tensor pivots;       // (H, r, d)
+  Tensor mass_logits;  // (H, r); a parameter when masses are learned, else a buffer
+
+ private:
+  void costs(const Tensor& q, const Tensor& k, Tensor& C1, Tensor& C2) const;
+  void token_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tensor& log_a, Tensor& n_valid) const;
+  SinkhornOptions solver_options() const;
+  AttentionOptions opt_;
+  int64_t r_, half_steps_;
+  double eps_, tol_, mass_temp_, clamp_;
+  int last_;
+  bool implicit_, learn_masses_, fused_, compat_;
+};
+
+}  // namespace lotgrad::nn
