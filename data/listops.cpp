@@ -187,9 +187,11 @@ std::string listops_source(const std::vector<token_t>& tokens) {
     if (!open.empty()) throw std::invalid_argument("listops: unclosed operator");
   }
   // ((..((op c1) c2) .. ck) ]) printed as "( " * (k + 1), op, then ") " after each child.
+  static const char* const kDigits[10] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
   std::string s;
+  s.reserve(tokens.size() * 4);
   int depth = 0;
-  auto piece = [&](const std::string& p) {
+  auto piece = [&](const char* p) {
     if (!s.empty()) s += ' ';
     s += p;
   };
@@ -197,10 +199,10 @@ std::string listops_source(const std::vector<token_t>& tokens) {
     const token_t t = tokens[i];
     if (is_op_id(t)) {
       for (int64_t j = 0; j <= nchild[i]; ++j) piece("(");
-      piece(listops_symbol(t));
+      piece(kOps[t - kListOpsMin]);
       ++depth;
     } else if (is_digit_id(t)) {
-      piece(listops_symbol(t));
+      piece(kDigits[t - kListOpsDigit0]);
       if (depth > 0) piece(")");
     } else {  // close
       piece("]");
@@ -212,18 +214,28 @@ std::string listops_source(const std::vector<token_t>& tokens) {
 }
 
 std::vector<token_t> listops_tokenize(const std::string& source) {
-  std::string s;
-  s.reserve(source.size());
-  for (char c : source) {
-    if (c == '(' || c == ')') continue;
-    s += c == ']' ? 'X' : c;
-  }
+  // Same result as LRA's replace(']', 'X'), drop '(' and ')', split(): a token is a maximal
+  // run of non-space characters with the parentheses removed. One pass, no per-token strings.
   std::vector<token_t> out;
-  for (const std::string& w : detail::split_ws(s)) {
-    const token_t id = listops_id(w);
+  std::string w;
+  auto flush = [&] {
+    if (w.empty()) return;
+    token_t id = -1;
+    if (w.size() == 1) {
+      if (w[0] >= '0' && w[0] <= '9') id = kListOpsDigit0 + (w[0] - '0');
+      else if (w[0] == 'X') id = kListOpsClose;
+    } else {
+      id = listops_id(w);
+    }
     if (id < 0) throw std::invalid_argument("unknown ListOps symbol '" + w + "'");
     out.push_back(id);
+    w.clear();
+  };
+  for (char c : source) {
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') flush();
+    else if (c != '(' && c != ')') w += c == ']' ? 'X' : c;
   }
+  flush();
   return out;
 }
 

@@ -62,8 +62,14 @@ struct Scene {
   bool inside(Vec p) const { return p.x >= kMargin && p.x <= kSize - kMargin && p.y >= kMargin && p.y <= kSize - kMargin; }
   // Clear of every dash except `skip` (the previous dash of the same path) and of markers.
   bool clear(Vec a, Vec b, int64_t skip) const {
-    for (size_t i = 0; i < dashes.size(); ++i)
-      if ((int64_t)i != skip && seg_seg(a, b, dashes[i].a, dashes[i].b) < kClearance) return false;
+    const Vec mid = 0.5 * (a + b);
+    constexpr double kFar = kDashLen + kClearance;  // midpoints farther apart than this are clear
+    for (size_t i = 0; i < dashes.size(); ++i) {
+      if ((int64_t)i == skip) continue;
+      const Vec dm = mid - 0.5 * (dashes[i].a + dashes[i].b);
+      if (dot(dm, dm) > kFar * kFar) continue;
+      if (seg_seg(a, b, dashes[i].a, dashes[i].b) < kClearance) return false;
+    }
     for (Vec m : markers)
       if (point_seg(m, a, b) < kMarkerR + kClearance - kDashHalfWidth) return false;
     return true;
