@@ -1,6 +1,8 @@
 #include "softmax.h"
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "../core/autograd.h"
@@ -26,28 +28,109 @@ void for_rows(int64_t outer, int64_t L, int64_t inner, F&& f) {
   });
 }
 
+// ---- contiguous-row helpers, written so the compiler vectorises them ------------------
+// Reductions keep kLanes independent partial results combined in a fixed order: faster
+// than one serial chain and still bit-reproducible.
+template <class T> constexpr int kLanes = 64 / sizeof(T);
+
+template <class T>
+T lanes_max(const T* p, int64_t n) {
+  T acc[kLanes<T>];
+  for (int u = 0; u < kLanes<T>; ++u) acc[u] = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes<T> <= n; j += kLanes<T>)
+    for (int u = 0; u < kLanes<T>; ++u) acc[u] = p[j + u] > acc[u] ? p[j + u] : acc[u];
+  T m = -std::numeric_limits<T>::infinity();
+  for (int u = 0; u < kLanes<T>; ++u) m = acc[u] > m ? acc[u] : m;
+  for (; j < n; ++j) m = p[j] > m ? p[j] : m;
+  return m;
+}
+template <class T>
+T lanes_sum(const T* p, int64_t n) {
+  T acc[kLanes<T>] = {};
+  int64_t j = 0;
+  for (; j + kLanes<T> <= n; j += kLanes<T>)
+    for (int u = 0; u < kLanes<T>; ++u) acc[u] += p[j + u];
+  T s = 0;
+  for (int u = 0; u < kLanes<T>; ++u) s += acc[u];
+  for (; j < n; ++j) s += p[j];
+  return s;
+}
+template <class T>
+T lanes_dot(const T* a, const T* b, int64_t n) {
+  T acc[kLanes<T>] = {};
+  int64_t j = 0;
+  for (; j + kLanes<T> <= n; j += kLanes<T>)
+    for (int u = 0; u < kLanes<T>; ++u) acc[u] += a[j + u] * b[j + u];
+  T s = 0;
+  for (int u = 0; u < kLanes<T>; ++u) s += acc[u];
+  for (; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// exp(x) for x <= 0 (softmax arguments x - max, log-probabilities). float: Cephes-style
+// range reduction and degree-6 polynomial (about 1 ulp), branch-free so loops over it
+// vectorise; exactly 0 below -87 (so masked -inf entries give exact zeros) and NaN stays
+// NaN. double: std::exp.
+inline float exp_le0(float x) {
+  const float kLog2e = 1.44269504088896341f, kMagic = 12582912.0f;  // 1.5 * 2^23 rounds to nearest
+  // NaN and out-of-range arguments never reach the integer conversion below.
+  float xc = x >= -87.0f ? x : -87.0f;
+  xc = xc <= 88.0f ? xc : 88.0f;
+  const float n = (xc * kLog2e + kMagic) - kMagic;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const float scale = std::bit_cast<float>((int32_t)(((int32_t)n + 127) << 23));
+  return x >= -87.0f ? y * scale : (x < -87.0f ? 0.0f : x);  // the last case is NaN
+}
+inline double exp_le0(double x) { return std::exp(x); }
+
+// One row: x, y contiguous when s == 1 (the fast path), else strided.
 template <class T>
 void softmax_row(const T* x, T* y, int64_t L, int64_t s, bool log) {
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < L; ++j) mx = x[j * s] > mx ? x[j * s] : mx;
-  if (mx == -std::numeric_limits<T>::infinity()) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  T mx = kNegInf;
+  if (s == 1) {
+    mx = lanes_max(x, L);
+  } else {
+    for (int64_t j = 0; j < L; ++j) mx = x[j * s] > mx ? x[j * s] : mx;
+  }
+  if (mx == kNegInf) {
     // A row of all -inf has no distribution: NaN, as in PyTorch. (A NaN entry never wins
     // the max; it reaches every output through the sum.)
     for (int64_t j = 0; j < L; ++j) y[j * s] = std::numeric_limits<T>::quiet_NaN();
     return;
   }
+  if (s == 1) {
+    for (int64_t j = 0; j < L; ++j) y[j] = exp_le0(x[j] - mx);
+    const T sum = lanes_sum(y, L);
+    if (log) {
+      // (x - max) - log(sum), not x - (max + log(sum)): keeps precision for large logits.
+      const T ls = std::log(sum);
+      for (int64_t j = 0; j < L; ++j) y[j] = (x[j] - mx) - ls;
+    } else {
+      const T inv = T(1) / sum;
+      for (int64_t j = 0; j < L; ++j) y[j] *= inv;
+    }
+    return;
+  }
   T sum = 0;
+  for (int64_t j = 0; j < L; ++j) {
+    const T e = exp_le0(x[j * s] - mx);
+    if (!log) y[j * s] = e;
+    sum += e;
+  }
   if (log) {
-    for (int64_t j = 0; j < L; ++j) sum += std::exp(x[j * s] - mx);
-    // (x - max) - log(sum), not x - (max + log(sum)): keeps precision for large logits.
     const T ls = std::log(sum);
     for (int64_t j = 0; j < L; ++j) y[j * s] = (x[j * s] - mx) - ls;
   } else {
-    for (int64_t j = 0; j < L; ++j) {
-      const T e = std::exp(x[j * s] - mx);
-      y[j * s] = e;
-      sum += e;
-    }
     const T inv = T(1) / sum;
     for (int64_t j = 0; j < L; ++j) y[j * s] *= inv;
   }
@@ -71,10 +154,20 @@ struct SoftmaxBackward : Node {
         const T* gr = gp + base;
         const T* yr = yp + base;
         T* dr = dp + base;
+        if (s == 1) {
+          if (lg) {
+            const T acc = lanes_sum(gr, L);
+            for (int64_t j = 0; j < L; ++j) dr[j] = gr[j] - exp_le0(yr[j]) * acc;
+          } else {
+            const T acc = lanes_dot(gr, yr, L);
+            for (int64_t j = 0; j < L; ++j) dr[j] = yr[j] * (gr[j] - acc);
+          }
+          return;
+        }
         T acc = 0;
         if (lg) {
           for (int64_t j = 0; j < L; ++j) acc += gr[j * s];
-          for (int64_t j = 0; j < L; ++j) dr[j * s] = gr[j * s] - std::exp(yr[j * s]) * acc;
+          for (int64_t j = 0; j < L; ++j) dr[j * s] = gr[j * s] - exp_le0(yr[j * s]) * acc;
         } else {
           for (int64_t j = 0; j < L; ++j) acc += gr[j * s] * yr[j * s];
           for (int64_t j = 0; j < L; ++j) dr[j * s] = yr[j * s] * (gr[j * s] - acc);

@@ -105,6 +105,24 @@ TEST_CASE("softmax / log_softmax: values along any dim, rows sum to 1, f32 and f
     CHECK(sb[3] == 0.0);
     CHECK(std::isfinite(lb[3]));
   }
+  // the vectorised f32 path: odd row lengths, a wide range of arguments, masked entries
+  for (int64_t L : {1, 7, 37, 1000}) {
+    INFO("L ", L);
+    Tensor w = rnd({3, L}, 20 + L, kFloat64, 30.0);
+    check_close(softmax(w.to(kFloat32), -1).to_vector(), ref_softmax(w.to(kFloat32).to(kFloat64), 1, false), 2e-6);
+    check_close(log_softmax(w.to(kFloat32), -1).to_vector(), ref_softmax(w.to(kFloat32).to(kFloat64), 1, true), 2e-6);
+  }
+  Tensor masked = Tensor::from_vector(std::vector<float>{0.5f, -INFINITY, 1.5f, -INFINITY, -200.0f}, {1, 5});
+  std::vector<double> mv = softmax(masked, -1).to_vector();
+  CHECK(mv[1] == 0.0);
+  CHECK(mv[3] == 0.0);
+  CHECK(mv[4] == 0.0);
+  CHECK(mv[0] == doctest::Approx(0.2689414214).epsilon(1e-6));
+  for (DType dt : {kFloat32, kFloat64}) {  // a NaN reaches the whole row
+    Tensor withnan = Tensor::from_vector(std::vector<double>{0.5, NAN, 1.5}, {1, 3}).to(dt);
+    for (double v : softmax(withnan, -1).to_vector()) CHECK(std::isnan(v));
+    for (double v : log_softmax(withnan, -1).to_vector()) CHECK(std::isnan(v));
+  }
   // a 0-d input is a one-element row
   CHECK(softmax(Tensor::scalar(3.0, kFloat64), 0).item() == 1.0);
   // a row of all -inf has no distribution: NaN, as in PyTorch
