@@ -12,3 +12,5 @@ int bench_matmul_main(int argc, char** argv);
 int bench_ops_main(int argc, char** argv);
 int bench_attention_kernel_main(int argc, char** argv);
 int bench_sinkhorn_main(int argc, char** argv);
+int bench_attention_main(int argc, char** argv);
+int bench_step_main(int argc, char** argv);

@@ -17,7 +17,9 @@ commands:
   probe             write a mechanism's attention matrix (and stats) for a random input
   bench matmul      lotgrad matmul against raw OpenBLAS at transformer shapes
   bench ops         elementwise, softmax and layer_norm throughput (GB/s)
-  bench attention   softmax attention: fused kernel vs reference, time and peak memory
+  bench attention   any mechanism (--attention NAME --n 512,1024,...): fwd and fwd+bwd time, peak memory
+  bench attention-kernel   softmax attention: fused kernel vs reference, time and peak memory
+  bench step        one LRA training step (forward, backward, AdamW): ms/step, tokens/s, peak memory
   bench sinkhorn    the Sinkhorn op: forward / backward time and peak memory
 
 common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS), --json
@@ -37,15 +39,17 @@ int main(int argc, char** argv) {
     if (cmd == "probe") return cmd_probe(argc - 2, argv + 2);
     if (cmd == "bench") {
       if (argc < 3) {
-        std::fputs("lotgrad bench: name a benchmark: matmul, ops, attention, sinkhorn\n", stderr);
+        std::fputs("lotgrad bench: name a benchmark: matmul, ops, attention, attention-kernel, sinkhorn, step\n", stderr);
         return 2;
       }
       const std::string which = argv[2];
       if (which == "matmul") return bench_matmul_main(argc - 3, argv + 3);
       if (which == "ops") return bench_ops_main(argc - 3, argv + 3);
-      if (which == "attention") return bench_attention_kernel_main(argc - 3, argv + 3);
+      if (which == "attention") return bench_attention_main(argc - 3, argv + 3);
+      if (which == "attention-kernel") return bench_attention_kernel_main(argc - 3, argv + 3);
+      if (which == "step") return bench_step_main(argc - 3, argv + 3);
       if (which == "sinkhorn") return bench_sinkhorn_main(argc - 3, argv + 3);
-      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, sinkhorn)\n", which.c_str());
+      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, attention-kernel, sinkhorn, step)\n", which.c_str());
       return 2;
     }
     std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);

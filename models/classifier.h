@@ -1,0 +1,54 @@
+// LRA models: a sequence classifier and a dual encoder for retrieval, in the common
+// 2-layer setting (d = 64, 2 heads, MLP 128; lra.md §4).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "../nn/layers.h"
+#include "../nn/positional.h"
+#include "../nn/transformer.h"
+
+namespace lotgrad::models {
+
+struct ClassifierConfig {
+  int64_t vocab = 32;
+  int64_t max_len = 2048;  // learned position table size
+  int64_t num_classes = 10;
+  nn::EncoderConfig encoder;   // depth 2, d 64, 2 heads, MLP 128 by default
+  int64_t head_hidden = 128;   // head: d -> head_hidden -> ReLU -> classes
+  std::string pooling = "mean";  // "mean" over valid tokens, or "cls" (a learned token prepended)
+  double embed_dropout = 0.0;
+};
+
+// tokens (B, n) i64 and key_padding_mask (B, n) bool (true = pad) -> logits (B, C).
+class SequenceClassifier : public nn::Module {
+ public:
+  SequenceClassifier(const ClassifierConfig& cfg, Generator& gen, std::shared_ptr<Generator> dropout_gen = nullptr);
+  Tensor forward(const Tensor& tokens, const Tensor& key_padding_mask = Tensor());
+  // The pooled (B, d) representation (what the head sees).
+  Tensor encode(const Tensor& tokens, const Tensor& key_padding_mask = Tensor());
+  std::string type_name() const override { return "SequenceClassifier"; }
+  ClassifierConfig config;
+  std::shared_ptr<nn::Embedding> embed;
+  std::shared_ptr<nn::LearnedPositionalEmbedding> pos;
+  std::shared_ptr<nn::TransformerEncoder> encoder;
+  std::shared_ptr<nn::LayerNorm> final_ln;
+  std::shared_ptr<nn::Linear> head1, head2;
+  std::shared_ptr<nn::Dropout> drop;
+  Tensor cls;  // (1, 1, d) when pooling == "cls"
+};
+
+// Retrieval: one shared encoder for both documents, head on [u, v, u*v, u-v].
+class DualEncoderClassifier : public nn::Module {
+ public:
+  DualEncoderClassifier(const ClassifierConfig& cfg, Generator& gen, std::shared_ptr<Generator> dropout_gen = nullptr);
+  Tensor forward(const Tensor& tokens1, const Tensor& mask1, const Tensor& tokens2, const Tensor& mask2);
+  std::string type_name() const override { return "DualEncoderClassifier"; }
+  std::shared_ptr<SequenceClassifier> tower;  // its head is unused
+  std::shared_ptr<nn::Linear> head1, head2;
+};
+
+// Mean over valid tokens: x (B, n, d), mask (B, n) true = pad -> (B, d).
+Tensor masked_mean(const Tensor& x, const Tensor& key_padding_mask);
+
+}  // namespace lotgrad::models
