@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -246,44 +247,73 @@ Geo make_geo(const Tensor& q, const Tensor& k) {
   return g;
 }
 
-// dst (BH, rows_pad, dp) ← src (B, H, rows, d) (any strides) · mul.
+// Packing and unpacking are lists of independent items (rows or tiles) run together in one
+// parallel region (run_jobs), so a call has three regions at most: few synchronisations.
+struct Job {
+  int64_t count = 0;
+  std::function<void(int64_t)> item;
+};
+void run_jobs(const std::vector<Job>& jobs, int64_t grain) {
+  int64_t total = 0;
+  for (const Job& j : jobs) total += j.count;
+  parallel_for(0, total, grain, [&](int64_t b, int64_t e) {
+    int64_t base = 0;
+    for (const Job& j : jobs) {
+      for (int64_t i = std::max(b, base); i < std::min(e, base + j.count); ++i) j.item(i - base);
+      base += j.count;
+    }
+  });
+}
+int64_t row_grain(const Geo& g) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.d, 1)); }
+
+// dst (BH, rows_pad, dp) ← src (B, H, rows, d) (any strides) · mul; one item per row.
 template <class T>
-void pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* dst) {
+Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* dst) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
   const int64_t d = g.d, dp = g.dp, H = g.H;
-  parallel_for(0, g.BH() * rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d, 1)),
-               [&](int64_t r0, int64_t r1) {
-                 for (int64_t r = r0; r < r1; ++r) {
-                   const int64_t bh = r / rows, i = r % rows;
-                   const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-                   T* o = dst + (bh * rows_pad + i) * dp;
-                   if (st[3] == 1)
-                     for (int64_t c = 0; c < d; ++c) o[c] = s[c] * mul;
-                   else
-                     for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul;
-                 }
-               });
+  return {g.BH() * rows, [=](int64_t r) {
+            const int64_t bh = r / rows, i = r % rows;
+            const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
+            T* o = dst + (bh * rows_pad + i) * dp;
+            if (st[3] == 1)
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c] * mul;
+            else
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul;
+          }};
 }
 
 // dst (BH, nJ, d, kBc) ← src (B, H, m, d): every key tile stored transposed, so score tiles
-// can be built with loads along the keys.
+// can be built with loads along the keys. One item per tile.
 template <class T>
-void pack_tiles_t(const Tensor& src, const Geo& g, T* dst) {
+Job pack_tiles_t(const Tensor& src, const Geo& g, T* dst) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
   const int64_t d = g.d, H = g.H, m = g.m, nJ = g.nJ;
-  parallel_for(0, g.BH() * nJ, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d * kBc, 1)),
-               [&](int64_t u0, int64_t u1) {
-                 for (int64_t u = u0; u < u1; ++u) {
-                   const int64_t bh = u / nJ, J = u % nJ;
-                   T* o = dst + u * d * kBc;
-                   for (int64_t c = 0; c < kBc && J * kBc + c < m; ++c) {
-                     const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + (J * kBc + c) * st[2];
-                     for (int64_t k = 0; k < d; ++k) o[k * kBc + c] = s[k * st[3]];
-                   }
-                 }
-               });
+  return {g.BH() * nJ, [=](int64_t u) {
+            const int64_t bh = u / nJ, J = u % nJ;
+            T* o = dst + u * d * kBc;
+            for (int64_t c = 0; c < kBc && J * kBc + c < m; ++c) {
+              const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + (J * kBc + c) * st[2];
+              for (int64_t k = 0; k < d; ++k) o[k * kBc + c] = s[k * st[3]];
+            }
+          }};
+}
+
+// out (B, H, rows, d) contiguous ← mul · Σ_c parts[c] (BH, rows_pad, dp), summed in order.
+template <class T>
+Job unpack_rows(const T* parts, int64_t nparts, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* out) {
+  const int64_t d = g.d, dp = g.dp, part_stride = g.BH() * rows_pad * dp;
+  return {g.BH() * rows, [=](int64_t r) {
+            const int64_t bh = r / rows, i = r % rows;
+            const T* src = parts + (bh * rows_pad + i) * dp;
+            T* o = out + r * d;
+            for (int64_t c = 0; c < d; ++c) o[c] = src[c];
+            for (int64_t p = 1; p < nparts; ++p)
+              for (int64_t c = 0; c < d; ++c) o[c] += src[p * part_stride + c];
+            if (mul != T(1))
+              for (int64_t c = 0; c < d; ++c) o[c] *= mul;
+          }};
 }
 
 // Per batch entry: an additive bias per key (0, or -inf for padded keys and the tile
@@ -318,6 +348,26 @@ KeyMask<T> make_key_mask(const Tensor& mask, const Geo& g) {
   return km;
 }
 
+// Runs f(u, scratch) for every unit u in [0, n) with OpenMP's dynamic schedule (threads
+// from lotgrad's count): each unit writes only its own outputs, so the result does not
+// depend on which thread ran it (deterministic), and on a busy machine a descheduled thread
+// does not hold the others up. One scratch per thread from make(). Serial below grain.
+template <class Make, class F>
+void for_each_unit(int64_t n, int64_t grain, Make make, F f) {
+  const int nt = get_num_threads();
+  if (nt <= 1 || n <= grain || omp_in_parallel()) {
+    auto scratch = make();
+    for (int64_t u = 0; u < n; ++u) f(u, scratch);
+    return;
+  }
+#pragma omp parallel num_threads((int)std::min<int64_t>(nt, n))
+  {
+    auto scratch = make();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < n; ++u) f(u, scratch);
+  }
+}
+
 // Units per thread chunk so that tiny problems (tests, short sequences) stay on one thread:
 // work is counted in multiply-adds of one unit; a thread gets at least ~256K of them.
 int64_t unit_grain(int64_t unit_work) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(unit_work, 1)); }
@@ -334,9 +384,13 @@ void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, cons
   constexpr T kInf = std::numeric_limits<T>::infinity();
   const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ;
   const int dv = (int)g.dv;
-  parallel_for(0, g.BH() * nI, unit_grain(kBr * g.m_pad * std::max<int64_t>(d, 1)), [&](int64_t u0, int64_t u1) {
-    std::vector<T> s((size_t)kBr * kBc), acc((size_t)kBr * dp), mx(kBr), l(kBr);
-    for (int64_t u = u0; u < u1; ++u) {
+  struct Scratch {
+    std::vector<T> s, acc, mx, l;
+  };
+  auto make = [&] { return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBr * dp)), std::vector<T>(kBr), std::vector<T>(kBr)}; };
+  for_each_unit(g.BH() * nI, unit_grain(kBr * g.m_pad * std::max<int64_t>(d, 1)), make, [&](int64_t u, Scratch& sc) {
+    std::vector<T>&s = sc.s, &acc = sc.acc, &mx = sc.mx, &l = sc.l;
+    {
       const int64_t bh = u / nI, I = u % nI, b = bh / g.H;
       const T* qI = qs + (bh * g.n_pad + I * kBr) * dp;
       std::fill(acc.begin(), acc.end(), T(0));
@@ -411,9 +465,16 @@ void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, 
   const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ, BH = g.BH();
   const int dv = (int)g.dv;
   const int64_t unit_work = (nI / chunks + 1) * kBr * g.m_pad * std::max<int64_t>(d, 1) * 2;
-  parallel_for(0, BH * chunks, unit_grain(unit_work), [&](int64_t u0, int64_t u1) {
-    std::vector<T> p((size_t)kBr * kBc), ds((size_t)kBr * kBc), dkacc((size_t)kBc * dp), dvacc((size_t)kBc * dp);
-    for (int64_t u = u0; u < u1; ++u) {
+  struct Scratch {
+    std::vector<T> p, ds, dkacc, dvacc;
+  };
+  auto make = [&] {
+    return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBc * dp)),
+                   std::vector<T>((size_t)(kBc * dp))};
+  };
+  for_each_unit(BH * chunks, unit_grain(unit_work), make, [&](int64_t u, Scratch& sc) {
+    std::vector<T>&p = sc.p, &ds = sc.ds, &dkacc = sc.dkacc, &dvacc = sc.dvacc;
+    {
       const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
       const int64_t I0 = nI * c / chunks, I1 = nI * (c + 1) / chunks;
       T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
@@ -461,25 +522,6 @@ void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, 
   });
 }
 
-// out (B, H, rows, d) contiguous ← mul · Σ_c parts[c] (BH, rows_pad, dp), summed in order.
-template <class T>
-void unpack_rows(const T* parts, int64_t nparts, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* out) {
-  const int64_t d = g.d, dp = g.dp, part_stride = g.BH() * rows_pad * dp;
-  parallel_for(0, g.BH() * rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(d * nparts, 1)),
-               [&](int64_t r0, int64_t r1) {
-                 for (int64_t r = r0; r < r1; ++r) {
-                   const int64_t bh = r / rows, i = r % rows;
-                   const T* src = parts + (bh * rows_pad + i) * dp;
-                   T* o = out + r * d;
-                   for (int64_t c = 0; c < d; ++c) o[c] = src[c];
-                   for (int64_t p = 1; p < nparts; ++p)
-                     for (int64_t c = 0; c < d; ++c) o[c] += src[p * part_stride + c];
-                   if (mul != T(1))
-                     for (int64_t c = 0; c < d; ++c) o[c] *= mul;
-                 }
-               });
-}
-
 // ---- drivers (Tensor in, Tensor out; scratch is tensor storage so benchmarks see it) ----
 
 // Returns out (B, H, n, d) and, if want_lse, lse (B, H, n_pad).
@@ -491,9 +533,9 @@ std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const 
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
   Tensor vr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
-  pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>());
-  pack_tiles_t<T>(k, g, kt.data_ptr<T>());
-  pack_rows<T>(v, g, g.m, g.m_pad, T(1), vr.data_ptr<T>());
+  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>()),
+            pack_tiles_t<T>(k, g, kt.data_ptr<T>()), pack_rows<T>(v, g, g.m, g.m_pad, T(1), vr.data_ptr<T>())},
+           row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
   Tensor out = make_tensor({g.B, g.H, g.n, g.d}, dt);
   Tensor lse = make_tensor({g.B, g.H, g.n_pad}, dt);
@@ -522,29 +564,28 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
   Tensor kr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
   Tensor vt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
   Tensor dor = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
-  pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>());
-  pack_tiles_t<T>(k, g, kt.data_ptr<T>());
-  pack_rows<T>(k, g, g.m, g.m_pad, T(1), kr.data_ptr<T>());
-  pack_tiles_t<T>(v, g, vt.data_ptr<T>());
-  pack_rows<T>(dout, g, g.n, g.n_pad, T(1), dor.data_ptr<T>());
   // D_i = rowsum(dO ∘ O)_i  (= rowsum(dP ∘ P)_i); padded rows stay 0.
   Tensor Dt = make_tensor({g.BH(), g.n_pad}, dt);
+  Job djob;
   {
     T* D = Dt.data_ptr<T>();
     const T* o = out.data_ptr<T>();
-    const T* dop = dor.data_ptr<T>();
-    parallel_for(0, g.BH() * g.n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.d, 1)),
-                 [&](int64_t r0, int64_t r1) {
-                   for (int64_t r = r0; r < r1; ++r) {
-                     const int64_t bh = r / g.n, i = r % g.n;
-                     const T* orow = o + r * g.d;
-                     const T* drow = dop + (bh * g.n_pad + i) * g.dp;
-                     T s = 0;
-                     for (int64_t c = 0; c < g.d; ++c) s += orow[c] * drow[c];
-                     D[bh * g.n_pad + i] = s;
-                   }
-                 });
+    const T* d0 = dout.data_ptr<T>();
+    const Shape st = dout.strides();
+    const int64_t n = g.n, d = g.d, H = g.H, n_pad = g.n_pad;
+    djob = {g.BH() * n, [=](int64_t r) {
+              const int64_t bh = r / n, i = r % n;
+              const T* orow = o + r * d;
+              const T* drow = d0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
+              T s = 0;
+              for (int64_t c = 0; c < d; ++c) s += orow[c] * drow[c * st[3]];
+              D[bh * n_pad + i] = s;
+            }};
   }
+  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>()), pack_tiles_t<T>(k, g, kt.data_ptr<T>()),
+            pack_rows<T>(k, g, g.m, g.m_pad, T(1), kr.data_ptr<T>()), pack_tiles_t<T>(v, g, vt.data_ptr<T>()),
+            pack_rows<T>(dout, g, g.n, g.n_pad, T(1), dor.data_ptr<T>()), djob},
+           row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
   Tensor dqp = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor dkp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
@@ -555,9 +596,10 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
   Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
   Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
   Tensor dv = make_tensor({g.B, g.H, g.m, g.d}, dt);
-  unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, (T)scale, dq.data_ptr<T>());
-  unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, (T)kLn2, dk.data_ptr<T>());
-  unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, T(1), dv.data_ptr<T>());
+  run_jobs({unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, (T)scale, dq.data_ptr<T>()),
+            unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, (T)kLn2, dk.data_ptr<T>()),
+            unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, T(1), dv.data_ptr<T>())},
+           std::max<int64_t>(1, row_grain(g) / chunks));
   return {dq, dk, dv};
 }
 
