@@ -127,7 +127,11 @@ void batched_gemm_kernel(const Tensor& x, const Tensor& y, Tensor& out, const Sh
   };
 
   // Fold 1: y shared by every batch entry, x's and out's (batch.., n) rows evenly strided.
-  if (nbatch > 1 && all_zero(by)) {
+  // Not for very narrow outputs: OpenBLAS 0.3.21 threads a tall (rows, k) x (k, m < 16)
+  // GEMM poorly (2 threads: (131072, 32) x (32, 4) took 7-20 ms folded against 1.5 ms as 64
+  // calls of 2048 rows, which it runs single-threaded).
+  constexpr int64_t kMinFoldCols = 16;
+  if (nbatch > 1 && all_zero(by) && m >= kMinFoldCols) {
     auto mx = merge_dims(with(S, n), with(bx, x.stride(-2)));
     auto mo = merge_dims(with(S, n), with(bo, m));
     if (mx && mo) {

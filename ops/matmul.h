@@ -9,7 +9,7 @@
 // inside an OpenMP parallel region (the OpenMP OpenBLAS would silently go single-threaded,
 // nested pools oversubscribe), and one owner of the threads keeps results bit-identical
 // for a fixed thread count. Where a batch can be folded into one big GEMM it is:
-//   (B.., n, k) x (k, m)         -> one (B..n, k) x (k, m) GEMM (rows merged),
+//   (B.., n, k) x (k, m)         -> one (B..n, k) x (k, m) GEMM (rows merged; m >= 16),
 //   sum over batch of X_b . Y_b  -> one (n, B..k) x (B..k, m) GEMM (inner dim merged),
 // the second being the weight gradient of a broadcast (e.g. linear) operand.
 #pragma once

@@ -119,7 +119,9 @@ TEST_CASE("matmul: batched with broadcast batch dims, f32 and f64") {
   for (DType dt : {kFloat32, kFloat64}) {
     const double tol = dt == kFloat32 ? 1e-5 : 1e-12;
     check_against_naive(rnd({4, 5, 7}, 1, dt), rnd({4, 7, 3}, 2, dt), tol);     // plain batch
-    check_against_naive(rnd({4, 5, 7}, 1, dt), rnd({7, 3}, 2, dt), tol);        // b broadcast (folded)
+    check_against_naive(rnd({4, 5, 7}, 1, dt), rnd({7, 3}, 2, dt), tol);        // b broadcast, narrow
+    check_against_naive(rnd({4, 5, 7}, 1, dt), rnd({7, 16}, 2, dt), tol);       // b broadcast (folded)
+    check_against_naive(rnd({2, 3, 5, 7}, 1, dt), rnd_t({7, 16}, 2, dt), tol);  // folded, transposed b
     check_against_naive(rnd({5, 7}, 1, dt), rnd({4, 7, 3}, 2, dt), tol);        // a broadcast
     check_against_naive(rnd({2, 1, 5, 7}, 1, dt), rnd({3, 7, 3}, 2, dt), tol);  // (2,1)x(3) -> (2,3)
     check_against_naive(rnd({2, 3, 5, 7}, 1, dt), rnd({1, 3, 7, 4}, 2, dt), tol);
@@ -145,25 +147,28 @@ TEST_CASE("matmul: batched with broadcast batch dims, f32 and f64") {
 }
 
 TEST_CASE("matmul: a shared operand is folded into one GEMM, forward and backward") {
-  Tensor x = leaf({4, 6, 5}, 1), w = leaf({5, 3}, 2);
+  Tensor x = leaf({4, 6, 16}, 1), w = leaf({16, 16}, 2);
   const int64_t c0 = detail::gemm_call_count();
   Tensor y = matmul(x, w);
-  CHECK(detail::gemm_call_count() - c0 == 1);  // (24, 5) x (5, 3)
+  CHECK(detail::gemm_call_count() - c0 == 1);  // (24, 16) x (16, 16)
   const int64_t c1 = detail::gemm_call_count();
   y.backward(Tensor::ones(y.shape(), kFloat64));
   CHECK(detail::gemm_call_count() - c1 == 2);  // dX one GEMM; dW = Xᵀ dY one GEMM over 24 rows
   // linear over (B, n, in): one GEMM forward, two backward
-  Tensor wt = leaf({3, 5}, 3), bias = leaf({3}, 4);
+  Tensor wt = leaf({16, 16}, 3), bias = leaf({16}, 4);
   const int64_t c2 = detail::gemm_call_count();
   Tensor z = linear(x, wt, bias);
   CHECK(detail::gemm_call_count() - c2 == 1);
   const int64_t c3 = detail::gemm_call_count();
   z.backward(Tensor::ones(z.shape(), kFloat64));
   CHECK(detail::gemm_call_count() - c3 == 2);
-  // a plain batch needs one GEMM per entry
+  // a plain batch needs one GEMM per entry; so does a very narrow shared operand
   const int64_t c4 = detail::gemm_call_count();
-  matmul(x.detach(), rnd({4, 5, 2}, 5, kFloat64));
+  matmul(x.detach(), rnd({4, 16, 2}, 5, kFloat64));
   CHECK(detail::gemm_call_count() - c4 == 4);
+  const int64_t c5 = detail::gemm_call_count();
+  matmul(x.detach(), rnd({16, 4}, 6, kFloat64));
+  CHECK(detail::gemm_call_count() - c5 == 4);
 }
 
 TEST_CASE("matmul: gradient checks (f64)") {
