@@ -16,6 +16,7 @@ const std::map<std::string, AttentionFactory>& attention_registry() {
       {"nystromformer", make_nystromformer_attention},
       {"lotformer", make_lotformer_attention},
       {"sinkformer", make_sinkformer_attention},
+      {"espformer", make_espformer_attention},
   };
   return reg;
 }

@@ -10,5 +10,6 @@ std::shared_ptr<AttentionMechanism> make_performer_attention(const AttentionOpti
 std::shared_ptr<AttentionMechanism> make_nystromformer_attention(const AttentionOptions&, Generator&);
 std::shared_ptr<AttentionMechanism> make_lotformer_attention(const AttentionOptions&, Generator&);
 std::shared_ptr<AttentionMechanism> make_sinkformer_attention(const AttentionOptions&, Generator&);
+std::shared_ptr<AttentionMechanism> make_espformer_attention(const AttentionOptions&, Generator&);
 
 }  // namespace lotgrad::nn
