@@ -89,14 +89,15 @@ class ESPAttention : public AttentionMechanism {
 
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     check(q, k, &v, mask, "forward");
-    return per_row(q, k, mask, [&](const Tensor& qb, const Tensor& kb, const Tensor& idx, bool all) {
-      Tensor vb = all ? v : index_select(v, 2, idx);
+    return per_row(q, k, mask, [&](const Tensor& qb, const Tensor& kb, int64_t b, const Tensor& idx) {
+      Tensor vb = b < 0 ? v : v.narrow(0, b, 1);  // b < 0: the whole batch
+      if (idx.defined()) vb = index_select(vb, 2, idx);
       return matmul(mul(plan(qb, kb), (double)qb.size(2)), vb);  // (b, H, L, dv)
     }, v.size(-1), false);
   }
   Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& mask) override {
     check(q, k, nullptr, mask, "attention_matrix");
-    return per_row(q, k, mask, [&](const Tensor& qb, const Tensor& kb, const Tensor&, bool) {
+    return per_row(q, k, mask, [&](const Tensor& qb, const Tensor& kb, int64_t, const Tensor&) {
       return mul(plan(qb, kb), (double)qb.size(2));  // (b, H, L, L)
     }, 0, true);
   }
@@ -134,7 +135,7 @@ class ESPAttention : public AttentionMechanism {
   template <class F>
   Tensor per_row(const Tensor& q, const Tensor& k, const Tensor& mask, F f, int64_t cols, bool square) const {
     const int64_t B = q.size(0), H = q.size(1), n = q.size(2);
-    if (!mask.defined()) return f(q, k, Tensor(), true);
+    if (!mask.defined()) return f(q, k, -1, Tensor());
     std::vector<Tensor> rows;
     for (int64_t b = 0; b < B; ++b) {
       std::vector<int64_t> valid;
@@ -143,7 +144,7 @@ class ESPAttention : public AttentionMechanism {
       const int64_t L = (int64_t)valid.size();
       Tensor qb = q.narrow(0, b, 1), kb = k.narrow(0, b, 1);
       if (L == n) {
-        rows.push_back(f(qb, kb, Tensor(), true));
+        rows.push_back(f(qb, kb, b, Tensor()));
         continue;
       }
       if (L == 0) {  // nothing to attend to: zeros (still connected to q for a defined graph)
@@ -152,7 +153,7 @@ class ESPAttention : public AttentionMechanism {
       }
       Tensor idx = Tensor::from_vector(valid, {L});
       Tensor qv = index_select(qb, 2, idx), kv = index_select(kb, 2, idx);
-      Tensor r = f(qv, kv, idx, false);                    // (1, H, L, m)
+      Tensor r = f(qv, kv, b, idx);                        // (1, H, L, m)
       Tensor E = placement(valid, n, q.dtype());           // (n, L)
       r = matmul(E, r);                                    // (1, H, n, m)
       if (square) r = matmul(r, E.t());                    // (1, H, n, n)
