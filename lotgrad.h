@@ -36,3 +36,4 @@
 #include "data/listops.h"
 #include "data/pathfinder.h"
 #include "data/text.h"
+#include "models/trainer.h"

@@ -1,6 +1,8 @@
 #include "tensor.h"
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -108,9 +110,63 @@ int64_t storage_bytes_in_use() { return g_bytes_in_use.load(); }
 int64_t storage_bytes_peak() { return g_bytes_peak.load(); }
 void reset_storage_peak() { g_bytes_peak.store(g_bytes_in_use.load()); }
 
+namespace {
+// Freed blocks of at least 1 MiB are kept for reuse (exact size match): a fresh block
+// from mmap costs a page fault per 4 KiB on first touch (tens of ms for tens of MB in
+// this VM), while reusing one costs a memset. Training steps repeat the same sizes.
+struct BlockCache {
+  std::mutex mu;
+  std::multimap<size_t, void*> blocks;
+  size_t held = 0;
+  static constexpr size_t kMin = size_t(1) << 20, kCap = size_t(2) << 30;
+};
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache;  // never destroyed: tensors may outlive statics
+  return *c;
+}
+void* take_block(size_t n) {
+  if (n < BlockCache::kMin) return nullptr;
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  auto it = c.blocks.find(n);
+  if (it == c.blocks.end()) return nullptr;
+  void* p = it->second;
+  c.blocks.erase(it);
+  c.held -= n;
+  return p;
+}
+void give_block(void* p, size_t n) {
+  if (n >= BlockCache::kMin) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lk(c.mu);
+    while (c.held + n > BlockCache::kCap && !c.blocks.empty()) {  // drop the largest first
+      auto last = std::prev(c.blocks.end());
+      c.held -= last->first;
+      std::free(last->second);
+      c.blocks.erase(last);
+    }
+    if (c.held + n <= BlockCache::kCap) {
+      c.blocks.emplace(n, p);
+      c.held += n;
+      return;
+    }
+  }
+  std::free(p);
+}
+}  // namespace
+
+void empty_storage_cache() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  for (auto& [n, p] : c.blocks) std::free(p);
+  c.blocks.clear();
+  c.held = 0;
+}
+
 Storage::Storage(size_t n) : nbytes(n) {
   const size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
-  data = std::aligned_alloc(64, alloc);
+  data = take_block(alloc);
+  if (!data) data = std::aligned_alloc(64, alloc);
   if (!data) throw std::bad_alloc();
   std::memset(data, 0, alloc);
   const int64_t now = g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc;
@@ -119,8 +175,9 @@ Storage::Storage(size_t n) : nbytes(n) {
   }
 }
 Storage::~Storage() {
-  std::free(data);
-  g_bytes_in_use.fetch_sub((int64_t)std::max<size_t>(64, (nbytes + 63) / 64 * 64));
+  const size_t alloc = std::max<size_t>(64, (nbytes + 63) / 64 * 64);
+  give_block(data, alloc);
+  g_bytes_in_use.fetch_sub((int64_t)alloc);
 }
 
 Tensor make_tensor(const Shape& shape, DType dtype) {

@@ -26,6 +26,9 @@ struct Node;
 int64_t storage_bytes_in_use();
 int64_t storage_bytes_peak();
 void reset_storage_peak();
+// Freed blocks of 1 MiB or more are cached by exact size (up to 2 GiB) and reused: a fresh
+// large block costs a page fault per 4 KiB on first touch. This returns them to the system.
+void empty_storage_cache();
 
 // Owned, aligned bytes plus the version counter shared by every view.
 struct Storage {

@@ -5,6 +5,10 @@ namespace lotgrad::cli {
 int cmd_demo(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_probe(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_lra(int argc, char** argv);
+int cmd_maps(int argc, char** argv);
 }  // namespace lotgrad::cli
 
 // Benchmarks (benchmarks/), linked from the lotgrad_bench library.

@@ -13,8 +13,12 @@ usage: lotgrad <command> [options]      (lotgrad <command> --help for its option
 
 commands:
   demo              train a 2-layer MLP on a generated problem and print the loss falling
+  lra               the main job: LOTFormer and a softmax baseline on generated ListOps, with a table
+  train             train a classifier on an LRA task (read or generated) with progress and checkpoints
+  eval              accuracy of a checkpoint on a split
   info              build, thread and BLAS settings
   probe             write a mechanism's attention matrix (and stats) for a random input
+  maps              PNG attention maps of softmax, Sinkformer, LOTFormer (r = 2, 4, 16), ESPFormer on one input
   bench matmul      lotgrad matmul against raw OpenBLAS at transformer shapes
   bench ops         elementwise, softmax and layer_norm throughput (GB/s)
   bench attention   any mechanism (--attention NAME --n 512,1024,...): fwd and fwd+bwd time, peak memory
@@ -37,6 +41,10 @@ int main(int argc, char** argv) {
     if (cmd == "demo") return cmd_demo(argc - 2, argv + 2);
     if (cmd == "info") return cmd_info(argc - 2, argv + 2);
     if (cmd == "probe") return cmd_probe(argc - 2, argv + 2);
+    if (cmd == "train") return cmd_train(argc - 2, argv + 2);
+    if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
+    if (cmd == "lra") return cmd_lra(argc - 2, argv + 2);
+    if (cmd == "maps") return cmd_maps(argc - 2, argv + 2);
     if (cmd == "bench") {
       if (argc < 3) {
         std::fputs("lotgrad bench: name a benchmark: matmul, ops, attention, attention-kernel, sinkhorn, step\n", stderr);

@@ -1,0 +1,75 @@
+// The Long Range Arena training loop: data (read or generated), the classifier, AdamW with
+// warm-up + cosine decay, clipping, progress, evaluation, atomic checkpoints (periodic and
+// best-on-dev), exact resume, and a JSON-lines metrics log. `lotgrad train` is a thin
+// command-line front end over train().
+#pragma once
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <string>
+
+#include "../data/dataset.h"
+#include "classifier.h"
+
+namespace lotgrad::models {
+
+struct TrainConfig {
+  // ---- data
+  std::string task = "listops";  // listops | pathfinder | image | text | retrieval
+  std::string data_dir;          // official layout to read; empty: generate (listops, pathfinder)
+  std::string write_data;        // when generating: also write the files here (official layout)
+  int64_t gen_train = 20000, gen_val = 1000, gen_test = 1000;  // generated split sizes
+  int64_t min_len = 500, max_len = 2000;  // ListOps lengths (exclusive bounds, as the generator)
+  int pathfinder_length = 14;   // Pathfinder difficulty: 6, 9 or 14 dashes
+  int64_t max_tokens = 0;       // text / retrieval truncation (0: task default 1000)
+  // ---- model
+  std::string attention = "lotformer";
+  std::map<std::string, double> knobs;  // mechanism knobs over the preset (see attention_preset)
+  bool use_preset = true;       // start from the public code's per-task settings for the mechanism
+  std::string pooling = "mean";
+  int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
+  double dropout = 0.1;
+  // ---- optimisation
+  int64_t steps = 1000, batch = 32;
+  double lr = 5e-4, weight_decay = 0.0, warmup = 0.1;  // warmup: fraction of steps (<1) or steps
+  double lr_floor = 0.1;        // cosine ends at lr * floor
+  double clip = 5.0;
+  // ---- evaluation, checkpoints, logs
+  int64_t eval_every = 200, eval_batches = 0;  // eval_batches 0: the whole dev set
+  int64_t checkpoint_every = 200;
+  int64_t log_every = 0;        // plain progress lines every N steps (0: about 50 per run)
+  std::string out_dir = "runs/run";  // last.ckpt, best.ckpt, metrics.jsonl
+  bool resume = false;
+  int threads = 0;              // 0: leave as is
+  uint64_t seed = 1;
+  bool quiet = false;
+  int64_t stop_after = 0;       // > 0: stop (as if killed) after this many steps this run (tests)
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  double best_dev = 0, dev_at_best = 0, test_at_best = 0;  // accuracies of the best-on-dev checkpoint
+  int64_t best_step = -1;
+  double ms_per_step = 0, tokens_per_s = 0;
+  double majority_test = 0;  // the majority-class rate on test, for comparison
+  std::vector<double> losses;  // training loss per step run in this call
+  std::string summary;         // one-line description of the run
+};
+
+// The public reference code's per-task settings for a mechanism (lotformer.md §4), e.g.
+// lotformer on listops: r 4, eps 0.1, 50 half-steps.
+std::map<std::string, double> attention_preset(const std::string& task, const std::string& attention);
+
+struct TaskData {
+  data::Dataset train, val, test;
+};
+// Reads cfg.data_dir in the official layout, or generates the task (seeded by cfg.seed).
+TaskData load_task(const TrainConfig& cfg, std::ostream& log);
+
+TrainResult train(const TrainConfig& cfg, std::ostream& log);
+
+// Accuracy of a checkpointed model on a split ("val" or "test"): `lotgrad eval`.
+double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,
+                           std::ostream& log);
+
+}  // namespace lotgrad::models

@@ -1,0 +1,119 @@
+// `lotgrad train`, `lotgrad eval` and `lotgrad lra` (the README's main job).
+#include <cstdio>
+#include <iostream>
+#include <lotgrad/lotgrad.h>
+
+#include "cli.h"
+#include "commands.h"
+
+namespace lotgrad::cli {
+
+namespace {
+const char* kTrainHelp = R"(lotgrad train [options]
+  data:      --task listops|pathfinder|image|text|retrieval (listops)
+             --data DIR            read the official LRA layout in DIR; without it, generate the task
+             --write-data DIR      when generating, also write the files (official layout)
+             --train-size N --val-size N --test-size N   generated split sizes (20000/1000/1000)
+             --min-len N --max-len N   ListOps lengths, exclusive (500/2000)
+             --path-length 6|9|14  Pathfinder difficulty (14)
+  model:     --attention NAME (lotformer; see `lotgrad info`)  --no-preset  --pooling mean|cls
+             --depth 2 --d-model 64 --heads 2 --mlp 128 --dropout 0.1
+             mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --tol --learn-masses 0|1
+                              --mass-temp --features --landmarks --fused 0|1 --lra-code-compat 0|1
+  training:  --steps 1000 --batch 32 --lr 5e-4 --warmup 0.1 (fraction, or steps if >= 1)
+             --lr-floor 0.1 (cosine ends at lr*floor) --clip 5 --weight-decay 0 --seed 1 --threads N
+  output:    --out runs/run (last.ckpt, best.ckpt, metrics.jsonl)  --eval-every 200 --eval-batches 0
+             --checkpoint-every 200 --log-every N --resume
+Ends by printing the dev and test accuracy of the best-on-dev checkpoint.
+)";
+
+const std::vector<std::string> kKnobs = {"r", "eps", "half-steps", "grad", "tol", "learn-masses", "mass-temp",
+                                         "features", "landmarks", "fused", "lra-code-compat", "init-std", "clamp"};
+
+models::TrainConfig parse_train(const Args& a) {
+  std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
+                                    "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "depth",
+                                    "d-model", "heads", "mlp", "dropout", "steps", "batch", "lr", "warmup", "lr-floor",
+                                    "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
+                                    "checkpoint-every", "log-every", "resume", "help", "checkpoint", "split", "quiet"};
+  known.insert(known.end(), kKnobs.begin(), kKnobs.end());
+  a.check_known(known);
+  models::TrainConfig c;
+  c.task = a.get("task", c.task);
+  c.data_dir = a.get("data", "");
+  c.write_data = a.get("write-data", "");
+  c.gen_train = a.get_int("train-size", c.gen_train);
+  c.gen_val = a.get_int("val-size", c.gen_val);
+  c.gen_test = a.get_int("test-size", c.gen_test);
+  c.min_len = a.get_int("min-len", c.min_len);
+  c.max_len = a.get_int("max-len", c.max_len);
+  c.pathfinder_length = (int)a.get_int("path-length", c.pathfinder_length);
+  c.max_tokens = a.get_int("max-tokens", 0);
+  c.attention = a.get("attention", c.attention);
+  c.use_preset = !a.flag("no-preset");
+  c.pooling = a.get("pooling", c.pooling);
+  c.depth = a.get_int("depth", c.depth);
+  c.d_model = a.get_int("d-model", c.d_model);
+  c.heads = a.get_int("heads", c.heads);
+  c.mlp = a.get_int("mlp", c.mlp);
+  c.dropout = a.get_double("dropout", c.dropout);
+  c.steps = a.get_int("steps", c.steps);
+  c.batch = a.get_int("batch", c.batch);
+  c.lr = a.get_double("lr", c.lr);
+  c.warmup = a.get_double("warmup", c.warmup);
+  c.lr_floor = a.get_double("lr-floor", c.lr_floor);
+  c.clip = a.get_double("clip", c.clip);
+  c.weight_decay = a.get_double("weight-decay", c.weight_decay);
+  c.seed = (uint64_t)a.get_int("seed", (int64_t)c.seed);
+  c.threads = (int)a.get_int("threads", 0);
+  c.out_dir = a.get("out", "runs/" + c.task + "-" + c.attention);
+  c.eval_every = a.get_int("eval-every", c.eval_every);
+  c.eval_batches = a.get_int("eval-batches", c.eval_batches);
+  c.checkpoint_every = a.get_int("checkpoint-every", c.checkpoint_every);
+  c.log_every = a.get_int("log-every", 0);
+  c.resume = a.flag("resume");
+  c.quiet = a.flag("quiet");
+  for (const auto& k : kKnobs) {
+    if (!a.has(k)) continue;
+    std::string key = k;
+    for (auto& ch : key)
+      if (ch == '-') ch = '_';
+    if (k == "grad") {
+      const std::string v = a.get(k, "");
+      if (v != "implicit" && v != "unrolled") throw std::invalid_argument("--grad must be implicit or unrolled");
+      c.knobs["grad"] = v == "implicit" ? 1 : 0;
+    } else {
+      c.knobs[key] = a.get_double(k, 0);
+    }
+  }
+  return c;
+}
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  Args a(argc, argv, {"help", "resume", "no-preset", "quiet"});
+  if (a.flag("help")) {
+    std::fputs(kTrainHelp, stdout);
+    return 0;
+  }
+  models::TrainConfig c = parse_train(a);
+  models::TrainResult r = models::train(c, std::cout);
+  std::printf("%s\n", r.summary.c_str());
+  return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  Args a(argc, argv, {"help", "resume", "no-preset", "quiet"});
+  if (a.flag("help")) {
+    std::puts("lotgrad eval --checkpoint FILE [--split test|val|train] plus the train options that define the task and model\n"
+              "(--task, --data or the generation options, --attention and knobs, widths, --seed for generated data).");
+    return 0;
+  }
+  models::TrainConfig c = parse_train(a);
+  const std::string ck = a.get("checkpoint", c.out_dir + "/best.ckpt"), split = a.get("split", "test");
+  const double acc = models::evaluate_checkpoint(c, ck, split, std::cout);
+  std::printf("%s accuracy of %s: %.4f\n", split.c_str(), ck.c_str(), acc);
+  return 0;
+}
+
+}  // namespace lotgrad::cli
