@@ -50,6 +50,7 @@ struct Canvas {
       }
   }
   void save(const std::string& path) const {
+    stbi_write_png_compression_level = 9;
     if (!stbi_write_png(path.c_str(), w, h, 3, px.data(), w * 3)) throw std::runtime_error("cannot write PNG " + path);
   }
 };
