@@ -16,7 +16,7 @@ using namespace lotgrad::testing;
 using V = std::vector<Tensor>;
 
 namespace {
-const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer", "lotformer", "sinkformer"};
+const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer", "lotformer", "sinkformer", "espformer"};
 
 AttentionOptions opts(const std::string& name, int64_t heads = 2) {
   AttentionOptions o;

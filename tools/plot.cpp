@@ -1,0 +1,146 @@
+// `lotgrad plot`: turns a training run's metrics.jsonl into a PNG with two panels, the
+// training loss and the train/dev accuracy against the step. Hand-rasterised (a 3×5 pixel
+// font for the axis labels) and written with stb_image_write: no plotting dependency.
+#include <stb/stb_image_write.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <lotgrad/lotgrad.h>
+#include <map>
+
+#include "cli.h"
+#include "commands.h"
+
+namespace lotgrad::cli {
+
+namespace {
+struct Canvas {
+  int w, h;
+  std::vector<uint8_t> px;  // RGB
+  Canvas(int w_, int h_) : w(w_), h(h_), px((size_t)w_ * h_ * 3, 255) {}
+  void set(int x, int y, uint32_t rgb) {
+    if (x < 0 || y < 0 || x >= w || y >= h) return;
+    uint8_t* p = &px[((size_t)y * w + x) * 3];
+    p[0] = rgb >> 16;
+    p[1] = (rgb >> 8) & 255;
+    p[2] = rgb & 255;
+  }
+  void line(double x0, double y0, double x1, double y1, uint32_t rgb, int thick = 1) {
+    const int n = (int)std::max(std::abs(x1 - x0), std::abs(y1 - y0)) + 1;
+    for (int i = 0; i <= n; ++i) {
+      const double t = (double)i / n;
+      const int x = (int)std::lround(x0 + t * (x1 - x0)), y = (int)std::lround(y0 + t * (y1 - y0));
+      for (int dx = 0; dx < thick; ++dx)
+        for (int dy = 0; dy < thick; ++dy) set(x + dx, y + dy, rgb);
+    }
+  }
+  // 3×5 glyphs, scaled by s.
+  void text(int x, int y, const std::string& s, uint32_t rgb, int scale = 2) {
+    static const std::map<char, const char*> font = {
+        {'0', "111101101101111"}, {'1', "010110010010111"}, {'2', "111001111100111"}, {'3', "111001111001111"},
+        {'4', "101101111001001"}, {'5', "111100111001111"}, {'6', "111100111101111"}, {'7', "111001001001001"},
+        {'8', "111101111101111"}, {'9', "111101111001111"}, {'.', "000000000000010"}, {'-', "000000111000000"},
+        {'a', "000011101101011"}, {'c', "000111100100111"}, {'d', "001011101101011"}, {'e', "000111111100111"},
+        {'l', "100100100100110"}, {'o', "000111101101111"}, {'p', "000111101111100"}, {'r', "000110101100100"},
+        {'s', "000111110011111"}, {'t', "010111010010011"}, {'v', "000101101101010"}, {'i', "010000010010010"},
+        {'n', "000110101101101"}, {'k', "100101110101101"}, {' ', "000000000000000"}, {'/', "001001010100100"}};
+    for (size_t c = 0; c < s.size(); ++c) {
+      auto it = font.find(s[c]);
+      if (it == font.end()) continue;
+      for (int r = 0; r < 5; ++r)
+        for (int q = 0; q < 3; ++q)
+          if (it->second[r * 3 + q] == '1')
+            for (int a = 0; a < scale; ++a)
+              for (int b = 0; b < scale; ++b) set(x + (int)c * 4 * scale + q * scale + a, y + r * scale + b, rgb);
+    }
+  }
+};
+
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, std::abs(v) >= 100 ? "%.0f" : "%.3g", v);
+  return b;
+}
+
+// Draws series (x, y) into the panel [x0, x0+pw) × [y0, y0+ph) with shared axes.
+void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
+           const std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>>& series, double ylo, double yhi) {
+  double xmax = 1;
+  for (auto& s : series)
+    for (auto& p : s.first) xmax = std::max(xmax, p.first);
+  if (yhi <= ylo) yhi = ylo + 1;
+  c.line(x0, y0 + ph, x0 + pw, y0 + ph, 0x000000);
+  c.line(x0, y0, x0, y0 + ph, 0x000000);
+  for (int g = 1; g <= 4; ++g) {  // light grid
+    const int y = y0 + ph - g * ph / 4;
+    for (int x = x0 + 1; x < x0 + pw; x += 4) c.set(x, y, 0xcccccc);
+    c.text(x0 - 52, y - 5, num(ylo + (yhi - ylo) * g / 4), 0x000000);
+  }
+  c.text(x0 - 52, y0 + ph - 5, num(ylo), 0x000000);
+  c.text(x0 + pw - 40, y0 + ph + 8, num(xmax), 0x000000);
+  c.text(x0, y0 + ph + 8, "0", 0x000000);
+  c.text(x0 + pw / 2 - 16, y0 + ph + 8, "step", 0x000000);
+  c.text(x0 + 8, y0 - 16, title, 0x000000);
+  for (auto& [pts, rgb] : series)
+    for (size_t i = 1; i < pts.size(); ++i) {
+      auto X = [&](double v) { return x0 + v / xmax * pw; };
+      auto Y = [&](double v) { return y0 + ph - (std::clamp(v, ylo, yhi) - ylo) / (yhi - ylo) * ph; };
+      c.line(X(pts[i - 1].first), Y(pts[i - 1].second), X(pts[i].first), Y(pts[i].second), rgb, 2);
+    }
+}
+
+double field(const std::string& line, const std::string& key, bool& found) {
+  const std::string k = "\"" + key + "\":";
+  auto p = line.find(k);
+  found = p != std::string::npos;
+  return found ? std::stod(line.substr(p + k.size())) : 0.0;
+}
+}  // namespace
+
+int cmd_plot(int argc, char** argv) {
+  Args a(argc, argv, {"help"});
+  if (a.flag("help") || a.positional().empty()) {
+    std::puts("lotgrad plot METRICS.jsonl [--out curves.png]\n"
+              "  Training loss (left) and train accuracy (blue) / dev accuracy (red) (right) against the step.");
+    return a.flag("help") ? 0 : 2;
+  }
+  a.check_known({"out", "help"});
+  const std::string in = a.positional()[0];
+  std::ifstream f(in);
+  if (!f) throw IOError("plot: cannot open " + in);
+  std::vector<std::pair<double, double>> loss, tacc, dacc;
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(f, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    bool ok = false, has = false;
+    double step = 0;
+    try {
+      step = field(line, "step", ok);
+      if (!ok) throw std::invalid_argument("no step");
+      double v = field(line, "loss", has);
+      if (has) loss.push_back({step, v});
+      v = field(line, "train_acc", has);
+      if (has) tacc.push_back({step, v});
+      v = field(line, "dev_acc", has);
+      if (has) dacc.push_back({step, v});
+    } catch (const std::exception&) {
+      throw IOError("plot: " + in + ":" + std::to_string(lineno) + ": not a metrics line: " + line.substr(0, 80));
+    }
+  }
+  if (loss.empty() && dacc.empty()) throw IOError("plot: " + in + " holds no metrics");
+  double lmax = 0;
+  for (auto& p : loss) lmax = std::max(lmax, p.second);
+  Canvas c(1000, 400);
+  panel(c, 70, 40, 380, 300, "loss", {{loss, 0x1f5fbf}}, 0.0, lmax * 1.05);
+  panel(c, 580, 40, 380, 300, "acc train / dev", {{tacc, 0x1f5fbf}, {dacc, 0xd03020}}, 0.0, 1.0);
+  const std::string out = a.get("out", "curves.png");
+  if (!stbi_write_png(out.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("plot: cannot write " + out);
+  std::printf("wrote %s (%zu loss points, %zu dev evaluations)\n", out.c_str(), loss.size(), dacc.size());
+  return 0;
+}
+
+}  // namespace lotgrad::cli
