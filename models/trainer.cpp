@@ -365,7 +365,7 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, cons
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   TaskData t = load_task(cfg, log);
   Generator g(cfg.seed);
-  Model m = build_model(cfg, t, g, nullptr);
+  Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));  // dropout is off in eval
   Checkpoint ck = load_checkpoint(path);
   m.module().load_state_dict(strip(ck.tensors, "model."));
   const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
