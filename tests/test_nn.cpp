@@ -227,3 +227,34 @@ TEST_CASE("encoder: gradient check with mixed mechanisms per layer, dropout dete
   };
   CHECK(run() == run());
 }
+
+TEST_CASE("initialisers: xavier bounds, normal moments, zeros; performer redraw in training only") {
+  Generator g(30);
+  Tensor w = Tensor::zeros({64, 32});
+  init::xavier_uniform_(w, g);
+  const double a = std::sqrt(6.0 / (64 + 32));
+  double mx = 0;
+  for (double x : w.to_vector()) mx = std::max(mx, std::abs(x));
+  CHECK(mx <= a);
+  CHECK(mx > 0.9 * a);
+  Tensor n = Tensor::zeros({200, 100});
+  init::normal_(n, g, 0.0, 0.02);
+  std::vector<double> v = n.to_vector();
+  double s2 = 0;
+  for (double x : v) s2 += x * x;
+  CHECK(std::sqrt(s2 / v.size()) == doctest::Approx(0.02).epsilon(0.03));
+  init::zeros_(n);
+  CHECK(n.to_vector()[17] == 0.0);
+  AttentionOptions po = opts("performer");
+  po.d_head = 4;
+  po.knobs["redraw"] = 2;
+  auto perf = make_attention(po, g);
+  Tensor q = randn({1, 2, 5, 4}, g);
+  Tensor f0 = perf->named_buffers()[0].second.clone();
+  perf->eval();
+  for (int i = 0; i < 3; ++i) perf->forward(q, q, q, Tensor());
+  CHECK(max_abs_diff(perf->named_buffers()[0].second, f0) == 0.0);  // fixed at eval
+  perf->train();
+  for (int i = 0; i < 3; ++i) perf->forward(q, q, q, Tensor());
+  CHECK(max_abs_diff(perf->named_buffers()[0].second, f0) > 0.0);  // redrawn every 2 training calls
+}
