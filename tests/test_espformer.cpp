@@ -26,13 +26,6 @@ Tensor rnd(const Shape& s, uint64_t seed, double scale = 1.0) {
   Generator g(seed);
   return mul(randn(s, g, kFloat64), scale);
 }
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  std::vector<double> x = a.to_vector(), y = b.to_vector();
-  REQUIRE(x.size() == y.size());
-  double d = 0;
-  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
-  return d;
-}
 // Largest |sum - 1| over the rows (dim -1) or columns (dim -2) of A (B, H, n, n).
 double sum_err(const Tensor& A, int64_t dim) {
   double e = 0;

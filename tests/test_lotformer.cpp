@@ -22,13 +22,6 @@ AttentionOptions lot(int64_t r, double eps, int64_t T, double grad = 1, double t
   o.knobs = {{"r", (double)r}, {"eps", eps}, {"half_steps", (double)T}, {"grad", grad}, {"tol", tol}, {"init_std", 0.5}};
   return o;
 }
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  std::vector<double> x = a.to_vector(), y = b.to_vector();
-  REQUIRE(x.size() == y.size());
-  double d = 0;
-  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
-  return d;
-}
 Tensor qkv(const Shape& s, uint64_t seed) {
   Generator g(seed);
   return randn(s, g, kFloat64);

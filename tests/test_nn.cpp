@@ -34,12 +34,6 @@ Tensor tail_mask(int64_t B, int64_t n, int64_t pad) {
   for (int64_t j = n - pad; j < n; ++j) m[1 * n + j] = true;
   return Tensor::from_vector(m, {B, n});
 }
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  std::vector<double> x = a.to_vector(), y = b.to_vector();
-  double d = 0;
-  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
-  return d;
-}
 }  // namespace
 
 TEST_CASE("module names, counts, modes and state round trip") {

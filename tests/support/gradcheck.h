@@ -107,6 +107,15 @@ inline GradcheckResult gradcheck(const Fn& f, std::vector<Tensor> inputs, Gradch
   return res;
 }
 
+// Largest |a - b| over two tensors of the same number of elements (any dtype, any layout).
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  if (x.size() != y.size()) return INFINITY;
+  double d = 0;
+  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
+  return d;
+}
+
 // A seeded f64 leaf that requires grad.
 inline Tensor leaf(const Shape& s, uint64_t seed, double scale = 1.0, double shift = 0.0) {
   Generator g(seed);
