@@ -27,6 +27,7 @@
 #include "../core/autograd.h"
 #include "../core/iter.h"
 #include "../core/parallel.h"
+#include "fastmath.h"
 
 
 namespace lotgrad {
@@ -36,57 +37,8 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kBalanceTol = 1e-4;  // relative disagreement allowed between the totals
 
-// ---- a vectorisable exp ---------------------------------------------------------------
-// std::exp does not vectorise without -ffast-math; this one is plain arithmetic (range
-// reduction x = k ln2 + r, Taylor polynomial on |r| <= ln2/2, 2^k by exponent bits), so
-// loops over it vectorise and are deterministic. Below the smallest normal it returns 0
-// (also for -inf, which is how zero mass enters); above overflow +inf.
-inline float fexp(float x) {
-  constexpr float lo = -87.0f, hi = 88.5f;
-  const float xc = x < lo ? lo : (x > hi ? hi : x);
-  constexpr float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = xc * 1.44269504088896341f + shifter;
-  const int32_t k = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(shifter);
-  const float kf = t - shifter;
-  float r = xc - kf * 0.693359375f;
-  r = r - kf * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const float y = p * std::bit_cast<float>((k + 127) << 23);
-  return x < lo ? 0.0f : (x > hi ? std::numeric_limits<float>::infinity() : y);
-}
-inline double fexp(double x) {
-  constexpr double lo = -708.0, hi = 709.0;
-  const double xc = x < lo ? lo : (x > hi ? hi : x);
-  constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = xc * 1.4426950408889634074 + shifter;
-  const int64_t k = std::bit_cast<int64_t>(t) - std::bit_cast<int64_t>(shifter);
-  const double kf = t - shifter;
-  double r = xc - kf * 6.93147180369123816490e-01;
-  r = r - kf * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const double y = p * std::bit_cast<double>((k + 1023) << 52);
-  return x < lo ? 0.0 : (x > hi ? kInf : y);
-}
+using fastmath::fexp;
+using fastmath::flog;
 
 // Below this a centred column sum has lost accuracy to underflow: redo with a max pass.
 template <class T> constexpr double kTinySum = std::is_same_v<T, float> ? 1e-20 : 1e-200;
@@ -107,7 +59,7 @@ void for_chunks(int64_t nchunks, int64_t work, F&& f) {
 template <class T>
 struct Prob {
   int64_t N = 0, M = 0;
-  const T* K = nullptr;        // (N, M) working cost
+  const T* K = nullptr;        // (M, N) working cost, column-major in (i, j): K_ij = K[j N + i]
   const double* la = nullptr;  // (N) effective log-weights (canonical rows)
   const double* lb = nullptr;  // (M)
   T* f = nullptr;              // (N) potentials, shifted scaled units
@@ -118,75 +70,217 @@ struct Prob {
   int64_t cend(int64_t c) const { return std::min(N, (c + 1) * chunk_rows(M)); }
 };
 
-// Row LSE of (g_j - K_ij) over j, with an exact max (the row is short and in cache).
+// Rows are processed kBlk at a time: every inner loop runs over rows (contiguous in the
+// (M, N) layout, vectorised) with the M columns as the outer loop, so a short M (LOTFormer's
+// r = 4) still fills the vector lanes. Block scratch stays in L1.
+constexpr int64_t kBlk = 256;
+
+// Per-thread scratch for one block of rows.
 template <class T>
-inline double row_lse(const T* g, const T* k, int64_t M) {
-  T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < M; ++j) mx = std::max(mx, T(g[j] - k[j]));
-  if (mx == -std::numeric_limits<T>::infinity()) return -kInf;
+struct Blk {
+  alignas(64) T mx[kBlk];
+  alignas(64) double s[kBlk], lse[kBlk];
+  std::vector<T> e;  // (M, kBlk) exponentials, when asked for
+};
+
+// Hot loops as functions of restrict pointers passed by value: inside the chunk lambdas,
+// pointers captured by reference are reloaded per iteration (GCC then gathers) and simd
+// reduction accumulators spill to the stack. Kept out of line: inlined, GCC falls back to
+// the scalar loop of its alias versioning.
+#define LOTGRAD_KERNEL __attribute__((noinline))
+// sum_i exp(a_i + c - b_i), in double.
+template <class T>
+LOTGRAD_KERNEL double sum_exp(const T* __restrict a, const T* __restrict b, T c, int64_t n) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < M; ++j) s += (double)fexp(T(g[j] - k[j] - mx));
-  return (double)mx + std::log(s);
+  for (int64_t i = 0; i < n; ++i) s += (double)fexp(T(a[i] + c - b[i]));
+  return s;
+}
+// sum_i exp(a_i - b_i - c), in double.
+template <class T>
+LOTGRAD_KERNEL double sum_exp_sub(const T* __restrict a, const T* __restrict b, T c, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += (double)fexp(T(a[i] - b[i] - c));
+  return s;
+}
+// max_i (a_i - b_i).
+template <class T>
+LOTGRAD_KERNEL T max_diff(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, T(a[i] - b[i]));
+  return m;
+}
+// mx_i = max(mx_i, c - k_i).
+template <class T>
+LOTGRAD_KERNEL void max_acc(T* __restrict mx, const T* __restrict k, T c, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = c - k[i], m = mx[i];
+    mx[i] = m < v ? v : m;  // std::max's reference return becomes a branchy conditional store
+  }
+}
+// e_i = exp(c - k_i - mx_i) (if e), s_i += e_i.
+template <class T>
+LOTGRAD_KERNEL void exp_acc(double* __restrict s, T* __restrict e, const T* __restrict k, const T* __restrict mx, T c, int64_t n) {
+  if (e) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      e[i] = fexp(T(c - k[i] - mx[i]));
+      s[i] += (double)e[i];
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) s[i] += (double)fexp(T(c - k[i] - mx[i]));
+  }
+}
+// lse_i = mx_i + log s_i (-inf where mx_i = -inf).
+template <class T>
+LOTGRAD_KERNEL void lse_fin(double* __restrict lse, const T* __restrict mx, const double* __restrict s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i)
+    lse[i] = mx[i] == -std::numeric_limits<T>::infinity() ? -kInf : (double)mx[i] + flog(s[i]);
 }
 
-// Row half-step: f_i = la_i - LSE_j(g_j - K_ij). If `other`, also measures the row
+// Row LSEs over rows [i0, i0 + nb) of a problem: lse_i = LSE_j(g_j - K_ij) with an exact max
+// (mx_i) and the shifted sum s_i >= 1 in double. Columns with g_j = -inf (zero mass) add 0
+// and are skipped. If `keep`, b.e holds exp(g_j - K_ij - mx_i) as (M, kBlk).
+template <class T>
+inline void block_lse(const T* K, int64_t N, int64_t M, const T* g, int64_t i0, int64_t nb, Blk<T>& b, bool keep) {
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < nb; ++i) b.mx[i] = ninf, b.s[i] = 0;
+  for (int64_t j = 0; j < M; ++j)
+    if (g[j] != ninf) max_acc(b.mx, K + j * N + i0, g[j], nb);
+  if (keep && b.e.size() < (size_t)(M * kBlk)) b.e.resize((size_t)(M * kBlk));
+  for (int64_t j = 0; j < M; ++j) {
+    T* e = keep ? b.e.data() + j * kBlk : nullptr;
+    if (g[j] != ninf) exp_acc(b.s, e, K + j * N + i0, b.mx, g[j], nb);
+    else if (e) std::fill(e, e + nb, T(0));
+  }
+  lse_fin(b.lse, b.mx, b.s, nb);
+}
+
+// sum_i e_i w_i, in double.
+template <class T>
+LOTGRAD_KERNEL double dot_ew(const T* __restrict e, const double* __restrict w, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += (double)e[i] * w[i];
+  return s;
+}
+
+// Reusable buffers of one problem's solve (no allocation per half-step).
+template <class T>
+struct Work {
+  std::vector<T> tmp;
+  std::vector<double> part, s, lse;
+  std::vector<T> mx;
+  std::vector<double> a;      // (N) exp(la): row masses
+  std::vector<double> cpart;  // (nchunks, M) column sums left by the last row step
+  bool have_cols = false;     // cpart holds the column marginals of the current f, g
+};
+
+// Row half-step: f_i = la_i - LSE_j(g_j - K_ij). If `measure`, also measures the row
 // marginal error of the current plan and skips the update when it is below stop_below.
 // Returns the relative L1 error (or -1 when not measured) and sets stopped.
+// If `cols`, it also leaves the next column step's sums, the column marginals of the new
+// plan: exp(f'_i + g_j - K_ij) = exp(g_j - K_ij - mx_i) * a_i / s_i reuses the row step's
+// exponentials (one exp per entry per full iteration instead of two); the sums differ
+// from recomputed ones by float rounding only.
 template <class T>
-double row_step(Prob<T>& p, bool measure, double stop_below, bool& stopped, std::vector<T>& tmp) {
-  const int64_t nc = p.nchunks(), M = p.M;
-  std::vector<double> part(measure ? nc : 0, 0.0);
+double row_step(Prob<T>& p, bool measure, double stop_below, bool& stopped, Work<T>& w, bool cols) {
+  const int64_t nc = p.nchunks(), M = p.M, N = p.N;
+  w.part.assign(measure ? nc : 0, 0.0);
+  w.have_cols = false;
+  if (cols) {
+    w.cpart.assign((size_t)(nc * M), 0.0);
+    if ((int64_t)w.a.size() != N) {
+      w.a.resize(N);
+      for (int64_t i = 0; i < N; ++i) w.a[i] = fexp(p.la[i]);
+    }
+  }
   T* dst = p.f;
   if (measure) {
-    tmp.resize(p.N);
-    dst = tmp.data();
+    w.tmp.resize(N);
+    dst = w.tmp.data();
   }
-  for_chunks(nc, p.N * M, [&](int64_t c) {
+  for_chunks(nc, N * M, [&](int64_t c) {
+    Blk<T> bk;
+    alignas(64) double wt[kBlk];
     double e = 0;
-    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-      if (!valid(p.la[i])) {
-        dst[i] = -std::numeric_limits<T>::infinity();
-        continue;
+    for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+      const int64_t nb = std::min(kBlk, p.cend(c) - i0);
+      block_lse(p.K, N, M, p.g, i0, nb, bk, cols);
+      const double* la = p.la + i0;
+      const double* lse = bk.lse;
+      if (measure) {
+        const T* fo = p.f + i0;
+#pragma omp simd reduction(+ : e)
+        for (int64_t i = 0; i < nb; ++i)
+          e += valid(la[i]) ? std::abs(fexp((double)fo[i] + lse[i]) - fexp(la[i])) : 0.0;
       }
-      const double lse = row_lse(p.g, p.K + i * M, M);
-      if (measure) e += std::abs(std::exp((double)p.f[i] + lse) - std::exp(p.la[i]));
-      dst[i] = T(p.la[i] - lse);
+      T* out = dst + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < nb; ++i) out[i] = valid(la[i]) ? T(la[i] - lse[i]) : -std::numeric_limits<T>::infinity();
+      if (cols) {
+        const double* a = w.a.data() + i0;
+        const double* s = bk.s;
+        // exp(f'_i + mx_i) for the f'_i actually stored (rounded to T): a_i / s_i * exp(d_i),
+        // d_i = T(x) - x is tiny, so exp(d_i) = 1 + d_i + d_i^2 / 2 to double precision.
+#pragma omp simd
+        for (int64_t i = 0; i < nb; ++i) {
+          const double x = la[i] - lse[i], d = (double)T(x) - x;
+          wt[i] = valid(la[i]) ? a[i] / s[i] * (1.0 + d + 0.5 * d * d) : 0.0;
+        }
+        double* acc = w.cpart.data() + c * M;
+        for (int64_t j = 0; j < M; ++j) acc[j] += dot_ew(bk.e.data() + j * kBlk, wt, nb);
+      }
     }
-    if (measure) part[c] = e;
+    if (measure) w.part[c] = e;
   });
   stopped = false;
-  if (!measure) return -1;
-  double err = 0;
-  for (double v : part) err += v;
-  err /= p.mass;
-  if (err < stop_below) {
-    stopped = true;
-    return err;
+  double err = -1;
+  if (measure) {
+    err = 0;
+    for (double v : w.part) err += v;
+    err /= p.mass;
+    if (err < stop_below) {
+      stopped = true;
+      return err;
+    }
+    std::copy(w.tmp.begin(), w.tmp.end(), p.f);
   }
-  std::copy(tmp.begin(), tmp.end(), p.f);
+  w.have_cols = cols;
   return err;
 }
 
 // Column half-step: g_j = lb_j - LSE_i(f_i - K_ij). Centred form first (the sums are the
 // current column marginals, no max pass); falls back to a two-pass LSE when a sum
 // under- or overflowed (cold starts). Sums over rows accumulate in double per chunk.
+// Zero-mass rows (f_i = -inf) and columns (g_j = -inf) contribute exact zeros.
 template <class T>
-double col_step(Prob<T>& p, bool measure, double stop_below, bool& stopped) {
+double col_step(Prob<T>& p, bool measure, double stop_below, bool& stopped, Work<T>& w) {
   const int64_t nc = p.nchunks(), M = p.M, N = p.N;
-  std::vector<double> part((size_t)nc * M, 0.0);
-  for_chunks(nc, N * M, [&](int64_t c) {
-    double* acc = part.data() + c * M;
-    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-      if (!valid(p.la[i])) continue;
-      const T fi = p.f[i];
-      const T* k = p.K + i * M;
-#pragma omp simd
-      for (int64_t j = 0; j < M; ++j) acc[j] += (double)fexp(T(fi + p.g[j] - k[j]));
-    }
-  });
-  std::vector<double> s(M, 0.0), lse(M, -kInf);
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  std::vector<double>& part = w.part;
+  const T* f = p.f;
+  if (w.have_cols) {  // left by the row step just before
+    part.swap(w.cpart);
+    w.have_cols = false;
+  } else {
+    part.assign((size_t)nc * M, 0.0);
+    for_chunks(nc, N * M, [&](int64_t c) {
+      double* acc = part.data() + c * M;
+      const int64_t i0 = p.cbeg(c), i1 = p.cend(c);
+      for (int64_t j = 0; j < M; ++j)
+        if (valid(p.lb[j])) acc[j] = sum_exp(f + i0, p.K + j * N + i0, p.g[j], i1 - i0);
+    });
+  }
+  std::vector<double>& s = w.s;
+  std::vector<double>& lse = w.lse;
+  s.assign(M, 0.0);
+  lse.assign(M, -kInf);
   for (int64_t c = 0; c < nc; ++c)
     for (int64_t j = 0; j < M; ++j) s[j] += part[c * M + j];
   bool ok = true;
@@ -201,29 +295,22 @@ double col_step(Prob<T>& p, bool measure, double stop_below, bool& stopped) {
     }
   } else {
     // Two passes: column maxima, then shifted sums.
-    std::vector<T> mpart((size_t)nc * M, -std::numeric_limits<T>::infinity());
+    std::vector<T> mpart((size_t)nc * M, ninf);
     for_chunks(nc, N * M, [&](int64_t c) {
       T* mx = mpart.data() + c * M;
-      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-        if (!valid(p.la[i])) continue;
-        const T fi = p.f[i];
-        const T* k = p.K + i * M;
-        for (int64_t j = 0; j < M; ++j) mx[j] = std::max(mx[j], T(fi - k[j]));
-      }
+      const int64_t i0 = p.cbeg(c), i1 = p.cend(c);
+      for (int64_t j = 0; j < M; ++j) mx[j] = max_diff(f + i0, p.K + j * N + i0, i1 - i0);
     });
-    std::vector<T> mx(M, -std::numeric_limits<T>::infinity());
+    std::vector<T>& mx = w.mx;
+    mx.assign(M, ninf);
     for (int64_t c = 0; c < nc; ++c)
       for (int64_t j = 0; j < M; ++j) mx[j] = std::max(mx[j], mpart[c * M + j]);
     std::fill(part.begin(), part.end(), 0.0);
     for_chunks(nc, N * M, [&](int64_t c) {
       double* acc = part.data() + c * M;
-      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-        if (!valid(p.la[i])) continue;
-        const T fi = p.f[i];
-        const T* k = p.K + i * M;
-#pragma omp simd
-        for (int64_t j = 0; j < M; ++j) acc[j] += (double)fexp(T(fi - k[j] - mx[j]));
-      }
+      const int64_t i0 = p.cbeg(c), i1 = p.cend(c);
+      for (int64_t j = 0; j < M; ++j)
+        if (valid(p.lb[j]) && mx[j] != ninf) acc[j] = sum_exp_sub(f + i0, p.K + j * N + i0, mx[j], i1 - i0);
     });
     std::fill(s.begin(), s.end(), 0.0);
     for (int64_t c = 0; c < nc; ++c)
@@ -291,7 +378,7 @@ Tensor build_K(const Tensor& C, State<T>& st) {
   const Dims& d = st.d;
   Tensor Cc = C.detach().contiguous();
   const T* c = Cc.data_ptr<T>();
-  Tensor K = make_tensor({d.B, d.N, d.M}, dtype_of<T>::value);
+  Tensor K = make_tensor({d.B, d.M, d.N}, dtype_of<T>::value);  // (M, N) per problem
   T* k = K.data_ptr<T>();
   st.rs.assign((size_t)(d.B * d.N), 0.0);
   st.cs.assign((size_t)(d.B * d.M), 0.0);
@@ -316,12 +403,13 @@ Tensor build_K(const Tensor& C, State<T>& st) {
       }
       for (auto& v : co)
         if (!std::isfinite(v)) v = 0.0;
+      // Canonical K_ij at kb[j N + i]: the original layout when transposed, else its transpose.
       T* kb = k + b * d.N * d.M;
       for (int64_t i = 0; i < d.n; ++i)
         for (int64_t j = 0; j < d.m; ++j) {
           const T v = T(((double)cb[i * d.m + j] - ro[i] - co[j]) * ie);
-          if (d.tr) kb[j * d.M + i] = v;
-          else kb[i * d.M + j] = v;
+          if (d.tr) kb[i * d.m + j] = v;
+          else kb[j * d.n + i] = v;
         }
       double* rsb = &st.rs[b * d.N];
       double* csb = &st.cs[b * d.M];
@@ -481,16 +569,19 @@ void solve_all(State<T>& st, const Tensor& K, const SinkhornOptions& o) {
     if (p.mass == 0) return;  // empty problem
     T* sn = snaps ? snaps + b * st.snap_stride() : nullptr;
     if (sn) std::copy(p.g, p.g + d.M, sn);
-    std::vector<T> tmp;
+    Work<T> w;
     bool did_last = false;
     int64_t k = 0, nc = 0;
     for (; k < st.H; ++k) {
       const bool is_last = ((st.H - 1 - k) % 2) == 0;
       const bool rows = is_last == st.last_rows;
-      const bool measure = !is_last;
+      // Without a tolerance only the last measurement is reported (k = H - 2 is the last
+      // half-step of the other side), so earlier ones are skipped.
+      const bool measure = !is_last && (o.tol > 0 || k == st.H - 2);
       const double thr = (did_last && o.tol > 0) ? o.tol : -1.0;
       bool stopped = false;
-      const double e = rows ? row_step(p, measure, thr, stopped, tmp) : col_step(p, measure, thr, stopped);
+      const bool cols_next = rows && k + 1 < st.H;
+      const double e = rows ? row_step(p, measure, thr, stopped, w, cols_next) : col_step(p, measure, thr, stopped, w);
       if (measure) st.err[b] = e;
       if (stopped) break;
       if (!rows) {
@@ -544,18 +635,26 @@ Tensor export_plan(const State<T>& st, const Tensor& K, bool log_space) {
   const T* fh = st.fh.template data_ptr<T>();
   const T* gh = st.gh.template data_ptr<T>();
   const int64_t N = d.N, M = d.M;
-  parallel_for(0, d.B * N, std::max<int64_t>(1, kParallelGrain / M), [&](int64_t r0, int64_t r1) {
+  // One (problem, canonical column) pair per task: K's row of N entries.
+  parallel_for(0, d.B * M, std::max<int64_t>(1, kParallelGrain / N), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / N, i = r % N;
-      const T fi = fh[r];
-      const T* g = gh + b * M;
-      const T* k = kp + r * M;
-      T* out = po + b * N * M;
-      for (int64_t j = 0; j < M; ++j) {
-        const T lp = T(fi + g[j] - k[j]);  // -inf on padding (f or g is -inf)
-        const T v = log_space ? lp : fexp(lp);
-        if (d.tr) out[j * N + i] = v;
-        else out[i * M + j] = v;
+      const int64_t b = r / M, j = r % M;
+      const T* f = fh + b * N;
+      const T gj = gh[r];
+      const T* k = kp + r * N;
+      if (d.tr) {
+        T* out = po + r * N;
+#pragma omp simd
+        for (int64_t i = 0; i < N; ++i) {
+          const T lp = T(f[i] + gj - k[i]);  // -inf on padding (f or g is -inf)
+          out[i] = log_space ? lp : fexp(lp);
+        }
+      } else {
+        T* out = po + b * N * M + j;
+        for (int64_t i = 0; i < N; ++i) {
+          const T lp = T(f[i] + gj - k[i]);
+          out[i * M] = log_space ? lp : fexp(lp);
+        }
       }
     }
   });
@@ -638,6 +737,19 @@ struct BwdOut {
   std::vector<double> dla, dlb, df0, dg0;
 };
 
+// Plan block: P_ij = exp(f_i + g_j - K_ij) for rows [i0, i0 + nb), as (M, kBlk).
+template <class T>
+inline void block_plan(const T* K, int64_t N, int64_t M, const T* f, const T* g, int64_t i0, int64_t nb, T* P) {
+  for (int64_t j = 0; j < M; ++j) {
+    const T gj = g[j];
+    const T* k = K + j * N + i0;
+    const T* fi = f + i0;
+    T* pj = P + j * kBlk;
+#pragma omp simd
+    for (int64_t i = 0; i < nb; ++i) pj[i] = fexp(T(fi[i] + gj - k[i]));
+  }
+}
+
 template <class T>
 void backward_implicit(const State<T>& st, int64_t b, const T* K, T* Kb, const double* yf0, const double* yg0,
                        BwdOut<T>& out) {
@@ -659,38 +771,62 @@ void backward_implicit(const State<T>& st, int64_t b, const T* K, T* Kb, const d
     if (valid(lb[j])) sg += yg0[j], ++mv;
   const double delta = (nv + mv) ? (sf - sg) / (double)(nv + mv) : 0.0;
   std::vector<double> alpha(N, 0.0), yf(N, 0.0);
-  // Pass 1: alpha, rho, kappa, rhs part, M = P~^T P~ (all accumulated in double).
+  // Pass 1: alpha, rho, kappa, rhs part, M = P~^T P~ (upper triangle; all in double).
+  // Zero-mass rows have R = 0 and P = 0, so they add exact zeros.
   std::vector<double> pk((size_t)nc * M, 0.0), prhs((size_t)nc * M, 0.0), pM((size_t)nc * M * M, 0.0);
   for_chunks(nc, N * M, [&](int64_t c) {
-    std::vector<double> prow(M), pt(M);
+    std::vector<T> P((size_t)(M * kBlk));
+    std::vector<double> pt((size_t)(M * kBlk));
+    alignas(64) double a[kBlk], rho[kBlk], w[kBlk], isa[kBlk];
     double* kap = pk.data() + c * M;
     double* rh = prhs.data() + c * M;
     double* Mm = pM.data() + c * M * M;
-    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-      if (!valid(la[i])) continue;
-      const T* k = K + i * M;
-      const T* R = Kb + i * M;
-      double a = 0, rho = 0;
+    for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+      const int64_t nb = std::min(kBlk, p.cend(c) - i0);
+      block_plan(K, N, M, f, g, i0, nb, P.data());
+      for (int64_t i = 0; i < nb; ++i) a[i] = 0, rho[i] = 0;
       for (int64_t j = 0; j < M; ++j) {
-        prow[j] = (double)fexp(T(f[i] + g[j] - k[j]));
-        a += prow[j];
-        rho += (double)R[j];
-        kap[j] += (double)R[j];
+        const T* pj = P.data() + j * kBlk;
+        const T* R = Kb + j * N + i0;
+        double kj = 0;
+#pragma omp simd reduction(+ : kj)
+        for (int64_t i = 0; i < nb; ++i) {
+          a[i] += (double)pj[i];
+          rho[i] += (double)R[i];
+          kj += (double)R[i];
+        }
+        kap[j] += kj;
       }
-      if (!(a > 0)) continue;  // a row whose mass underflowed entirely carries nothing
-      alpha[i] = a;
-      yf[i] = rho + yf0[i] - delta;
-      const double w = yf[i] / a, isa = 1.0 / std::sqrt(a);
-      for (int64_t j = 0; j < M; ++j) {
-        rh[j] += prow[j] * w;
-        pt[j] = prow[j] * isa;
-      }
-      for (int64_t j = 0; j < M; ++j) {
-        const double pj = pt[j];
-        if (pj == 0) continue;
-        double* row = Mm + j * M;
+      // A row whose mass underflowed entirely (or a zero-mass row) carries nothing.
 #pragma omp simd
-        for (int64_t q = 0; q < M; ++q) row[q] += pj * pt[q];
+      for (int64_t i = 0; i < nb; ++i) {
+        const bool ok = valid(la[i0 + i]) && a[i] > 0;
+        const double y = rho[i] + yf0[i0 + i] - delta;
+        alpha[i0 + i] = ok ? a[i] : 0.0;
+        yf[i0 + i] = ok ? y : 0.0;
+        w[i] = ok ? y / a[i] : 0.0;
+        isa[i] = ok ? 1.0 / std::sqrt(a[i]) : 0.0;
+      }
+      for (int64_t j = 0; j < M; ++j) {
+        const T* pj = P.data() + j * kBlk;
+        double* tj = pt.data() + j * kBlk;
+        double r = 0;
+#pragma omp simd reduction(+ : r)
+        for (int64_t i = 0; i < nb; ++i) {
+          r += (double)pj[i] * w[i];
+          tj[i] = (double)pj[i] * isa[i];
+        }
+        rh[j] += r;
+      }
+      for (int64_t j = 0; j < M; ++j) {
+        const double* tj = pt.data() + j * kBlk;
+        for (int64_t q = j; q < M; ++q) {
+          const double* tq = pt.data() + q * kBlk;
+          double r = 0;
+#pragma omp simd reduction(+ : r)
+          for (int64_t i = 0; i < nb; ++i) r += tj[i] * tq[i];
+          Mm[j * M + q] += r;
+        }
       }
     }
   });
@@ -699,28 +835,42 @@ void backward_implicit(const State<T>& st, int64_t b, const T* K, T* Kb, const d
     for (int64_t j = 0; j < M; ++j) rhs[j] += pk[c * M + j] - prhs[c * M + j];
     for (int64_t q = 0; q < M * M; ++q) Mm[q] += pM[c * M * M + q];
   }
+  for (int64_t j = 0; j < M; ++j)
+    for (int64_t q = 0; q < j; ++q) Mm[j * M + q] = Mm[q * M + j];
   for (int64_t j = 0; j < M; ++j) rhs[j] = valid(lb[j]) ? rhs[j] + yg0[j] + delta : 0.0;
   std::vector<double> v;
   laplacian_solve(Mm, rhs, lb, M, v);
   // Pass 2: u, dL/dK = P o (u + v) - R.
   out.dla.assign(N, 0.0);
   for_chunks(nc, N * M, [&](int64_t c) {
-    std::vector<double> prow(M);
-    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-      T* R = Kb + i * M;
-      if (!valid(la[i]) || alpha[i] == 0) {
-        for (int64_t j = 0; j < M; ++j) R[j] = T(0);
-        continue;
-      }
-      const T* k = K + i * M;
-      double pv = 0;
+    std::vector<T> P((size_t)(M * kBlk));
+    alignas(64) double pv[kBlk], u[kBlk];
+    for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+      const int64_t nb = std::min(kBlk, p.cend(c) - i0);
+      block_plan(K, N, M, f, g, i0, nb, P.data());
+      for (int64_t i = 0; i < nb; ++i) pv[i] = 0;
       for (int64_t j = 0; j < M; ++j) {
-        prow[j] = (double)fexp(T(f[i] + g[j] - k[j]));
-        pv += prow[j] * v[j];
+        const T* pj = P.data() + j * kBlk;
+        const double vj = v[j];
+#pragma omp simd
+        for (int64_t i = 0; i < nb; ++i) pv[i] += (double)pj[i] * vj;
       }
-      const double u = (yf[i] - pv) / alpha[i];
-      for (int64_t j = 0; j < M; ++j) R[j] = T(prow[j] * (u + v[j]) - (double)R[j]);
-      out.dla[i] = std::exp(la[i]) * u;
+      const double* al = alpha.data() + i0;
+      const double* yfi = yf.data() + i0;
+      double* dla = out.dla.data() + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < nb; ++i) {
+        const bool ok = al[i] != 0;  // zero for zero-mass rows too
+        u[i] = ok ? (yfi[i] - pv[i]) / al[i] : 0.0;
+        dla[i] = ok ? fexp(la[i0 + i]) * u[i] : 0.0;
+      }
+      for (int64_t j = 0; j < M; ++j) {
+        const T* pj = P.data() + j * kBlk;
+        const double vj = v[j];
+        T* R = Kb + j * N + i0;
+#pragma omp simd
+        for (int64_t i = 0; i < nb; ++i) R[i] = al[i] != 0 ? T((double)pj[i] * (u[i] + vj) - (double)R[i]) : T(0);
+      }
     }
   });
   out.dlb.assign(M, 0.0);
@@ -734,93 +884,102 @@ void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const d
   const int64_t N = st.d.N, M = st.d.M;
   const double* la = &st.la[b * N];
   const double* lb = &st.lb[b * M];
-  const T* f = st.fh.template data_ptr<T>() + b * N;
-  const T* g = st.gh.template data_ptr<T>() + b * M;
   const T* f0 = st.f0.template data_ptr<T>() + b * N;
   const T* sn = st.snaps.template data_ptr<T>() + b * st.snap_stride();
   Prob<T> p;
   p.N = N;
   p.M = M;
   const int64_t nc = p.nchunks();
-  // Seed: Kb = -R, fbar = R 1 + yf0, gbar = R^T 1 + yg0.
+  // Seed: Kb = -R, fbar = R 1 + yf0, gbar = R^T 1 + yg0 (zero-mass rows: R = 0, fbar = 0).
   std::vector<double> fb(N, 0.0), gb(M, 0.0), part((size_t)nc * M, 0.0);
   for_chunks(nc, N * M, [&](int64_t c) {
     double* acc = part.data() + c * M;
-    for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-      T* R = Kb + i * M;
-      if (!valid(la[i])) {
-        for (int64_t j = 0; j < M; ++j) R[j] = T(0);
-        continue;
+    const int64_t i0 = p.cbeg(c), i1 = p.cend(c);
+    for (int64_t j = 0; j < M; ++j) {
+      T* R = Kb + j * N;
+      double sacc = 0;
+#pragma omp simd reduction(+ : sacc)
+      for (int64_t i = i0; i < i1; ++i) {
+        const T r = valid(la[i]) ? R[i] : T(0);
+        fb[i] += (double)r;
+        sacc += (double)r;
+        R[i] = T(0) - r;
       }
-      double rho = 0;
-      for (int64_t j = 0; j < M; ++j) {
-        rho += (double)R[j];
-        acc[j] += (double)R[j];
-        R[j] = -R[j];
-      }
-      fb[i] = rho + yf0[i];
+      acc[j] = sacc;
     }
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) fb[i] = valid(la[i]) ? fb[i] + yf0[i] : 0.0;
   });
   for (int64_t c = 0; c < nc; ++c)
     for (int64_t j = 0; j < M; ++j) gb[j] += part[c * M + j];
   for (int64_t j = 0; j < M; ++j) gb[j] = valid(lb[j]) ? gb[j] + yg0[j] : 0.0;
   out.dla.assign(N, 0.0);
   out.dlb.assign(M, 0.0);
-  (void)f;
-  (void)g;
   const int64_t T_b = st.steps[b];
   int64_t cidx = st.ncol[b];
   auto is_rows = [&](int64_t k) { return (((st.H - 1 - k) % 2) == 0) == st.last_rows; };
-  std::vector<T> fcur(N);
   // Undo a row step that used column potentials gin: Kb += fbar Rr, gbar -= Rr^T fbar,
   // dla += fbar, fbar = 0. If `col` (a column step follows it, producing gout, with
   // adjoint gb_col), undo that first in the same pass: f is the row step's output.
+  // Zero-mass rows have fbar = 0 and f = -inf, so every update they see is an exact zero.
+  std::vector<double> gnew((size_t)nc * M), gbc;
   auto undo = [&](const T* gin, bool row, bool col, const T* gout, const T* fin) {
-    std::vector<double> gnew((size_t)nc * M, 0.0);
-    std::vector<double> gbc = gb;  // adjoint of the column step's output
+    std::fill(gnew.begin(), gnew.end(), 0.0);
+    gbc = gb;  // adjoint of the column step's output
     for_chunks(nc, N * M, [&](int64_t c) {
       double* acc = gnew.data() + c * M;
-      std::vector<double> e(M);
-      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-        if (!valid(la[i])) continue;
-        const T* k = K + i * M;
-        T* kb = Kb + i * M;
-        double fi_d = 0, s = 0, mx = 0;
+      Blk<T> bk;
+      alignas(64) T fi[kBlk];
+      alignas(64) double fbi[kBlk], t[kBlk];
+      for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+        const int64_t nb = std::min(kBlk, p.cend(c) - i0);
         if (row) {
-          T m = -std::numeric_limits<T>::infinity();
-          for (int64_t j = 0; j < M; ++j) m = std::max(m, T(gin[j] - k[j]));
-          mx = (double)m;
-          for (int64_t j = 0; j < M; ++j) {
-            e[j] = (double)fexp(T(gin[j] - k[j] - m));
-            s += e[j];
-          }
-          fi_d = la[i] - (mx + std::log(s));
+          block_lse(K, N, M, gin, i0, nb, bk, true);
+#pragma omp simd
+          for (int64_t i = 0; i < nb; ++i) fi[i] = T(la[i0 + i] - bk.lse[i]);
         } else {
-          fi_d = (double)fin[i];
+          for (int64_t i = 0; i < nb; ++i) fi[i] = fin[i0 + i];
         }
-        double fbi = fb[i];
+        for (int64_t i = 0; i < nb; ++i) fbi[i] = fb[i0 + i];
         if (col) {
-          const T fi = T(fi_d);
-          double t = 0;
+          for (int64_t i = 0; i < nb; ++i) t[i] = 0;
           for (int64_t j = 0; j < M; ++j) {
-            if (gbc[j] == 0) continue;
-            const double q = (double)fexp(T(fi + gout[j] - k[j] - T(lb[j])));  // Qc_ij
-            kb[j] = T((double)kb[j] + q * gbc[j]);
-            t += q * gbc[j];
+            const double gj = gbc[j];
+            if (gj == 0) continue;
+            const T go = gout[j], lbj = T(lb[j]);
+            const T* k = K + j * N + i0;
+            T* kb = Kb + j * N + i0;
+#pragma omp simd
+            for (int64_t i = 0; i < nb; ++i) {
+              const double q = (double)fexp(T(fi[i] + go - k[i] - lbj));  // Qc_ij
+              kb[i] = T((double)kb[i] + q * gj);
+              t[i] += q * gj;
+            }
           }
-          fbi -= t;
+          for (int64_t i = 0; i < nb; ++i) fbi[i] -= t[i];
         }
         if (row) {
-          const double w = fbi / s;
+          double* w = t;
+#pragma omp simd
+          for (int64_t i = 0; i < nb; ++i) w[i] = valid(la[i0 + i]) ? fbi[i] / bk.s[i] : 0.0;
           for (int64_t j = 0; j < M; ++j) {
-            const double rr = e[j] * w;  // fbar_i * Rr_ij
-            kb[j] = T((double)kb[j] + rr);
-            acc[j] -= rr;
+            const T* e = bk.e.data() + j * kBlk;
+            T* kb = Kb + j * N + i0;
+            double sacc = 0;
+#pragma omp simd reduction(+ : sacc)
+            for (int64_t i = 0; i < nb; ++i) {
+              const double rr = (double)e[i] * w[i];  // fbar_i * Rr_ij
+              kb[i] = T((double)kb[i] + rr);
+              sacc += rr;
+            }
+            acc[j] -= sacc;
           }
-          out.dla[i] += fbi;
-          fbi = 0;
+          for (int64_t i = 0; i < nb; ++i) {
+            out.dla[i0 + i] += fbi[i];
+            fbi[i] = 0;
+          }
         }
-        fb[i] = fbi;
+        for (int64_t i = 0; i < nb; ++i) fb[i0 + i] = fbi[i];
       }
     });
     if (col) {
@@ -893,7 +1052,7 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
   const double eps = s.eps;
   Tensor Cin = C.unpack(this);
   Tensor K = build_K<T>(Cin, s);
-  Tensor Kb = make_tensor({B, N, M}, dtype_of<T>::value);
+  Tensor Kb = make_tensor({B, M, N}, dtype_of<T>::value);
   const T* kp = K.data_ptr<T>();
   T* kb = Kb.data_ptr<T>();
   const T* fh = s.fh.template data_ptr<T>();
@@ -943,53 +1102,85 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
     const T* f = fh + b * N;
     const T* g = gh + b * M;
     const double* la = &s.la[b * N];
+    if (s.mass[b] == 0) {  // empty problem: zero plan, zero gradients
+      std::fill(Kb_b, Kb_b + N * M, T(0));
+      if (dyp) std::fill(dyp + b * N * dB, dyp + (b + 1) * N * dB, T(0));
+      if (dxp) std::fill(dxp + b * M * dA, dxp + (b + 1) * M * dA, T(0));
+    }
     std::vector<double> dxpart(dxp ? (size_t)nc * M * dA : 0, 0.0);
-    for_chunks(nc, N * M, [&](int64_t c) {
-      std::vector<double> prow(M);
-      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-        T* R = Kb_b + i * M;
-        if (!valid(la[i]) || s.mass[b] == 0) {
-          for (int64_t j = 0; j < M; ++j) R[j] = T(0);
-          if (dyp)
-            for (int64_t t = 0; t < dB; ++t) dyp[(b * N + i) * dB + t] = T(0);
-          continue;
-        }
-        for (int64_t j = 0; j < M; ++j) prow[j] = (double)fexp(T(f[i] + g[j] - K_b[i * M + j]));
+    if (s.mass[b] != 0) for_chunks(nc, N * M, [&](int64_t c) {
+      std::vector<T> P((size_t)(M * kBlk));
+      std::vector<double> gij((size_t)M), yrow((size_t)dB);
+      for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+        const int64_t nb = std::min(kBlk, p.cend(c) - i0);
+        block_plan(K_b, N, M, f, g, i0, nb, P.data());  // 0 on zero-mass rows (f = -inf)
         if (!is_apply) {
           for (int64_t j = 0; j < M; ++j) {
-            const int64_t o = b * N * M + (d.tr ? j * N + i : i * M + j);
-            double r = 0;
-            if (gp) r += (double)gp[o] * prow[j];
-            if (glp && valid(s.lb[b * M + j])) r += (double)glp[o];  // d logP = df + dg - dK
-            R[j] = T(r);
-          }
-        } else {
-          const T* gai = ga ? ga + (b * N + i) * dA : nullptr;
-          const T* yi = ya ? ya + (b * N + i) * dB : nullptr;
-          for (int64_t j = 0; j < M; ++j) {
-            double gij = 0;
-            if (gai)
-              for (int64_t t = 0; t < dA; ++t) gij += (double)gai[t] * (double)xa[(b * M + j) * dA + t];
-            if (gbp)
-              for (int64_t t = 0; t < dB; ++t) gij += (double)yi[t] * (double)gbp[(b * M + j) * dB + t];
-            R[j] = T(prow[j] * gij);
-          }
-          if (dxp) {
-            double* acc = dxpart.data() + c * M * dA;
-            for (int64_t j = 0; j < M; ++j)
-              for (int64_t t = 0; t < dA; ++t) acc[j * dA + t] += prow[j] * (double)gai[t];
-          }
-          if (dyp) {
-            for (int64_t t = 0; t < dB; ++t) {
-              double sacc = 0;
-              for (int64_t j = 0; j < M; ++j) sacc += prow[j] * (double)gbp[(b * M + j) * dB + t];
-              dyp[(b * N + i) * dB + t] = T(sacc);
+            const T* pj = P.data() + j * kBlk;
+            T* R = Kb_b + j * N + i0;
+            const bool lbv = valid(s.lb[b * M + j]);
+            // original-orientation offsets of (i0 + i, j): stride 1 or M over i
+            const int64_t o0 = b * N * M + (d.tr ? j * N + i0 : i0 * M + j), os = d.tr ? 1 : M;
+            for (int64_t i = 0; i < nb; ++i) {
+              double r = 0;
+              if (gp) r += (double)gp[o0 + i * os] * (double)pj[i];
+              if (glp && lbv) r += (double)glp[o0 + i * os];  // d logP = df + dg - dK
+              R[i] = valid(la[i0 + i]) ? T(r) : T(0);
             }
+          }
+          continue;
+        }
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t ii = i0 + i;
+          if (!valid(la[ii])) {
+            for (int64_t j = 0; j < M; ++j) Kb_b[j * N + ii] = T(0);
+            if (dyp)
+              for (int64_t t = 0; t < dB; ++t) dyp[(b * N + ii) * dB + t] = T(0);
+            continue;
+          }
+          const T* gai = ga ? ga + (b * N + ii) * dA : nullptr;
+          const T* yi = ya ? ya + (b * N + ii) * dB : nullptr;
+          // R_ij = P_ij (GA_i . X_j + Y_i . GB_j)
+          for (int64_t j = 0; j < M; ++j) {
+            double acc = 0;
+            if (gai) {
+              const T* xj = xa + (b * M + j) * dA;
+#pragma omp simd reduction(+ : acc)
+              for (int64_t t = 0; t < dA; ++t) acc += (double)gai[t] * (double)xj[t];
+            }
+            if (gbp) {
+              const T* gbj = gbp + (b * M + j) * dB;
+              double a2 = 0;
+#pragma omp simd reduction(+ : a2)
+              for (int64_t t = 0; t < dB; ++t) a2 += (double)yi[t] * (double)gbj[t];
+              acc += a2;
+            }
+            Kb_b[j * N + ii] = T((double)P[j * kBlk + i] * acc);
+          }
+          if (dxp) {  // dX_j += P_ij GA_i (sums over rows: double, per chunk)
+            double* acc = dxpart.data() + c * M * dA;
+            for (int64_t j = 0; j < M; ++j) {
+              const double pij = (double)P[j * kBlk + i];
+              double* aj = acc + j * dA;
+#pragma omp simd
+              for (int64_t t = 0; t < dA; ++t) aj[t] += pij * (double)gai[t];
+            }
+          }
+          if (dyp) {  // dY_i = sum_j P_ij GB_j
+            std::fill(yrow.begin(), yrow.end(), 0.0);
+            for (int64_t j = 0; j < M; ++j) {
+              const double pij = (double)P[j * kBlk + i];
+              const T* gbj = gbp + (b * M + j) * dB;
+#pragma omp simd
+              for (int64_t t = 0; t < dB; ++t) yrow[t] += pij * (double)gbj[t];
+            }
+            T* dyi = dyp + (b * N + ii) * dB;
+            for (int64_t t = 0; t < dB; ++t) dyi[t] = T(yrow[t]);
           }
         }
       }
     });
-    if (dxp) {
+    if (dxp && s.mass[b] != 0) {
       for (int64_t q = 0; q < M * dA; ++q) {
         double sacc = 0;
         for (int64_t c = 0; c < nc; ++c) sacc += dxpart[c * M * dA + q];
@@ -1009,9 +1200,10 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
     else
       backward_unrolled(s, b, K_b, Kb_b, &yf[b * N], &yg[b * M], o);
     // d/d eps at fixed shifts: K = (C - shifts)/eps, outputs f = eps fh + rs, init fh0 = (f_init - rs)/eps.
-    double de = 0;
-    for (int64_t i = 0; i < N * M; ++i) de -= (double)Kb_b[i] * (double)K_b[i];
-    de /= eps;
+    double kk = 0;
+#pragma omp simd reduction(+ : kk)
+    for (int64_t i = 0; i < N * M; ++i) kk += (double)Kb_b[i] * (double)K_b[i];
+    double de = -kk / eps;
     const double* lb = &s.lb[b * M];
     for (int64_t i = 0; i < N; ++i)
       if (valid(la[i])) de += yf[b * N + i] / eps * (double)f[i];
@@ -1036,23 +1228,27 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
   }
   K = Tensor();  // free before allocating outputs
   std::vector<Tensor> res(next.size());
-  // dC = Kb / eps in the original orientation.
+  // dC = Kb / eps in the original orientation (Kb is (M, N) per problem: the original
+  // layout when transposed).
   if (needs_grad(0)) {
     Shape sc = d.batch;
     sc.push_back(d.n);
     sc.push_back(d.m);
     const T ie = T(1.0 / eps);
-    if (!d.tr) {
+    if (d.tr) {
       T* q = Kb.data_ptr<T>();
-      for (int64_t k = 0; k < B * N * M; ++k) q[k] *= ie;
+      parallel_for(0, B * N * M, kParallelGrain, [&](int64_t k0, int64_t k1) {
+#pragma omp simd
+        for (int64_t k = k0; k < k1; ++k) q[k] *= ie;
+      });
       res[0] = Kb.view(sc);
     } else {
       Tensor dC = make_tensor(sc, dtype_of<T>::value);
       T* q = dC.data_ptr<T>();
-      parallel_for(0, B * M, std::max<int64_t>(1, kParallelGrain / N), [&](int64_t r0, int64_t r1) {
+      parallel_for(0, B * N, std::max<int64_t>(1, kParallelGrain / M), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / M, j = r % M;
-          for (int64_t i = 0; i < N; ++i) q[r * N + i] = kb[(b * N + i) * M + j] * ie;
+          const int64_t b = r / N, i = r % N;
+          for (int64_t j = 0; j < M; ++j) q[r * M + j] = kb[(b * M + j) * N + i] * ie;
         }
       });
       res[0] = dC;
@@ -1213,26 +1409,39 @@ SinkhornApplyResult apply_impl(const Tensor& C, const Tensor& la, const Tensor& 
     p.N = N;
     p.M = M;
     const int64_t nc = p.nchunks();
+    const T* K_b = kp + b * N * M;
     std::vector<double> bpart(bp ? (size_t)nc * M * dB : 0, 0.0);
     for_chunks(nc, N * M, [&](int64_t c) {
-      std::vector<double> prow(M), arow(dA);
-      for (int64_t i = p.cbeg(c); i < p.cend(c); ++i) {
-        for (int64_t j = 0; j < M; ++j) prow[j] = (double)fexp(T(fh[b * N + i] + gh[b * M + j] - kp[(b * N + i) * M + j]));
-        if (ap) {
-          std::fill(arow.begin(), arow.end(), 0.0);
-          for (int64_t j = 0; j < M; ++j) {
-            if (prow[j] == 0) continue;
-            const T* xj = xp + (b * M + j) * dA;
-            for (int64_t t = 0; t < dA; ++t) arow[t] += prow[j] * (double)xj[t];
+      std::vector<T> P((size_t)(M * kBlk));
+      std::vector<double> arow(dA);
+      for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
+        const int64_t nb = std::min(kBlk, p.cend(c) - i0);
+        block_plan(K_b, N, M, fh + b * N, gh + b * M, i0, nb, P.data());
+        if (ap) {  // A_i = sum_j P_ij X_j (double)
+          for (int64_t i = 0; i < nb; ++i) {
+            std::fill(arow.begin(), arow.end(), 0.0);
+            for (int64_t j = 0; j < M; ++j) {
+              const double pij = (double)P[j * kBlk + i];
+              if (pij == 0) continue;
+              const T* xj = xp + (b * M + j) * dA;
+#pragma omp simd
+              for (int64_t t = 0; t < dA; ++t) arow[t] += pij * (double)xj[t];
+            }
+            T* ai = ap + (b * N + i0 + i) * dA;
+            for (int64_t t = 0; t < dA; ++t) ai[t] = T(arow[t]);
           }
-          for (int64_t t = 0; t < dA; ++t) ap[(b * N + i) * dA + t] = T(arow[t]);
         }
-        if (bp) {
+        if (bp) {  // Bo_j += sum_i P_ij Y_i (double, per chunk)
           double* acc = bpart.data() + c * M * dB;
-          const T* yi = yp + (b * N + i) * dB;
           for (int64_t j = 0; j < M; ++j) {
-            if (prow[j] == 0) continue;
-            for (int64_t t = 0; t < dB; ++t) acc[j * dB + t] += prow[j] * (double)yi[t];
+            double* aj = acc + j * dB;
+            for (int64_t i = 0; i < nb; ++i) {
+              const double pij = (double)P[j * kBlk + i];
+              if (pij == 0) continue;
+              const T* yi = yp + (b * N + i0 + i) * dB;
+#pragma omp simd
+              for (int64_t t = 0; t < dB; ++t) aj[t] += pij * (double)yi[t];
+            }
           }
         }
       }
