@@ -1,4 +1,4 @@
-// `lotgrad lra`: the README's main job. Generates short ListOps (lengths 30-150, where
+// `lotgrad lra`: the README's main job. Generates short ListOps (lengths 10-60, where
 // LOTFormer's capacity bound 1/(n min b) still lets one token matter) and trains LOTFormer
 // and a softmax baseline on the same data, then prints a table of dev/test accuracy of each
 // best-on-dev checkpoint and the time per step.
@@ -16,7 +16,7 @@ int cmd_lra(int argc, char** argv) {
   Args a(argc, argv, {"help"});
   if (a.flag("help")) {
     std::puts(
-        "lotgrad lra [--steps 1500] [--batch 32] [--min-len 30] [--max-len 150] [--train-size 20000] [--seed 1]\n"
+        "lotgrad lra [--steps 1200] [--batch 32] [--min-len 10] [--max-len 60] [--train-size 20000] [--seed 1]\n"
         "            [--threads N] [--attention lotformer,softmax] [--out runs/lra]\n"
         "  Generates ListOps with the official algorithm at short lengths and trains each listed mechanism\n"
         "  (2 layers, d 64, 2 heads, MLP 128, mean pooling; LOTFormer r 4, eps 0.1, 50 half-steps, implicit\n"
@@ -26,12 +26,12 @@ int cmd_lra(int argc, char** argv) {
   a.check_known({"steps", "batch", "min-len", "max-len", "train-size", "seed", "threads", "attention", "out", "lr", "help"});
   models::TrainConfig base;
   base.task = "listops";
-  base.min_len = a.get_int("min-len", 30);
-  base.max_len = a.get_int("max-len", 150);
+  base.min_len = a.get_int("min-len", 10);
+  base.max_len = a.get_int("max-len", 60);
   base.gen_train = a.get_int("train-size", 20000);
   base.gen_val = 1000;
   base.gen_test = 1000;
-  base.steps = a.get_int("steps", 1500);
+  base.steps = a.get_int("steps", 1200);
   base.batch = a.get_int("batch", 32);
   base.lr = a.get_double("lr", 1e-3);
   base.warmup = 0.1;
