@@ -135,12 +135,18 @@ LOTGRAD_KERNEL void exp_acc(double* __restrict s, T* __restrict e, const T* __re
     for (int64_t i = 0; i < n; ++i) s[i] += (double)fexp(T(c - k[i] - mx[i]));
   }
 }
-// lse_i = mx_i + log s_i (-inf where mx_i = -inf).
+// lse_i = mx_i + log s_i (-inf where mx_i = -inf). s_i >= 1 where mx_i is finite; for f32
+// the result is rounded to float, so a 1e-12 log suffices.
 template <class T>
 LOTGRAD_KERNEL void lse_fin(double* __restrict lse, const T* __restrict mx, const double* __restrict s, int64_t n) {
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  if constexpr (std::is_same_v<T, float>) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i)
-    lse[i] = mx[i] == -std::numeric_limits<T>::infinity() ? -kInf : (double)mx[i] + flog(s[i]);
+    for (int64_t i = 0; i < n; ++i) lse[i] = mx[i] == ninf ? -kInf : (double)mx[i] + fastmath::flog_fast(s[i] >= 1 ? s[i] : 1.0);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) lse[i] = mx[i] == ninf ? -kInf : (double)mx[i] + flog(s[i]);
+  }
 }
 
 // Row LSEs over rows [i0, i0 + nb) of a problem: lse_i = LSE_j(g_j - K_ij) with an exact max
@@ -878,6 +884,41 @@ void backward_implicit(const State<T>& st, int64_t b, const T* K, T* Kb, const d
     if (valid(lb[j])) out.dlb[j] = std::exp(lb[j]) * v[j];
 }
 
+// Unrolled backward, column step: kb_i += q_i g, t_i += q_i g with q_i = exp(f_i + go - k_i - lb).
+template <class T>
+LOTGRAD_KERNEL void col_undo_exp(T* __restrict kb, double* __restrict t, const T* __restrict fi, const T* __restrict k,
+                                 T go, T lbj, double g, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const double q = (double)fexp(T(fi[i] + go - k[i] - lbj)) * g;
+    kb[i] = T((double)kb[i] + q);
+    t[i] += q;
+  }
+}
+// The same with q_i g = e_i w_i cg.
+template <class T>
+LOTGRAD_KERNEL void col_undo_e(T* __restrict kb, double* __restrict t, const T* __restrict e, const double* __restrict w,
+                               double cg, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const double q = (double)e[i] * w[i] * cg;
+    kb[i] = T((double)kb[i] + q);
+    t[i] += q;
+  }
+}
+// Row step: kb_i += e_i w_i; returns sum_i e_i w_i.
+template <class T>
+LOTGRAD_KERNEL double row_undo(T* __restrict kb, const T* __restrict e, const double* __restrict w, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const double rr = (double)e[i] * w[i];  // fbar_i * Rr_ij
+    kb[i] = T((double)kb[i] + rr);
+    s += rr;
+  }
+  return s;
+}
+
 template <class T>
 void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const double* yf0, const double* yg0,
                        BwdOut<T>& out) {
@@ -923,20 +964,35 @@ void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const d
   // adjoint gb_col), undo that first in the same pass: f is the row step's output.
   // Zero-mass rows have fbar = 0 and f = -inf, so every update they see is an exact zero.
   std::vector<double> gnew((size_t)nc * M), gbc;
+  // Row masses for the column-step plan written via the row step's exponentials.
+  std::vector<double> ea(N);
+  for (int64_t i = 0; i < N; ++i) ea[i] = fexp(la[i]);
+  std::vector<double> cq(M);
   auto undo = [&](const T* gin, bool row, bool col, const T* gout, const T* fin) {
     std::fill(gnew.begin(), gnew.end(), 0.0);
     gbc = gb;  // adjoint of the column step's output
+    // Qc_ij = exp(f_i + gout_j - K_ij - lb_j) = e_ij * exp(f_i + mx_i) * exp(gout_j - gin_j - lb_j)
+    // with e the row step's exponentials: no second exp per entry. Entries whose e underflowed
+    // are below 1e-38 of their row's largest; a column factor above 1e15 could lift them, and
+    // then that column is recomputed directly.
+    for (int64_t j = 0; j < M; ++j)
+      cq[j] = (row && col && gbc[j] != 0) ? fexp((double)gout[j] - (double)gin[j] - lb[j]) : kInf;
     for_chunks(nc, N * M, [&](int64_t c) {
       double* acc = gnew.data() + c * M;
       Blk<T> bk;
       alignas(64) T fi[kBlk];
-      alignas(64) double fbi[kBlk], t[kBlk];
+      alignas(64) double fbi[kBlk], t[kBlk], wt[kBlk];
       for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
         const int64_t nb = std::min(kBlk, p.cend(c) - i0);
         if (row) {
           block_lse(K, N, M, gin, i0, nb, bk, true);
 #pragma omp simd
-          for (int64_t i = 0; i < nb; ++i) fi[i] = T(la[i0 + i] - bk.lse[i]);
+          for (int64_t i = 0; i < nb; ++i) {
+            const double x = la[i0 + i] - bk.lse[i];
+            fi[i] = T(x);
+            const double d = (double)fi[i] - x;  // exp(f_i + mx_i) for the rounded f_i
+            wt[i] = valid(la[i0 + i]) ? ea[i0 + i] / bk.s[i] * (1.0 + d + 0.5 * d * d) : 0.0;
+          }
         } else {
           for (int64_t i = 0; i < nb; ++i) fi[i] = fin[i0 + i];
         }
@@ -946,15 +1002,10 @@ void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const d
           for (int64_t j = 0; j < M; ++j) {
             const double gj = gbc[j];
             if (gj == 0) continue;
-            const T go = gout[j], lbj = T(lb[j]);
-            const T* k = K + j * N + i0;
-            T* kb = Kb + j * N + i0;
-#pragma omp simd
-            for (int64_t i = 0; i < nb; ++i) {
-              const double q = (double)fexp(T(fi[i] + go - k[i] - lbj));  // Qc_ij
-              kb[i] = T((double)kb[i] + q * gj);
-              t[i] += q * gj;
-            }
+            if (cq[j] <= 1e15)
+              col_undo_e(Kb + j * N + i0, t, bk.e.data() + j * kBlk, wt, cq[j] * gj, nb);
+            else
+              col_undo_exp(Kb + j * N + i0, t, fi, K + j * N + i0, gout[j], T(lb[j]), gj, nb);
           }
           for (int64_t i = 0; i < nb; ++i) fbi[i] -= t[i];
         }
@@ -962,18 +1013,7 @@ void backward_unrolled(const State<T>& st, int64_t b, const T* K, T* Kb, const d
           double* w = t;
 #pragma omp simd
           for (int64_t i = 0; i < nb; ++i) w[i] = valid(la[i0 + i]) ? fbi[i] / bk.s[i] : 0.0;
-          for (int64_t j = 0; j < M; ++j) {
-            const T* e = bk.e.data() + j * kBlk;
-            T* kb = Kb + j * N + i0;
-            double sacc = 0;
-#pragma omp simd reduction(+ : sacc)
-            for (int64_t i = 0; i < nb; ++i) {
-              const double rr = (double)e[i] * w[i];  // fbar_i * Rr_ij
-              kb[i] = T((double)kb[i] + rr);
-              sacc += rr;
-            }
-            acc[j] -= sacc;
-          }
+          for (int64_t j = 0; j < M; ++j) acc[j] -= row_undo(Kb + j * N + i0, bk.e.data() + j * kBlk, w, nb);
           for (int64_t i = 0; i < nb; ++i) {
             out.dla[i0 + i] += fbi[i];
             fbi[i] = 0;

@@ -67,6 +67,18 @@ TEST_CASE("fastmath: flog float and double within 2 ulp for all positive inputs,
     if (xf != 1.0f) wf = std::max(wf, ulps(flog(xf), std::log((long double)xf)));
   }
   MESSAGE("flog max error: float " << wf << " ulp, double " << wd << " ulp");
+  // flog_fast: relative error over normal doubles and densely over [1, 64] (row sums).
+  double wr = 0;
+  for (int k = 0; k < 400000; ++k) {
+    const double x = k < 200000 ? std::bit_cast<double>((uint64_t)(0x0010000000000000ULL + (uint64_t)k * 0x3ff0000000000ULL / 2))
+                                : 1.0 + 63.0 * (double)(k - 200000) / 200000.0;
+    if (x == 1.0 || !(x > 0) || !std::isfinite(x)) continue;
+    const long double ref = std::log((long double)x);
+    wr = std::max(wr, (double)(std::fabs((long double)flog_fast(x) - ref) / std::fabs(ref)));
+  }
+  MESSAGE("flog_fast max relative error " << wr);
+  CHECK(wr < 2e-12);
+  CHECK(flog_fast(1.0) == 0.0);
   CHECK(wf < 2.0);
   CHECK(wd < 2.0);
   CHECK(flog(1.0f) == 0.0f);
