@@ -149,6 +149,110 @@ LOTGRAD_KERNEL void lse_fin(double* __restrict lse, const T* __restrict mx, cons
   }
 }
 
+// sinkhorn_apply's plan products over a block of rows, P (M, kBlk) the block's plan; sums in
+// double. A_i = sum_j P_ij X_j (Xd (M, d) in double) written to A (nb, d).
+template <class T>
+LOTGRAD_KERNEL void blk_px(T* __restrict A, const T* __restrict P, const double* __restrict Xd, int64_t M, int64_t nb,
+                           int64_t d, double* __restrict row) {
+  for (int64_t i = 0; i < nb; ++i) {
+    for (int64_t t = 0; t < d; ++t) row[t] = 0;
+    for (int64_t j = 0; j < M; ++j) {
+      const double pij = (double)P[j * kBlk + i];
+      if (pij == 0) continue;
+      const double* xj = Xd + j * d;
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) row[t] += pij * xj[t];
+    }
+    T* ai = A + i * d;
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) ai[t] = T(row[t]);
+  }
+}
+// acc_j += sum_i P_ij Y_i, acc (M, d), Y (nb, d).
+template <class T>
+LOTGRAD_KERNEL void blk_pty(double* __restrict acc, const T* __restrict P, const T* __restrict Y, int64_t M, int64_t nb,
+                            int64_t d, double* __restrict yd) {
+  for (int64_t i = 0; i < nb; ++i) {
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) yd[t] = (double)Y[i * d + t];
+    for (int64_t j = 0; j < M; ++j) {
+      const double pij = (double)P[j * kBlk + i];
+      if (pij == 0) continue;
+      double* aj = acc + j * d;
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) aj[t] += pij * yd[t];
+    }
+  }
+}
+// Backward seed of sinkhorn_apply over a block of rows: R_ij = P_ij (GA_i . X_j + Y_i . GB_j)
+// into Kb (stride N per column), dX_j += P_ij GA_i (dx (M, dA), double), dY_i = sum_j P_ij GB_j.
+// GA (nb, dA) and Y (nb, dB) may be null (then X / GB are unused). Zero-mass rows: all 0.
+template <class T>
+LOTGRAD_KERNEL void blk_seed(T* __restrict Kb, int64_t N, const T* __restrict P, const double* __restrict la, int64_t M,
+                             int64_t nb, const T* __restrict GA, const double* __restrict Xd, int64_t dA,
+                             const T* __restrict Y, const double* __restrict GBd, int64_t dB, double* __restrict dx,
+                             T* __restrict dY, double* __restrict gad, double* __restrict yrow,
+                             const double* __restrict Xt, const double* __restrict GBt, int64_t Mp, double* __restrict S) {
+  // S_ij = GA_i . X_j + Y_i . GB_j, four rows and eight columns per register tile (no
+  // horizontal sums); Xt (dA, Mp), GBt (dB, Mp) are X, GB transposed, zero-padded to Mp.
+  for (int64_t i = 0; i < nb; i += 4) {
+    const int64_t r1 = std::min(i + 1, nb - 1), r2 = std::min(i + 2, nb - 1), r3 = std::min(i + 3, nb - 1);
+    for (int64_t jb = 0; jb < Mp; jb += 8) {
+      double a0[8] = {}, a1[8] = {}, a2[8] = {}, a3[8] = {};
+      for (int64_t t = 0; t < (GA ? dA : 0); ++t) {
+        const double* bt = Xt + t * Mp + jb;
+        const double g0 = (double)GA[i * dA + t], g1 = (double)GA[r1 * dA + t], g2 = (double)GA[r2 * dA + t],
+                     g3 = (double)GA[r3 * dA + t];
+#pragma omp simd
+        for (int l = 0; l < 8; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int64_t t = 0; t < (Y ? dB : 0); ++t) {
+        const double* bt = GBt + t * Mp + jb;
+        const double g0 = (double)Y[i * dB + t], g1 = (double)Y[r1 * dB + t], g2 = (double)Y[r2 * dB + t],
+                     g3 = (double)Y[r3 * dB + t];
+#pragma omp simd
+        for (int l = 0; l < 8; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int l = 0; l < 8; ++l) {
+        S[i * Mp + jb + l] = a0[l];
+        if (i + 1 < nb) S[(i + 1) * Mp + jb + l] = a1[l];
+        if (i + 2 < nb) S[(i + 2) * Mp + jb + l] = a2[l];
+        if (i + 3 < nb) S[(i + 3) * Mp + jb + l] = a3[l];
+      }
+    }
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    if (!valid(la[i])) {
+      for (int64_t j = 0; j < M; ++j) Kb[j * N + i] = T(0);
+      if (dY)
+        for (int64_t t = 0; t < dB; ++t) dY[i * dB + t] = T(0);
+      continue;
+    }
+    if (GA)
+#pragma omp simd
+      for (int64_t t = 0; t < dA; ++t) gad[t] = (double)GA[i * dA + t];
+    for (int64_t j = 0; j < M; ++j) Kb[j * N + i] = T((double)P[j * kBlk + i] * S[i * Mp + j]);
+    if (dx)
+      for (int64_t j = 0; j < M; ++j) {
+        const double pij = (double)P[j * kBlk + i];
+        double* aj = dx + j * dA;
+#pragma omp simd
+        for (int64_t t = 0; t < dA; ++t) aj[t] += pij * gad[t];
+      }
+    if (dY) {
+      for (int64_t t = 0; t < dB; ++t) yrow[t] = 0;
+      for (int64_t j = 0; j < M; ++j) {
+        const double pij = (double)P[j * kBlk + i];
+        const double* gj = GBd + j * dB;
+#pragma omp simd
+        for (int64_t t = 0; t < dB; ++t) yrow[t] += pij * gj[t];
+      }
+#pragma omp simd
+      for (int64_t t = 0; t < dB; ++t) dY[i * dB + t] = T(yrow[t]);
+    }
+  }
+}
+
 // Row LSEs over rows [i0, i0 + nb) of a problem: lse_i = LSE_j(g_j - K_ij) with an exact max
 // (mx_i) and the shifted sum s_i >= 1 in double. Columns with g_j = -inf (zero mass) add 0
 // and are skipped. If `keep`, b.e holds exp(g_j - K_ij - mx_i) as (M, kBlk).
@@ -1148,9 +1252,19 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
       if (dxp) std::fill(dxp + b * M * dA, dxp + (b + 1) * M * dA, T(0));
     }
     std::vector<double> dxpart(dxp ? (size_t)nc * M * dA : 0, 0.0);
+    // The M-indexed operands in double, converted once: X (M, dA), GB (M, dB).
+    std::vector<double> xd(is_apply && ga ? (size_t)(M * dA) : 0), gbd(is_apply && gbp ? (size_t)(M * dB) : 0);
+    for (size_t q = 0; q < xd.size(); ++q) xd[q] = (double)xa[b * M * dA + q];
+    for (size_t q = 0; q < gbd.size(); ++q) gbd[q] = (double)gbp[b * M * dB + q];
+    const int64_t Mp = (M + 7) / 8 * 8;  // transposed, zero-padded copies for blk_seed's tiles
+    std::vector<double> xt(xd.empty() ? 0 : (size_t)(dA * Mp), 0.0), gbt(gbd.empty() ? 0 : (size_t)(dB * Mp), 0.0);
+    for (int64_t j = 0; j < M && !xd.empty(); ++j)
+      for (int64_t t = 0; t < dA; ++t) xt[t * Mp + j] = xd[j * dA + t];
+    for (int64_t j = 0; j < M && !gbd.empty(); ++j)
+      for (int64_t t = 0; t < dB; ++t) gbt[t * Mp + j] = gbd[j * dB + t];
     if (s.mass[b] != 0) for_chunks(nc, N * M, [&](int64_t c) {
       std::vector<T> P((size_t)(M * kBlk));
-      std::vector<double> gij((size_t)M), yrow((size_t)dB);
+      std::vector<double> yrow((size_t)dB), gad((size_t)dA), S((size_t)(kBlk * Mp));
       for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
         const int64_t nb = std::min(kBlk, p.cend(c) - i0);
         block_plan(K_b, N, M, f, g, i0, nb, P.data());  // 0 on zero-mass rows (f = -inf)
@@ -1170,54 +1284,9 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
           }
           continue;
         }
-        for (int64_t i = 0; i < nb; ++i) {
-          const int64_t ii = i0 + i;
-          if (!valid(la[ii])) {
-            for (int64_t j = 0; j < M; ++j) Kb_b[j * N + ii] = T(0);
-            if (dyp)
-              for (int64_t t = 0; t < dB; ++t) dyp[(b * N + ii) * dB + t] = T(0);
-            continue;
-          }
-          const T* gai = ga ? ga + (b * N + ii) * dA : nullptr;
-          const T* yi = ya ? ya + (b * N + ii) * dB : nullptr;
-          // R_ij = P_ij (GA_i . X_j + Y_i . GB_j)
-          for (int64_t j = 0; j < M; ++j) {
-            double acc = 0;
-            if (gai) {
-              const T* xj = xa + (b * M + j) * dA;
-#pragma omp simd reduction(+ : acc)
-              for (int64_t t = 0; t < dA; ++t) acc += (double)gai[t] * (double)xj[t];
-            }
-            if (gbp) {
-              const T* gbj = gbp + (b * M + j) * dB;
-              double a2 = 0;
-#pragma omp simd reduction(+ : a2)
-              for (int64_t t = 0; t < dB; ++t) a2 += (double)yi[t] * (double)gbj[t];
-              acc += a2;
-            }
-            Kb_b[j * N + ii] = T((double)P[j * kBlk + i] * acc);
-          }
-          if (dxp) {  // dX_j += P_ij GA_i (sums over rows: double, per chunk)
-            double* acc = dxpart.data() + c * M * dA;
-            for (int64_t j = 0; j < M; ++j) {
-              const double pij = (double)P[j * kBlk + i];
-              double* aj = acc + j * dA;
-#pragma omp simd
-              for (int64_t t = 0; t < dA; ++t) aj[t] += pij * (double)gai[t];
-            }
-          }
-          if (dyp) {  // dY_i = sum_j P_ij GB_j
-            std::fill(yrow.begin(), yrow.end(), 0.0);
-            for (int64_t j = 0; j < M; ++j) {
-              const double pij = (double)P[j * kBlk + i];
-              const T* gbj = gbp + (b * M + j) * dB;
-#pragma omp simd
-              for (int64_t t = 0; t < dB; ++t) yrow[t] += pij * (double)gbj[t];
-            }
-            T* dyi = dyp + (b * N + ii) * dB;
-            for (int64_t t = 0; t < dB; ++t) dyi[t] = T(yrow[t]);
-          }
-        }
+        blk_seed(Kb_b + i0, N, P.data(), la + i0, M, nb, ga ? ga + (b * N + i0) * dA : nullptr, xd.data(), dA,
+                 gbp ? ya + (b * N + i0) * dB : nullptr, gbd.data(), dB, dxp ? dxpart.data() + c * M * dA : nullptr,
+                 dyp ? dyp + (b * N + i0) * dB : nullptr, gad.data(), yrow.data(), xt.data(), gbt.data(), Mp, S.data());
       }
     });
     if (dxp && s.mass[b] != 0) {
@@ -1451,39 +1520,16 @@ SinkhornApplyResult apply_impl(const Tensor& C, const Tensor& la, const Tensor& 
     const int64_t nc = p.nchunks();
     const T* K_b = kp + b * N * M;
     std::vector<double> bpart(bp ? (size_t)nc * M * dB : 0, 0.0);
+    std::vector<double> xd(ap ? (size_t)(M * dA) : 0);  // X in double, converted once
+    for (size_t q = 0; q < xd.size(); ++q) xd[q] = (double)xp[b * M * dA + q];
     for_chunks(nc, N * M, [&](int64_t c) {
       std::vector<T> P((size_t)(M * kBlk));
-      std::vector<double> arow(dA);
+      std::vector<double> arow(dA), yd(dB);
       for (int64_t i0 = p.cbeg(c); i0 < p.cend(c); i0 += kBlk) {
         const int64_t nb = std::min(kBlk, p.cend(c) - i0);
         block_plan(K_b, N, M, fh + b * N, gh + b * M, i0, nb, P.data());
-        if (ap) {  // A_i = sum_j P_ij X_j (double)
-          for (int64_t i = 0; i < nb; ++i) {
-            std::fill(arow.begin(), arow.end(), 0.0);
-            for (int64_t j = 0; j < M; ++j) {
-              const double pij = (double)P[j * kBlk + i];
-              if (pij == 0) continue;
-              const T* xj = xp + (b * M + j) * dA;
-#pragma omp simd
-              for (int64_t t = 0; t < dA; ++t) arow[t] += pij * (double)xj[t];
-            }
-            T* ai = ap + (b * N + i0 + i) * dA;
-            for (int64_t t = 0; t < dA; ++t) ai[t] = T(arow[t]);
-          }
-        }
-        if (bp) {  // Bo_j += sum_i P_ij Y_i (double, per chunk)
-          double* acc = bpart.data() + c * M * dB;
-          for (int64_t j = 0; j < M; ++j) {
-            double* aj = acc + j * dB;
-            for (int64_t i = 0; i < nb; ++i) {
-              const double pij = (double)P[j * kBlk + i];
-              if (pij == 0) continue;
-              const T* yi = yp + (b * N + i0 + i) * dB;
-#pragma omp simd
-              for (int64_t t = 0; t < dB; ++t) aj[t] += pij * (double)yi[t];
-            }
-          }
-        }
+        if (ap) blk_px(ap + (b * N + i0) * dA, P.data(), xd.data(), M, nb, dA, arow.data());
+        if (bp) blk_pty(bpart.data() + c * M * dB, P.data(), yp + (b * N + i0) * dB, M, nb, dB, yd.data());
       }
     });
     if (bp)
