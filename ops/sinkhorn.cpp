@@ -482,7 +482,65 @@ struct State {
   int64_t snap_stride() const { return (H / 2 + 2) * d.M; }
 };
 
-// Builds K (B, N, M) from C (validated, contiguous copy), filling rs, cs.
+// One problem's working cost in place: kb (M, N) holds the raw canonical costs on entry.
+// First shift: minima over the original rows (canonical rows unless transposed), over
+// entries of valid opposite side; second: minima of what is left over the other side.
+// Rows / columns without valid entries get shift 0. Minima are exact, so any loop order
+// gives the same shifts; the subtraction order is fixed (first shift, then second).
+template <class T>
+LOTGRAD_KERNEL void build_K_one(T* __restrict kb, int64_t N, int64_t M, bool tr, const double* __restrict la,
+                                const double* __restrict lb, double ie, double* __restrict rs, double* __restrict cs) {
+  if (!tr) {
+    for (int64_t i = 0; i < N; ++i) rs[i] = kInf;
+    for (int64_t j = 0; j < M; ++j) {
+      if (!valid(lb[j])) continue;
+      const T* kj = kb + j * N;
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) rs[i] = std::min(rs[i], (double)kj[i]);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) rs[i] = rs[i] < kInf ? rs[i] : 0.0;
+    for (int64_t j = 0; j < M; ++j) {
+      const T* kj = kb + j * N;
+      double mn = kInf;
+#pragma omp simd reduction(min : mn)
+      for (int64_t i = 0; i < N; ++i) mn = std::min(mn, valid(la[i]) ? (double)kj[i] - rs[i] : kInf);
+      cs[j] = std::isfinite(mn) ? mn : 0.0;
+    }
+    for (int64_t j = 0; j < M; ++j) {
+      T* kj = kb + j * N;
+      const double cj = cs[j];
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) kj[i] = T(((double)kj[i] - rs[i] - cj) * ie);
+    }
+  } else {
+    for (int64_t j = 0; j < M; ++j) {
+      const T* kj = kb + j * N;
+      double mn = kInf;
+#pragma omp simd reduction(min : mn)
+      for (int64_t i = 0; i < N; ++i) mn = std::min(mn, valid(la[i]) ? (double)kj[i] : kInf);
+      cs[j] = std::isfinite(mn) ? mn : 0.0;
+    }
+    for (int64_t i = 0; i < N; ++i) rs[i] = kInf;
+    for (int64_t j = 0; j < M; ++j) {
+      if (!valid(lb[j])) continue;
+      const T* kj = kb + j * N;
+      const double cj = cs[j];
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) rs[i] = std::min(rs[i], (double)kj[i] - cj);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) rs[i] = rs[i] < kInf ? rs[i] : 0.0;
+    for (int64_t j = 0; j < M; ++j) {
+      T* kj = kb + j * N;
+      const double cj = cs[j];
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) kj[i] = T(((double)kj[i] - cj - rs[i]) * ie);
+    }
+  }
+}
+
+// Builds K (B, M, N) from C (validated, contiguous copy), filling rs, cs.
 template <class T>
 Tensor build_K(const Tensor& C, State<T>& st) {
   const Dims& d = st.d;
@@ -494,37 +552,18 @@ Tensor build_K(const Tensor& C, State<T>& st) {
   st.cs.assign((size_t)(d.B * d.M), 0.0);
   const double ie = 1.0 / st.eps;
   parallel_for(0, d.B, d.n * d.m >= kParallelGrain ? 1 : d.B + 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> ro(d.n), co(d.m);
     for (int64_t b = b0; b < b1; ++b) {
       const T* cb = c + b * d.n * d.m;
-      // original-orientation log-weights
-      const double* lan = d.tr ? &st.lb[b * d.M] : &st.la[b * d.N];
-      const double* lbn = d.tr ? &st.la[b * d.N] : &st.lb[b * d.M];
-      for (int64_t i = 0; i < d.n; ++i) {
-        double mn = kInf;
-        for (int64_t j = 0; j < d.m; ++j)
-          if (valid(lbn[j])) mn = std::min(mn, (double)cb[i * d.m + j]);
-        ro[i] = std::isfinite(mn) ? mn : 0.0;
-      }
-      std::fill(co.begin(), co.end(), kInf);
-      for (int64_t i = 0; i < d.n; ++i) {
-        if (!valid(lan[i])) continue;
-        for (int64_t j = 0; j < d.m; ++j) co[j] = std::min(co[j], (double)cb[i * d.m + j] - ro[i]);
-      }
-      for (auto& v : co)
-        if (!std::isfinite(v)) v = 0.0;
       // Canonical K_ij at kb[j N + i]: the original layout when transposed, else its transpose.
       T* kb = k + b * d.N * d.M;
-      for (int64_t i = 0; i < d.n; ++i)
-        for (int64_t j = 0; j < d.m; ++j) {
-          const T v = T(((double)cb[i * d.m + j] - ro[i] - co[j]) * ie);
-          if (d.tr) kb[i * d.m + j] = v;
-          else kb[j * d.n + i] = v;
-        }
-      double* rsb = &st.rs[b * d.N];
-      double* csb = &st.cs[b * d.M];
-      for (int64_t i = 0; i < d.N; ++i) rsb[i] = d.tr ? co[i] : ro[i];
-      for (int64_t j = 0; j < d.M; ++j) csb[j] = d.tr ? ro[j] : co[j];
+      if (d.tr) {
+        std::copy(cb, cb + d.n * d.m, kb);
+      } else {
+        for (int64_t i0 = 0; i0 < d.n; i0 += 64)  // tiles keep both sides in cache
+          for (int64_t j = 0; j < d.m; ++j)
+            for (int64_t i = i0; i < std::min(d.n, i0 + 64); ++i) kb[j * d.n + i] = cb[i * d.m + j];
+      }
+      build_K_one(kb, d.N, d.M, d.tr, &st.la[b * d.N], &st.lb[b * d.M], ie, &st.rs[b * d.N], &st.cs[b * d.M]);
     }
   });
   return K;
