@@ -163,12 +163,12 @@ void empty_storage_cache() {
   c.held = 0;
 }
 
-Storage::Storage(size_t n) : nbytes(n) {
+Storage::Storage(size_t n, bool zero) : nbytes(n) {
   const size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
   data = take_block(alloc);
   if (!data) data = std::aligned_alloc(64, alloc);
   if (!data) throw std::bad_alloc();
-  std::memset(data, 0, alloc);
+  if (zero) std::memset(data, 0, alloc);
   const int64_t now = g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc;
   int64_t peak = g_bytes_peak.load();
   while (now > peak && !g_bytes_peak.compare_exchange_weak(peak, now)) {
@@ -180,16 +180,18 @@ Storage::~Storage() {
   g_bytes_in_use.fetch_sub((int64_t)alloc);
 }
 
-Tensor make_tensor(const Shape& shape, DType dtype) {
+static Tensor new_tensor(const Shape& shape, DType dtype, bool zero) {
   for (auto v : shape)
     if (v < 0) throw ShapeError("empty: negative size in shape " + shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>((size_t)shape_numel(shape) * dtype_size(dtype));
+  impl->storage = std::make_shared<Storage>((size_t)shape_numel(shape) * dtype_size(dtype), zero);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(impl);
 }
+Tensor make_tensor(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, true); }
+Tensor make_tensor_uninit(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, false); }
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = base.impl()->storage;

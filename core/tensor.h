@@ -35,7 +35,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   uint64_t version = 0;
-  explicit Storage(size_t nbytes);  // zero-initialised
+  explicit Storage(size_t nbytes, bool zero = true);  // zero-initialised unless zero is false
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -148,8 +148,10 @@ class Tensor {
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
-// A fresh tensor with given shape and strides over new storage (for kernels).
+// A fresh zero-filled contiguous tensor (for kernels).
 Tensor make_tensor(const Shape& shape, DType dtype);
+// The same without the zero fill, for kernels that write every element (saves a memory pass).
+Tensor make_tensor_uninit(const Shape& shape, DType dtype);
 // A view over an existing tensor's storage (no autograd history).
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
 

@@ -29,7 +29,7 @@ Shape broadcast_all(const std::array<const Tensor*, N>& ins, const char* op) {
 // Element types: O output, I input (all inputs share I). f(I...) -> O.
 template <class O, class I, size_t N, class F>
 Tensor map_n(const std::array<const Tensor*, N>& ins, const Shape& out_shape, F f) {
-  Tensor out = make_tensor(out_shape, dtype_of<O>::value);
+  Tensor out = make_tensor_uninit(out_shape, dtype_of<O>::value);  // every element is written below
   std::array<Shape, N + 1> st;
   st[0] = out.strides();
   std::array<const I*, N> p;

@@ -299,7 +299,9 @@ Tensor batched_gemm(const Tensor& x_in, const Tensor& y_in, const Shape& out_bat
   Shape oshape = out_batch;
   oshape.push_back(n);
   oshape.push_back(m);
-  Tensor out = make_tensor(oshape, x.dtype());
+  // Every output block gets at least one GEMM with beta 0 when k > 0: no zero fill needed.
+  Tensor out = (k > 0 && shape_numel(S) > 0 && !init.defined()) ? make_tensor_uninit(oshape, x.dtype())
+                                                                 : make_tensor(oshape, x.dtype());
   if (init.defined()) out.copy_(init.detach());
   if (out.numel() == 0 || k == 0 || shape_numel(S) == 0) return out;
   // Operands BLAS cannot read as they are (stride 0, no unit stride) are copied once.
