@@ -8,6 +8,11 @@
 // so that in f32 the entries that carry mass are small numbers. The iteration is exactly
 // equivariant under such shifts (the potentials absorb them), so nothing downstream
 // depends on them. Potentials fh, gh are in these shifted, scaled units.
+// K is stored column by column, (M, N) per problem (K_ij at K[j N + i]), and the kernels
+// process rows kBlk at a time with the short side as the outer loop, so the inner loops run
+// over rows and vectorise even for M = 4 (LOTFormer's r). exp / log are the vectorisable
+// ones of fastmath.h. A column step that directly follows a row step takes its sums from
+// the row step's exponentials (see row_step).
 // GCC will not if-convert the float compares in fexp (so no loop over it vectorises) while
 // it must assume compares can trap. Nothing here relies on FP traps; values are unchanged.
 // It is set before the includes because the kernels' loops are inlined into parallel_for's
