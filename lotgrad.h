@@ -12,6 +12,7 @@
 #include "ops/dropout.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
+#include "ops/heads.h"
 #include "ops/loss.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"

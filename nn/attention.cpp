@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "../ops/elementwise.h"
+#include "../ops/heads.h"
 #include "attention_mechanisms.h"
 
 namespace lotgrad::nn {
@@ -57,12 +58,11 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& 
 void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
   if (x.dim() != 3 || x.size(2) != d_model_)
     throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
-  const int64_t B = x.size(0), n = x.size(1), H = opt_.n_heads, dh = opt_.d_head;
-  // (B, n, 3D) -> (B, n, 3, H, dh) -> (3, B, H, n, dh)
-  Tensor h = qkv->forward(x).view({B, n, 3, H, dh}).permute({2, 0, 3, 1, 4});
-  q = h.select(0, 0);
-  k = h.select(0, 1);
-  v = h.select(0, 2);
+  // (B, n, 3D) -> three contiguous (B, H, n, dh), one copy each way
+  auto h = split_qkv_heads(qkv->forward(x), opt_.n_heads);
+  q = h[0];
+  k = h[1];
+  v = h[2];
 }
 
 Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask) {
@@ -71,8 +71,7 @@ Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask) {
   Tensor q, k, v;
   project(x, q, k, v);
   Tensor o = zero_padded_rows(mechanism->forward(q, k, v, mask), mask);  // (B, H, n, dh)
-  const int64_t B = x.size(0), n = x.size(1);
-  return out_proj->forward(o.permute({0, 2, 1, 3}).reshape({B, n, d_model_}));
+  return out_proj->forward(merge_heads(o));                                // (B, n, D)
 }
 
 }  // namespace lotgrad::nn

@@ -254,3 +254,23 @@ TEST_CASE("index gradients are deterministic and thread-count independent") {
   CHECK(p == p2);
   CHECK(p == s);
 }
+
+TEST_CASE("split_qkv_heads and merge_heads: values against views, gradient checks, partial use") {
+  using lotgrad::testing::leaf;
+  Tensor x = leaf({2, 3, 12}, 91);  // B 2, n 3, heads 2, dh 2
+  auto h = split_qkv_heads(x, 2);
+  Tensor ref = x.detach().view({2, 3, 3, 2, 2}).permute({2, 0, 3, 1, 4});
+  for (int p = 0; p < 3; ++p) {
+    CHECK(h[p].shape() == Shape{2, 2, 3, 2});
+    CHECK(h[p].to_vector() == ref.select(0, p).to_vector());
+  }
+  CHECK(merge_heads(h[1]).to_vector() == x.detach().narrow(2, 4, 4).to_vector());
+  CHECK_GRAD([](const std::vector<Tensor>& v) {
+    auto s = split_qkv_heads(v[0], 2);
+    return add(mul(s[0], s[2]), merge_heads(s[1]).view({2, 2, 3, 2}));
+  }, {x});
+  CHECK_GRAD([](const std::vector<Tensor>& v) { return exp(split_qkv_heads(v[0], 2)[1]); }, {x});  // k only
+  Tensor nc = lotgrad::testing::noncontig_leaf({2, 3, 12}, 92);
+  CHECK_GRAD([](const std::vector<Tensor>& v) { return merge_heads(split_qkv_heads(v[0], 2)[2]); }, {nc});
+  CHECK_THROWS_AS(split_qkv_heads(x, 5), ShapeError);
+}

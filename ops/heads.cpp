@@ -1,0 +1,115 @@
+#include "heads.h"
+
+#include "../core/autograd.h"
+#include "../core/iter.h"
+
+namespace lotgrad {
+
+namespace {
+// dst[b, h, i, :] = src[b, i, off + h*dh : off + (h+1)*dh] for b, h, i; src (B, n, W) contiguous.
+template <class T>
+void gather_heads(const T* src, T* dst, int64_t B, int64_t n, int64_t W, int64_t H, int64_t dh, int64_t off) {
+  parallel_for(0, B * H, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n * dh)), [&](int64_t s, int64_t e) {
+    for (int64_t bh = s; bh < e; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* sp = src + (b * n + i) * W + off + h * dh;
+        T* dp = dst + (bh * n + i) * dh;
+        for (int64_t c = 0; c < dh; ++c) dp[c] = sp[c];
+      }
+    }
+  });
+}
+// The inverse scatter: dst[b, i, off + h*dh + c] = src[b, h, i, c]; dst (B, n, W).
+template <class T>
+void scatter_heads(const T* src, T* dst, int64_t B, int64_t n, int64_t W, int64_t H, int64_t dh, int64_t off) {
+  parallel_for(0, B * n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, H * dh)), [&](int64_t s, int64_t e) {
+    for (int64_t bi = s; bi < e; ++bi) {
+      const int64_t b = bi / n, i = bi % n;
+      for (int64_t h = 0; h < H; ++h) {
+        const T* sp = src + ((b * H + h) * n + i) * dh;
+        T* dp = dst + bi * W + off + h * dh;
+        for (int64_t c = 0; c < dh; ++c) dp[c] = sp[c];
+      }
+    }
+  });
+}
+
+struct SplitQKVBackward : Node {
+  int64_t B = 0, n = 0, H = 0, dh = 0;
+  const char* name() const override { return "SplitQKVHeadsBackward"; }
+  std::vector<Tensor> apply(std::vector<Tensor>& g) override {
+    const int64_t W = 3 * H * dh;
+    DType dt = DType::f32;
+    for (auto& t : g)
+      if (t.defined()) dt = t.dtype();
+    // Zero fill only where a head tensor got no gradient.
+    bool all = g.size() >= 3 && g[0].defined() && g[1].defined() && g[2].defined();
+    Tensor out = all ? make_tensor_uninit({B, n, W}, dt) : make_tensor({B, n, W}, dt);
+    dispatch_float(dt, name(), [&]<class T>() {
+      for (int p = 0; p < 3 && p < (int)g.size(); ++p) {
+        if (!g[p].defined()) continue;
+        Tensor gc = g[p].contiguous();
+        scatter_heads<T>(gc.data_ptr<T>(), out.data_ptr<T>(), B, n, W, H, dh, p * H * dh);
+      }
+    });
+    return {out};
+  }
+};
+struct MergeHeadsBackward : Node {
+  int64_t B = 0, H = 0, n = 0, dh = 0;
+  const char* name() const override { return "MergeHeadsBackward"; }
+  std::vector<Tensor> apply(std::vector<Tensor>& g) override {
+    Tensor gc = g[0].contiguous();  // (B, n, H·dh)
+    Tensor out = make_tensor_uninit({B, H, n, dh}, gc.dtype());
+    dispatch_float(gc.dtype(), name(), [&]<class T>() {
+      gather_heads<T>(gc.data_ptr<T>(), out.data_ptr<T>(), B, n, H * dh, H, dh, 0);
+    });
+    return {out};
+  }
+};
+}  // namespace
+
+std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv_in, int64_t H) {
+  if (qkv_in.dim() != 3 || H <= 0 || qkv_in.size(2) % (3 * H))
+    throw_shape("split_qkv_heads", "expects (B, n, 3*heads*dh) with heads = " + std::to_string(H), {{"qkv", &qkv_in}});
+  if (!is_floating(qkv_in.dtype())) throw_dtype("split_qkv_heads", "expects a floating tensor", {{"qkv", &qkv_in}});
+  Tensor qkv = qkv_in.contiguous();
+  const int64_t B = qkv.size(0), n = qkv.size(1), W = qkv.size(2), dh = W / (3 * H);
+  std::array<Tensor, 3> out;
+  dispatch_float(qkv.dtype(), "split_qkv_heads", [&]<class T>() {
+    for (int p = 0; p < 3; ++p) {
+      out[p] = make_tensor_uninit({B, H, n, dh}, qkv.dtype());
+      gather_heads<T>(qkv.data_ptr<T>(), out[p].data_ptr<T>(), B, n, W, H, dh, p * H * dh);
+    }
+  });
+  if (auto node = make_node<SplitQKVBackward>({qkv_in})) {
+    node->B = B;
+    node->n = n;
+    node->H = H;
+    node->dh = dh;
+    for (uint32_t p = 0; p < 3; ++p) set_history(out[p], node, p);
+  }
+  return out;
+}
+
+Tensor merge_heads(const Tensor& o_in) {
+  if (o_in.dim() != 4) throw_shape("merge_heads", "expects (B, H, n, dh)", {{"o", &o_in}});
+  if (!is_floating(o_in.dtype())) throw_dtype("merge_heads", "expects a floating tensor", {{"o", &o_in}});
+  Tensor o = o_in.contiguous();
+  const int64_t B = o.size(0), H = o.size(1), n = o.size(2), dh = o.size(3);
+  Tensor out = make_tensor_uninit({B, n, H * dh}, o.dtype());
+  dispatch_float(o.dtype(), "merge_heads", [&]<class T>() {
+    scatter_heads<T>(o.data_ptr<T>(), out.data_ptr<T>(), B, n, H * dh, H, dh, 0);
+  });
+  if (auto node = make_node<MergeHeadsBackward>({o_in})) {
+    node->B = B;
+    node->H = H;
+    node->n = n;
+    node->dh = dh;
+    set_history(out, node);
+  }
+  return out;
+}
+
+}  // namespace lotgrad
