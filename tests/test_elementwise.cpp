@@ -135,3 +135,21 @@ TEST_CASE("large inputs take the threaded path and agree with the serial one") {
   std::vector<double> t1 = exp(a.t()).to_vector(), t2 = exp(a.t().contiguous()).to_vector();
   CHECK(t1 == t2);
 }
+
+TEST_CASE("gelu in f32 (vectorised erf) agrees with the f64 erf form to float precision") {
+  std::vector<double> xs;
+  for (int i = -4000; i <= 4000; ++i) xs.push_back(i * 0.0025);  // [-10, 10]
+  Tensor x64 = Tensor::from_vector(xs, {(int64_t)xs.size()});
+  Tensor x32 = x64.to(kFloat32).requires_grad_();
+  std::vector<double> a = gelu(x32).to_vector(), b = gelu(x64).to_vector();
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]) / (1e-7 + std::abs(b[i])));
+  CHECK(worst < 5e-6);  // relative, tails included (exp of -z² loses ~z²·eps)
+  gelu(x32).backward(Tensor::ones({(int64_t)xs.size()}));
+  Tensor x64g = x64.detach().requires_grad_();
+  gelu(x64g).backward(Tensor::ones({(int64_t)xs.size()}, kFloat64));
+  std::vector<double> ga = x32.grad().to_vector(), gb = x64g.grad().to_vector();
+  double gworst = 0;
+  for (size_t i = 0; i < ga.size(); ++i) gworst = std::max(gworst, std::abs(ga[i] - gb[i]));
+  CHECK(gworst < 2e-6);
+}
