@@ -3,7 +3,7 @@
 //     forward and forward+backward time and peak memory of any registered mechanism.
 //   lotgrad bench step --task listops --attention NAME --batch 32 --seq-len 2048 [knobs]
 //     one training step (forward, backward, clipping, AdamW) of the LRA classifier.
-// Mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --features --landmarks --fused.
+// Mechanism knobs: nn::attention_knob_options() (--r --eps --half-steps --grad implicit|unrolled ...).
 // Each measurement verifies its result before timing it (finite outputs and gradients; for
 // doubly stochastic mechanisms, mean over tokens of the output equals the mean of v).
 #include <cstring>
@@ -66,26 +66,14 @@ double peak_rss_mb() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0;
 }
-const std::vector<std::string> kKnobKeys = {"r", "eps", "half-steps", "grad", "features", "landmarks", "fused", "tol",
-                                            "lra-code-compat", "learn-masses"};
+const std::vector<std::string>& kKnobKeys = nn::attention_knob_options();
 
 nn::AttentionOptions mechanism_options(const std::map<std::string, std::string>& a, int64_t heads) {
   nn::AttentionOptions o;
   o.name = a.count("attention") ? a.at("attention") : "softmax";
   o.n_heads = heads;
-  for (const auto& k : kKnobKeys) {
-    if (!a.count(k)) continue;
-    std::string key = k;
-    for (auto& c : key)
-      if (c == '-') c = '_';
-    if (k == "grad") {
-      const std::string v = a.at(k);
-      if (v != "implicit" && v != "unrolled") throw std::invalid_argument("--grad must be implicit or unrolled");
-      o.knobs["grad"] = v == "implicit" ? 1 : 0;
-    } else {
-      o.knobs[key] = std::stod(a.at(k));
-    }
-  }
+  for (const auto& k : kKnobKeys)
+    if (a.count(k)) nn::set_attention_knob(o.knobs, k, a.at(k));
   return o;
 }
 bool doubly_stochastic(const std::string& name) { return name == "lotformer"; }

@@ -1,5 +1,7 @@
 #include "attention.h"
 
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "../ops/elementwise.h"
@@ -37,11 +39,68 @@ std::shared_ptr<AttentionMechanism> make_attention(const AttentionOptions& opt, 
   return it->second(opt, gen);
 }
 
+const std::vector<std::string>& attention_knob_options() {
+  static const std::vector<std::string> opts = {"r",        "eps",      "half-steps", "grad",  "tol",
+                                                "learn-masses", "mass-temp", "features",  "landmarks", "fused",
+                                                "lra-code-compat", "init-std", "clamp"};
+  return opts;
+}
+void set_attention_knob(std::map<std::string, double>& knobs, const std::string& option, const std::string& value) {
+  std::string key = option;
+  std::replace(key.begin(), key.end(), '-', '_');
+  if (option == "grad") {
+    if (value != "implicit" && value != "unrolled") throw std::invalid_argument("--grad must be implicit or unrolled");
+    knobs["grad"] = value == "implicit" ? 1 : 0;
+    return;
+  }
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(value, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used == 0 || used != value.size())
+    throw std::invalid_argument("--" + option + " expects a number, got \"" + value + "\"");
+  knobs[key] = v;
+}
+
 Tensor zero_padded_rows(const Tensor& x, const Tensor& mask) {
   if (!mask.defined()) return x;
   // keep: (B, 1, n, 1) with 1 for valid tokens
   Tensor keep = logical_not(mask).to(x.dtype()).unsqueeze(1).unsqueeze(-1);
   return mul(x, keep);
+}
+
+std::vector<std::vector<int64_t>> valid_positions(const Tensor& mask, int64_t B, int64_t n) {
+  std::vector<std::vector<int64_t>> pos((size_t)B);
+  if (mask.defined() && (mask.dtype() != kBool || mask.shape() != Shape{B, n}))
+    throw_shape("valid_positions", "mask must be bool (" + std::to_string(B) + ", " + std::to_string(n) + ")",
+                {{"mask", &mask}});
+  Tensor m = mask.defined() ? mask.contiguous() : Tensor();
+  const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < n; ++j)
+      if (!mp || !mp[b * n + j]) pos[b].push_back(j);
+  return pos;
+}
+
+void token_log_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tensor& log_w, Tensor& n_valid) {
+  std::vector<double> lw((size_t)(B * n)), nv((size_t)B);
+  const auto pos = valid_positions(mask, B, n);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = (int64_t)pos[b].size();
+    if (L == 0 || L == n) {  // no padding, or nothing valid (its outputs are zeroed anyway): uniform
+      std::fill(lw.begin() + b * n, lw.begin() + (b + 1) * n, -std::log((double)n));
+      nv[b] = (double)n;
+      continue;
+    }
+    std::fill(lw.begin() + b * n, lw.begin() + (b + 1) * n, -INFINITY);
+    for (int64_t j : pos[b]) lw[b * n + j] = -std::log((double)L);
+    nv[b] = (double)L;
+  }
+  log_w = Tensor::from_vector(lw, {B, 1, n}).to(dt);
+  n_valid = Tensor::from_vector(nv, {B, 1, 1, 1}).to(dt);
 }
 
 MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& opt, Generator& gen)

@@ -51,6 +51,12 @@ std::vector<std::string> attention_names();
 // Throws std::invalid_argument listing the known names when name is unknown.
 std::shared_ptr<AttentionMechanism> make_attention(const AttentionOptions& opt, Generator& gen);
 
+// The mechanism knobs as command-line options: "half-steps" sets the knob "half_steps".
+const std::vector<std::string>& attention_knob_options();
+// Sets the knob of command-line option `option` from its text; "grad" takes implicit or
+// unrolled. Throws std::invalid_argument naming --option on a bad value.
+void set_attention_knob(std::map<std::string, double>& knobs, const std::string& option, const std::string& value);
+
 // (B, n, D) -> (B, n, D): fused QKV projection, mechanism per head, output projection.
 class MultiHeadAttention : public Module {
  public:
@@ -70,5 +76,15 @@ class MultiHeadAttention : public Module {
 
 // Zeroes (B, H, n, d) rows of padded queries: x * (1 - mask)[:, None, :, None].
 Tensor zero_padded_rows(const Tensor& x, const Tensor& key_padding_mask);
+
+// For each of the B batch rows, the positions of its valid (unpadded) tokens, in order; every
+// position when the mask is undefined. Reads the mask once (not element by element).
+std::vector<std::vector<int64_t>> valid_positions(const Tensor& key_padding_mask, int64_t B, int64_t n);
+
+// Zero-mass token weights for the transport-based mechanisms: log_w (B, 1, n) is −log(n_valid)
+// on valid tokens and −inf on padding, n_valid (B, 1, 1, 1) counts them. A row with every
+// token padded (or an undefined mask) gets uniform weights over all n.
+void token_log_weights(const Tensor& key_padding_mask, int64_t B, int64_t n, DType dtype, Tensor& log_w,
+                       Tensor& n_valid);
 
 }  // namespace lotgrad::nn

@@ -137,10 +137,9 @@ class ESPAttention : public AttentionMechanism {
     const int64_t B = q.size(0), H = q.size(1), n = q.size(2);
     if (!mask.defined()) return f(q, k, -1, Tensor());
     std::vector<Tensor> rows;
+    const auto pos = valid_positions(mask, B, n);
     for (int64_t b = 0; b < B; ++b) {
-      std::vector<int64_t> valid;
-      for (int64_t j = 0; j < n; ++j)
-        if (mask.at({b, j}) == 0.0) valid.push_back(j);
+      const std::vector<int64_t>& valid = pos[b];
       const int64_t L = (int64_t)valid.size();
       Tensor qb = q.narrow(0, b, 1), kb = k.narrow(0, b, 1);
       if (L == n) {

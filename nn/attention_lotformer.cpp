@@ -90,23 +90,10 @@ void LOTFormerAttention::costs(const Tensor& q, const Tensor& k, Tensor& C1, Ten
   C2 = neg(S2);
 }
 
-// log-weights of tokens (B, 1, n): −log(n_valid) on valid tokens, −inf on padding; and
-// n_valid as (B, 1, 1, 1).
+// Zero-mass token weights; the compatibility mode ignores the mask, as the public code does.
 void LOTFormerAttention::token_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tensor& log_a,
                                        Tensor& n_valid) const {
-  std::vector<double> la((size_t)(B * n)), nv((size_t)B);
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t L = 0;
-    for (int64_t j = 0; j < n; ++j) L += (!mask.defined() || compat_ || mask.at({b, j}) == 0.0);
-    if (L == 0) L = n;  // every token padded: uniform (the outputs are zeroed anyway)
-    for (int64_t j = 0; j < n; ++j) {
-      const bool pad = mask.defined() && !compat_ && mask.at({b, j}) != 0.0 && L != n;
-      la[b * n + j] = pad ? -INFINITY : -std::log((double)L);
-    }
-    nv[b] = (double)L;
-  }
-  log_a = Tensor::from_vector(la, {B, 1, n}).to(dt);
-  n_valid = Tensor::from_vector(nv, {B, 1, 1, 1}).to(dt);
+  token_log_weights(compat_ ? Tensor() : mask, B, n, dt, log_a, n_valid);
 }
 
 SinkhornOptions LOTFormerAttention::solver_options() const {

@@ -18,10 +18,9 @@ namespace {
 // (B, 1, m, n) segment-mean matrix over the valid tokens of each batch row.
 Tensor segment_means(int64_t B, int64_t n, int64_t m, const Tensor& mask, DType dt) {
   std::vector<double> s((size_t)(B * m * n), 0.0);
+  const auto pos = valid_positions(mask, B, n);
   for (int64_t b = 0; b < B; ++b) {
-    std::vector<int64_t> valid;
-    for (int64_t j = 0; j < n; ++j)
-      if (!mask.defined() || mask.at({b, j}) == 0.0) valid.push_back(j);
+    const std::vector<int64_t>& valid = pos[b];
     const int64_t L = (int64_t)valid.size();
     for (int64_t seg = 0; seg < m; ++seg) {
       const int64_t lo = L * seg / m, hi = L * (seg + 1) / m;

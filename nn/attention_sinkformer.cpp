@@ -47,20 +47,8 @@ class SinkformerAttention : public AttentionMechanism {
 
  private:
   void setup(const Tensor& q, const Tensor& k, const Tensor& mask, Tensor& C, Tensor& log_a, Tensor& nv) const {
-    const int64_t B = q.size(0), n = q.size(2);
     C = mul(matmul(q, k.transpose(-2, -1)), -1.0 / std::sqrt((double)q.size(-1)));  // (B, H, n, n)
-    std::vector<double> la((size_t)(B * n)), cnt((size_t)B);
-    for (int64_t b = 0; b < B; ++b) {
-      int64_t L = 0;
-      for (int64_t j = 0; j < n; ++j) L += (!mask.defined() || mask.at({b, j}) == 0.0);
-      const bool all_pad = L == 0;
-      if (all_pad) L = n;
-      for (int64_t j = 0; j < n; ++j)
-        la[b * n + j] = (mask.defined() && !all_pad && mask.at({b, j}) != 0.0) ? -INFINITY : -std::log((double)L);
-      cnt[b] = (double)L;
-    }
-    log_a = Tensor::from_vector(la, {B, 1, n}).to(q.dtype());
-    nv = Tensor::from_vector(cnt, {B, 1, 1, 1}).to(q.dtype());
+    token_log_weights(mask, q.size(0), q.size(2), q.dtype(), log_a, nv);
   }
   double eps_;
   SinkhornOptions so_;

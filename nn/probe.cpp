@@ -11,16 +11,7 @@ Tensor probe_attention(MultiHeadAttention& mha, const Tensor& x, const Tensor& m
   NoGradGuard ng;
   Tensor q, k, v;
   mha.project(x, q, k, v);
-  Tensor A = mha.mechanism->attention_matrix(q, k, mask).contiguous();
-  if (mask.defined()) {
-    A = A.clone();
-    const int64_t B = A.size(0), H = A.size(1), n = A.size(2);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < n; ++i)
-        if (mask.at({b, i}) != 0.0)
-          for (int64_t h = 0; h < H; ++h) A.select(0, b).select(0, h).select(0, i).zero_();
-  }
-  return A;
+  return zero_padded_rows(mha.mechanism->attention_matrix(q, k, mask), mask).contiguous();
 }
 
 std::vector<double> singular_values(const std::vector<double>& a, int64_t rows, int64_t cols) {
@@ -69,10 +60,9 @@ AttentionStats attention_stats(const Tensor& A, const Tensor& mask, double rank_
   std::vector<double> rmax(B * H * n), rsum(B * H * n), csum(B * H * n, 0.0), rent(B * H * n);
   std::vector<int64_t> rank(B * H);
   AttentionStats st;
+  const auto pos = valid_positions(mask, B, n);
   for (int64_t b = 0; b < B; ++b) {
-    std::vector<int64_t> valid;
-    for (int64_t i = 0; i < n; ++i)
-      if (!mask.defined() || mask.at({b, i}) == 0.0) valid.push_back(i);
+    const std::vector<int64_t>& valid = pos[b];
     for (int64_t h = 0; h < H; ++h) {
       const double* M = &a[((b * H + h) * n) * n];
       for (int64_t i = 0; i < n; ++i) {

@@ -27,8 +27,7 @@ const char* kTrainHelp = R"(lotgrad train [options]
 Ends by printing the dev and test accuracy of the best-on-dev checkpoint.
 )";
 
-const std::vector<std::string> kKnobs = {"r", "eps", "half-steps", "grad", "tol", "learn-masses", "mass-temp",
-                                         "features", "landmarks", "fused", "lra-code-compat", "init-std", "clamp"};
+const std::vector<std::string>& kKnobs = nn::attention_knob_options();
 
 models::TrainConfig parse_train(const Args& a) {
   std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
@@ -73,19 +72,8 @@ models::TrainConfig parse_train(const Args& a) {
   c.log_every = a.get_int("log-every", 0);
   c.resume = a.flag("resume");
   c.quiet = a.flag("quiet");
-  for (const auto& k : kKnobs) {
-    if (!a.has(k)) continue;
-    std::string key = k;
-    for (auto& ch : key)
-      if (ch == '-') ch = '_';
-    if (k == "grad") {
-      const std::string v = a.get(k, "");
-      if (v != "implicit" && v != "unrolled") throw std::invalid_argument("--grad must be implicit or unrolled");
-      c.knobs["grad"] = v == "implicit" ? 1 : 0;
-    } else {
-      c.knobs[key] = a.get_double(k, 0);
-    }
-  }
+  for (const auto& k : kKnobs)
+    if (a.has(k)) nn::set_attention_knob(c.knobs, k, a.get(k, ""));
   return c;
 }
 }  // namespace
