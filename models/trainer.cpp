@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -158,9 +159,17 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
 double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches) {
   NoGradGuard ng;
   m.module().eval();
-  int64_t right = 0, total = 0, nb = 0;
-  for (auto& idx : data::sequential_batches(d.size(), batch)) {
-    if (max_batches > 0 && nb++ >= max_batches) break;
+  int64_t right = 0, total = 0;
+  // Examples in length order, so a batch pads little; which examples are scored (the first
+  // max_batches * batch of the split, when limited) does not depend on the order.
+  std::vector<int64_t> order;
+  const int64_t n = max_batches > 0 ? std::min<int64_t>((int64_t)d.size(), max_batches * batch) : (int64_t)d.size();
+  for (int64_t i = 0; i < n; ++i) order.push_back(i);
+  auto len = [&](int64_t i) { return d.examples[(size_t)i].tokens.size() + d.examples[(size_t)i].tokens2.size(); };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return len(x) < len(y); });
+  for (auto& pos : data::sequential_batches((size_t)n, batch)) {
+    std::vector<int64_t> idx;
+    for (int64_t p : pos) idx.push_back(order[(size_t)p]);
     data::Batch b = data::collate(d, idx);
     Tensor pred = argmax(m.logits(b), -1);
     const int64_t* p = pred.data_ptr<int64_t>();
@@ -220,6 +229,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   lo.batch_size = cfg.batch;
   lo.seed = cfg.seed;
   lo.drop_last = true;
+  lo.bucket_batches = cfg.bucket;
   data::DataLoader loader(t.train, lo);
 
   fs::create_directories(cfg.out_dir);

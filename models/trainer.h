@@ -31,6 +31,7 @@ struct TrainConfig {
   double dropout = 0.1;
   // ---- optimisation
   int64_t steps = 1000, batch = 32;
+  int64_t bucket = 0;           // > 0: length bucketing over chunks of this many batches (less padding)
   double lr = 5e-4, weight_decay = 0.0, warmup = 0.1;  // warmup: fraction of steps (<1) or steps
   double lr_floor = 0.1;        // cosine ends at lr * floor
   double clip = 5.0;

@@ -20,7 +20,8 @@ const char* kTrainHelp = R"(lotgrad train [options]
              --depth 2 --d-model 64 --heads 2 --mlp 128 --dropout 0.1
              mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --tol --learn-masses 0|1
                               --mass-temp --features --landmarks --fused 0|1 --lra-code-compat 0|1
-  training:  --steps 1000 --batch 32 --lr 5e-4 --warmup 0.1 (fraction, or steps if >= 1)
+  training:  --steps 1000 --batch 32 --bucket 0 (N > 0: batches of similar length, sorted in chunks of N batches)
+             --lr 5e-4 --warmup 0.1 (fraction, or steps if >= 1)
              --lr-floor 0.1 (cosine ends at lr*floor) --clip 5 --weight-decay 0 --seed 1 --threads N
   output:    --out runs/run (last.ckpt, best.ckpt, metrics.jsonl)  --eval-every 200 --eval-batches 0
              --checkpoint-every 200 --log-every N --resume
@@ -32,7 +33,7 @@ const std::vector<std::string>& kKnobs = nn::attention_knob_options();
 models::TrainConfig parse_train(const Args& a) {
   std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
                                     "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "depth",
-                                    "d-model", "heads", "mlp", "dropout", "steps", "batch", "lr", "warmup", "lr-floor",
+                                    "d-model", "heads", "mlp", "dropout", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
                                     "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
                                     "checkpoint-every", "log-every", "resume", "help", "checkpoint", "split", "quiet"};
   known.insert(known.end(), kKnobs.begin(), kKnobs.end());
@@ -58,6 +59,7 @@ models::TrainConfig parse_train(const Args& a) {
   c.dropout = a.get_double("dropout", c.dropout);
   c.steps = a.get_int("steps", c.steps);
   c.batch = a.get_int("batch", c.batch);
+  c.bucket = a.get_int("bucket", c.bucket);
   c.lr = a.get_double("lr", c.lr);
   c.warmup = a.get_double("warmup", c.warmup);
   c.lr_floor = a.get_double("lr-floor", c.lr_floor);
