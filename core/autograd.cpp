@@ -127,9 +127,16 @@ void accumulate(std::vector<Tensor>& slots, uint32_t k, Tensor g, const Node& to
   } else {
     if (slots[k].dtype() != g.dtype())
       throw AutogradError(std::string("gradient dtype mismatch flowing into ") + to.name());
-    Tensor s = slots[k].detach().clone();
-    s.add_(g);
-    slots[k] = s;
+    // Add in place when nothing else holds the buffer (the common case: a gradient this
+    // engine made); otherwise one out-of-place add (never write into a tensor a node kept).
+    Tensor& s = slots[k];
+    if (s.impl_ptr().use_count() == 1 && s.impl_ptr()->storage.use_count() == 1 && s.is_contiguous() && s.shape() == g.shape()) {
+      s.add_(g);
+    } else {
+      Tensor t = s.detach().clone();
+      t.add_(g);
+      s = t;
+    }
   }
 }
 }  // namespace

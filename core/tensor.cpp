@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include "parallel.h"
+
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -14,6 +16,7 @@
 
 #include "autograd.h"
 #include "iter.h"
+#include "parallel.h"
 
 namespace lotgrad {
 
@@ -168,7 +171,10 @@ Storage::Storage(size_t n, bool zero) : nbytes(n) {
   data = take_block(alloc);
   if (!data) data = std::aligned_alloc(64, alloc);
   if (!data) throw std::bad_alloc();
-  if (zero) std::memset(data, 0, alloc);
+  if (zero) {  // large blocks are zeroed by all threads (a serial memset left the others idle)
+    char* c = static_cast<char*>(data);
+    parallel_for(0, (int64_t)alloc, 1 << 20, [&](int64_t b, int64_t e) { std::memset(c + b, 0, (size_t)(e - b)); });
+  }
   const int64_t now = g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc;
   int64_t peak = g_bytes_peak.load();
   while (now > peak && !g_bytes_peak.compare_exchange_weak(peak, now)) {

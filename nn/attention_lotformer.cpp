@@ -116,17 +116,18 @@ Tensor LOTFormerAttention::forward(const Tensor& q, const Tensor& k, const Tenso
   Tensor inv_b = exp(neg(log_b)).unsqueeze(-1);        // (1, H, r, 1)
   SinkhornOptions so = solver_options();
   Tensor y;
+  // The scale n / b_j (and the compat mode's 1/r²) goes on the small (r, d) middle factor.
+  Tensor scale = mul(inv_b, n_valid);  // (B, H, r, 1)
+  if (compat_) scale = mul(scale, 1.0 / (double)(r_ * r_));
   if (fused_) {
-    // Γ2 V (B, H, r, d), then Γ1 (diag(1/b) Γ2 V) (B, H, n, d): plans never stored.
+    // Γ2 V (B, H, r, d), then Γ1 (n diag(1/b) Γ2 V) (B, H, n, d): plans never stored.
     Tensor kv = sinkhorn_apply(C2, log_b, log_a, eps_, v, Tensor(), so).PW;
-    y = sinkhorn_apply(C1, log_a, log_b, eps_, mul(kv, inv_b), Tensor(), so).PW;
+    y = sinkhorn_apply(C1, log_a, log_b, eps_, mul(kv, scale), Tensor(), so).PW;
   } else {
     Tensor G1 = sinkhorn(C1, log_a, log_b, eps_, so).plan;  // (B, H, n, r)
     Tensor G2 = sinkhorn(C2, log_b, log_a, eps_, so).plan;  // (B, H, r, n)
-    y = matmul(G1, mul(matmul(G2, v), inv_b));
+    y = matmul(G1, mul(matmul(G2, v), scale));
   }
-  y = mul(y, n_valid);
-  if (compat_) y = mul(y, 1.0 / (double)(r_ * r_));
   return y;
 }
 

@@ -24,7 +24,7 @@ struct DropoutBackward : Node {
   const char* name() const override { return "DropoutBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
     const Tensor g = grads[0].contiguous();
-    Tensor dx = make_tensor(g.shape(), g.dtype());
+    Tensor dx = make_tensor_uninit(g.shape(), g.dtype());
     dispatch_float(g.dtype(), name(), [&]<class T>() { apply_mask<T>(g.data_ptr<T>(), dx.data_ptr<T>(), g.numel(), seed, base, p, (T)scale); });
     return {dx};
   }
@@ -41,7 +41,7 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   const uint64_t seed = gen.seed(), base = gen.reserve((uint64_t)n);
   const double scale = p == 1.0 ? 0.0 : 1.0 / (1.0 - p);
   const Tensor xc = x.detach().contiguous();
-  Tensor out = make_tensor(x.shape(), x.dtype());
+  Tensor out = make_tensor_uninit(x.shape(), x.dtype());
   dispatch_float(x.dtype(), "dropout", [&]<class T>() { apply_mask<T>(xc.data_ptr<T>(), out.data_ptr<T>(), n, seed, base, p, (T)scale); });
   if (auto node = make_node<DropoutBackward>({x})) {
     node->seed = seed;

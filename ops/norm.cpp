@@ -13,23 +13,33 @@ namespace {
 
 int64_t row_grain(int64_t N) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(N, 1)); }
 
-// x (rows, N) contiguous -> y, mean (rows), rstd (rows). Statistics accumulate in double.
+// Sum of f(j), j in [0, N), in a fixed order: 16 lane sums, then the lanes pairwise. The
+// lane-wise adds vectorise without -ffast-math, the order never depends on threads, and the
+// error is that of a 16-way pairwise sum (a single running sum is both slower and worse).
+constexpr int64_t kLanes = 16;
+template <class T, class F>
+inline T lane_sum(int64_t N, F&& f) {
+  T acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= N; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += f(j + l);
+  for (int64_t l = 0; j + l < N; ++l) acc[l] += f(j + l);
+  for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// x (rows, N) contiguous -> y, mean (rows), rstd (rows). Two passes per row (mean, then
+// the centred variance) for stability.
 template <class T>
 void layer_norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t rows, int64_t N, double eps) {
   parallel_for(0, rows, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * N;
       T* yr = y + r * N;
-      double s = 0;
-      for (int64_t j = 0; j < N; ++j) s += xr[j];
-      const double mu = N ? s / (double)N : 0.0;
-      double v = 0;
-      for (int64_t j = 0; j < N; ++j) {
-        const double d = xr[j] - mu;
-        v += d * d;
-      }
-      const double rs = 1.0 / std::sqrt((N ? v / (double)N : 0.0) + eps);
-      const T m = (T)mu, rt = (T)rs;
+      const T m = N ? lane_sum<T>(N, [&](int64_t j) { return xr[j]; }) / (T)N : T(0);
+      const T v = N ? lane_sum<T>(N, [&](int64_t j) { return (xr[j] - m) * (xr[j] - m); }) / (T)N : T(0);
+      const T rt = (T)(1.0 / std::sqrt((double)v + eps));
       mean[r] = m;
       rstd[r] = rt;
       if (w && b)
@@ -44,6 +54,11 @@ void layer_norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, 
   });
 }
 
+// Rows per block of the weight/bias gradient: each block sums its rows into its own partial
+// (in T), the partials are then added in block order (in double). Fixed blocks keep the bits
+// independent of the thread count; one pass over x and g serves dx, dw and db together.
+constexpr int64_t kRowBlock = 256;
+
 struct LayerNormBackward : Node {
   SavedTensor x, w, mean, rstd;  // x contiguous (rows, N)
   int64_t rows = 0, N = 0;
@@ -54,59 +69,54 @@ struct LayerNormBackward : Node {
     const Tensor g = grads[0].contiguous();
     Tensor dx, dw, db;
     const DType dt = g.dtype();
+    const bool need_x = needs_grad(0), need_w = needs_grad(1), need_b = needs_grad(2);
     dispatch_float(dt, name(), [&]<class T>() {
       const T* xp = xv.defined() ? xv.data_ptr<T>() : nullptr;
       const T* gp = g.data_ptr<T>();
       const T* mp = mv.data_ptr<T>();
       const T* rp = rv.data_ptr<T>();
-      const int64_t R = rows, n = N;
-      if (needs_grad(0)) {
-        // dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w.
-        dx = make_tensor(xv.shape(), dt);
-        T* dp = dx.data_ptr<T>();
-        const T* wp = wv.defined() ? wv.data_ptr<T>() : nullptr;
-        parallel_for(0, R, row_grain(n), [&](int64_t r0, int64_t r1) {
-          std::vector<T> gw((size_t)n);
-          for (int64_t r = r0; r < r1; ++r) {
-            const T* xr = xp + r * n;
+      const T* wp = wv.defined() ? wv.data_ptr<T>() : nullptr;
+      const int64_t R = rows, n = N, nblk = (R + kRowBlock - 1) / kRowBlock;
+      if (need_x) dx = make_tensor_uninit(xv.shape(), dt);
+      T* dp = need_x ? dx.data_ptr<T>() : nullptr;
+      // partial[k] = (dw partial (n), db partial (n)) of row block k
+      std::vector<T> part(need_w || need_b ? (size_t)(nblk * 2 * n) : 0, T(0));
+      parallel_for(0, nblk, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(kRowBlock * n, 1)), [&](int64_t k0, int64_t k1) {
+        std::vector<T> gw((size_t)n), xh((size_t)n);
+        for (int64_t k = k0; k < k1; ++k) {
+          T* pw = part.empty() ? nullptr : part.data() + k * 2 * n;
+          T* pb = pw ? pw + n : nullptr;
+          for (int64_t r = k * kRowBlock; r < std::min(R, (k + 1) * kRowBlock); ++r) {
             const T* gr = gp + r * n;
-            T* dr = dp + r * n;
-            const T m = mp[r], rs = rp[r];
-            double a = 0, c = 0;
-            for (int64_t j = 0; j < n; ++j) {
-              gw[j] = wp ? gr[j] * wp[j] : gr[j];
-              a += gw[j];
-              c += gw[j] * ((xr[j] - m) * rs);
-            }
-            const T am = (T)(a / (double)n), cm = (T)(c / (double)n);
-            for (int64_t j = 0; j < n; ++j) dr[j] = rs * (gw[j] - am - (xr[j] - m) * rs * cm);
-          }
-        });
-      }
-      const bool need_w = needs_grad(1), need_b = needs_grad(2);
-      if (need_w || need_b) {
-        // Column blocks in parallel; each column sums its rows in order (in double).
-        if (need_w) dw = make_tensor({n}, dt);
-        if (need_b) db = make_tensor({n}, dt);
-        T* dwp = need_w ? dw.data_ptr<T>() : nullptr;
-        T* dbp = need_b ? db.data_ptr<T>() : nullptr;
-        parallel_for(0, n, std::max<int64_t>(16, kParallelGrain / std::max<int64_t>(R, 1)), [&](int64_t j0, int64_t j1) {
-          std::vector<double> sw((size_t)(j1 - j0), 0.0), sb((size_t)(j1 - j0), 0.0);
-          for (int64_t r = 0; r < R; ++r) {
-            const T* gr = gp + r * n;
-            if (need_w) {
+            const T rs = rp[r];
+            if (xp) {  // x is saved whenever dx or dw is needed
               const T* xr = xp + r * n;
-              const T m = mp[r], rs = rp[r];
-              for (int64_t j = j0; j < j1; ++j) sw[j - j0] += (double)(gr[j] * ((xr[j] - m) * rs));
+              const T m = mp[r];
+              for (int64_t j = 0; j < n; ++j) xh[j] = (xr[j] - m) * rs;
             }
-            if (need_b)
-              for (int64_t j = j0; j < j1; ++j) sb[j - j0] += (double)gr[j];
+            if (pw && need_w)
+              for (int64_t j = 0; j < n; ++j) pw[j] += gr[j] * xh[j];
+            if (pb && need_b)
+              for (int64_t j = 0; j < n; ++j) pb[j] += gr[j];
+            if (!dp) continue;
+            // dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w.
+            for (int64_t j = 0; j < n; ++j) gw[j] = wp ? gr[j] * wp[j] : gr[j];
+            const T am = lane_sum<T>(n, [&](int64_t j) { return gw[j]; }) / (T)n;
+            const T cm = lane_sum<T>(n, [&](int64_t j) { return gw[j] * xh[j]; }) / (T)n;
+            T* dr = dp + r * n;
+            for (int64_t j = 0; j < n; ++j) dr[j] = rs * (gw[j] - am - xh[j] * cm);
           }
-          for (int64_t j = j0; j < j1; ++j) {
-            if (dwp) dwp[j] = (T)sw[j - j0];
-            if (dbp) dbp[j] = (T)sb[j - j0];
+        }
+      });
+      if (need_w || need_b) {
+        std::vector<double> sw((size_t)n, 0.0), sb((size_t)n, 0.0);
+        for (int64_t k = 0; k < nblk; ++k)
+          for (int64_t j = 0; j < n; ++j) {
+            sw[(size_t)j] += (double)part[(size_t)(k * 2 * n + j)];
+            sb[(size_t)j] += (double)part[(size_t)(k * 2 * n + n + j)];
           }
-        });
+        if (need_w) dw = Tensor::from_vector(std::vector<double>(sw), {n}).to(dt);
+        if (need_b) db = Tensor::from_vector(std::vector<double>(sb), {n}).to(dt);
       }
     });
     // Weight/bias gradients come back in the normalized shape.
@@ -141,8 +151,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   const Tensor xc = x.detach().contiguous();
   const Tensor wc = weight.defined() ? weight.detach().contiguous() : Tensor();
   const Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
-  Tensor out = make_tensor(x.shape(), x.dtype());
-  Tensor mean = make_tensor({rows}, x.dtype()), rstd = make_tensor({rows}, x.dtype());
+  Tensor out = make_tensor_uninit(x.shape(), x.dtype());
+  Tensor mean = make_tensor_uninit({rows}, x.dtype()), rstd = make_tensor_uninit({rows}, x.dtype());
   dispatch_float(x.dtype(), op, [&]<class T>() {
     layer_norm_fwd<T>(xc.data_ptr<T>(), wc.defined() ? wc.data_ptr<T>() : nullptr, bc.defined() ? bc.data_ptr<T>() : nullptr,
                       out.data_ptr<T>(), mean.data_ptr<T>(), rstd.data_ptr<T>(), rows, N, eps);

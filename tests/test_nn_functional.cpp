@@ -197,6 +197,28 @@ TEST_CASE("layer_norm: gradient checks (f64)") {
   CHECK_GRAD([&](const V& v) { return layer_norm(x, {4}, Tensor(), v[0]); }, {leaf({4}, 24)});
 }
 
+TEST_CASE("layer_norm: the fused kernel against the composite of ops, over many row blocks") {
+  // 1000 rows span four 256-row gradient blocks and a partial one; 70 columns leave a lane tail.
+  for (DType dt : {kFloat64, kFloat32}) {
+    const double tol = dt == kFloat64 ? 1e-10 : 2e-4;
+    Tensor x = rnd({10, 100, 70}, 31, dt, 3.0), w = rnd({70}, 32, dt), b = rnd({70}, 33, dt), g = rnd({10, 100, 70}, 34, dt);
+    for (Tensor* t : {&x, &w, &b}) t->requires_grad_();
+    Tensor y = layer_norm(x, {70}, w, b);
+    y.backward(g);
+    const Tensor gx = x.grad(), gw = w.grad(), gb = b.grad();
+    for (Tensor* t : {&x, &w, &b}) t->zero_grad();
+    Tensor mu = mean(x, {-1}, true);
+    Tensor xc = sub(x, mu);
+    Tensor var = mean(mul(xc, xc), {-1}, true);
+    Tensor yc = add(mul(div(xc, sqrt(add(var, 1e-5))), w), b);
+    CHECK(max_abs_diff(y, yc) < tol);
+    yc.backward(g);
+    CHECK(max_abs_diff(gx, x.grad()) < tol);
+    CHECK(max_abs_diff(gw, w.grad()) < tol * 30);  // sums over 1000 rows
+    CHECK(max_abs_diff(gb, b.grad()) < tol * 30);
+  }
+}
+
 TEST_CASE("layer_norm: errors and determinism") {
   CHECK_THROWS_WITH_AS(layer_norm(Tensor::zeros({2, 3}), {4}), doctest::Contains("(2, 3)"), ShapeError);
   CHECK_THROWS_AS(layer_norm(Tensor::zeros({2, 3}), {3}, Tensor::zeros({4})), ShapeError);
