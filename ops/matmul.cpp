@@ -8,6 +8,7 @@
 
 #include "../core/autograd.h"
 #include "../core/iter.h"
+#include "matmul_kernel.h"
 
 namespace lotgrad {
 
@@ -60,6 +61,15 @@ void gemm(const Layout& la, const Layout& lb, int64_t M, int64_t N, int64_t K, c
           int64_t ldc) {
   for (int64_t v : {M, N, K, la.ld, lb.ld, ldc}) check_blas_int(v);
   ++g_gemm_calls;
+  if constexpr (std::is_same_v<T, float>) {
+    // Skinny products (tall activations x small weights, or weight gradients) go to the
+    // direct kernel; see matmul_kernel.h for why it beats BLAS there.
+    if (detail::small_gemm_applies(M, N, K) && (!lb.trans || K * N <= (int64_t)1 << 16)) {
+      detail::small_sgemm(M, N, K, A, la.trans ? 1 : la.ld, la.trans ? la.ld : 1, B, lb.trans ? 1 : lb.ld, lb.trans ? lb.ld : 1, C,
+                  ldc, beta != 0.0f, nullptr);
+      return;
+    }
+  }
   const auto ta = la.trans ? CblasTrans : CblasNoTrans, tb = lb.trans ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
     cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)la.ld, B, (int)lb.ld, beta, C, (int)ldc);
@@ -280,6 +290,28 @@ struct LinearBackward : Node {
   void release() override { x.reset(); w.reset(); }
 };
 
+// linear as one direct-kernel call (f32, skinny): x's rows folded into (rows, in) and the
+// bias added as C is written, so the output is written once and never read back.
+// Undefined when the shape or layout is not one the kernel takes.
+Tensor linear_direct(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  if (x.dtype() != DType::f32 || x.dim() < 1) return {};
+  const int64_t in = x.size(-1), out_f = w.size(0);
+  const Shape xs = x.shape(), xst = x.strides();
+  const Shape lead(xs.begin(), xs.end() - 1), lead_st(xst.begin(), xst.end() - 1);
+  const int64_t rows = shape_numel(lead);
+  if (!detail::small_gemm_applies(rows, out_f, in) || in * out_f > (int64_t)1 << 16) return {};
+  const auto rs = merge_dims(lead, lead_st);
+  if (!rs) return {};
+  const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
+  Shape os = xs;
+  os.back() = out_f;
+  Tensor out = make_tensor_uninit(os, DType::f32);
+  ++g_gemm_calls;
+  detail::small_sgemm(rows, out_f, in, x.data_ptr<float>(), *rs, x.stride(-1), w.data_ptr<float>(), w.stride(1), w.stride(0),
+              out.data_ptr<float>(), out_f, false, bc.defined() ? bc.data_ptr<float>() : nullptr);
+  return out;
+}
+
 }  // namespace
 
 namespace detail {
@@ -368,7 +400,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   const bool x1 = x.dim() == 1;
   Tensor xv = x1 ? with_unit_dim(x.detach(), 0) : x.detach();
-  Tensor out = detail::batched_gemm(xv, mT(weight.detach()), batch_of(xv), bias);
+  Tensor out = linear_direct(xv, weight.detach(), bias.defined() ? bias.detach() : Tensor());
+  if (!out.defined()) out = detail::batched_gemm(xv, mT(weight.detach()), batch_of(xv), bias);
   if (x1) out = without_unit_dim(out, 0);
   if (auto n = make_node<LinearBackward>({x, weight, bias})) {
     n->x_is_1d = x1;

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "support/gradcheck.h"
+#include <lotgrad/ops/matmul_kernel.h>
 
 using namespace lotgrad;
 using namespace lotgrad::testing;
@@ -222,6 +223,78 @@ TEST_CASE("linear: values and gradient checks (f64)") {
   CHECK_GRAD(lin, {noncontig_leaf({2, 3, 4}, 16), leaf({5, 4}, 17), noncontig_leaf({5}, 18)});
   CHECK_GRAD([](const V& v) { return linear(v[0], v[1]); }, {leaf({2, 3, 4}, 19), leaf({5, 4}, 20)});
   CHECK_GRAD([](const V& v) { return linear(v[0], v[0]); }, {leaf({4, 4}, 21)});  // same tensor twice
+}
+
+// The direct f32 kernel (ops/matmul_kernel.h) against a double-precision loop: row tails of
+// every size below the 12-row tile, one and two 16-lane column panels, depths that take one
+// and two 256-deep passes, A row-major and transposed, B row-major and transposed (packed),
+// accumulation into C and a bias row.
+TEST_CASE("small_sgemm: every tile shape, stride, depth and epilogue against a double loop") {
+  Generator g(7);
+  for (int64_t M : {1, 5, 11, 12, 13, 25, 40})
+    for (int64_t N : {16, 32, 48, 64})
+      for (int64_t K : {1, 7, 64, 300})
+        for (int mode = 0; mode < 4; ++mode) {
+          const bool ta = mode & 1, tb = mode & 2;
+          const bool acc = (M + N + K + mode) % 3 == 0, with_bias = !acc && (M + K) % 2 == 0;
+          INFO("M ", M, " N ", N, " K ", K, " transposed A ", ta, " transposed B ", tb, " accumulate ", acc, " bias ", with_bias);
+          std::vector<float> A(M * K), B(K * N), C(M * N + 7), bias(N);
+          for (auto* v : {&A, &B, &C, &bias})
+            for (auto& e : *v) e = (float)g.normal();
+          const std::vector<float> C0 = C;
+          // A(i, k), B(k, j) through the strides the kernel is given
+          const int64_t a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
+          const int64_t ldc = N + (M > 1 ? 0 : 7);
+          detail::small_sgemm(M, N, K, A.data(), a_rs, a_cs, B.data(), b_rs, b_cs, C.data(), ldc, acc,
+                              with_bias ? bias.data() : nullptr);
+          double worst = 0;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double want = acc ? C0[i * ldc + j] : with_bias ? bias[j] : 0.0;
+              for (int64_t k = 0; k < K; ++k) want += (double)A[i * a_rs + k * a_cs] * (double)B[k * b_rs + j * b_cs];
+              worst = std::max(worst, std::abs(C[i * ldc + j] - want) / (1.0 + std::abs(want)));
+            }
+          CHECK(worst < 2e-5);
+          // Padding past the rows of C is never written.
+          for (int64_t e = (M - 1) * ldc + N; e < (int64_t)C.size(); ++e) CHECK(C[e] == C0[e]);
+        }
+}
+
+TEST_CASE("matmul and linear: the direct kernel agrees with BLAS, forward and backward (f32)") {
+  // LRA-like skinny shapes: (B, n, 64) activations, (192, 64) weight; the weight gradient
+  // reduces over all B*n rows (a 600-deep pass count) and goes through the kernel too.
+  REQUIRE(detail::small_gemm_applies(2 * 300, 192, 64));
+  REQUIRE(detail::small_gemm_applies(192, 64, 2 * 300));
+  auto run = [](bool direct) {
+    detail::set_small_gemm_enabled(direct);
+    Tensor x = rnd({2, 300, 64}, 11, kFloat32), w = rnd({192, 64}, 12, kFloat32), b = rnd({192}, 13, kFloat32);
+    Tensor w2 = rnd({64, 48}, 14, kFloat32), up = rnd({2, 300, 48}, 15, kFloat32);
+    for (Tensor* t : {&x, &w, &b, &w2}) t->requires_grad_();
+    Tensor y = matmul(linear(x, w, b).slice(2, 0, 64), w2);  // a sliced (strided-row) operand
+    y.backward(up);
+    detail::set_small_gemm_enabled(true);
+    return std::vector<Tensor>{y.detach(), x.grad(), w.grad(), b.grad(), w2.grad()};
+  };
+  const std::vector<Tensor> fast = run(true), blas = run(false);
+  for (size_t i = 0; i < fast.size(); ++i) {
+    INFO("output ", i);
+    const std::vector<double> f = fast[i].to_vector(), r = blas[i].to_vector();
+    REQUIRE(f.size() == r.size());
+    double worst = 0, scale = 0;
+    for (size_t e = 0; e < f.size(); ++e) {
+      worst = std::max(worst, std::abs(f[e] - r[e]));
+      scale = std::max(scale, std::abs(r[e]));
+    }
+    CHECK(worst <= 1e-5 * (1.0 + scale));
+  }
+  // The result does not depend on the thread count (each element sums in one fixed order).
+  const int nt = get_num_threads();
+  set_num_threads(1);
+  const std::vector<Tensor> one = run(true);
+  set_num_threads(std::max(2, nt));
+  const std::vector<Tensor> two = run(true);
+  set_num_threads(nt);
+  for (size_t i = 0; i < one.size(); ++i) CHECK(one[i].to_vector() == two[i].to_vector());
 }
 
 TEST_CASE("matmul: errors name the op, both shapes and the rule") {

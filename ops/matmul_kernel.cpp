@@ -1,0 +1,116 @@
+#include "matmul_kernel.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "../core/parallel.h"
+
+namespace lotgrad::detail {
+
+namespace {
+
+std::atomic<bool> g_enabled{true};
+
+// Sixteen floats: one AVX-512 register where the target has them (GCC splits the type into
+// narrower registers elsewhere, so the code stays portable).
+typedef float v16 __attribute__((vector_size(64)));
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+constexpr int64_t kMR = 12;   // rows of a register tile: 12 x 32 accumulators = 24 registers
+constexpr int64_t kKC = 256;  // depth of one pass: A rows and B slice of a pass stay in L2
+
+// One register tile: C[0..MR) x [0..NV*16) = (C or bias or 0) + sum over k in [k0, k1) of
+// A(r, k) B(k, :). A(r, k) = A[r*a_rs + k*a_cs]; B's row k starts at B + k*ldb. Each k adds in
+// order, so every element's sum runs in one fixed order whatever the threads.
+template <int MR, int NV>
+void micro(int64_t k0, int64_t k1, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C,
+           int64_t ldc, bool load_c, const float* bias) {
+  v16 c[MR][NV];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) c[r][v] = load_c ? load16(C + r * ldc + v * 16) : bias ? load16(bias + v * 16) : v16{};
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* bk = B + k * ldb;
+    v16 b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = load16(bk + v * 16);
+    const float* ak = A + k * a_cs;
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const float a = ak[r * a_rs];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) store16(C + r * ldc + v * 16, c[r][v]);
+}
+
+using MicroFn = void (*)(int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, bool,
+                         const float*);
+template <int NV, int... R>
+constexpr std::array<MicroFn, sizeof...(R)> micro_table(std::integer_sequence<int, R...>) {
+  return {&micro<R + 1, NV>...};
+}
+// kernels[nv - 1][mr - 1]: tail tiles (mr < 12 rows, 16 columns) get their own unrolled code.
+const std::array<MicroFn, kMR> kMicro1 = micro_table<1>(std::make_integer_sequence<int, kMR>{});
+const std::array<MicroFn, kMR> kMicro2 = micro_table<2>(std::make_integer_sequence<int, kMR>{});
+
+}  // namespace
+
+void set_small_gemm_enabled(bool on) { g_enabled = on; }
+bool small_gemm_enabled() { return g_enabled; }
+
+bool small_gemm_applies(int64_t M, int64_t N, int64_t K) {
+  // Columns in whole 16-lane vectors; a small side (the weight) so that A streams once;
+  // enough work to beat a BLAS call's fixed cost.
+  return g_enabled && N > 0 && N % 16 == 0 && N <= 256 && (K <= 256 || M <= 256) && M > 0 && K > 0 &&
+         M * N * K >= (int64_t)1 << 15;
+}
+
+void small_sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B,
+                 int64_t b_rs, int64_t b_cs, float* C, int64_t ldc, bool accumulate, const float* bias) {
+  // B with contiguous rows is read in place; otherwise (a transposed weight) packed once.
+  std::vector<float> packed;
+  const float* Bp = B;
+  int64_t ldb = b_rs;
+  if (b_cs != 1) {
+    packed.resize((size_t)(K * N));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < N; ++j) packed[(size_t)(k * N + j)] = B[k * b_rs + j * b_cs];
+    Bp = packed.data();
+    ldb = N;
+  }
+  const int64_t tiles = (M + kMR - 1) / kMR;
+  const int64_t grain = std::max<int64_t>(1, ((int64_t)1 << 20) / std::max<int64_t>(1, kMR * N * K));
+  parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+      const int64_t k1 = std::min(K, k0 + kKC);
+      const bool load_c = accumulate || k0 > 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i0 = t * kMR, mr = std::min(kMR, M - i0);
+        const float* At = A + i0 * a_rs;
+        float* Ct = C + i0 * ldc;
+        for (int64_t j0 = 0; j0 < N; j0 += 32) {
+          const bool two = N - j0 >= 32;
+          const MicroFn f = two ? kMicro2[(size_t)(mr - 1)] : kMicro1[(size_t)(mr - 1)];
+          f(k0, k1, At, a_rs, a_cs, Bp + j0, ldb, Ct + j0, ldc, load_c, bias && !load_c ? bias + j0 : nullptr);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace lotgrad::detail
