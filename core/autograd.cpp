@@ -1,5 +1,7 @@
 #include "autograd.h"
 
+#include "parallel.h"
+
 #include <atomic>
 #include <queue>
 #include <unordered_map>
@@ -99,6 +101,36 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
   Shape ost(g.dim(), 0);
   const size_t lead = g.dim() - shape.size();
   for (size_t i = 0; i < shape.size(); ++i) ost[lead + i] = (shape[i] == 1 && g.shape()[lead + i] != 1) ? 0 : rs[i];
+  // Fast path: a contiguous g reduced over its leading dims only (a bias gradient, summed
+  // over B*n rows): fixed 256-row blocks summed in parallel, then added in block order in
+  // double, so the bits do not depend on the thread count.
+  int64_t p = 0;  // g's dims [0, p) are reduced, [p, dim) kept
+  while (p < g.dim() && (ost[p] == 0 || g.shape()[p] == 1)) ++p;
+  bool leading = g.is_contiguous();
+  for (int64_t d = p; d < g.dim() && leading; ++d) leading = ost[d] != 0 || g.shape()[d] == 1;
+  if (leading) {
+    const int64_t inner = shape_numel(shape), rows = inner ? g.numel() / inner : 0;
+    constexpr int64_t kRows = 256;
+    const int64_t nblk = (rows + kRows - 1) / kRows;
+    Tensor out = make_tensor_uninit(shape, g.dtype());
+    dispatch_float(g.dtype(), "sum_to", [&]<class T>() {
+      std::vector<T> part((size_t)(nblk * inner), T(0));
+      const T* gp = g.data_ptr<T>();
+      parallel_for(0, nblk, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, kRows * inner)), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          T* pp = part.data() + b * inner;
+          for (int64_t r = b * kRows; r < std::min(rows, (b + 1) * kRows); ++r)
+            for (int64_t j = 0; j < inner; ++j) pp[j] += gp[r * inner + j];
+        }
+      });
+      std::vector<double> acc((size_t)inner, 0.0);
+      for (int64_t b = 0; b < nblk; ++b)
+        for (int64_t j = 0; j < inner; ++j) acc[(size_t)j] += (double)part[(size_t)(b * inner + j)];
+      T* op = out.data_ptr<T>();
+      for (int64_t j = 0; j < inner; ++j) op[j] = static_cast<T>(acc[(size_t)j]);
+    });
+    return out;
+  }
   Tensor out = make_tensor(shape, g.dtype());
   dispatch_float(g.dtype(), "sum_to", [&]<class T>() {
     // Accumulate in double: bias gradients sum over B*n rows.

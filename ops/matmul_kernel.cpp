@@ -4,6 +4,9 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <utility>
 #include <vector>
 
@@ -24,6 +27,15 @@ inline v16 load16(const float* p) {
   return v;
 }
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+// A store that skips the cache (no read-for-ownership of a line about to be overwritten):
+// for C tiles larger than the caches. Needs a 64-byte-aligned p.
+inline void stream16(float* p, v16 v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, (__m512)v);
+#else
+  store16(p, v);
+#endif
+}
 
 constexpr int64_t kMR = 12;   // rows of a register tile: 12 x 32 accumulators = 24 registers
 constexpr int64_t kKC = 256;  // depth of one pass: A rows and B slice of a pass stay in L2
@@ -33,7 +45,7 @@ constexpr int64_t kKC = 256;  // depth of one pass: A rows and B slice of a pass
 // order, so every element's sum runs in one fixed order whatever the threads.
 template <int MR, int NV>
 void micro(int64_t k0, int64_t k1, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C,
-           int64_t ldc, bool load_c, const float* bias) {
+           int64_t ldc, bool load_c, const float* bias, bool stream) {
   v16 c[MR][NV];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -52,14 +64,21 @@ void micro(int64_t k0, int64_t k1, const float* A, int64_t a_rs, int64_t a_cs, c
       for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
     }
   }
+  if (stream) {
 #pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r)
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) store16(C + r * ldc + v * 16, c[r][v]);
+      for (int v = 0; v < NV; ++v) stream16(C + r * ldc + v * 16, c[r][v]);
+  } else {
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) store16(C + r * ldc + v * 16, c[r][v]);
+  }
 }
 
 using MicroFn = void (*)(int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, bool,
-                         const float*);
+                         const float*, bool);
 template <int NV, int... R>
 constexpr std::array<MicroFn, sizeof...(R)> micro_table(std::integer_sequence<int, R...>) {
   return {&micro<R + 1, NV>...};
@@ -94,6 +113,9 @@ void small_sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, 
     ldb = N;
   }
   const int64_t tiles = (M + kMR - 1) / kMR;
+  // A C written once and larger than the last-level cache is streamed past the caches.
+  const bool stream = !accumulate && K <= kKC && (reinterpret_cast<uintptr_t>(C) % 64) == 0 && ldc % 16 == 0 &&
+                      M * ldc * (int64_t)sizeof(float) >= ((int64_t)16 << 20);
   const int64_t grain = std::max<int64_t>(1, ((int64_t)1 << 20) / std::max<int64_t>(1, kMR * N * K));
   parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
@@ -106,10 +128,13 @@ void small_sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, 
         for (int64_t j0 = 0; j0 < N; j0 += 32) {
           const bool two = N - j0 >= 32;
           const MicroFn f = two ? kMicro2[(size_t)(mr - 1)] : kMicro1[(size_t)(mr - 1)];
-          f(k0, k1, At, a_rs, a_cs, Bp + j0, ldb, Ct + j0, ldc, load_c, bias && !load_c ? bias + j0 : nullptr);
+          f(k0, k1, At, a_rs, a_cs, Bp + j0, ldb, Ct + j0, ldc, load_c, bias && !load_c ? bias + j0 : nullptr, stream);
         }
       }
     }
+#if defined(__AVX512F__)
+    if (stream) _mm_sfence();  // streamed stores are visible before the threads join
+#endif
   });
 }
 

@@ -127,6 +127,35 @@ TEST_CASE("broadcast gradients are reduced to the input shape") {
   CHECK(c.grad().shape() == Shape{2, 1});
 }
 
+TEST_CASE("sum_to: leading-dim and general reductions against a plain loop, over many row blocks") {
+  // (3, 300, 5) = 900 rows: several 256-row blocks of the parallel path plus a partial one.
+  for (DType dt : {kFloat64, kFloat32}) {
+    Generator gen(3);
+    Tensor g = randn({3, 300, 5}, gen, dt);
+    const std::vector<double> gv = g.to_vector();
+    auto want = [&](const Shape& shape) {  // plain loop, in double
+      std::vector<double> w((size_t)shape_numel(shape), 0.0);
+      const Shape full = {3, 300, 5};
+      const size_t lead = 3 - shape.size();
+      for (int64_t a = 0; a < 3; ++a)
+        for (int64_t b = 0; b < 300; ++b)
+          for (int64_t c = 0; c < 5; ++c) {
+            const int64_t idx[3] = {a, b, c};
+            int64_t o = 0;
+            for (size_t d = 0; d < shape.size(); ++d) o = o * shape[d] + (shape[d] == 1 ? 0 : idx[lead + d]);
+            w[(size_t)o] += gv[(size_t)((a * 300 + b) * 5 + c)];
+          }
+      return w;
+    };
+    for (const Shape& s : {Shape{5}, Shape{300, 5}, Shape{1, 5}, Shape{1, 1, 5}, Shape{3, 1, 5}, Shape{3, 300, 1}, Shape{1}, Shape{}}) {
+      INFO("shape ", shape_str(s), " dtype ", dtype_name(dt));
+      const std::vector<double> got = sum_to(g, s).to_vector(), w = want(s);
+      REQUIRE(got.size() == w.size());
+      for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(w[i]).epsilon(dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+}
+
 TEST_CASE("gradients flow through every view") {
   Tensor a = leaf({3, 4}, 9);
   CHECK_GRAD([](const std::vector<Tensor>& v) { return mul(v[0].t(), v[0].t()); }, {a});

@@ -260,6 +260,25 @@ TEST_CASE("small_sgemm: every tile shape, stride, depth and epilogue against a d
         }
 }
 
+TEST_CASE("small_sgemm: a C larger than the caches is streamed, with a row tail and a bias") {
+  // 65541 x 64 floats = 16.8 MB: past the streaming threshold; the storage is 64-byte aligned.
+  const int64_t M = 65541, N = 64, K = 9;
+  Generator g(8);
+  Tensor A = randn({M, K}, g, kFloat32), B = randn({K, N}, g, kFloat32), bias = randn({N}, g, kFloat32);
+  Tensor C = Tensor::zeros({M, N}, kFloat32);
+  detail::small_sgemm(M, N, K, A.data_ptr<float>(), K, 1, B.data_ptr<float>(), N, 1, C.data_ptr<float>(), N, false,
+                      bias.data_ptr<float>());
+  const float *a = A.data_ptr<float>(), *b = B.data_ptr<float>(), *c = C.data_ptr<float>(), *bi = bias.data_ptr<float>();
+  double worst = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double want = bi[j];
+      for (int64_t k = 0; k < K; ++k) want += (double)a[i * K + k] * (double)b[k * N + j];
+      worst = std::max(worst, std::abs(c[i * N + j] - want) / (1.0 + std::abs(want)));
+    }
+  CHECK(worst < 2e-6);
+}
+
 TEST_CASE("matmul and linear: the direct kernel agrees with BLAS, forward and backward (f32)") {
   // LRA-like skinny shapes: (B, n, 64) activations, (192, 64) weight; the weight gradient
   // reduces over all B*n rows (a 600-deep pass count) and goes through the kernel too.
