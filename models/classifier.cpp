@@ -1,6 +1,8 @@
 #include "classifier.h"
 
 #include "../ops/elementwise.h"
+#include "../ops/embedding.h"
+#include "../nn/attention.h"
 #include "../ops/reduce.h"
 #include "../ops/shape.h"
 #include "../nn/init.h"
@@ -36,15 +38,51 @@ SequenceClassifier::SequenceClassifier(const ClassifierConfig& cfg, Generator& g
 Tensor SequenceClassifier::encode(const Tensor& tokens, const Tensor& mask) {
   if (tokens.dim() != 2 || tokens.dtype() != kInt64)
     throw_shape("SequenceClassifier", "tokens must be (B, n) int64", {{"tokens", &tokens}});
-  const int64_t B = tokens.size(0);
-  Tensor h = embed->forward(tokens);  // (B, n, d)
-  Tensor m = mask;
-  if (config.pooling == "cls") {
-    h = cat({cls.to(h.dtype()).expand({B, 1, h.size(2)}), h}, 1);  // (B, 1 + n, d)
-    if (m.defined()) m = cat({Tensor::zeros({B, 1}, kBool), m}, 1);
+  const int64_t B = tokens.size(0), n0 = tokens.size(1);
+  if (mask.defined() && (mask.dtype() != kBool || mask.shape() != tokens.shape()))
+    throw_shape("SequenceClassifier", "key_padding_mask must be bool and match tokens", {{"tokens", &tokens}, {"mask", &mask}});
+  const bool with_cls = config.pooling == "cls";
+  const int64_t shift = with_cls ? 1 : 0;  // the CLS token takes position 0
+  Tensor h, m;
+  // Packing pays only when it removes columns (a batch padded at the end to its longest row,
+  // as the loader makes them, is left as it is).
+  std::vector<std::vector<int64_t>> valid;
+  int64_t L = 1;
+  if (config.pack && mask.defined()) {
+    valid = nn::valid_positions(mask, B, n0);
+    for (auto& v : valid) L = std::max<int64_t>(L, (int64_t)v.size());
   }
-  const int64_t n = h.size(1);
-  h = drop->forward(add(h, pos->forward(n)));
+  if (config.pack && mask.defined() && L < n0) {
+    // (B, L) rows of valid tokens, L = the longest row; each keeps its original position.
+    const Tensor tc = tokens.contiguous();
+    const int64_t* tp = tc.data_ptr<int64_t>();
+    std::vector<int64_t> tok((size_t)(B * L), 0), at((size_t)(B * L), 0);
+    Tensor pm = Tensor::ones({B, L}, kBool);
+    bool* pmp = pm.data_ptr<bool>();
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t j = 0; j < valid[(size_t)b].size(); ++j) {
+        tok[(size_t)(b * L) + j] = tp[b * n0 + valid[(size_t)b][j]];
+        at[(size_t)(b * L) + j] = valid[(size_t)b][j] + shift;
+        pmp[b * L + (int64_t)j] = false;
+      }
+    const Tensor tk = Tensor::from_vector(tok, {B, L}), ps = Tensor::from_vector(at, {B, L});
+    h = add(embed->forward(tk), embedding(pos->weight.narrow(0, 0, n0 + shift), ps));  // (B, L, d)
+    m = pm;
+    if (with_cls) {
+      Tensor c = add(cls.to(h.dtype()), pos->weight.narrow(0, 0, 1).to(h.dtype()));   // (1, 1, d)
+      h = cat({c.expand({B, 1, h.size(2)}), h}, 1);                                     // (B, 1 + L, d)
+      m = cat({Tensor::zeros({B, 1}, kBool), m}, 1);
+    }
+    h = drop->forward(h);
+  } else {
+    h = embed->forward(tokens);  // (B, n, d)
+    m = mask;
+    if (with_cls) {
+      h = cat({cls.to(h.dtype()).expand({B, 1, h.size(2)}), h}, 1);  // (B, 1 + n, d)
+      if (m.defined()) m = cat({Tensor::zeros({B, 1}, kBool), m}, 1);
+    }
+    h = drop->forward(add(h, pos->forward(h.size(1))));
+  }
   h = final_ln->forward(encoder->forward(h, m));
   if (config.pooling == "cls") return h.select(1, 0);
   return masked_mean(h, m);

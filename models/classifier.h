@@ -18,6 +18,12 @@ struct ClassifierConfig {
   int64_t head_hidden = 128;   // head: d -> head_hidden -> ReLU -> classes
   std::string pooling = "mean";  // "mean" over valid tokens, or "cls" (a learned token prepended)
   double embed_dropout = 0.0;
+  // Drop masked tokens before the encoder: each row keeps its valid tokens, in order, with
+  // their original positions, and the batch is cut to the longest row. The encoder never
+  // sees a padded token either way (masked keys get no weight, masked queries are zeroed and
+  // not pooled), so for the mechanisms that honour the mask this changes nothing but the
+  // cost; with LRA's token-0 mask a Pathfinder image shrinks to its ~200 lit pixels.
+  bool pack = false;
 };
 
 // tokens (B, n) i64 and key_padding_mask (B, n) bool (true = pad) -> logits (B, C).

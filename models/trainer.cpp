@@ -116,6 +116,19 @@ TaskData load_task(const TrainConfig& cfg, std::ostream& log) {
 }
 
 namespace {
+bool zero_mask_on(const TrainConfig& cfg) {
+  return cfg.zero_mask < 0 ? (cfg.task == "pathfinder" || cfg.task == "image") : cfg.zero_mask != 0;
+}
+// LRA's `token != 0` mask: token id 0 counts as padding wherever it appears.
+void mask_zero_tokens(data::Batch& b) {
+  for (auto [t, m] : {std::pair{&b.tokens, &b.mask}, std::pair{&b.tokens2, &b.mask2}}) {
+    if (!t->defined() || !m->defined()) continue;
+    const int64_t* tp = t->data_ptr<int64_t>();
+    bool* mp = m->data_ptr<bool>();
+    for (int64_t i = 0; i < t->numel(); ++i) mp[i] = mp[i] || tp[i] == 0;
+  }
+}
+
 int64_t longest(const data::Dataset& d) {
   int64_t m = 0;
   for (auto& e : d.examples) m = std::max<int64_t>(m, (int64_t)std::max(e.tokens.size(), e.tokens2.size()));
@@ -138,6 +151,7 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   c.max_len = std::max({longest(t.train), longest(t.val), longest(t.test)}) + 1;
   c.num_classes = std::max({t.train.num_classes, t.val.num_classes, t.test.num_classes});
   c.pooling = cfg.pooling;
+  c.pack = cfg.pack;
   c.encoder.depth = cfg.depth;
   c.encoder.d_model = cfg.d_model;
   c.encoder.n_heads = cfg.heads;
@@ -156,7 +170,7 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   return m;
 }
 
-double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches) {
+double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask) {
   NoGradGuard ng;
   m.module().eval();
   int64_t right = 0, total = 0;
@@ -171,6 +185,7 @@ double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_bat
     std::vector<int64_t> idx;
     for (int64_t p : pos) idx.push_back(order[(size_t)p]);
     data::Batch b = data::collate(d, idx);
+    if (zero_mask) mask_zero_tokens(b);
     Tensor pred = argmax(m.logits(b), -1);
     const int64_t* p = pred.data_ptr<int64_t>();
     const int64_t* y = b.labels.data_ptr<int64_t>();
@@ -288,6 +303,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
     if (cfg.stop_after > 0 && ran >= cfg.stop_after) break;
     const auto t0 = std::chrono::steady_clock::now();
     data::Batch b = loader.next();
+    if (zero_mask_on(cfg)) mask_zero_tokens(b);
     opt.zero_grad();
     Tensor logits = m.logits(b);
     Tensor loss = cross_entropy(logits, b.labels);
@@ -337,7 +353,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
       window = 0;
     }
     if (step % cfg.eval_every == 0 || step == cfg.steps) {
-      const double dev = evaluate(m, t.val, cfg.batch, cfg.eval_batches);
+      const double dev = evaluate(m, t.val, cfg.batch, cfg.eval_batches, zero_mask_on(cfg));
       if (dev > res.best_dev) {
         res.best_dev = dev;
         res.best_step = step;
@@ -357,8 +373,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   if (step >= cfg.steps && fs::exists(best_path)) {
     Checkpoint ck = load_checkpoint(best_path);
     mod.load_state_dict(strip(ck.tensors, "model."));
-    res.dev_at_best = evaluate(m, t.val, cfg.batch, 0);
-    res.test_at_best = evaluate(m, t.test, cfg.batch, 0);
+    res.dev_at_best = evaluate(m, t.val, cfg.batch, 0, zero_mask_on(cfg));
+    res.test_at_best = evaluate(m, t.test, cfg.batch, 0, zero_mask_on(cfg));
     if (!cfg.quiet)
       log << "best-on-dev checkpoint (step " << res.best_step << "): dev acc " << res.dev_at_best << ", test acc "
           << res.test_at_best << " (majority " << res.majority_test << "); " << res.ms_per_step << " ms/step, "
@@ -381,7 +397,7 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, cons
   const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
   if (split != "test" && split != "val" && split != "train")
     throw std::invalid_argument("eval: --split must be train, val or test");
-  return evaluate(m, d, cfg.batch, 0);
+  return evaluate(m, d, cfg.batch, 0, zero_mask_on(cfg));
 }
 
 }  // namespace lotgrad::models

@@ -27,6 +27,11 @@ struct TrainConfig {
   std::map<std::string, double> knobs;  // mechanism knobs over the preset (see attention_preset)
   bool use_preset = true;       // start from the public code's per-task settings for the mechanism
   std::string pooling = "mean";
+  // LRA's mask is `token != 0` in every task (lra.md §5): for images that masks every black
+  // pixel. -1 (auto): on for pathfinder and image, where it matters, to match the published
+  // setting; 0 off (black pixels are tokens); 1 on.
+  int zero_mask = -1;
+  bool pack = true;             // drop masked tokens before the encoder (ClassifierConfig::pack)
   int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
   double dropout = 0.1;
   // ---- optimisation

@@ -17,6 +17,8 @@ const char* kTrainHelp = R"(lotgrad train [options]
              --min-len N --max-len N   ListOps lengths, exclusive (500/2000)
              --path-length 6|9|14  Pathfinder difficulty (14)
   model:     --attention NAME (lotformer; see `lotgrad info`)  --no-preset  --pooling mean|cls
+             --zero-mask -1|0|1 (LRA's token-0-is-padding mask; -1: on for pathfinder and image)
+             --pack 0|1 (1: masked tokens are dropped before the encoder; same result, less work)
              --depth 2 --d-model 64 --heads 2 --mlp 128 --dropout 0.1
              mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --tol --learn-masses 0|1
                               --mass-temp --features --landmarks --fused 0|1 --lra-code-compat 0|1
@@ -32,7 +34,7 @@ const std::vector<std::string>& kKnobs = nn::attention_knob_options();
 
 models::TrainConfig parse_train(const Args& a) {
   std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
-                                    "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "depth",
+                                    "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "zero-mask", "pack", "depth",
                                     "d-model", "heads", "mlp", "dropout", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
                                     "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
                                     "checkpoint-every", "log-every", "resume", "help", "checkpoint", "split", "quiet"};
@@ -52,6 +54,8 @@ models::TrainConfig parse_train(const Args& a) {
   c.attention = a.get("attention", c.attention);
   c.use_preset = !a.flag("no-preset");
   c.pooling = a.get("pooling", c.pooling);
+  c.zero_mask = (int)a.get_int("zero-mask", c.zero_mask);
+  c.pack = a.get_int("pack", 1) != 0;
   c.depth = a.get_int("depth", c.depth);
   c.d_model = a.get_int("d-model", c.d_model);
   c.heads = a.get_int("heads", c.heads);
