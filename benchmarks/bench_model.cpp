@@ -210,6 +210,7 @@ int bench_step_main(int argc, char** argv) {
                               }, 0, 0);
     m.extra.push_back({"tokens_per_s", m.median_s > 0 ? (double)(B * n) / m.median_s : 0});
     m.extra.push_back({"peak_MB", (storage_bytes_peak() - base) / 1048576.0});
+    m.extra.push_back({"reserved_MB", storage_bytes_reserved_peak() / 1048576.0});
     m.extra.push_back({"rss_MB", peak_rss_mb()});
     m.tags.push_back({"model", std::to_string(model.num_parameters()) + " parameters"});
     h.emit(m);

@@ -107,14 +107,24 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape) {
 // storage and construction
 // ---------------------------------------------------------------------------------------
 namespace {
-std::atomic<int64_t> g_bytes_in_use{0}, g_bytes_peak{0};
+std::atomic<int64_t> g_bytes_in_use{0}, g_bytes_peak{0}, g_bytes_reserved{0}, g_bytes_reserved_peak{0};
+void raise_peak(std::atomic<int64_t>& peak, int64_t now) {
+  int64_t p = peak.load();
+  while (now > p && !peak.compare_exchange_weak(p, now)) {
+  }
 }
+}  // namespace
 int64_t storage_bytes_in_use() { return g_bytes_in_use.load(); }
 int64_t storage_bytes_peak() { return g_bytes_peak.load(); }
-void reset_storage_peak() { g_bytes_peak.store(g_bytes_in_use.load()); }
+int64_t storage_bytes_reserved() { return g_bytes_reserved.load(); }
+int64_t storage_bytes_reserved_peak() { return g_bytes_reserved_peak.load(); }
+void reset_storage_peak() {
+  g_bytes_peak.store(g_bytes_in_use.load());
+  g_bytes_reserved_peak.store(g_bytes_reserved.load());
+}
 
 namespace {
-// Freed blocks of at least 1 MiB are kept for reuse (exact size match): a fresh block
+// Freed blocks of at least 1 MiB are kept for reuse (best fit, below): a fresh block
 // from mmap costs a page fault per 4 KiB on first touch (tens of ms for tens of MB in
 // this VM), while reusing one costs a memset. Training steps repeat the same sizes.
 struct BlockCache {
@@ -127,15 +137,19 @@ BlockCache& block_cache() {
   static BlockCache* c = new BlockCache;  // never destroyed: tensors may outlive statics
   return *c;
 }
-void* take_block(size_t n) {
+// Best fit: the smallest cached block of at least n bytes and at most 2n. Exact-size reuse
+// alone left blocks of the backward's sizes idle through the forward, and with batches of
+// varying length (bucketing) it missed every time: fresh, page-faulting blocks each step.
+void* take_block(size_t n, size_t& got) {
   if (n < BlockCache::kMin) return nullptr;
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lk(c.mu);
-  auto it = c.blocks.find(n);
-  if (it == c.blocks.end()) return nullptr;
+  auto it = c.blocks.lower_bound(n);
+  if (it == c.blocks.end() || it->first > 2 * n) return nullptr;
   void* p = it->second;
+  got = it->first;
+  c.held -= got;
   c.blocks.erase(it);
-  c.held -= n;
   return p;
 }
 void give_block(void* p, size_t n) {
@@ -145,6 +159,7 @@ void give_block(void* p, size_t n) {
     while (c.held + n > BlockCache::kCap && !c.blocks.empty()) {  // drop the largest first
       auto last = std::prev(c.blocks.end());
       c.held -= last->first;
+      g_bytes_reserved.fetch_sub((int64_t)last->first);
       std::free(last->second);
       c.blocks.erase(last);
     }
@@ -154,6 +169,7 @@ void give_block(void* p, size_t n) {
       return;
     }
   }
+  g_bytes_reserved.fetch_sub((int64_t)n);
   std::free(p);
 }
 }  // namespace
@@ -161,29 +177,32 @@ void give_block(void* p, size_t n) {
 void empty_storage_cache() {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lk(c.mu);
-  for (auto& [n, p] : c.blocks) std::free(p);
+  for (auto& [n, p] : c.blocks) {
+    g_bytes_reserved.fetch_sub((int64_t)n);
+    std::free(p);
+  }
   c.blocks.clear();
   c.held = 0;
 }
 
 Storage::Storage(size_t n, bool zero) : nbytes(n) {
-  const size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
-  data = take_block(alloc);
-  if (!data) data = std::aligned_alloc(64, alloc);
-  if (!data) throw std::bad_alloc();
+  size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
+  data = take_block(alloc, alloc);
+  if (!data) {
+    data = std::aligned_alloc(64, alloc);
+    if (!data) throw std::bad_alloc();
+    raise_peak(g_bytes_reserved_peak, g_bytes_reserved.fetch_add((int64_t)alloc) + (int64_t)alloc);
+  }
+  block = alloc;
   if (zero) {  // large blocks are zeroed by all threads (a serial memset left the others idle)
     char* c = static_cast<char*>(data);
     parallel_for(0, (int64_t)alloc, 1 << 20, [&](int64_t b, int64_t e) { std::memset(c + b, 0, (size_t)(e - b)); });
   }
-  const int64_t now = g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc;
-  int64_t peak = g_bytes_peak.load();
-  while (now > peak && !g_bytes_peak.compare_exchange_weak(peak, now)) {
-  }
+  raise_peak(g_bytes_peak, g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc);
 }
 Storage::~Storage() {
-  const size_t alloc = std::max<size_t>(64, (nbytes + 63) / 64 * 64);
-  give_block(data, alloc);
-  g_bytes_in_use.fetch_sub((int64_t)alloc);
+  give_block(data, block);
+  g_bytes_in_use.fetch_sub((int64_t)block);
 }
 
 static Tensor new_tensor(const Shape& shape, DType dtype, bool zero) {

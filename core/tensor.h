@@ -26,14 +26,20 @@ struct Node;
 int64_t storage_bytes_in_use();
 int64_t storage_bytes_peak();
 void reset_storage_peak();
-// Freed blocks of 1 MiB or more are cached by exact size (up to 2 GiB) and reused: a fresh
+// Freed blocks of 1 MiB or more are cached (up to 2 GiB) and reused by best fit: a fresh
 // large block costs a page fault per 4 KiB on first touch. This returns them to the system.
 void empty_storage_cache();
+// Bytes held from the system for tensor storage: in use plus cached, now and at most since
+// the last reset_storage_peak() (what the storage costs the process; cf. PyTorch's
+// memory_reserved / max_memory_reserved).
+int64_t storage_bytes_reserved();
+int64_t storage_bytes_reserved_peak();
 
 // Owned, aligned bytes plus the version counter shared by every view.
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
+  size_t block = 0;  // bytes of the underlying block (a cached block may be a little larger)
   uint64_t version = 0;
   explicit Storage(size_t nbytes, bool zero = true);  // zero-initialised unless zero is false
   ~Storage();
