@@ -45,6 +45,25 @@ TEST_CASE("storage is 64-byte aligned and printing names shape and dtype") {
   CHECK(s.find("f64") != std::string::npos);
 }
 
+TEST_CASE("the storage cache reuses a freed block of n..2n bytes and counts reserved bytes") {
+  empty_storage_cache();
+  const int64_t base = storage_bytes_reserved();
+  CHECK(base == storage_bytes_in_use());  // nothing cached
+  { Tensor a = Tensor::empty({1 << 20}, kFloat32); }  // 4 MiB, freed into the cache
+  CHECK(storage_bytes_reserved() == base + (4 << 20));
+  {
+    Tensor b = Tensor::empty({3 << 18}, kFloat32);  // 3 MiB: served by the cached 4 MiB block
+    CHECK(storage_bytes_reserved() == base + (4 << 20));
+    for (double v : b.narrow(0, 0, 64).to_vector()) CHECK(v == 0.0);  // zero-filled all the same
+    Tensor c = Tensor::empty({3 << 17}, kFloat32);  // 1.5 MiB: nothing cached fits, a fresh block
+    CHECK(storage_bytes_reserved() == base + (4 << 20) + (3 << 19));
+  }
+  { Tensor d = Tensor::empty({3 << 17}, kFloat32); }  // 1.5 MiB: the cached 1.5 MiB block, not the 4 MiB
+  CHECK(storage_bytes_reserved() == base + (4 << 20) + (3 << 19));
+  empty_storage_cache();
+  CHECK(storage_bytes_reserved() == storage_bytes_in_use());
+}
+
 TEST_CASE("gradients accumulate over uses and across backward calls") {
   Tensor x = leaf({3}, 1);
   Tensor y = mul(x, x);  // the same tensor used twice
