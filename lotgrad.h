@@ -15,6 +15,7 @@
 #include "ops/heads.h"
 #include "ops/loss.h"
 #include "ops/matmul.h"
+#include "ops/mlp.h"
 #include "ops/norm.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"

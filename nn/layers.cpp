@@ -4,6 +4,7 @@
 #include "../ops/elementwise.h"
 #include "../ops/embedding.h"
 #include "../ops/matmul.h"
+#include "../ops/mlp.h"
 #include "../ops/norm.h"
 #include "init.h"
 
@@ -51,7 +52,10 @@ MLP::MLP(int64_t dim, int64_t hidden, Generator& init_gen, double dropout_p, std
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, dgen));
 }
 Tensor MLP::forward(const Tensor& x) const {
-  return drop->forward(fc2->forward(drop->forward(gelu(fc1->forward(x)))));
+  // fc2(dropout(gelu(fc1(x)))) as one op (ops/mlp.h): the hidden activation is recomputed
+  // in the backward instead of being stored.
+  Generator& g = drop->gen ? *drop->gen : default_generator();
+  return drop->forward(mlp_gelu(x, fc1->weight, fc1->bias, fc2->weight, fc2->bias, drop->p, drop->is_training(), g));
 }
 
 Tensor Sequential::forward(const Tensor& x) const {

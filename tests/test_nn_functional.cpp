@@ -335,6 +335,58 @@ TEST_CASE("dropout: gradient checks (f64)") {
 }
 
 // =======================================================================================
+TEST_CASE("mlp_gelu: equals linear -> gelu -> dropout -> linear, values and gradients, f64 and f32") {
+  for (DType dt : {kFloat64, kFloat32})
+    for (double p : {0.0, 0.3}) {
+      INFO(dtype_name(dt), " p ", p);
+      const double tol = dt == kFloat64 ? 1e-12 : 2e-5;
+      Tensor x = rnd({3, 70, 8}, 1, dt), w1 = rnd({24, 8}, 2, dt), b1 = rnd({24}, 3, dt), w2 = rnd({5, 24}, 4, dt),
+             b2 = rnd({5}, 5, dt), up = rnd({3, 70, 5}, 6, dt);
+      std::vector<Tensor> ps = {x, w1, b1, w2, b2};
+      for (Tensor& t : ps) t.requires_grad_();
+      auto grads = [&](const Tensor& y) {
+        for (Tensor& t : ps) t.zero_grad();
+        y.backward(up);
+        std::vector<Tensor> g;
+        for (Tensor& t : ps) g.push_back(t.grad());
+        return g;
+      };
+      Generator g1(7), g2(7);
+      Tensor fused = mlp_gelu(ps[0], ps[1], ps[2], ps[3], ps[4], p, true, g1);
+      const std::vector<Tensor> gf = grads(fused);
+      Tensor comp = linear(dropout(gelu(linear(ps[0], ps[1], ps[2])), p, true, g2), ps[3], ps[4]);
+      const std::vector<Tensor> gc = grads(comp);
+      CHECK(max_abs_diff(fused, comp) < tol);
+      for (size_t i = 0; i < gf.size(); ++i) CHECK(max_abs_diff(gf[i], gc[i]) < tol * 10);
+      CHECK(g1.counter() == g2.counter());  // the same draws
+    }
+}
+
+TEST_CASE("mlp_gelu: gradient checks (f64) with views, no biases, a tensor used twice; errors") {
+  CHECK_GRAD([](const V& v) {
+    Generator g(3);
+    return mlp_gelu(v[0], v[1], v[2], v[3], v[4], 0.25, true, g);
+  }, {leaf({2, 3, 4}, 1), leaf({6, 4}, 2), leaf({6}, 3), leaf({5, 6}, 4), leaf({5}, 5)});
+  CHECK_GRAD([](const V& v) {
+    Generator g(4);
+    return mlp_gelu(v[0], v[1], Tensor(), v[2], Tensor(), 0.0, true, g);
+  }, {noncontig_leaf({3, 4}, 6), noncontig_leaf({6, 4}, 7), leaf({4, 6}, 8)});
+  CHECK_GRAD([](const V& v) {  // w used as both weights, x twice
+    Generator g(5);
+    return mul(mlp_gelu(v[0], v[1], v[2], v[1], v[2], 0.2, true, g), v[0]);
+  }, {leaf({3, 4}, 9), leaf({4, 4}, 10), leaf({4}, 11)});
+  Generator g(1);
+  CHECK_THROWS_WITH_AS(mlp_gelu(Tensor::zeros({2, 3}), Tensor::zeros({6, 4}), Tensor(), Tensor::zeros({5, 6}), Tensor(), 0.1, true, g),
+                       doctest::Contains("w1 (6, 4)"), ShapeError);
+  CHECK_THROWS_AS(mlp_gelu(Tensor::zeros({2, 4}), Tensor::zeros({6, 4}), Tensor(), Tensor::zeros({5, 6}), Tensor(), 1.0, true, g),
+                  std::invalid_argument);
+  // eval mode draws nothing
+  const uint64_t c0 = g.counter();
+  mlp_gelu(Tensor::zeros({2, 4}), Tensor::zeros({6, 4}), Tensor(), Tensor::zeros({5, 6}), Tensor(), 0.5, false, g);
+  CHECK(g.counter() == c0);
+}
+
+// =======================================================================================
 TEST_CASE("cross_entropy: hand-computed values, ignore_index, label smoothing, reductions") {
   // logits (3, 3); targets 2, -100 (ignored), 0.
   Tensor lg = Tensor::from_vector(std::vector<double>{1.0, 2.0, 3.0, 0.5, 0.5, 0.5, -1.0, 0.0, 1.0}, {3, 3});

@@ -1,0 +1,126 @@
+#include "mlp.h"
+
+#include "../core/autograd.h"
+#include "../core/iter.h"
+#include "../core/parallel.h"
+#include "gelu_math.h"
+#include "matmul.h"
+
+namespace lotgrad {
+
+namespace {
+
+struct Mask {  // the dropout mask as counters (see dropout.h)
+  bool on = false;
+  uint64_t seed = 0, base = 0;
+  double p = 0, scale = 1;
+};
+
+// a = gelu(u) * mask * scale over contiguous data: (rows, hidden), row-major.
+template <class T>
+void gelu_dropout(const T* u, T* a, int64_t n, const Mask& m) {
+  parallel_for(0, n, kParallelGrain / 4, [&](int64_t b, int64_t e) {
+    if (!m.on) {
+      for (int64_t i = b; i < e; ++i) a[i] = gelu_erf(u[i]);
+      return;
+    }
+    const T s = (T)m.scale;
+    for (int64_t i = b; i < e; ++i)
+      a[i] = Generator::uniform(m.seed, m.base + (uint64_t)i) >= m.p ? gelu_erf(u[i]) * s : T(0);
+  });
+}
+// g <- g * mask * scale * gelu'(u), in place.
+template <class T>
+void gelu_dropout_backward(const T* u, T* g, int64_t n, const Mask& m) {
+  parallel_for(0, n, kParallelGrain / 4, [&](int64_t b, int64_t e) {
+    if (!m.on) {
+      for (int64_t i = b; i < e; ++i) g[i] = g[i] * gelu_erf_grad(u[i]);
+      return;
+    }
+    const T s = (T)m.scale;
+    for (int64_t i = b; i < e; ++i)
+      g[i] = Generator::uniform(m.seed, m.base + (uint64_t)i) >= m.p ? g[i] * s * gelu_erf_grad(u[i]) : T(0);
+  });
+}
+Tensor rows2(const Tensor& t) { return t.view({t.numel() / t.size(-1), t.size(-1)}); }
+// (c, r) view of a 2-d tensor, no history.
+Tensor t2(const Tensor& t) { return make_view(t, {t.size(1), t.size(0)}, {t.stride(1), t.stride(0)}, t.offset()); }
+
+struct MlpGeluBackward : Node {
+  SavedTensor x, u, w1, w2;
+  Mask mask;
+  const char* name() const override { return "MlpGeluBackward"; }
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
+    const Tensor gy = rows2(grads[0].contiguous());             // (R, out)
+    const Tensor uv = u.unpack(this);                            // (R, hidden), contiguous
+    const Tensor w2v = w2.unpack(this);
+    Tensor gx, gw1, gb1, gw2, gb2;
+    if (needs_grad(3)) {
+      Tensor a = make_tensor_uninit(uv.shape(), uv.dtype());
+      dispatch_float(uv.dtype(), name(), [&]<class T>() { gelu_dropout<T>(uv.data_ptr<T>(), a.data_ptr<T>(), a.numel(), mask); });
+      gw2 = detail::batched_gemm(t2(gy), a, {});                 // (out, hidden)
+    }
+    if (needs_grad(4)) gb2 = sum_to(gy, {gy.size(1)});
+    if (needs_grad(0) || needs_grad(1) || needs_grad(2)) {
+      Tensor gu = detail::batched_gemm(gy, w2v, {});             // (R, hidden)
+      dispatch_float(uv.dtype(), name(), [&]<class T>() {
+        gelu_dropout_backward<T>(uv.data_ptr<T>(), gu.data_ptr<T>(), gu.numel(), mask);
+      });
+      if (needs_grad(1)) gw1 = detail::batched_gemm(t2(gu), rows2(x.unpack(this).contiguous()), {});  // (hidden, in)
+      if (needs_grad(2)) gb1 = sum_to(gu, {gu.size(1)});
+      if (needs_grad(0)) gx = detail::batched_gemm(gu, w1.unpack(this), {}).view(next[0].shape);     // (..., in)
+    }
+    return {gx, gw1, gb1, gw2, gb2};
+  }
+  void release() override { x.reset(); u.reset(); w1.reset(); w2.reset(); }
+};
+
+}  // namespace
+
+Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, double p,
+                bool training, Generator& gen) {
+  const char* op = "mlp_gelu";
+  if (!x.defined() || !w1.defined() || !w2.defined()) throw ShapeError("mlp_gelu: undefined tensor");
+#define LOTGRAD_MLP_OPERANDS {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}}
+  for (const Tensor* t : {&w1, &b1, &w2, &b2})
+    if (t->defined() && t->dtype() != x.dtype()) throw_dtype(op, "every operand must share x's dtype", LOTGRAD_MLP_OPERANDS);
+  if (!is_floating(x.dtype())) throw_dtype(op, "expects floating tensors (f32 or f64)", LOTGRAD_MLP_OPERANDS);
+  const int64_t hidden = w1.dim() == 2 ? w1.size(0) : -1;
+  if (x.dim() < 1 || w1.dim() != 2 || w2.dim() != 2 || x.size(-1) != w1.size(1) || w2.size(1) != hidden ||
+      (b1.defined() && b1.shape() != Shape{hidden}) || (b2.defined() && b2.shape() != Shape{w2.size(0)}))
+    throw_shape(op, "expects x (..., in), w1 (hidden, in), b1 (hidden), w2 (out, hidden), b2 (out)", LOTGRAD_MLP_OPERANDS);
+#undef LOTGRAD_MLP_OPERANDS
+  if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument("mlp_gelu: p must be in [0, 1), got " + std::to_string(p));
+  Mask m;
+  Tensor u, a;
+  {
+    NoGradGuard ng;
+    u = linear(x.detach(), w1.detach(), b1.defined() ? b1.detach() : Tensor()).contiguous();  // (..., hidden)
+    if (training && p > 0) {
+      m.on = true;
+      m.seed = gen.seed();
+      m.base = gen.reserve((uint64_t)u.numel());
+      m.p = p;
+      m.scale = 1.0 / (1.0 - p);
+    }
+    a = make_tensor_uninit(u.shape(), u.dtype());
+    dispatch_float(u.dtype(), op, [&]<class T>() { gelu_dropout<T>(u.data_ptr<T>(), a.data_ptr<T>(), a.numel(), m); });
+  }
+  Tensor y;
+  {
+    NoGradGuard ng;
+    y = linear(a, w2.detach(), b2.defined() ? b2.detach() : Tensor());
+  }
+  a = Tensor();  // recomputed in the backward
+  if (auto n = make_node<MlpGeluBackward>({x, w1, b1, w2, b2})) {
+    n->mask = m;
+    n->u = save(rows2(u));
+    if (n->needs_grad(1)) n->x = save(x);
+    if (n->needs_grad(0)) n->w1 = save(w1);
+    n->w2 = save(w2);
+    set_history(y, n);
+  }
+  return y;
+}
+
+}  // namespace lotgrad
