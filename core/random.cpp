@@ -6,18 +6,11 @@
 
 namespace lotgrad {
 
-namespace {
-inline uint64_t mix64(uint64_t z) {  // splitmix64 finaliser: a bijective 64-bit mixer
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
+uint64_t Generator::uniform_threshold(double p) {
+  if (!(p > 0)) return 0;
+  if (p >= 1) return uint64_t(1) << 53;  // nothing passes
+  return (uint64_t)std::ceil(p * 0x1.0p53);
 }
-}  // namespace
-
-uint64_t Generator::bits(uint64_t seed, uint64_t counter) {
-  return mix64(mix64(seed + 0x9e3779b97f4a7c15ULL) ^ (counter * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
-}
-double Generator::uniform(uint64_t seed, uint64_t counter) { return (double)(bits(seed, counter) >> 11) * 0x1.0p-53; }
 double Generator::normal(uint64_t seed, uint64_t counter) {
   // Box-Muller from two independent streams at the same counter.
   const double u1 = ((double)(bits(seed, counter) >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]

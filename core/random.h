@@ -17,10 +17,21 @@ class Generator {
   // Reserves n draws; returns the first counter. Draw i is at counter base + i.
   uint64_t reserve(uint64_t n) { uint64_t b = counter_; counter_ += n; return b; }
 
-  // Stateless draws at a given counter.
-  static uint64_t bits(uint64_t seed, uint64_t counter);
-  static double uniform(uint64_t seed, uint64_t counter);  // [0, 1)
+  // Stateless draws at a given counter. bits and uniform are inline so that loops over
+  // counters (dropout masks) vectorise.
+  static uint64_t bits(uint64_t seed, uint64_t counter) {
+    return mix64(mix64(seed + 0x9e3779b97f4a7c15ULL) ^ (counter * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
+  }
+  static double uniform(uint64_t seed, uint64_t counter) { return (double)(bits(seed, counter) >> 11) * 0x1.0p-53; }  // [0, 1)
   static double normal(uint64_t seed, uint64_t counter);   // N(0, 1)
+  // uniform(seed, c) >= p  <=>  (bits(seed, c) >> 11) >= uniform_threshold(p): the same test
+  // in integers (p * 2^53 is exact), cheaper in a vectorised loop.
+  static uint64_t uniform_threshold(double p);
+  static uint64_t mix64(uint64_t z) {  // splitmix64 finaliser: a bijective 64-bit mixer
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
 
   // Stateful conveniences (each reserves its draws).
   double uniform() { return uniform(seed_, reserve(1)); }

@@ -14,6 +14,8 @@ struct Mask {  // the dropout mask as counters (see dropout.h)
   bool on = false;
   uint64_t seed = 0, base = 0;
   double p = 0, scale = 1;
+  uint64_t thr = 0;  // kept iff (bits >> 11) >= thr, i.e. uniform >= p
+  bool kept(int64_t i) const { return (Generator::bits(seed, base + (uint64_t)i) >> 11) >= thr; }
 };
 
 // a = gelu(u) * mask * scale over contiguous data: (rows, hidden), row-major.
@@ -26,7 +28,7 @@ void gelu_dropout(const T* u, T* a, int64_t n, const Mask& m) {
     }
     const T s = (T)m.scale;
     for (int64_t i = b; i < e; ++i)
-      a[i] = Generator::uniform(m.seed, m.base + (uint64_t)i) >= m.p ? gelu_erf(u[i]) * s : T(0);
+      a[i] = m.kept(i) ? gelu_erf(u[i]) * s : T(0);
   });
 }
 // g <- g * mask * scale * gelu'(u), in place.
@@ -39,7 +41,7 @@ void gelu_dropout_backward(const T* u, T* g, int64_t n, const Mask& m) {
     }
     const T s = (T)m.scale;
     for (int64_t i = b; i < e; ++i)
-      g[i] = Generator::uniform(m.seed, m.base + (uint64_t)i) >= m.p ? g[i] * s * gelu_erf_grad(u[i]) : T(0);
+      g[i] = m.kept(i) ? g[i] * s * gelu_erf_grad(u[i]) : T(0);
   });
 }
 Tensor rows2(const Tensor& t) { return t.view({t.numel() / t.size(-1), t.size(-1)}); }
@@ -102,6 +104,7 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
       m.base = gen.reserve((uint64_t)u.numel());
       m.p = p;
       m.scale = 1.0 / (1.0 - p);
+      m.thr = Generator::uniform_threshold(p);
     }
     a = make_tensor_uninit(u.shape(), u.dtype());
     dispatch_float(u.dtype(), op, [&]<class T>() { gelu_dropout<T>(u.data_ptr<T>(), a.data_ptr<T>(), a.numel(), m); });

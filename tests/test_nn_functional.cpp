@@ -318,6 +318,17 @@ TEST_CASE("dropout: seeded, thread-count independent, scaled; identity in eval")
   CHECK(same_bits(dropout(xt, 0.5, true, g4), dropout(xt.contiguous(), 0.5, true, g5)));
 }
 
+TEST_CASE("dropout: the integer keep test equals uniform >= p exactly") {
+  for (double p : {1e-9, 0.1, 0.25, 0.3, 0.5, 1.0 / 3.0, 0.9, 0.999999})
+    for (uint64_t c = 0; c < 20000; ++c) {
+      const bool by_double = Generator::uniform(11, c) >= p;
+      const bool by_int = (Generator::bits(11, c) >> 11) >= Generator::uniform_threshold(p);
+      if (by_double != by_int) FAIL("p ", p, " counter ", c);
+    }
+  CHECK(Generator::uniform_threshold(0.0) == 0);
+  CHECK(Generator::uniform_threshold(1.0) == (uint64_t(1) << 53));
+}
+
 TEST_CASE("dropout: gradient checks (f64)") {
   // A fresh generator per call gives the same mask on every evaluation.
   CHECK_GRAD([](const V& v) {
