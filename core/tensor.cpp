@@ -589,14 +589,14 @@ void copy_kernel(const Tensor& dst, const Tensor& src) {
 
 Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
 Tensor Tensor::clone() const {
-  Tensor out = make_tensor(shape(), dtype());
+  Tensor out = make_tensor_uninit(shape(), dtype());  // the copy writes every element
   copy_kernel(out, *this);
   if (auto n = make_node<CloneBackward>({*this})) set_history(out, n);
   return out;
 }
 Tensor Tensor::to(DType dt) const {
   if (dt == dtype()) return *this;
-  Tensor out = make_tensor(shape(), dt);
+  Tensor out = make_tensor_uninit(shape(), dt);
   copy_kernel(out, *this);
   if (is_floating(dt) && is_floating(dtype())) {
     if (auto n = make_node<ToBackward>({*this})) {

@@ -20,16 +20,21 @@ void gather_heads(const T* src, T* dst, int64_t B, int64_t n, int64_t W, int64_t
     }
   });
 }
-// The inverse scatter: dst[b, i, off + h*dh + c] = src[b, h, i, c]; dst (B, n, W).
+// The inverse scatter: dst[b, i, off + h*dh + c] = src[b, h, i, c]; dst (B, n, W) contiguous,
+// src read through its strides (a gradient may arrive as a transposed view: no copy first).
 template <class T>
-void scatter_heads(const T* src, T* dst, int64_t B, int64_t n, int64_t W, int64_t H, int64_t dh, int64_t off) {
+void scatter_heads(const T* src, const Shape& ss, T* dst, int64_t B, int64_t n, int64_t W, int64_t H, int64_t dh,
+                   int64_t off) {
   parallel_for(0, B * n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, H * dh)), [&](int64_t s, int64_t e) {
     for (int64_t bi = s; bi < e; ++bi) {
       const int64_t b = bi / n, i = bi % n;
       for (int64_t h = 0; h < H; ++h) {
-        const T* sp = src + ((b * H + h) * n + i) * dh;
+        const T* sp = src + b * ss[0] + h * ss[1] + i * ss[2];
         T* dp = dst + bi * W + off + h * dh;
-        for (int64_t c = 0; c < dh; ++c) dp[c] = sp[c];
+        if (ss[3] == 1)
+          for (int64_t c = 0; c < dh; ++c) dp[c] = sp[c];
+        else
+          for (int64_t c = 0; c < dh; ++c) dp[c] = sp[c * ss[3]];
       }
     }
   });
@@ -49,8 +54,7 @@ struct SplitQKVBackward : Node {
     dispatch_float(dt, name(), [&]<class T>() {
       for (int p = 0; p < 3 && p < (int)g.size(); ++p) {
         if (!g[p].defined()) continue;
-        Tensor gc = g[p].contiguous();
-        scatter_heads<T>(gc.data_ptr<T>(), out.data_ptr<T>(), B, n, W, H, dh, p * H * dh);
+        scatter_heads<T>(g[p].data_ptr<T>(), g[p].strides(), out.data_ptr<T>(), B, n, W, H, dh, p * H * dh);
       }
     });
     return {out};
@@ -96,11 +100,11 @@ std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv_in, int64_t H) {
 Tensor merge_heads(const Tensor& o_in) {
   if (o_in.dim() != 4) throw_shape("merge_heads", "expects (B, H, n, dh)", {{"o", &o_in}});
   if (!is_floating(o_in.dtype())) throw_dtype("merge_heads", "expects a floating tensor", {{"o", &o_in}});
-  Tensor o = o_in.contiguous();
+  const Tensor o = o_in.detach();  // any strides: the scatter reads through them
   const int64_t B = o.size(0), H = o.size(1), n = o.size(2), dh = o.size(3);
   Tensor out = make_tensor_uninit({B, n, H * dh}, o.dtype());
   dispatch_float(o.dtype(), "merge_heads", [&]<class T>() {
-    scatter_heads<T>(o.data_ptr<T>(), out.data_ptr<T>(), B, n, H * dh, H, dh, 0);
+    scatter_heads<T>(o.data_ptr<T>(), o.strides(), out.data_ptr<T>(), B, n, H * dh, H, dh, 0);
   });
   if (auto node = make_node<MergeHeadsBackward>({o_in})) {
     node->B = B;

@@ -272,5 +272,13 @@ TEST_CASE("split_qkv_heads and merge_heads: values against views, gradient check
   CHECK_GRAD([](const std::vector<Tensor>& v) { return exp(split_qkv_heads(v[0], 2)[1]); }, {x});  // k only
   Tensor nc = lotgrad::testing::noncontig_leaf({2, 3, 12}, 92);
   CHECK_GRAD([](const std::vector<Tensor>& v) { return merge_heads(split_qkv_heads(v[0], 2)[2]); }, {nc});
+  // Gradients and inputs that arrive as transposed or broadcast views are read in place.
+  CHECK_GRAD([](const std::vector<Tensor>& v) {
+    auto s = split_qkv_heads(v[0], 2);
+    return matmul(v[1], s[1].transpose(-2, -1));  // (2, 3) x (B, H, dh, n): k's gradient comes back transposed
+  }, {x, leaf({3, 2}, 93)});
+  CHECK_GRAD([](const std::vector<Tensor>& v) { return merge_heads(v[0].transpose(-2, -1)); }, {leaf({2, 2, 2, 3}, 94)});
+  CHECK_GRAD([](const std::vector<Tensor>& v) { return merge_heads(v[0].expand({2, 2, 3, 2})); }, {leaf({1, 2, 1, 2}, 95)});
+  CHECK(merge_heads(h[0].transpose(-2, -1).contiguous().transpose(-2, -1)).to_vector() == merge_heads(h[0]).to_vector());
   CHECK_THROWS_AS(split_qkv_heads(x, 5), ShapeError);
 }
