@@ -117,8 +117,8 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& 
 void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
   if (x.dim() != 3 || x.size(2) != d_model_)
     throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
-  // (B, n, 3D) -> three contiguous (B, H, n, dh), one copy each way
-  auto h = split_qkv_heads(qkv->forward(x), opt_.n_heads);
+  // x (B, n, D) -> three contiguous (B, H, n, dh), projected a sequence at a time
+  auto h = linear_qkv_heads(x, qkv->weight, qkv->bias, opt_.n_heads);
   q = h[0];
   k = h[1];
   v = h[2];

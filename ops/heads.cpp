@@ -2,6 +2,7 @@
 
 #include "../core/autograd.h"
 #include "../core/iter.h"
+#include "matmul.h"
 
 namespace lotgrad {
 
@@ -72,7 +73,84 @@ struct MergeHeadsBackward : Node {
     return {out};
   }
 };
+// x (B, n, D) -> (q, k, v): sequence b's projection (n, 3HD) is made, split into heads
+// and dropped before the next; the backward reassembles one (n, 3HD) gradient block at a
+// time for dx, dW and db (db and dW summed over sequences in order: deterministic).
+struct LinearQKVHeadsBackward : Node {
+  SavedTensor x, w;
+  int64_t B = 0, n = 0, H = 0, dh = 0, D = 0;
+  bool has_bias = false;
+  const char* name() const override { return "LinearQKVHeadsBackward"; }
+  std::vector<Tensor> apply(std::vector<Tensor>& g) override {
+    const int64_t W = 3 * H * dh;
+    DType dt = DType::f32;
+    for (auto& t : g)
+      if (t.defined()) dt = t.dtype();
+    const Tensor wv = w.defined() ? w.unpack(this) : Tensor(), xv = x.defined() ? x.unpack(this) : Tensor();
+    Tensor dx = needs_grad(0) ? make_tensor_uninit({B, n, D}, dt) : Tensor();
+    Tensor dw;
+    std::vector<double> db(has_bias && needs_grad(2) ? (size_t)W : 0, 0.0);
+    Tensor blk = (g.size() >= 3 && g[0].defined() && g[1].defined() && g[2].defined()) ? make_tensor_uninit({n, W}, dt)
+                                                                                       : make_tensor({n, W}, dt);
+    dispatch_float(dt, name(), [&]<class T>() {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int p = 0; p < 3 && p < (int)g.size(); ++p) {
+          if (!g[p].defined()) continue;
+          const Tensor gb = g[p].select(0, b).unsqueeze(0);  // (1, H, n, dh) view
+          scatter_heads<T>(gb.data_ptr<T>(), gb.strides(), blk.data_ptr<T>(), 1, n, W, H, dh, p * H * dh);
+        }
+        if (dx.defined()) dx.select(0, b).copy_(detail::batched_gemm(blk, wv, {}));  // (n, W) . (W, D)
+        if (needs_grad(1)) dw = detail::batched_gemm(blk.t(), xv.select(0, b), {}, dw);  // += blkᵀ . x_b
+        if (!db.empty()) {
+          const Tensor s = sum_to(blk, {W});
+          const T* sp = s.data_ptr<T>();
+          for (int64_t j = 0; j < W; ++j) db[(size_t)j] += (double)sp[j];
+        }
+      }
+    });
+    Tensor dbias = db.empty() ? Tensor() : Tensor::from_vector(db, {W}).to(dt);
+    return {dx, dw, dbias};
+  }
+  void release() override { x.reset(); w.reset(); }
+};
 }  // namespace
+
+std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t H) {
+  const char* op = "linear_qkv_heads";
+  if (!x_in.defined() || !weight.defined()) throw ShapeError("linear_qkv_heads: undefined tensor");
+  if (x_in.dim() != 3 || weight.dim() != 2 || weight.size(1) != x_in.size(2) || H <= 0 || weight.size(0) % (3 * H) ||
+      (bias.defined() && bias.shape() != Shape{weight.size(0)}))
+    throw_shape(op, "expects x (B, n, D), weight (3*heads*dh, D), bias (3*heads*dh) with heads = " + std::to_string(H),
+                {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
+  if (!is_floating(x_in.dtype()) || weight.dtype() != x_in.dtype() || (bias.defined() && bias.dtype() != x_in.dtype()))
+    throw_dtype(op, "expects floating tensors of one dtype", {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
+  const Tensor x = x_in.detach().contiguous(), wd = weight.detach(), bd = bias.defined() ? bias.detach() : Tensor();
+  const int64_t B = x.size(0), n = x.size(1), W = weight.size(0), dh = W / (3 * H);
+  std::array<Tensor, 3> out;
+  for (int p = 0; p < 3; ++p) out[p] = make_tensor_uninit({B, H, n, dh}, x.dtype());
+  {
+    NoGradGuard ng;
+    dispatch_float(x.dtype(), op, [&]<class T>() {
+      for (int64_t b = 0; b < B; ++b) {
+        const Tensor blk = linear(x.select(0, b), wd, bd);  // (n, W), contiguous
+        for (int p = 0; p < 3; ++p)
+          gather_heads<T>(blk.data_ptr<T>(), out[p].data_ptr<T>() + b * H * n * dh, 1, n, W, H, dh, p * H * dh);
+      }
+    });
+  }
+  if (auto node = make_node<LinearQKVHeadsBackward>({x_in, weight, bias})) {
+    node->B = B;
+    node->n = n;
+    node->H = H;
+    node->dh = dh;
+    node->D = x.size(2);
+    node->has_bias = bias.defined();
+    if (node->needs_grad(1)) node->x = save(x);
+    if (node->needs_grad(0)) node->w = save(weight);
+    for (uint32_t p = 0; p < 3; ++p) set_history(out[p], node, p);
+  }
+  return out;
+}
 
 std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv_in, int64_t H) {
   if (qkv_in.dim() != 3 || H <= 0 || qkv_in.size(2) % (3 * H))

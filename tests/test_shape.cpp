@@ -255,6 +255,43 @@ TEST_CASE("index gradients are deterministic and thread-count independent") {
   CHECK(p == s);
 }
 
+TEST_CASE("linear_qkv_heads: equals split_qkv_heads(linear(...)), gradient checks, partial use, errors") {
+  using lotgrad::testing::leaf;
+  using lotgrad::testing::noncontig_leaf;
+  for (DType dt : {kFloat64, kFloat32}) {
+    Generator g(3);
+    Tensor x = randn({3, 40, 8}, g, dt), w = randn({24, 8}, g, dt), b = randn({24}, g, dt);
+    std::vector<Tensor> ups;
+    for (int p = 0; p < 3; ++p) ups.push_back(randn({3, 2, 40, 4}, g, dt));
+    for (Tensor* t : {&x, &w, &b}) t->requires_grad_();
+    auto run = [&](bool fused) {
+      for (Tensor* t : {&x, &w, &b}) t->zero_grad();
+      std::array<Tensor, 3> h = fused ? linear_qkv_heads(x, w, b, 2) : split_qkv_heads(linear(x, w, b), 2);
+      Tensor loss = add(add(sum(mul(h[0], ups[0])), sum(mul(h[1], ups[1]))), sum(mul(h[2], ups[2])));
+      loss.backward();
+      return std::vector<Tensor>{h[0].detach(), h[1].detach(), h[2].detach(), x.grad(), w.grad(), b.grad()};
+    };
+    const auto f = run(true), c = run(false);
+    const double tol = dt == kFloat64 ? 1e-12 : 1e-5;
+    for (size_t i = 0; i < f.size(); ++i) {
+      INFO(dtype_name(dt), " output ", i);
+      CHECK(lotgrad::testing::max_abs_diff(f[i], c[i]) < tol * 10);
+    }
+  }
+  CHECK_GRAD([](const std::vector<Tensor>& v) {
+    auto s = linear_qkv_heads(v[0], v[1], v[2], 2);
+    return add(mul(s[0], s[2]), s[1]);
+  }, {leaf({2, 3, 4}, 1), leaf({12, 4}, 2), leaf({12}, 3)});
+  CHECK_GRAD([](const std::vector<Tensor>& v) { return exp(linear_qkv_heads(v[0], v[1], Tensor(), 2)[1]); },
+             {noncontig_leaf({2, 3, 4}, 4), noncontig_leaf({12, 4}, 5)});  // k only, no bias, strided inputs
+  CHECK_GRAD([](const std::vector<Tensor>& v) {  // x used twice; a transposed gradient comes back
+    auto s = linear_qkv_heads(v[0], v[1], v[2], 1);
+    return add(sum(matmul(s[0], s[1].transpose(-2, -1))), sum(mul(v[0], v[0])));
+  }, {leaf({2, 3, 4}, 6), leaf({12, 4}, 7), leaf({12}, 8)});
+  CHECK_THROWS_WITH_AS(linear_qkv_heads(Tensor::zeros({2, 3, 4}), Tensor::zeros({10, 4}), Tensor(), 2),
+                       doctest::Contains("weight (10, 4)"), ShapeError);
+}
+
 TEST_CASE("split_qkv_heads and merge_heads: values against views, gradient checks, partial use") {
   using lotgrad::testing::leaf;
   Tensor x = leaf({2, 3, 12}, 91);  // B 2, n 3, heads 2, dh 2
