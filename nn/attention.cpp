@@ -114,21 +114,27 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& 
   mechanism = register_module("mechanism", make_attention(opt_, gen));
 }
 
-void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
+void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v, const LayerNorm* pre_norm) const {
   if (x.dim() != 3 || x.size(2) != d_model_)
     throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
   // x (B, n, D) -> three contiguous (B, H, n, dh), projected a sequence at a time
-  auto h = linear_qkv_heads(x, qkv->weight, qkv->bias, opt_.n_heads);
+  PreNorm pn;
+  if (pre_norm) {
+    pn.weight = pre_norm->weight;
+    pn.bias = pre_norm->bias;
+    pn.eps = pre_norm->eps;
+  }
+  auto h = linear_qkv_heads(x, qkv->weight, qkv->bias, opt_.n_heads, pre_norm ? &pn : nullptr);
   q = h[0];
   k = h[1];
   v = h[2];
 }
 
-Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask) {
+Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask, const LayerNorm* pre_norm) {
   if (mask.defined() && (mask.dtype() != kBool || mask.dim() != 2 || mask.size(0) != x.size(0) || mask.size(1) != x.size(1)))
     throw_shape("MultiHeadAttention", "key_padding_mask must be bool (B, n) matching x", {{"x", &x}, {"mask", &mask}});
   Tensor q, k, v;
-  project(x, q, k, v);
+  project(x, q, k, v, pre_norm);
   Tensor o = zero_padded_rows(mechanism->forward(q, k, v, mask), mask);  // (B, H, n, dh)
   return out_proj->forward(merge_heads(o));                                // (B, n, D)
 }

@@ -61,9 +61,11 @@ void set_attention_knob(std::map<std::string, double>& knobs, const std::string&
 class MultiHeadAttention : public Module {
  public:
   MultiHeadAttention(int64_t d_model, const AttentionOptions& opt, Generator& gen);
-  Tensor forward(const Tensor& x, const Tensor& key_padding_mask = Tensor());
+  // pre_norm: a LayerNorm applied to x first, fused into the projection (pre-LN blocks: the
+  // normalised x is recomputed in the backward instead of stored).
+  Tensor forward(const Tensor& x, const Tensor& key_padding_mask = Tensor(), const LayerNorm* pre_norm = nullptr);
   // Per-head (B, H, n, dh) queries, keys and values for x (used by forward and the probe).
-  void project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const;
+  void project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v, const LayerNorm* pre_norm = nullptr) const;
   std::string type_name() const override { return "MultiHeadAttention(" + opt_.name + ")"; }
   const AttentionOptions& options() const { return opt_; }
   std::shared_ptr<Linear> qkv, out_proj;

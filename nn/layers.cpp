@@ -51,11 +51,18 @@ MLP::MLP(int64_t dim, int64_t hidden, Generator& init_gen, double dropout_p, std
   fc2 = register_module("fc2", std::make_shared<Linear>(hidden, out_dim < 0 ? dim : out_dim, init_gen));
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, dgen));
 }
-Tensor MLP::forward(const Tensor& x) const {
-  // fc2(dropout(gelu(fc1(x)))) as one op (ops/mlp.h): the hidden activation is recomputed
-  // in the backward instead of being stored.
+Tensor MLP::forward(const Tensor& x, const LayerNorm* pre_norm) const {
+  // fc2(dropout(gelu(fc1(x)))) as one op (ops/mlp.h): the hidden activation (and a fused
+  // pre-norm's output) is recomputed in the backward instead of being stored.
   Generator& g = drop->gen ? *drop->gen : default_generator();
-  return drop->forward(mlp_gelu(x, fc1->weight, fc1->bias, fc2->weight, fc2->bias, drop->p, drop->is_training(), g));
+  PreNorm pn;
+  if (pre_norm) {
+    pn.weight = pre_norm->weight;
+    pn.bias = pre_norm->bias;
+    pn.eps = pre_norm->eps;
+  }
+  return drop->forward(mlp_gelu(x, fc1->weight, fc1->bias, fc2->weight, fc2->bias, drop->p, drop->is_training(), g,
+                                pre_norm ? &pn : nullptr));
 }
 
 Tensor Sequential::forward(const Tensor& x) const {

@@ -52,7 +52,8 @@ class MLP : public Module {
  public:
   MLP(int64_t dim, int64_t hidden, Generator& init_gen, double dropout = 0.0,
       std::shared_ptr<Generator> dropout_gen = nullptr, int64_t out_dim = -1);
-  Tensor forward(const Tensor& x) const;
+  // pre_norm: a LayerNorm applied to x first, fused into the op (see ops/mlp.h).
+  Tensor forward(const Tensor& x, const LayerNorm* pre_norm = nullptr) const;
   std::string type_name() const override { return "MLP"; }
   std::shared_ptr<Linear> fc1, fc2;
   std::shared_ptr<Dropout> drop;

@@ -15,8 +15,10 @@ EncoderLayer::EncoderLayer(const EncoderConfig& cfg, const AttentionOptions& a, 
   drop = register_module("drop", std::make_shared<Dropout>(cfg.dropout, dgen));
 }
 Tensor EncoderLayer::forward(const Tensor& x, const Tensor& mask) {
-  Tensor h = add(x, drop->forward(attn->forward(ln1->forward(x), mask)));
-  return add(h, mlp->forward(ln2->forward(h)));
+  // Pre-LN: ln1 and ln2 are fused into the QKV projection and the MLP (their outputs are
+  // recomputed in the backward, not stored).
+  Tensor h = add(x, drop->forward(attn->forward(x, mask, ln1.get())));
+  return add(h, mlp->forward(h, ln2.get()));
 }
 
 TransformerEncoder::TransformerEncoder(const EncoderConfig& cfg, Generator& gen, std::shared_ptr<Generator> dgen)

@@ -3,6 +3,7 @@
 #include "../core/autograd.h"
 #include "../core/iter.h"
 #include "matmul.h"
+#include "norm.h"
 
 namespace lotgrad {
 
@@ -73,13 +74,20 @@ struct MergeHeadsBackward : Node {
     return {out};
   }
 };
+// Whole sequences per block of linear_qkv_heads: about 8192 rows (a (8192, 3D) block stays
+// in the last-level cache for D = 64, and few blocks keep the parallel regions few).
+int64_t chunk_seqs(int64_t n) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1)); }
+
 // x (B, n, D) -> (q, k, v): sequence b's projection (n, 3HD) is made, split into heads
 // and dropped before the next; the backward reassembles one (n, 3HD) gradient block at a
-// time for dx, dW and db (db and dW summed over sequences in order: deterministic).
+// time for dx, dW and db (db and dW summed over sequences in order: deterministic). With a
+// pre-norm, z_b = LayerNorm(x_b) is made per sequence too, in the forward and again in the
+// backward.
 struct LinearQKVHeadsBackward : Node {
-  SavedTensor x, w;
+  SavedTensor x, w, lnw, lnb, mean, rstd;
   int64_t B = 0, n = 0, H = 0, dh = 0, D = 0;
-  bool has_bias = false;
+  bool has_bias = false, normed = false;
+  double eps = 1e-5;
   const char* name() const override { return "LinearQKVHeadsBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const int64_t W = 3 * H * dh;
@@ -87,35 +95,66 @@ struct LinearQKVHeadsBackward : Node {
     for (auto& t : g)
       if (t.defined()) dt = t.dtype();
     const Tensor wv = w.defined() ? w.unpack(this) : Tensor(), xv = x.defined() ? x.unpack(this) : Tensor();
+    const Tensor lw = lnw.defined() ? lnw.unpack(this).contiguous() : Tensor();
+    const Tensor lb = lnb.defined() ? lnb.unpack(this).contiguous() : Tensor();
+    const Tensor mv = mean.defined() ? mean.unpack(this) : Tensor(), rv = rstd.defined() ? rstd.unpack(this) : Tensor();
+    const bool need_dz = needs_grad(0) || (normed && (needs_grad(3) || needs_grad(4)));
     Tensor dx = needs_grad(0) ? make_tensor_uninit({B, n, D}, dt) : Tensor();
     Tensor dw;
     std::vector<double> db(has_bias && needs_grad(2) ? (size_t)W : 0, 0.0);
-    Tensor blk = (g.size() >= 3 && g[0].defined() && g[1].defined() && g[2].defined()) ? make_tensor_uninit({n, W}, dt)
-                                                                                       : make_tensor({n, W}, dt);
+    std::vector<double> dlw(normed && needs_grad(3) ? (size_t)D : 0, 0.0), dlb(normed && needs_grad(4) ? (size_t)D : 0, 0.0);
+    const int64_t cb = chunk_seqs(n);  // sequences per block
+    const bool all = g.size() >= 3 && g[0].defined() && g[1].defined() && g[2].defined();
+    Tensor blk_buf = all ? make_tensor_uninit({cb * n, W}, dt) : make_tensor({cb * n, W}, dt);
+    Tensor z_buf = normed && needs_grad(1) ? make_tensor_uninit({cb * n, D}, dt) : Tensor();  // the recomputed rows
+    Tensor zm = z_buf.defined() ? make_tensor_uninit({cb * n}, dt) : Tensor(), zr = z_buf.defined() ? make_tensor_uninit({cb * n}, dt) : Tensor();
     dispatch_float(dt, name(), [&]<class T>() {
-      for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b0 = 0; b0 < B; b0 += cb) {
+        const int64_t nb = std::min(cb, B - b0), rows = nb * n;
+        const Tensor blk = blk_buf.narrow(0, 0, rows);  // (rows, W)
         for (int p = 0; p < 3 && p < (int)g.size(); ++p) {
           if (!g[p].defined()) continue;
-          const Tensor gb = g[p].select(0, b).unsqueeze(0);  // (1, H, n, dh) view
-          scatter_heads<T>(gb.data_ptr<T>(), gb.strides(), blk.data_ptr<T>(), 1, n, W, H, dh, p * H * dh);
+          const Tensor gb = g[p].narrow(0, b0, nb);  // (nb, H, n, dh) view
+          scatter_heads<T>(gb.data_ptr<T>(), gb.strides(), blk.data_ptr<T>(), nb, n, W, H, dh, p * H * dh);
         }
-        if (dx.defined()) dx.select(0, b).copy_(detail::batched_gemm(blk, wv, {}));  // (n, W) . (W, D)
-        if (needs_grad(1)) dw = detail::batched_gemm(blk.t(), xv.select(0, b), {}, dw);  // += blkᵀ . x_b
+        const T* xb = xv.defined() ? xv.data_ptr<T>() + b0 * n * D : nullptr;
+        if (needs_grad(1)) {
+          Tensor in = xv.narrow(0, b0, nb).view({rows, D});
+          if (normed) {
+            in = z_buf.narrow(0, 0, rows);
+            detail::layer_norm_rows<T>(xb, lw.defined() ? lw.data_ptr<T>() : nullptr, lb.defined() ? lb.data_ptr<T>() : nullptr,
+                                       in.data_ptr<T>(), zm.data_ptr<T>(), zr.data_ptr<T>(), rows, D, eps);
+          }
+          dw = detail::batched_gemm(blk.t(), in, {}, dw);  // += blkᵀ . z
+        }
         if (!db.empty()) {
           const Tensor s = sum_to(blk, {W});
           const T* sp = s.data_ptr<T>();
           for (int64_t j = 0; j < W; ++j) db[(size_t)j] += (double)sp[j];
         }
+        if (!need_dz) continue;
+        const Tensor g_in = detail::batched_gemm(blk, wv, {});  // (rows, D): gradient of the linear's input
+        if (!normed) {
+          dx.narrow(0, b0, nb).copy_(g_in.view({nb, n, D}));
+          continue;
+        }
+        detail::layer_norm_rows_backward<T>(xb, g_in.data_ptr<T>(), mv.data_ptr<T>() + b0 * n, rv.data_ptr<T>() + b0 * n,
+                                            lw.defined() ? lw.data_ptr<T>() : nullptr,
+                                            dx.defined() ? dx.data_ptr<T>() + b0 * n * D : nullptr,
+                                            dlw.empty() ? nullptr : dlw.data(), dlb.empty() ? nullptr : dlb.data(), rows, D);
       }
     });
     Tensor dbias = db.empty() ? Tensor() : Tensor::from_vector(db, {W}).to(dt);
-    return {dx, dw, dbias};
+    Tensor dln_w = dlw.empty() ? Tensor() : Tensor::from_vector(dlw, {D}).to(dt);
+    Tensor dln_b = dlb.empty() ? Tensor() : Tensor::from_vector(dlb, {D}).to(dt);
+    return {dx, dw, dbias, dln_w, dln_b};
   }
-  void release() override { x.reset(); w.reset(); }
+  void release() override { x.reset(); w.reset(); lnw.reset(); lnb.reset(); mean.reset(); rstd.reset(); }
 };
 }  // namespace
 
-std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t H) {
+std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t H,
+                                       const PreNorm* norm) {
   const char* op = "linear_qkv_heads";
   if (!x_in.defined() || !weight.defined()) throw ShapeError("linear_qkv_heads: undefined tensor");
   if (x_in.dim() != 3 || weight.dim() != 2 || weight.size(1) != x_in.size(2) || H <= 0 || weight.size(0) % (3 * H) ||
@@ -124,29 +163,58 @@ std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight,
                 {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
   if (!is_floating(x_in.dtype()) || weight.dtype() != x_in.dtype() || (bias.defined() && bias.dtype() != x_in.dtype()))
     throw_dtype(op, "expects floating tensors of one dtype", {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
+  const Tensor lnw = norm ? norm->weight : Tensor(), lnb = norm ? norm->bias : Tensor();
+  for (auto [t, nm] : {std::pair{&lnw, "norm weight"}, std::pair{&lnb, "norm bias"}})
+    if (t->defined() && (t->shape() != Shape{x_in.size(2)} || t->dtype() != x_in.dtype()))
+      throw_shape(op, std::string(nm) + " must be (D) of x's dtype", {{"x", &x_in}, {nm, t}});
   const Tensor x = x_in.detach().contiguous(), wd = weight.detach(), bd = bias.defined() ? bias.detach() : Tensor();
-  const int64_t B = x.size(0), n = x.size(1), W = weight.size(0), dh = W / (3 * H);
+  const Tensor lw = lnw.defined() ? lnw.detach().contiguous() : Tensor(), lb = lnb.defined() ? lnb.detach().contiguous() : Tensor();
+  const int64_t B = x.size(0), n = x.size(1), D = x.size(2), W = weight.size(0), dh = W / (3 * H);
   std::array<Tensor, 3> out;
   for (int p = 0; p < 3; ++p) out[p] = make_tensor_uninit({B, H, n, dh}, x.dtype());
+  const int64_t cb = chunk_seqs(n);
+  Tensor mean, rstd, z;
+  if (norm) {
+    mean = make_tensor_uninit({B, n}, x.dtype());
+    rstd = make_tensor_uninit({B, n}, x.dtype());
+    z = make_tensor_uninit({cb * n, D}, x.dtype());
+  }
   {
     NoGradGuard ng;
     dispatch_float(x.dtype(), op, [&]<class T>() {
-      for (int64_t b = 0; b < B; ++b) {
-        const Tensor blk = linear(x.select(0, b), wd, bd);  // (n, W), contiguous
+      for (int64_t b0 = 0; b0 < B; b0 += cb) {
+        const int64_t nb = std::min(cb, B - b0), rows = nb * n;
+        Tensor in = x.narrow(0, b0, nb).view({rows, D});
+        if (norm) {
+          in = z.narrow(0, 0, rows);
+          detail::layer_norm_rows<T>(x.data_ptr<T>() + b0 * n * D, lw.defined() ? lw.data_ptr<T>() : nullptr,
+                                     lb.defined() ? lb.data_ptr<T>() : nullptr, in.data_ptr<T>(), mean.data_ptr<T>() + b0 * n,
+                                     rstd.data_ptr<T>() + b0 * n, rows, D, norm->eps);
+        }
+        const Tensor blk = linear(in, wd, bd);  // (rows, W), contiguous
         for (int p = 0; p < 3; ++p)
-          gather_heads<T>(blk.data_ptr<T>(), out[p].data_ptr<T>() + b * H * n * dh, 1, n, W, H, dh, p * H * dh);
+          gather_heads<T>(blk.data_ptr<T>(), out[p].data_ptr<T>() + b0 * H * n * dh, nb, n, W, H, dh, p * H * dh);
       }
     });
   }
-  if (auto node = make_node<LinearQKVHeadsBackward>({x_in, weight, bias})) {
+  if (auto node = make_node<LinearQKVHeadsBackward>({x_in, weight, bias, lnw, lnb})) {
     node->B = B;
     node->n = n;
     node->H = H;
     node->dh = dh;
-    node->D = x.size(2);
+    node->D = D;
     node->has_bias = bias.defined();
-    if (node->needs_grad(1)) node->x = save(x);
-    if (node->needs_grad(0)) node->w = save(weight);
+    node->normed = norm != nullptr;
+    node->eps = norm ? norm->eps : 1e-5;
+    const bool need_x = node->needs_grad(0) || node->needs_grad(1) || (norm && (node->needs_grad(3) || node->needs_grad(4)));
+    if (need_x) node->x = save(x);
+    if (node->needs_grad(0) || node->needs_grad(3) || node->needs_grad(4)) node->w = save(weight);
+    if (norm) {
+      node->mean = save(mean);
+      node->rstd = save(rstd);
+      if (lnw.defined()) node->lnw = save(lnw);
+      if (lnb.defined()) node->lnb = save(lnb);
+    }
     for (uint32_t p = 0; p < 3; ++p) set_history(out[p], node, p);
   }
   return out;

@@ -5,6 +5,7 @@
 #include <array>
 
 #include "../core/tensor.h"
+#include "norm.h"
 
 namespace lotgrad {
 
@@ -15,8 +16,11 @@ std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv, int64_t heads);
 // split_qkv_heads(linear(x, weight, bias), heads) computed one sequence at a time: x (B, n, D),
 // weight (3·H·dh, D), bias (3·H·dh) or undefined -> q, k, v (B, H, n, dh). The (B, n, 3·H·dh)
 // projection and its gradient never exist whole (one (n, 3·H·dh) block at a time, which stays
-// in cache), so the attention input costs a third of the memory and traffic. Differentiable.
-std::array<Tensor, 3> linear_qkv_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads);
+// in cache), so the attention input costs a third of the memory and traffic. With norm, x is
+// layer-normalised first (over D) and the normalised rows are recomputed in the backward, not
+// stored. Differentiable (x, weight, bias, norm's weight and bias).
+std::array<Tensor, 3> linear_qkv_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads,
+                                       const PreNorm* norm = nullptr);
 
 // o (B, H, n, dh) -> (B, n, H·dh), contiguous. Differentiable.
 Tensor merge_heads(const Tensor& o);

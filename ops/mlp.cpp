@@ -5,6 +5,7 @@
 #include "../core/parallel.h"
 #include "gelu_math.h"
 #include "matmul.h"
+#include "norm.h"
 
 namespace lotgrad {
 
@@ -49,38 +50,73 @@ Tensor rows2(const Tensor& t) { return t.view({t.numel() / t.size(-1), t.size(-1
 Tensor t2(const Tensor& t) { return make_view(t, {t.size(1), t.size(0)}, {t.stride(1), t.stride(0)}, t.offset()); }
 
 struct MlpGeluBackward : Node {
-  SavedTensor x, u, w1, w2;
+  SavedTensor x, u, w1, w2, lnw, lnb, mean, rstd;
   Mask mask;
+  bool normed = false;
+  double eps = 1e-5;
+  // The first linear's input: x, or LayerNorm(x) recomputed (rows, in).
+  Tensor input(const Tensor& x2) {
+    if (!normed) return x2;
+    Tensor z = make_tensor_uninit(x2.shape(), x2.dtype());
+    Tensor zm = make_tensor_uninit({x2.size(0)}, x2.dtype()), zr = make_tensor_uninit({x2.size(0)}, x2.dtype());
+    const Tensor lw = lnw.defined() ? lnw.unpack(this).contiguous() : Tensor(), lb = lnb.defined() ? lnb.unpack(this).contiguous() : Tensor();
+    dispatch_float(x2.dtype(), name(), [&]<class T>() {
+      detail::layer_norm_rows<T>(x2.data_ptr<T>(), lw.defined() ? lw.data_ptr<T>() : nullptr, lb.defined() ? lb.data_ptr<T>() : nullptr,
+                                 z.data_ptr<T>(), zm.data_ptr<T>(), zr.data_ptr<T>(), x2.size(0), x2.size(1), eps);
+    });
+    return z;
+  }
   const char* name() const override { return "MlpGeluBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
     const Tensor gy = rows2(grads[0].contiguous());             // (R, out)
     const Tensor uv = u.unpack(this);                            // (R, hidden), contiguous
     const Tensor w2v = w2.unpack(this);
-    Tensor gx, gw1, gb1, gw2, gb2;
+    Tensor gx, gw1, gb1, gw2, gb2, glw, glb;
     if (needs_grad(3)) {
       Tensor a = make_tensor_uninit(uv.shape(), uv.dtype());
       dispatch_float(uv.dtype(), name(), [&]<class T>() { gelu_dropout<T>(uv.data_ptr<T>(), a.data_ptr<T>(), a.numel(), mask); });
       gw2 = detail::batched_gemm(t2(gy), a, {});                 // (out, hidden)
     }
     if (needs_grad(4)) gb2 = sum_to(gy, {gy.size(1)});
-    if (needs_grad(0) || needs_grad(1) || needs_grad(2)) {
+    if (needs_grad(0) || needs_grad(1) || needs_grad(2) || needs_grad(5) || needs_grad(6)) {
       Tensor gu = detail::batched_gemm(gy, w2v, {});             // (R, hidden)
       dispatch_float(uv.dtype(), name(), [&]<class T>() {
         gelu_dropout_backward<T>(uv.data_ptr<T>(), gu.data_ptr<T>(), gu.numel(), mask);
       });
-      if (needs_grad(1)) gw1 = detail::batched_gemm(t2(gu), rows2(x.unpack(this).contiguous()), {});  // (hidden, in)
+      const Tensor x2 = x.defined() ? rows2(x.unpack(this).contiguous()) : Tensor();  // (R, in)
+      if (needs_grad(1)) gw1 = detail::batched_gemm(t2(gu), input(x2), {});  // (hidden, in)
       if (needs_grad(2)) gb1 = sum_to(gu, {gu.size(1)});
-      if (needs_grad(0)) gx = detail::batched_gemm(gu, w1.unpack(this), {}).view(next[0].shape);     // (..., in)
+      const bool need_gz = needs_grad(0) || (normed && (needs_grad(5) || needs_grad(6)));
+      if (need_gz) {
+        Tensor gz = detail::batched_gemm(gu, w1.unpack(this), {});  // (R, in): gradient of the first linear's input
+        if (!normed) {
+          gx = gz.view(next[0].shape);
+        } else {
+          const int64_t R = gz.size(0), in = gz.size(1);
+          std::vector<double> sw(needs_grad(5) ? (size_t)in : 0, 0.0), sb(needs_grad(6) ? (size_t)in : 0, 0.0);
+          if (needs_grad(0)) gx = make_tensor_uninit(x2.shape(), gz.dtype());
+          const Tensor lw = lnw.defined() ? lnw.unpack(this).contiguous() : Tensor();
+          const Tensor mv = mean.unpack(this), rv = rstd.unpack(this);
+          dispatch_float(gz.dtype(), name(), [&]<class T>() {
+            detail::layer_norm_rows_backward<T>(x2.data_ptr<T>(), gz.data_ptr<T>(), mv.data_ptr<T>(), rv.data_ptr<T>(),
+                                                lw.defined() ? lw.data_ptr<T>() : nullptr, gx.defined() ? gx.data_ptr<T>() : nullptr,
+                                                sw.empty() ? nullptr : sw.data(), sb.empty() ? nullptr : sb.data(), R, in);
+          });
+          if (gx.defined()) gx = gx.view(next[0].shape);
+          if (!sw.empty()) glw = Tensor::from_vector(sw, {in}).to(gz.dtype());
+          if (!sb.empty()) glb = Tensor::from_vector(sb, {in}).to(gz.dtype());
+        }
+      }
     }
-    return {gx, gw1, gb1, gw2, gb2};
+    return {gx, gw1, gb1, gw2, gb2, glw, glb};
   }
-  void release() override { x.reset(); u.reset(); w1.reset(); w2.reset(); }
+  void release() override { x.reset(); u.reset(); w1.reset(); w2.reset(); lnw.reset(); lnb.reset(); mean.reset(); rstd.reset(); }
 };
 
 }  // namespace
 
 Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, double p,
-                bool training, Generator& gen) {
+                bool training, Generator& gen, const PreNorm* norm) {
   const char* op = "mlp_gelu";
   if (!x.defined() || !w1.defined() || !w2.defined()) throw ShapeError("mlp_gelu: undefined tensor");
 #define LOTGRAD_MLP_OPERANDS {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}}
@@ -93,11 +129,28 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
     throw_shape(op, "expects x (..., in), w1 (hidden, in), b1 (hidden), w2 (out, hidden), b2 (out)", LOTGRAD_MLP_OPERANDS);
 #undef LOTGRAD_MLP_OPERANDS
   if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument("mlp_gelu: p must be in [0, 1), got " + std::to_string(p));
+  const Tensor lnw = norm ? norm->weight : Tensor(), lnb = norm ? norm->bias : Tensor();
+  for (const Tensor* t : {&lnw, &lnb})
+    if (t->defined() && (t->shape() != Shape{x.size(-1)} || t->dtype() != x.dtype()))
+      throw_shape(op, "the norm's weight and bias must be (in) of x's dtype", {{"x", &x}, {"norm parameter", t}});
   Mask m;
-  Tensor u, a;
+  Tensor u, a, mean, rstd, xs;
   {
     NoGradGuard ng;
-    u = linear(x.detach(), w1.detach(), b1.defined() ? b1.detach() : Tensor()).contiguous();  // (..., hidden)
+    Tensor in = x.detach();
+    if (norm) {  // z = LayerNorm(x), kept only until u is made
+      xs = x.detach().contiguous();
+      const int64_t R = xs.numel() / xs.size(-1), N = xs.size(-1);
+      const Tensor lw = lnw.defined() ? lnw.detach().contiguous() : Tensor(), lb = lnb.defined() ? lnb.detach().contiguous() : Tensor();
+      in = make_tensor_uninit(xs.shape(), xs.dtype());
+      mean = make_tensor_uninit({R}, xs.dtype());
+      rstd = make_tensor_uninit({R}, xs.dtype());
+      dispatch_float(xs.dtype(), op, [&]<class T>() {
+        detail::layer_norm_rows<T>(xs.data_ptr<T>(), lw.defined() ? lw.data_ptr<T>() : nullptr, lb.defined() ? lb.data_ptr<T>() : nullptr,
+                                   in.data_ptr<T>(), mean.data_ptr<T>(), rstd.data_ptr<T>(), R, N, norm->eps);
+      });
+    }
+    u = linear(in, w1.detach(), b1.defined() ? b1.detach() : Tensor()).contiguous();  // (..., hidden)
     if (training && p > 0) {
       m.on = true;
       m.seed = gen.seed();
@@ -115,11 +168,21 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
     y = linear(a, w2.detach(), b2.defined() ? b2.detach() : Tensor());
   }
   a = Tensor();  // recomputed in the backward
-  if (auto n = make_node<MlpGeluBackward>({x, w1, b1, w2, b2})) {
+  if (auto n = make_node<MlpGeluBackward>({x, w1, b1, w2, b2, lnw, lnb})) {
     n->mask = m;
     n->u = save(rows2(u));
-    if (n->needs_grad(1)) n->x = save(x);
-    if (n->needs_grad(0)) n->w1 = save(w1);
+    if (norm) {
+      n->normed = true;
+      n->eps = norm->eps;
+      n->mean = save(mean);
+      n->rstd = save(rstd);
+      if (lnw.defined()) n->lnw = save(lnw);
+      if (lnb.defined()) n->lnb = save(lnb);
+      if (n->needs_grad(0) || n->needs_grad(1) || n->needs_grad(5) || n->needs_grad(6)) n->x = save(xs);
+    } else if (n->needs_grad(1)) {
+      n->x = save(x);
+    }
+    if (n->needs_grad(0) || n->needs_grad(5) || n->needs_grad(6)) n->w1 = save(w1);
     n->w2 = save(w2);
     set_history(y, n);
   }

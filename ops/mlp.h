@@ -8,13 +8,15 @@
 #pragma once
 #include "../core/random.h"
 #include "../core/tensor.h"
+#include "norm.h"
 
 namespace lotgrad {
 
 // x (..., in), w1 (hidden, in), b1 (hidden) or undefined, w2 (out, hidden), b2 (out) or
 // undefined -> (..., out). Dropout (p in [0, 1)) applies when training and p > 0, drawing
-// hidden-size values from gen exactly as dropout() would.
+// hidden-size values from gen exactly as dropout() would. With norm, x is layer-normalised
+// first (over in) and the normalised rows are recomputed in the backward, not stored.
 Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, double p,
-                bool training, Generator& gen);
+                bool training, Generator& gen, const PreNorm* norm = nullptr);
 
 }  // namespace lotgrad

@@ -59,6 +59,48 @@ void layer_norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, 
 // independent of the thread count; one pass over x and g serves dx, dw and db together.
 constexpr int64_t kRowBlock = 256;
 
+// dx (if dp) for rows [0, R) of contiguous (R, n) data, and the weight/bias gradient sums
+// added into sw/sb (if given): per fixed row block in T, then blocks in order in double.
+template <class T>
+void layer_norm_bwd(const T* xp, const T* gp, const T* mp, const T* rp, const T* wp, T* dp, double* sw, double* sb,
+                    int64_t R, int64_t n) {
+  const int64_t nblk = (R + kRowBlock - 1) / kRowBlock;
+  // partial[k] = (dw partial (n), db partial (n)) of row block k
+  std::vector<T> part(sw || sb ? (size_t)(nblk * 2 * n) : 0, T(0));
+  parallel_for(0, nblk, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(kRowBlock * n, 1)), [&](int64_t k0, int64_t k1) {
+    std::vector<T> gw((size_t)n), xh((size_t)n);
+    for (int64_t k = k0; k < k1; ++k) {
+      T* pw = part.empty() ? nullptr : part.data() + k * 2 * n;
+      T* pb = pw ? pw + n : nullptr;
+      for (int64_t r = k * kRowBlock; r < std::min(R, (k + 1) * kRowBlock); ++r) {
+        const T* gr = gp + r * n;
+        const T rs = rp[r];
+        if (xp) {  // x is given whenever dx or dw is needed
+          const T* xr = xp + r * n;
+          const T m = mp[r];
+          for (int64_t j = 0; j < n; ++j) xh[j] = (xr[j] - m) * rs;
+        }
+        if (pw && sw)
+          for (int64_t j = 0; j < n; ++j) pw[j] += gr[j] * xh[j];
+        if (pb && sb)
+          for (int64_t j = 0; j < n; ++j) pb[j] += gr[j];
+        if (!dp) continue;
+        // dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w.
+        for (int64_t j = 0; j < n; ++j) gw[j] = wp ? gr[j] * wp[j] : gr[j];
+        const T am = lane_sum<T>(n, [&](int64_t j) { return gw[j]; }) / (T)n;
+        const T cm = lane_sum<T>(n, [&](int64_t j) { return gw[j] * xh[j]; }) / (T)n;
+        T* dr = dp + r * n;
+        for (int64_t j = 0; j < n; ++j) dr[j] = rs * (gw[j] - am - xh[j] * cm);
+      }
+    }
+  });
+  for (int64_t k = 0; k < nblk && !part.empty(); ++k)
+    for (int64_t j = 0; j < n; ++j) {
+      if (sw) sw[j] += (double)part[(size_t)(k * 2 * n + j)];
+      if (sb) sb[j] += (double)part[(size_t)(k * 2 * n + n + j)];
+    }
+}
+
 struct LayerNormBackward : Node {
   SavedTensor x, w, mean, rstd;  // x contiguous (rows, N)
   int64_t rows = 0, N = 0;
@@ -71,53 +113,13 @@ struct LayerNormBackward : Node {
     const DType dt = g.dtype();
     const bool need_x = needs_grad(0), need_w = needs_grad(1), need_b = needs_grad(2);
     dispatch_float(dt, name(), [&]<class T>() {
-      const T* xp = xv.defined() ? xv.data_ptr<T>() : nullptr;
-      const T* gp = g.data_ptr<T>();
-      const T* mp = mv.data_ptr<T>();
-      const T* rp = rv.data_ptr<T>();
-      const T* wp = wv.defined() ? wv.data_ptr<T>() : nullptr;
-      const int64_t R = rows, n = N, nblk = (R + kRowBlock - 1) / kRowBlock;
       if (need_x) dx = make_tensor_uninit(xv.shape(), dt);
-      T* dp = need_x ? dx.data_ptr<T>() : nullptr;
-      // partial[k] = (dw partial (n), db partial (n)) of row block k
-      std::vector<T> part(need_w || need_b ? (size_t)(nblk * 2 * n) : 0, T(0));
-      parallel_for(0, nblk, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(kRowBlock * n, 1)), [&](int64_t k0, int64_t k1) {
-        std::vector<T> gw((size_t)n), xh((size_t)n);
-        for (int64_t k = k0; k < k1; ++k) {
-          T* pw = part.empty() ? nullptr : part.data() + k * 2 * n;
-          T* pb = pw ? pw + n : nullptr;
-          for (int64_t r = k * kRowBlock; r < std::min(R, (k + 1) * kRowBlock); ++r) {
-            const T* gr = gp + r * n;
-            const T rs = rp[r];
-            if (xp) {  // x is saved whenever dx or dw is needed
-              const T* xr = xp + r * n;
-              const T m = mp[r];
-              for (int64_t j = 0; j < n; ++j) xh[j] = (xr[j] - m) * rs;
-            }
-            if (pw && need_w)
-              for (int64_t j = 0; j < n; ++j) pw[j] += gr[j] * xh[j];
-            if (pb && need_b)
-              for (int64_t j = 0; j < n; ++j) pb[j] += gr[j];
-            if (!dp) continue;
-            // dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w.
-            for (int64_t j = 0; j < n; ++j) gw[j] = wp ? gr[j] * wp[j] : gr[j];
-            const T am = lane_sum<T>(n, [&](int64_t j) { return gw[j]; }) / (T)n;
-            const T cm = lane_sum<T>(n, [&](int64_t j) { return gw[j] * xh[j]; }) / (T)n;
-            T* dr = dp + r * n;
-            for (int64_t j = 0; j < n; ++j) dr[j] = rs * (gw[j] - am - xh[j] * cm);
-          }
-        }
-      });
-      if (need_w || need_b) {
-        std::vector<double> sw((size_t)n, 0.0), sb((size_t)n, 0.0);
-        for (int64_t k = 0; k < nblk; ++k)
-          for (int64_t j = 0; j < n; ++j) {
-            sw[(size_t)j] += (double)part[(size_t)(k * 2 * n + j)];
-            sb[(size_t)j] += (double)part[(size_t)(k * 2 * n + n + j)];
-          }
-        if (need_w) dw = Tensor::from_vector(std::vector<double>(sw), {n}).to(dt);
-        if (need_b) db = Tensor::from_vector(std::vector<double>(sb), {n}).to(dt);
-      }
+      std::vector<double> sw(need_w ? (size_t)N : 0, 0.0), sb(need_b ? (size_t)N : 0, 0.0);
+      layer_norm_bwd<T>(xv.defined() ? xv.data_ptr<T>() : nullptr, g.data_ptr<T>(), mv.data_ptr<T>(), rv.data_ptr<T>(),
+                        wv.defined() ? wv.data_ptr<T>() : nullptr, need_x ? dx.data_ptr<T>() : nullptr,
+                        need_w ? sw.data() : nullptr, need_b ? sb.data() : nullptr, rows, N);
+      if (need_w) dw = Tensor::from_vector(sw, {N}).to(dt);
+      if (need_b) db = Tensor::from_vector(sb, {N}).to(dt);
     });
     // Weight/bias gradients come back in the normalized shape.
     if (dw.defined()) dw = dw.view(next[1].shape);
@@ -168,5 +170,24 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   }
   return out;
 }
+
+namespace detail {
+template <class T>
+void layer_norm_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t rows, int64_t N, double eps) {
+  layer_norm_fwd<T>(x, w, b, y, mean, rstd, rows, N, eps);
+}
+template <class T>
+void layer_norm_rows_backward(const T* x, const T* g, const T* mean, const T* rstd, const T* w, T* dx, double* dw,
+                              double* db, int64_t rows, int64_t N) {
+  layer_norm_bwd<T>(x, g, mean, rstd, w, dx, dw, db, rows, N);
+}
+template void layer_norm_rows<float>(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, double);
+template void layer_norm_rows<double>(const double*, const double*, const double*, double*, double*, double*, int64_t, int64_t,
+                                      double);
+template void layer_norm_rows_backward<float>(const float*, const float*, const float*, const float*, const float*, float*,
+                                              double*, double*, int64_t, int64_t);
+template void layer_norm_rows_backward<double>(const double*, const double*, const double*, const double*, const double*,
+                                               double*, double*, double*, int64_t, int64_t);
+}  // namespace detail
 
 }  // namespace lotgrad

@@ -373,6 +373,48 @@ TEST_CASE("mlp_gelu: equals linear -> gelu -> dropout -> linear, values and grad
     }
 }
 
+TEST_CASE("mlp_gelu with a pre-norm: equals layer_norm then the composite, gradient checks") {
+  for (DType dt : {kFloat64, kFloat32}) {
+    INFO(dtype_name(dt));
+    const double tol = dt == kFloat64 ? 1e-11 : 1e-4;
+    Tensor x = rnd({3, 300, 8}, 21, dt), w1 = rnd({24, 8}, 22, dt), b1 = rnd({24}, 23, dt), w2 = rnd({5, 24}, 24, dt),
+           b2 = rnd({5}, 25, dt), lw = rnd({8}, 26, dt), lb = rnd({8}, 27, dt), up = rnd({3, 300, 5}, 28, dt);
+    std::vector<Tensor> ps = {x, w1, b1, w2, b2, lw, lb};
+    for (Tensor& t : ps) t.requires_grad_();
+    auto grads = [&](const Tensor& y) {
+      for (Tensor& t : ps) t.zero_grad();
+      y.backward(up);
+      std::vector<Tensor> g = {y.detach()};
+      for (Tensor& t : ps) g.push_back(t.grad());
+      return g;
+    };
+    Generator g1(9), g2(9);
+    PreNorm pn;
+    pn.weight = ps[5];
+    pn.bias = ps[6];
+    const auto gf = grads(mlp_gelu(ps[0], ps[1], ps[2], ps[3], ps[4], 0.2, true, g1, &pn));
+    const auto gc = grads(linear(dropout(gelu(linear(layer_norm(ps[0], {8}, ps[5], ps[6]), ps[1], ps[2])), 0.2, true, g2), ps[3], ps[4]));
+    for (size_t i = 0; i < gf.size(); ++i) {
+      INFO("output ", i);
+      double scale = 0;
+      for (double v : gc[i].to_vector()) scale = std::max(scale, std::abs(v));
+      CHECK(max_abs_diff(gf[i], gc[i]) < tol * (1.0 + scale));
+    }
+  }
+  CHECK_GRAD([](const V& v) {
+    Generator g(3);
+    PreNorm pn;
+    pn.weight = v[5];
+    pn.bias = v[6];
+    return mlp_gelu(v[0], v[1], v[2], v[3], v[4], 0.25, true, g, &pn);
+  }, {leaf({2, 3, 4}, 31), leaf({6, 4}, 32), leaf({6}, 33), leaf({5, 6}, 34), leaf({5}, 35), leaf({4}, 36), leaf({4}, 37)});
+  CHECK_GRAD([](const V& v) {  // affine-free norm, x twice
+    Generator g(4);
+    PreNorm pn;
+    return mul(mlp_gelu(v[0], v[1], Tensor(), v[2], Tensor(), 0.0, true, g, &pn), v[0]);
+  }, {leaf({3, 4}, 38), leaf({6, 4}, 39), leaf({4, 6}, 40)});
+}
+
 TEST_CASE("mlp_gelu: gradient checks (f64) with views, no biases, a tensor used twice; errors") {
   CHECK_GRAD([](const V& v) {
     Generator g(3);
