@@ -35,7 +35,7 @@ SequenceClassifier::SequenceClassifier(const ClassifierConfig& cfg, Generator& g
   }
 }
 
-Tensor SequenceClassifier::encode(const Tensor& tokens, const Tensor& mask) {
+void SequenceClassifier::embed_input(const Tensor& tokens, const Tensor& mask, Tensor& h, Tensor& m) {
   if (tokens.dim() != 2 || tokens.dtype() != kInt64)
     throw_shape("SequenceClassifier", "tokens must be (B, n) int64", {{"tokens", &tokens}});
   const int64_t B = tokens.size(0), n0 = tokens.size(1);
@@ -43,7 +43,6 @@ Tensor SequenceClassifier::encode(const Tensor& tokens, const Tensor& mask) {
     throw_shape("SequenceClassifier", "key_padding_mask must be bool and match tokens", {{"tokens", &tokens}, {"mask", &mask}});
   const bool with_cls = config.pooling == "cls";
   const int64_t shift = with_cls ? 1 : 0;  // the CLS token takes position 0
-  Tensor h, m;
   // Packing pays only when it removes columns (a batch padded at the end to its longest row,
   // as the loader makes them, is left as it is).
   std::vector<std::vector<int64_t>> valid;
@@ -83,6 +82,11 @@ Tensor SequenceClassifier::encode(const Tensor& tokens, const Tensor& mask) {
     }
     h = drop->forward(add(h, pos->forward(h.size(1))));
   }
+}
+
+Tensor SequenceClassifier::encode(const Tensor& tokens, const Tensor& mask) {
+  Tensor h, m;
+  embed_input(tokens, mask, h, m);
   h = final_ln->forward(encoder->forward(h, m));
   if (config.pooling == "cls") return h.select(1, 0);
   return masked_mean(h, m);

@@ -33,6 +33,9 @@ class SequenceClassifier : public nn::Module {
   Tensor forward(const Tensor& tokens, const Tensor& key_padding_mask = Tensor());
   // The pooled (B, d) representation (what the head sees).
   Tensor encode(const Tensor& tokens, const Tensor& key_padding_mask = Tensor());
+  // The encoder's input: token + position embeddings (dropout in training), the CLS token
+  // prepended, masked tokens packed out when config.pack; h (B, n', d) and its mask m.
+  void embed_input(const Tensor& tokens, const Tensor& key_padding_mask, Tensor& h, Tensor& m);
   std::string type_name() const override { return "SequenceClassifier"; }
   ClassifierConfig config;
   std::shared_ptr<nn::Embedding> embed;

@@ -23,6 +23,8 @@
 #include "../optim/clip.h"
 #include "../optim/optimizer.h"
 #include "../optim/schedule.h"
+#include "../nn/attention_lotformer.h"
+#include "../nn/probe.h"
 
 namespace lotgrad::models {
 
@@ -398,6 +400,77 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, cons
   if (split != "test" && split != "val" && split != "train")
     throw std::invalid_argument("eval: --split must be train, val or test");
   return evaluate(m, d, cfg.batch, 0, zero_mask_on(cfg));
+}
+
+std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const std::string& path, const std::string& split,
+                                               int64_t count, std::ostream& log) {
+  TrainConfig cfg = cfg_in;
+  cfg.pack = false;  // keep every position where it is
+  if (cfg.threads > 0) set_num_threads(cfg.threads);
+  TaskData t = load_task(cfg, log);
+  Generator g(cfg.seed);
+  Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));
+  if (!m.single) throw std::invalid_argument("inspect: paired tasks (retrieval) are not supported");
+  Checkpoint ck = load_checkpoint(path);
+  m.module().load_state_dict(strip(ck.tensors, "model."));
+  m.module().eval();
+  const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
+  if (split != "test" && split != "val" && split != "train") throw std::invalid_argument("inspect: --split must be train, val or test");
+  SequenceClassifier& model = *m.single;
+  const auto& layers = model.encoder->layers;
+  const int64_t H = cfg.heads;
+  std::vector<HeadInspection> out((size_t)((int64_t)layers.size() * H));
+  for (size_t l = 0; l < layers.size(); ++l)
+    for (int64_t h = 0; h < H; ++h) out[l * (size_t)H + (size_t)h] = {(int64_t)l, h};
+  NoGradGuard ng;
+  const int64_t k = std::min<int64_t>(count, (int64_t)d.size());
+  for (int64_t e = 0; e < k; ++e) {
+    data::Batch b = data::collate(d, {e});
+    if (zero_mask_on(cfg)) mask_zero_tokens(b);
+    Tensor x, mask;
+    model.embed_input(b.tokens, b.mask, x, mask);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      auto& layer = *layers[l];
+      const Tensor A = nn::probe_attention(*layer.attn, layer.ln1->forward(x), mask);  // (1, H, n, n)
+      const nn::AttentionStats st = nn::attention_stats(A, mask);
+      const int64_t n = A.size(2);
+      const auto valid = nn::valid_positions(mask, 1, n)[0];
+      const double nv = (double)valid.size();
+      std::vector<double> bound(H, 0.0);
+      if (auto* lot = dynamic_cast<nn::LOTFormerAttention*>(layer.attn->mechanism.get())) {
+        const std::vector<double> lb = lot->log_masses(kFloat64).to_vector();  // (H, r)
+        for (int64_t h = 0; h < H; ++h) {
+          double mn = 1.0;
+          for (int64_t j = 0; j < lot->r(); ++j) mn = std::min(mn, std::exp(lb[(size_t)(h * lot->r() + j)]));
+          bound[(size_t)h] = 1.0 / (nv * mn);
+        }
+      }
+      const std::vector<double> av = A.to_vector(), rmax = st.row_max.to_vector(), ent = st.row_entropy.to_vector(),
+                                csum = st.col_sum.to_vector();
+      // The first real token (after a CLS token, when there is one).
+      const int64_t first_tok = valid[cfg.pooling == "cls" && valid.size() > 1 ? 1 : 0];
+      for (int64_t h = 0; h < H; ++h) {
+        HeadInspection& r = out[l * (size_t)H + (size_t)h];
+        double rm = 0, first = 0, en = 0, dev = 0, mx = 0;
+        for (int64_t i : valid) {
+          rm += rmax[(size_t)(h * n + i)];
+          mx = std::max(mx, rmax[(size_t)(h * n + i)]);
+          first += av[(size_t)((h * n + i) * n + first_tok)];
+          en += ent[(size_t)(h * n + i)];
+          dev = std::max(dev, std::abs(csum[(size_t)(h * n + i)] - 1.0));
+        }
+        r.n += nv / (double)k;
+        r.row_max += rm / nv / (double)k;
+        r.max_weight = std::max(r.max_weight, mx);
+        r.bound += bound[(size_t)h] / (double)k;
+        r.first_token += first / (double)k;  // mean over rows of A[i, first] times n
+        r.entropy += (nv > 1 ? en / nv / std::log(nv) : 1.0) / (double)k;
+        r.col_dev = std::max(r.col_dev, dev);
+      }
+      x = layer.forward(x, mask);
+    }
+  }
+  return out;
 }
 
 }  // namespace lotgrad::models

@@ -78,4 +78,23 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log);
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,
                            std::ostream& log);
 
+// What a trained model's attention does on real examples (`lotgrad inspect`): per layer and
+// head, averaged over `count` examples of a split (one at a time, unpadded), the largest
+// weight per query row, the weight queries put on the first token (ListOps: the root
+// operator) relative to uniform, the row entropy relative to log n, the column sums' largest
+// distance from 1 (0 for doubly-stochastic attention: mean pooling then returns the mean of
+// the values whatever A is) and, for LOTFormer, the bound 1/(n min b) on every weight.
+struct HeadInspection {
+  int64_t layer = 0, head = 0;
+  double n = 0;               // mean number of tokens
+  double row_max = 0;         // mean over queries of the largest weight in the row
+  double max_weight = 0;      // largest weight seen
+  double bound = 0;           // LOTFormer: mean of 1/(n min b); 0 for other mechanisms
+  double first_token = 0;     // mean weight on token 0, times n (1 = uniform)
+  double entropy = 0;         // mean row entropy / log n (1 = uniform)
+  double col_dev = 0;         // largest |column sum - 1|
+};
+std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg, const std::string& checkpoint,
+                                               const std::string& split, int64_t count, std::ostream& log);
+
 }  // namespace lotgrad::models

@@ -83,6 +83,38 @@ TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTF
     }
 }
 
+TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly stochastic; softmax is not") {
+  for (std::string mech : {"lotformer", "softmax"}) {
+    INFO(mech);
+    models::TrainConfig c = tiny(tmpdir("inspect_" + mech), mech);
+    c.steps = 40;
+    c.eval_every = 40;
+    c.gen_train = 600;
+    c.gen_val = 50;
+    c.gen_test = 50;
+    if (mech == "lotformer") c.knobs = {{"learn_masses", 1}};
+    std::ostringstream log;
+    models::train(c, log);
+    const auto rows = models::inspect_checkpoint(c, c.out_dir + "/best.ckpt", "val", 8, log);
+    REQUIRE(rows.size() == (size_t)(c.depth * c.heads));
+    for (const auto& r : rows) {
+      INFO("layer ", r.layer, " head ", r.head);
+      CHECK(r.n > 3);
+      CHECK(r.row_max <= r.max_weight + 1e-12);
+      CHECK(r.entropy > 0);
+      CHECK(r.entropy <= 1 + 1e-9);
+      if (mech == "lotformer") {
+        CHECK(r.bound > 0);
+        CHECK(r.max_weight <= r.bound * (1 + 1e-6));  // A_ij <= 1 / (n min b) (lotformer.md §9)
+        CHECK(r.col_dev < 1e-3);                       // columns sum to 1: mean pooling returns mean(V)
+      } else {
+        CHECK(r.bound == 0);
+        CHECK(r.col_dev > 1e-3);  // softmax rows sum to 1, its columns do not
+      }
+    }
+  }
+}
+
 TEST_CASE("a tiny ListOps run learns well above the majority class") {
   std::ostringstream log;
   models::TrainConfig c = tiny(tmpdir("learn"), "softmax");

@@ -7,6 +7,7 @@ int cmd_info(int argc, char** argv);
 int cmd_probe(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
 int cmd_lra(int argc, char** argv);
 int cmd_plot(int argc, char** argv);
 int cmd_maps(int argc, char** argv);

@@ -16,6 +16,7 @@ commands:
   lra               the main job: LOTFormer and a softmax baseline on generated ListOps, with a table
   train             train a classifier on an LRA task (read or generated) with progress and checkpoints
   eval              accuracy of a checkpoint on a split
+  inspect           what a trained model's attention does on real examples (max weights, bounds, entropy, sums)
   plot              loss and accuracy curves (PNG) from a run's metrics.jsonl
   info              build, thread and BLAS settings
   probe             write a mechanism's attention matrix (and stats) for a random input
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
     if (cmd == "probe") return cmd_probe(argc - 2, argv + 2);
     if (cmd == "train") return cmd_train(argc - 2, argv + 2);
     if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
+    if (cmd == "inspect") return cmd_inspect(argc - 2, argv + 2);
     if (cmd == "lra") return cmd_lra(argc - 2, argv + 2);
     if (cmd == "plot") return cmd_plot(argc - 2, argv + 2);
     if (cmd == "maps") return cmd_maps(argc - 2, argv + 2);
