@@ -118,12 +118,7 @@ void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& 
   if (x.dim() != 3 || x.size(2) != d_model_)
     throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
   // x (B, n, D) -> three contiguous (B, H, n, dh), projected a sequence at a time
-  PreNorm pn;
-  if (pre_norm) {
-    pn.weight = pre_norm->weight;
-    pn.bias = pre_norm->bias;
-    pn.eps = pre_norm->eps;
-  }
+  const PreNorm pn = pre_norm ? pre_norm->as_pre_norm() : PreNorm{};
   auto h = linear_qkv_heads(x, qkv->weight, qkv->bias, opt_.n_heads, pre_norm ? &pn : nullptr);
   q = h[0];
   k = h[1];

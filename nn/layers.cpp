@@ -55,12 +55,7 @@ Tensor MLP::forward(const Tensor& x, const LayerNorm* pre_norm) const {
   // fc2(dropout(gelu(fc1(x)))) as one op (ops/mlp.h): the hidden activation (and a fused
   // pre-norm's output) is recomputed in the backward instead of being stored.
   Generator& g = drop->gen ? *drop->gen : default_generator();
-  PreNorm pn;
-  if (pre_norm) {
-    pn.weight = pre_norm->weight;
-    pn.bias = pre_norm->bias;
-    pn.eps = pre_norm->eps;
-  }
+  const PreNorm pn = pre_norm ? pre_norm->as_pre_norm() : PreNorm{};
   return drop->forward(mlp_gelu(x, fc1->weight, fc1->bias, fc2->weight, fc2->bias, drop->p, drop->is_training(), g,
                                 pre_norm ? &pn : nullptr));
 }

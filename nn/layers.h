@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "../core/random.h"
+#include "../ops/norm.h"
 #include "module.h"
 
 namespace lotgrad::nn {
@@ -31,6 +32,8 @@ class LayerNorm : public Module {
  public:
   explicit LayerNorm(int64_t dim, double eps = 1e-5);
   Tensor forward(const Tensor& x) const;
+  // This norm as the pre-norm of a fused op (ops/heads.h, ops/mlp.h).
+  PreNorm as_pre_norm() const { return {weight, bias, eps}; }
   std::string type_name() const override { return "LayerNorm"; }
   Tensor weight, bias;
   double eps;
