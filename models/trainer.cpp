@@ -432,7 +432,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
     for (size_t l = 0; l < layers.size(); ++l) {
       auto& layer = *layers[l];
       const Tensor A = nn::probe_attention(*layer.attn, layer.ln1->forward(x), mask);  // (1, H, n, n)
-      const nn::AttentionStats st = nn::attention_stats(A, mask);
+      const nn::AttentionStats st = nn::attention_stats(A, mask, -1.0);  // no rank: O(n^3) at n ~ 1000
       const int64_t n = A.size(2);
       const auto valid = nn::valid_positions(mask, 1, n)[0];
       const double nv = (double)valid.size();
@@ -463,6 +463,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
         r.row_max += rm / nv / (double)k;
         r.max_weight = std::max(r.max_weight, mx);
         r.bound += bound[(size_t)h] / (double)k;
+        if (bound[(size_t)h] > 0) r.bound_used = std::max(r.bound_used, mx / bound[(size_t)h]);
         r.first_token += first / (double)k;  // mean over rows of A[i, first] times n
         r.entropy += (nv > 1 ? en / nv / std::log(nv) : 1.0) / (double)k;
         r.col_dev = std::max(r.col_dev, dev);

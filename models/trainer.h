@@ -90,6 +90,7 @@ struct HeadInspection {
   double row_max = 0;         // mean over queries of the largest weight in the row
   double max_weight = 0;      // largest weight seen
   double bound = 0;           // LOTFormer: mean of 1/(n min b); 0 for other mechanisms
+  double bound_used = 0;      // LOTFormer: largest (max weight / bound) of an example (<= 1)
   double first_token = 0;     // mean weight on token 0, times n (1 = uniform)
   double entropy = 0;         // mean row entropy / log n (1 = uniform)
   double col_dev = 0;         // largest |column sum - 1|

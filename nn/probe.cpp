@@ -82,7 +82,11 @@ AttentionStats attention_stats(const Tensor& A, const Tensor& mask, double rank_
         st.max_weight = std::max(st.max_weight, rmax[(b * H + h) * n + i]);
         for (int64_t j = 0; j < n; ++j) csum[(b * H + h) * n + j] += M[i * n + j];
       }
-      // rank of the valid block
+      // rank of the valid block (an O(L^3) decomposition: skipped, as -1, when rank_tol < 0)
+      if (rank_tol < 0) {
+        rank[b * H + h] = -1;
+        continue;
+      }
       const int64_t L = (int64_t)valid.size();
       std::vector<double> blk(L * L);
       for (int64_t r = 0; r < L; ++r)

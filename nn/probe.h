@@ -21,7 +21,8 @@ struct AttentionStats {
   Tensor rank;         // (B, H) i64: singular values above rank_tol · σ_max (valid block)
   double max_weight = 0;  // over all valid rows
 };
-// A (B, H, n, n); key_padding_mask bool (B, n) or undefined.
+// A (B, H, n, n); key_padding_mask bool (B, n) or undefined. rank_tol < 0 skips the rank
+// (an O(n^3) decomposition per head; rank is then -1).
 AttentionStats attention_stats(const Tensor& A, const Tensor& key_padding_mask = Tensor(), double rank_tol = 1e-6);
 
 // Singular values of a small dense row-major matrix (rows × cols), descending (one-sided Jacobi).
