@@ -16,8 +16,20 @@ struct Mask {  // the dropout mask as counters (see dropout.h)
   uint64_t seed = 0, base = 0;
   double p = 0, scale = 1;
   uint64_t thr = 0;  // kept iff (bits >> 11) >= thr, i.e. uniform >= p
-  bool kept(int64_t i) const { return (Generator::bits(seed, base + (uint64_t)i) >> 11) >= thr; }
 };
+
+// The mask's factor (scale or 0) for elements [b, b + len) into f: its own loop over the
+// 64-bit counters, so that both it and the float loop that uses it vectorise.
+template <class T>
+void mask_factors(const Mask& m, int64_t b, int64_t len, T* f) {
+  const T s = (T)m.scale;
+  const uint64_t seed_mix = Generator::mix64(m.seed + 0x9e3779b97f4a7c15ULL), base = m.base + (uint64_t)b;
+  for (int64_t i = 0; i < len; ++i) {
+    const uint64_t c = base + (uint64_t)i;  // Generator::bits(seed, c), with the seed's mix hoisted
+    f[i] = (Generator::mix64(seed_mix ^ (c * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL)) >> 11) >= m.thr ? s : T(0);
+  }
+}
+constexpr int64_t kMaskChunk = 1024;
 
 // a = gelu(u) * mask * scale over contiguous data: (rows, hidden), row-major.
 template <class T>
@@ -27,9 +39,12 @@ void gelu_dropout(const T* u, T* a, int64_t n, const Mask& m) {
       for (int64_t i = b; i < e; ++i) a[i] = gelu_erf(u[i]);
       return;
     }
-    const T s = (T)m.scale;
-    for (int64_t i = b; i < e; ++i)
-      a[i] = m.kept(i) ? gelu_erf(u[i]) * s : T(0);
+    T f[kMaskChunk];
+    for (int64_t c = b; c < e; c += kMaskChunk) {
+      const int64_t len = std::min(kMaskChunk, e - c);
+      mask_factors(m, c, len, f);
+      for (int64_t i = 0; i < len; ++i) a[c + i] = gelu_erf(u[c + i]) * f[i];
+    }
   });
 }
 // g <- g * mask * scale * gelu'(u), in place.
@@ -40,9 +55,12 @@ void gelu_dropout_backward(const T* u, T* g, int64_t n, const Mask& m) {
       for (int64_t i = b; i < e; ++i) g[i] = g[i] * gelu_erf_grad(u[i]);
       return;
     }
-    const T s = (T)m.scale;
-    for (int64_t i = b; i < e; ++i)
-      g[i] = m.kept(i) ? g[i] * s * gelu_erf_grad(u[i]) : T(0);
+    T f[kMaskChunk];
+    for (int64_t c = b; c < e; c += kMaskChunk) {
+      const int64_t len = std::min(kMaskChunk, e - c);
+      mask_factors(m, c, len, f);
+      for (int64_t i = 0; i < len; ++i) g[c + i] = g[c + i] * f[i] * gelu_erf_grad(u[c + i]);
+    }
   });
 }
 Tensor rows2(const Tensor& t) { return t.view({t.numel() / t.size(-1), t.size(-1)}); }
