@@ -19,8 +19,11 @@ class Generator {
 
   // Stateless draws at a given counter. bits and uniform are inline so that loops over
   // counters (dropout masks) vectorise.
-  static uint64_t bits(uint64_t seed, uint64_t counter) {
-    return mix64(mix64(seed + 0x9e3779b97f4a7c15ULL) ^ (counter * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
+  static uint64_t bits(uint64_t seed, uint64_t counter) { return bits_mixed(seed_mix(seed), counter); }
+  // bits split in two, so a loop over counters computes the seed's half once.
+  static uint64_t seed_mix(uint64_t seed) { return mix64(seed + 0x9e3779b97f4a7c15ULL); }
+  static uint64_t bits_mixed(uint64_t seed_mixed, uint64_t counter) {
+    return mix64(seed_mixed ^ (counter * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
   }
   static double uniform(uint64_t seed, uint64_t counter) { return (double)(bits(seed, counter) >> 11) * 0x1.0p-53; }  // [0, 1)
   static double normal(uint64_t seed, uint64_t counter);   // N(0, 1)

@@ -13,9 +13,9 @@ namespace {
 // out[i] = in[i] * (kept(i) ? scale : 0) over contiguous data.
 template <class T>
 void apply_mask(const T* in, T* out, int64_t n, uint64_t seed, uint64_t base, double p, T scale) {
-  const uint64_t thr = Generator::uniform_threshold(p);  // kept iff uniform >= p
+  const uint64_t thr = Generator::uniform_threshold(p), sm = Generator::seed_mix(seed);  // kept iff uniform >= p
   parallel_for(0, n, kParallelGrain / 4, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = (Generator::bits(seed, base + (uint64_t)i) >> 11) >= thr ? in[i] * scale : T(0);
+    for (int64_t i = b; i < e; ++i) out[i] = (Generator::bits_mixed(sm, base + (uint64_t)i) >> 11) >= thr ? in[i] * scale : T(0);
   });
 }
 

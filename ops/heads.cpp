@@ -107,7 +107,6 @@ struct LinearQKVHeadsBackward : Node {
     const bool all = g.size() >= 3 && g[0].defined() && g[1].defined() && g[2].defined();
     Tensor blk_buf = all ? make_tensor_uninit({cb * n, W}, dt) : make_tensor({cb * n, W}, dt);
     Tensor z_buf = normed && needs_grad(1) ? make_tensor_uninit({cb * n, D}, dt) : Tensor();  // the recomputed rows
-    Tensor zm = z_buf.defined() ? make_tensor_uninit({cb * n}, dt) : Tensor(), zr = z_buf.defined() ? make_tensor_uninit({cb * n}, dt) : Tensor();
     dispatch_float(dt, name(), [&]<class T>() {
       for (int64_t b0 = 0; b0 < B; b0 += cb) {
         const int64_t nb = std::min(cb, B - b0), rows = nb * n;
@@ -123,7 +122,7 @@ struct LinearQKVHeadsBackward : Node {
           if (normed) {
             in = z_buf.narrow(0, 0, rows);
             detail::layer_norm_rows<T>(xb, lw.defined() ? lw.data_ptr<T>() : nullptr, lb.defined() ? lb.data_ptr<T>() : nullptr,
-                                       in.data_ptr<T>(), zm.data_ptr<T>(), zr.data_ptr<T>(), rows, D, eps);
+                                       in.data_ptr<T>(), nullptr, nullptr, rows, D, eps);
           }
           dw = detail::batched_gemm(blk.t(), in, {}, dw);  // += blkᵀ . z
         }

@@ -14,7 +14,7 @@ namespace {
 struct Mask {  // the dropout mask as counters (see dropout.h)
   bool on = false;
   uint64_t seed = 0, base = 0;
-  double p = 0, scale = 1;
+  double scale = 1;
   uint64_t thr = 0;  // kept iff (bits >> 11) >= thr, i.e. uniform >= p
 };
 
@@ -23,11 +23,8 @@ struct Mask {  // the dropout mask as counters (see dropout.h)
 template <class T>
 void mask_factors(const Mask& m, int64_t b, int64_t len, T* f) {
   const T s = (T)m.scale;
-  const uint64_t seed_mix = Generator::mix64(m.seed + 0x9e3779b97f4a7c15ULL), base = m.base + (uint64_t)b;
-  for (int64_t i = 0; i < len; ++i) {
-    const uint64_t c = base + (uint64_t)i;  // Generator::bits(seed, c), with the seed's mix hoisted
-    f[i] = (Generator::mix64(seed_mix ^ (c * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL)) >> 11) >= m.thr ? s : T(0);
-  }
+  const uint64_t sm = Generator::seed_mix(m.seed), base = m.base + (uint64_t)b;
+  for (int64_t i = 0; i < len; ++i) f[i] = (Generator::bits_mixed(sm, base + (uint64_t)i) >> 11) >= m.thr ? s : T(0);
 }
 constexpr int64_t kMaskChunk = 1024;
 
@@ -76,11 +73,10 @@ struct MlpGeluBackward : Node {
   Tensor input(const Tensor& x2) {
     if (!normed) return x2;
     Tensor z = make_tensor_uninit(x2.shape(), x2.dtype());
-    Tensor zm = make_tensor_uninit({x2.size(0)}, x2.dtype()), zr = make_tensor_uninit({x2.size(0)}, x2.dtype());
     const Tensor lw = lnw.defined() ? lnw.unpack(this).contiguous() : Tensor(), lb = lnb.defined() ? lnb.unpack(this).contiguous() : Tensor();
     dispatch_float(x2.dtype(), name(), [&]<class T>() {
       detail::layer_norm_rows<T>(x2.data_ptr<T>(), lw.defined() ? lw.data_ptr<T>() : nullptr, lb.defined() ? lb.data_ptr<T>() : nullptr,
-                                 z.data_ptr<T>(), zm.data_ptr<T>(), zr.data_ptr<T>(), x2.size(0), x2.size(1), eps);
+                                 z.data_ptr<T>(), nullptr, nullptr, x2.size(0), x2.size(1), eps);
     });
     return z;
   }
@@ -173,7 +169,6 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
       m.on = true;
       m.seed = gen.seed();
       m.base = gen.reserve((uint64_t)u.numel());
-      m.p = p;
       m.scale = 1.0 / (1.0 - p);
       m.thr = Generator::uniform_threshold(p);
     }

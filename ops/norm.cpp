@@ -40,8 +40,8 @@ void layer_norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, 
       const T m = N ? lane_sum<T>(N, [&](int64_t j) { return xr[j]; }) / (T)N : T(0);
       const T v = N ? lane_sum<T>(N, [&](int64_t j) { return (xr[j] - m) * (xr[j] - m); }) / (T)N : T(0);
       const T rt = (T)(1.0 / std::sqrt((double)v + eps));
-      mean[r] = m;
-      rstd[r] = rt;
+      if (mean) mean[r] = m;  // null when a fused op only recomputes the rows
+      if (rstd) rstd[r] = rt;
       if (w && b)
         for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * rt * w[j] + b[j];
       else if (w)

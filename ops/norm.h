@@ -14,7 +14,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 
 namespace detail {
 // The row kernels, for fused ops that recompute normalised rows instead of storing them
-// (ops/heads.cpp, ops/mlp.cpp). x, y, dx (rows, N) contiguous; mean and rstd (rows); w, b
+// (ops/heads.cpp, ops/mlp.cpp). x, y, dx (rows, N) contiguous; mean and rstd (rows; the forward may be given null for both); w, b
 // (N) or null. The backward writes dx when given and adds the weight and bias gradients
 // into dw and db (double, N) when given.
 template <class T>
