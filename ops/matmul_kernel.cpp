@@ -18,44 +18,57 @@ namespace {
 
 std::atomic<bool> g_enabled{true};
 
-// Sixteen floats: one AVX-512 register where the target has them (GCC splits the type into
-// narrower registers elsewhere, so the code stays portable).
-typedef float v16 __attribute__((vector_size(64)));
-inline v16 load16(const float* p) {
-  v16 v;
+// One vector register of floats: 16 with AVX-512, 8 elsewhere (a wider GCC vector type than the
+// target's registers is kept in memory, measured 3x slower than native width on AVX2).
+#if defined(__AVX512F__)
+constexpr int kVL = 16;
+#else
+constexpr int kVL = 8;
+#endif
+typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
+inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 // A store that skips the cache (no read-for-ownership of a line about to be overwritten):
 // for C tiles larger than the caches. Needs a 64-byte-aligned p.
-inline void stream16(float* p, v16 v) {
+inline void streamv(float* p, vf v) {
 #if defined(__AVX512F__)
   _mm512_stream_ps(p, (__m512)v);
 #else
-  store16(p, v);
+  storev(p, v);
 #endif
 }
 
-constexpr int64_t kMR = 12;   // rows of a register tile: 12 x 32 accumulators = 24 registers
+// Register tile: kMR rows x kNV vectors. AVX-512 (32 registers): 12 x 2 x 16 floats, 24
+// accumulators. 16 registers (AVX2): 6 x 2 x 8 floats, 12 accumulators (a 12-row tile spills).
+// A tile is kNV * kVL columns (32 or 16); N, a multiple of 16, ends in at most one 1-vector tile.
+#if defined(__AVX512F__)
+constexpr int64_t kMR = 12;
+#else
+constexpr int64_t kMR = 6;
+#endif
+constexpr int64_t kNV = 2;
 constexpr int64_t kKC = 256;  // depth of one pass: A rows and B slice of a pass stay in L2
 
-// One register tile: C[0..MR) x [0..NV*16) = (C or bias or 0) + sum over k in [k0, k1) of
+// One register tile: C[0..MR) x [0..NV*kVL) = (C or bias or 0) + sum over k in [k0, k1) of
 // A(r, k) B(k, :). A(r, k) = A[r*a_rs + k*a_cs]; B's row k starts at B + k*ldb. Each k adds in
 // order, so every element's sum runs in one fixed order whatever the threads.
 template <int MR, int NV>
 void micro(int64_t k0, int64_t k1, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C,
            int64_t ldc, bool load_c, const float* bias, bool stream) {
-  v16 c[MR][NV];
+  vf c[MR][NV];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) c[r][v] = load_c ? load16(C + r * ldc + v * 16) : bias ? load16(bias + v * 16) : v16{};
+    for (int v = 0; v < NV; ++v) c[r][v] = load_c ? loadv(C + r * ldc + v * kVL) : bias ? loadv(bias + v * kVL) : vf{};
   for (int64_t k = k0; k < k1; ++k) {
     const float* bk = B + k * ldb;
-    v16 b[NV];
+    vf b[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) b[v] = load16(bk + v * 16);
+    for (int v = 0; v < NV; ++v) b[v] = loadv(bk + v * kVL);
     const float* ak = A + k * a_cs;
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
@@ -68,12 +81,12 @@ void micro(int64_t k0, int64_t k1, const float* A, int64_t a_rs, int64_t a_cs, c
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) stream16(C + r * ldc + v * 16, c[r][v]);
+      for (int v = 0; v < NV; ++v) streamv(C + r * ldc + v * kVL, c[r][v]);
   } else {
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) store16(C + r * ldc + v * 16, c[r][v]);
+      for (int v = 0; v < NV; ++v) storev(C + r * ldc + v * kVL, c[r][v]);
   }
 }
 
@@ -83,7 +96,7 @@ template <int NV, int... R>
 constexpr std::array<MicroFn, sizeof...(R)> micro_table(std::integer_sequence<int, R...>) {
   return {&micro<R + 1, NV>...};
 }
-// kernels[nv - 1][mr - 1]: tail tiles (mr < 12 rows, 16 columns) get their own unrolled code.
+// kernels[nv - 1][mr - 1]: tail tiles (fewer rows, one vector of columns) get their own code.
 const std::array<MicroFn, kMR> kMicro1 = micro_table<1>(std::make_integer_sequence<int, kMR>{});
 const std::array<MicroFn, kMR> kMicro2 = micro_table<2>(std::make_integer_sequence<int, kMR>{});
 
@@ -93,7 +106,7 @@ void set_small_gemm_enabled(bool on) { g_enabled = on; }
 bool small_gemm_enabled() { return g_enabled; }
 
 bool small_gemm_applies(int64_t M, int64_t N, int64_t K) {
-  // Columns in whole 16-lane vectors; a small side (the weight) so that A streams once;
+  // Columns in whole 16-float blocks; a small side (the weight) so that A streams once;
   // enough work to beat a BLAS call's fixed cost.
   return g_enabled && N > 0 && N % 16 == 0 && N <= 256 && (K <= 256 || M <= 256) && M > 0 && K > 0 &&
          M * N * K >= (int64_t)1 << 15;
@@ -125,8 +138,8 @@ void small_sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, 
         const int64_t i0 = t * kMR, mr = std::min(kMR, M - i0);
         const float* At = A + i0 * a_rs;
         float* Ct = C + i0 * ldc;
-        for (int64_t j0 = 0; j0 < N; j0 += 32) {
-          const bool two = N - j0 >= 32;
+        for (int64_t j0 = 0; j0 < N; j0 += kNV * kVL) {
+          const bool two = N - j0 >= kNV * kVL;
           const MicroFn f = two ? kMicro2[(size_t)(mr - 1)] : kMicro1[(size_t)(mr - 1)];
           f(k0, k1, At, a_rs, a_cs, Bp + j0, ldb, Ct + j0, ldc, load_c, bias && !load_c ? bias + j0 : nullptr, stream);
         }
