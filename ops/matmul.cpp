@@ -224,9 +224,17 @@ Tensor promote_b(const Tensor& b) { return b.dim() == 1 ? with_unit_dim(b, 1) : 
 // computed straight into its input's batch shape (broadcast batch dims summed by the GEMM
 // engine, so no broadcast-shaped temporary). 1-d operands are promoted here rather than
 // through recorded views, so the whole product is one node.
+// Whether t's last two dims are stored column-major (a transposed view, such as kᵀ in q·kᵀ).
+bool col_major(const Tensor& t) {
+  return t.dim() >= 2 && t.size(-1) > 1 && t.size(-2) > 1 && t.stride(-2) == 1 && t.stride(-1) >= t.size(-2);
+}
+
 struct MatmulBackward : Node {
   SavedTensor a, b;
   bool a1 = false, b1 = false;  // operand was 1-d
+  // A column-major operand gets its gradient in its own layout ((gᵀ·a)ᵀ rather than aᵀ·g), so
+  // the transpose that made it hands a contiguous gradient on (no strided copy downstream).
+  bool a_cm = false, b_cm = false;
   const char* name() const override { return "MatmulBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     Tensor go = g[0];  // the output's shape: restore the (.., n, m) form
@@ -236,13 +244,15 @@ struct MatmulBackward : Node {
     if (needs_grad(0)) {
       const Tensor bv = promote_b(b.unpack(this));
       const Shape& as = next[0].shape;
-      ga = detail::batched_gemm(go, mT(bv), a1 ? Shape{} : Shape(as.begin(), as.end() - 2));
+      const Shape batch = a1 ? Shape{} : Shape(as.begin(), as.end() - 2);
+      ga = a_cm ? mT(detail::batched_gemm(bv, mT(go), batch)) : detail::batched_gemm(go, mT(bv), batch);
       if (a1) ga = without_unit_dim(ga, 0);
     }
     if (needs_grad(1)) {
       const Tensor av = promote_a(a.unpack(this));
       const Shape& bs = next[1].shape;
-      gb = detail::batched_gemm(mT(av), go, b1 ? Shape{} : Shape(bs.begin(), bs.end() - 2));
+      const Shape batch = b1 ? Shape{} : Shape(bs.begin(), bs.end() - 2);
+      gb = b_cm ? mT(detail::batched_gemm(mT(go), av, batch)) : detail::batched_gemm(mT(av), go, batch);
       if (b1) gb = without_unit_dim(gb, 1);
     }
     return {ga, gb};
@@ -259,6 +269,8 @@ Tensor matmul_impl(const Tensor& a, const Tensor& b, const Shape& S) {
   if (auto n = make_node<MatmulBackward>({a, b})) {
     n->a1 = a1;
     n->b1 = b1;
+    n->a_cm = !a1 && col_major(a);
+    n->b_cm = !b1 && col_major(b);
     if (n->needs_grad(1)) n->a = save(a);
     if (n->needs_grad(0)) n->b = save(b);
     set_history(out, n);

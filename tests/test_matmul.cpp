@@ -195,6 +195,11 @@ TEST_CASE("matmul: gradient checks (f64)") {
   CHECK_GRAD([](const V& v) { return matmul(v[0].transpose(-1, -2), v[1]); }, {leaf({2, 4, 3}, 23), leaf({4, 2}, 24)});
   CHECK_GRAD([](const V& v) { return matmul(v[0], v[1].transpose(-1, -2)); }, {leaf({2, 3, 4}, 25), leaf({2, 2, 4}, 26)});
   CHECK_GRAD([](const V& v) { return matmul(v[0].permute({1, 0, 2}), v[1]); }, {leaf({3, 2, 4}, 27), leaf({2, 4, 2}, 28)});
+  // a column-major operand broadcast over the batch (its gradient is made in its own layout and
+  // summed over the batch): Z · kᵀ with a shared Z, and the mirror case
+  CHECK_GRAD([](const V& v) { return matmul(v[0], v[1].transpose(-1, -2)); }, {leaf({3, 4}, 35), leaf({2, 5, 4}, 36)});
+  CHECK_GRAD([](const V& v) { return matmul(v[0].transpose(-1, -2), v[1]); }, {leaf({4, 3}, 37), leaf({2, 2, 4, 5}, 38)});
+  CHECK_GRAD([](const V& v) { return matmul(v[0], v[1].t()); }, {leaf({2, 3, 4}, 39), leaf({5, 4}, 40)});
   // the same tensor used twice
   CHECK_GRAD([](const V& v) { return matmul(v[0], v[0].t()); }, {leaf({3, 4}, 29)});
   CHECK_GRAD([](const V& v) { return matmul(v[0].t(), v[0]); }, {leaf({3, 4}, 30)});
