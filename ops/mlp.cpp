@@ -44,19 +44,27 @@ void gelu_dropout(const T* u, T* a, int64_t n, const Mask& m) {
     }
   });
 }
-// g <- g * mask * scale * gelu'(u), in place.
+// The backward's elementwise pass over elements [off, off + n) of u, sharing Φ(u) and the
+// mask between its two results: a = gelu(u) * mask * scale (if a; the forward's activation,
+// recomputed for the second weight's gradient) and g <- g * mask * scale * gelu'(u) in place
+// (if g). Pointers address element off.
 template <class T>
-void gelu_dropout_backward(const T* u, T* g, int64_t n, const Mask& m) {
+void gelu_dropout_backward(const T* u, T* a, T* g, int64_t off, int64_t n, const Mask& m) {
+  auto one = [&](int64_t i, T f) {
+    const T x = u[i], cdf = normal_cdf(x);
+    if (a) a[i] = x * cdf * f;
+    if (g) g[i] = g[i] * f * (cdf + x * exp_t(T(-0.5) * x * x) * T(0.3989422804014327));
+  };
   parallel_for(0, n, kParallelGrain / 4, [&](int64_t b, int64_t e) {
     if (!m.on) {
-      for (int64_t i = b; i < e; ++i) g[i] = g[i] * gelu_erf_grad(u[i]);
+      for (int64_t i = b; i < e; ++i) one(i, T(1));
       return;
     }
     T f[kMaskChunk];
     for (int64_t c = b; c < e; c += kMaskChunk) {
       const int64_t len = std::min(kMaskChunk, e - c);
-      mask_factors(m, c, len, f);
-      for (int64_t i = 0; i < len; ++i) g[c + i] = g[c + i] * f[i] * gelu_erf_grad(u[c + i]);
+      mask_factors(m, off + c, len, f);
+      for (int64_t i = 0; i < len; ++i) one(c + i, f[i]);
     }
   });
 }
@@ -86,17 +94,25 @@ struct MlpGeluBackward : Node {
     const Tensor uv = u.unpack(this);                            // (R, hidden), contiguous
     const Tensor w2v = w2.unpack(this);
     Tensor gx, gw1, gb1, gw2, gb2, glw, glb;
-    if (needs_grad(3)) {
-      Tensor a = make_tensor_uninit(uv.shape(), uv.dtype());
-      dispatch_float(uv.dtype(), name(), [&]<class T>() { gelu_dropout<T>(uv.data_ptr<T>(), a.data_ptr<T>(), a.numel(), mask); });
-      gw2 = detail::batched_gemm(t2(gy), a, {});                 // (out, hidden)
-    }
-    if (needs_grad(4)) gb2 = sum_to(gy, {gy.size(1)});
-    if (needs_grad(0) || needs_grad(1) || needs_grad(2) || needs_grad(5) || needs_grad(6)) {
-      Tensor gu = detail::batched_gemm(gy, w2v, {});             // (R, hidden)
+    const bool need_gu = needs_grad(0) || needs_grad(1) || needs_grad(2) || needs_grad(5) || needs_grad(6);
+    Tensor gu = need_gu ? detail::batched_gemm(gy, w2v, {}) : Tensor();  // (R, hidden)
+    // One pass over u: gu scaled by the mask and gelu'(u) in place, and the activation
+    // recomputed a block of rows at a time (a block stays in cache for its share of gw2 and
+    // no second (R, hidden) array is held beside gu).
+    const int64_t R = uv.size(0), hid = uv.size(1);
+    const int64_t blk = needs_grad(3) ? std::max<int64_t>(1, ((int64_t)1 << 20) / std::max<int64_t>(hid, 1)) : R;
+    Tensor a_buf = needs_grad(3) ? make_tensor_uninit({std::min(blk, R), hid}, uv.dtype()) : Tensor();
+    for (int64_t r0 = 0; r0 < R && (a_buf.defined() || gu.defined()); r0 += blk) {
+      const int64_t rows = std::min(blk, R - r0);
       dispatch_float(uv.dtype(), name(), [&]<class T>() {
-        gelu_dropout_backward<T>(uv.data_ptr<T>(), gu.data_ptr<T>(), gu.numel(), mask);
+        gelu_dropout_backward<T>(uv.data_ptr<T>() + r0 * hid, a_buf.defined() ? a_buf.data_ptr<T>() : nullptr,
+                                 gu.defined() ? gu.data_ptr<T>() + r0 * hid : nullptr, r0 * hid, rows * hid, mask);
       });
+      if (needs_grad(3)) gw2 = detail::batched_gemm(t2(gy.narrow(0, r0, rows)), a_buf.narrow(0, 0, rows), {}, gw2);  // += (out, hidden)
+    }
+    a_buf = Tensor();
+    if (needs_grad(4)) gb2 = sum_to(gy, {gy.size(1)});
+    if (need_gu) {
       const Tensor x2 = x.defined() ? rows2(x.unpack(this).contiguous()) : Tensor();  // (R, in)
       if (needs_grad(1)) gw1 = detail::batched_gemm(t2(gu), input(x2), {});  // (hidden, in)
       if (needs_grad(2)) gb1 = sum_to(gu, {gu.size(1)});
