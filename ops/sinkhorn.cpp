@@ -189,6 +189,42 @@ LOTGRAD_KERNEL void blk_pty(double* __restrict acc, const T* __restrict P, const
     }
   }
 }
+// S_ij = GA_i . X_j + Y_i . GB_j for rows [0, nb) of a block: four rows and W columns per
+// register tile (no horizontal sums); Xt (dA, Mp), GBt (dB, Mp) are X, GB transposed and
+// zero-padded to Mp, a multiple of W (W = 4 when M <= 4: LOTFormer's r = 4 wastes no lanes).
+template <class T, int W>
+LOTGRAD_KERNEL void seed_scores(const T* __restrict GA, int64_t dA, const T* __restrict Y, int64_t dB, int64_t nb,
+                                const double* __restrict Xt, const double* __restrict GBt, int64_t Mp, double* __restrict S) {
+  for (int64_t i = 0; i < nb; i += 4) {
+    const int64_t r1 = std::min(i + 1, nb - 1), r2 = std::min(i + 2, nb - 1), r3 = std::min(i + 3, nb - 1);
+    for (int64_t jb = 0; jb < Mp; jb += W) {
+      double a0[W] = {}, a1[W] = {}, a2[W] = {}, a3[W] = {};
+      for (int64_t t = 0; t < (GA ? dA : 0); ++t) {
+        const double* bt = Xt + t * Mp + jb;
+        const double g0 = (double)GA[i * dA + t], g1 = (double)GA[r1 * dA + t], g2 = (double)GA[r2 * dA + t],
+                     g3 = (double)GA[r3 * dA + t];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int64_t t = 0; t < (Y ? dB : 0); ++t) {
+        const double* bt = GBt + t * Mp + jb;
+        const double g0 = (double)Y[i * dB + t], g1 = (double)Y[r1 * dB + t], g2 = (double)Y[r2 * dB + t],
+                     g3 = (double)Y[r3 * dB + t];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int l = 0; l < W; ++l) {
+        S[i * Mp + jb + l] = a0[l];
+        if (i + 1 < nb) S[(i + 1) * Mp + jb + l] = a1[l];
+        if (i + 2 < nb) S[(i + 2) * Mp + jb + l] = a2[l];
+        if (i + 3 < nb) S[(i + 3) * Mp + jb + l] = a3[l];
+      }
+    }
+  }
+}
+// Column padding of seed_scores' tiles for M columns.
+inline int64_t seed_pad(int64_t M) { return M <= 4 ? 4 : (M + 7) / 8 * 8; }
+
 // Backward seed of sinkhorn_apply over a block of rows: R_ij = P_ij (GA_i . X_j + Y_i . GB_j)
 // into Kb (stride N per column), dX_j += P_ij GA_i (dx (M, dA), double), dY_i = sum_j P_ij GB_j.
 // GA (nb, dA) and Y (nb, dB) may be null (then X / GB are unused). Zero-mass rows: all 0.
@@ -198,34 +234,8 @@ LOTGRAD_KERNEL void blk_seed(T* __restrict Kb, int64_t N, const T* __restrict P,
                              const T* __restrict Y, const double* __restrict GBd, int64_t dB, double* __restrict dx,
                              T* __restrict dY, double* __restrict gad, double* __restrict yrow,
                              const double* __restrict Xt, const double* __restrict GBt, int64_t Mp, double* __restrict S) {
-  // S_ij = GA_i . X_j + Y_i . GB_j, four rows and eight columns per register tile (no
-  // horizontal sums); Xt (dA, Mp), GBt (dB, Mp) are X, GB transposed, zero-padded to Mp.
-  for (int64_t i = 0; i < nb; i += 4) {
-    const int64_t r1 = std::min(i + 1, nb - 1), r2 = std::min(i + 2, nb - 1), r3 = std::min(i + 3, nb - 1);
-    for (int64_t jb = 0; jb < Mp; jb += 8) {
-      double a0[8] = {}, a1[8] = {}, a2[8] = {}, a3[8] = {};
-      for (int64_t t = 0; t < (GA ? dA : 0); ++t) {
-        const double* bt = Xt + t * Mp + jb;
-        const double g0 = (double)GA[i * dA + t], g1 = (double)GA[r1 * dA + t], g2 = (double)GA[r2 * dA + t],
-                     g3 = (double)GA[r3 * dA + t];
-#pragma omp simd
-        for (int l = 0; l < 8; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
-      }
-      for (int64_t t = 0; t < (Y ? dB : 0); ++t) {
-        const double* bt = GBt + t * Mp + jb;
-        const double g0 = (double)Y[i * dB + t], g1 = (double)Y[r1 * dB + t], g2 = (double)Y[r2 * dB + t],
-                     g3 = (double)Y[r3 * dB + t];
-#pragma omp simd
-        for (int l = 0; l < 8; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
-      }
-      for (int l = 0; l < 8; ++l) {
-        S[i * Mp + jb + l] = a0[l];
-        if (i + 1 < nb) S[(i + 1) * Mp + jb + l] = a1[l];
-        if (i + 2 < nb) S[(i + 2) * Mp + jb + l] = a2[l];
-        if (i + 3 < nb) S[(i + 3) * Mp + jb + l] = a3[l];
-      }
-    }
-  }
+  if (Mp % 8) seed_scores<T, 4>(GA, dA, Y, dB, nb, Xt, GBt, Mp, S);
+  else seed_scores<T, 8>(GA, dA, Y, dB, nb, Xt, GBt, Mp, S);
   for (int64_t i = 0; i < nb; ++i) {
     if (!valid(la[i])) {
       for (int64_t j = 0; j < M; ++j) Kb[j * N + i] = T(0);
@@ -556,7 +566,7 @@ Tensor build_K(const Tensor& C, State<T>& st) {
   st.rs.assign((size_t)(d.B * d.N), 0.0);
   st.cs.assign((size_t)(d.B * d.M), 0.0);
   const double ie = 1.0 / st.eps;
-  parallel_for(0, d.B, d.n * d.m >= kParallelGrain ? 1 : d.B + 1, [&](int64_t b0, int64_t b1) {
+  parallel_for(0, d.B, std::max<int64_t>(1, kParallelGrain / (d.n * d.m)), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* cb = c + b * d.n * d.m;
       // Canonical K_ij at kb[j N + i]: the original layout when transposed, else its transpose.
@@ -643,8 +653,16 @@ void setup_weights(const char* op, const Tensor& C, const Tensor& la_t, const Te
   st.la = st.la0;
   st.lb = st.lb0;
   st.mass.assign(d.B, 0.0);
+  // Total masses per problem on the threads (B*N exps: 131k per LOTFormer layer); checked after.
+  std::vector<double> tot_a((size_t)d.B), tot_b((size_t)d.B);
+  parallel_for(0, d.B, std::max<int64_t>(1, kParallelGrain / (4 * (d.N + d.M))), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      tot_a[(size_t)b] = lse_vec(&st.la0[b * d.N], d.N);
+      tot_b[(size_t)b] = lse_vec(&st.lb0[b * d.M], d.M);
+    }
+  });
   for (int64_t b = 0; b < d.B; ++b) {
-    const double A = lse_vec(&st.la0[b * d.N], d.N), Bm = lse_vec(&st.lb0[b * d.M], d.M);
+    const double A = tot_a[(size_t)b], Bm = tot_b[(size_t)b];
     if (A == -kInf && Bm == -kInf) continue;  // empty problem: zero plan
     if (A == -kInf || Bm == -kInf || std::abs(std::expm1(A - Bm)) > kBalanceTol) {
       throw_shape(op,
@@ -1300,7 +1318,7 @@ std::vector<Tensor> SinkhornBackwardT<T>::apply(std::vector<Tensor>& grads) {
     std::vector<double> xd(is_apply && ga ? (size_t)(M * dA) : 0), gbd(is_apply && gbp ? (size_t)(M * dB) : 0);
     for (size_t q = 0; q < xd.size(); ++q) xd[q] = (double)xa[b * M * dA + q];
     for (size_t q = 0; q < gbd.size(); ++q) gbd[q] = (double)gbp[b * M * dB + q];
-    const int64_t Mp = (M + 7) / 8 * 8;  // transposed, zero-padded copies for blk_seed's tiles
+    const int64_t Mp = seed_pad(M);  // transposed, zero-padded copies for blk_seed's tiles
     std::vector<double> xt(xd.empty() ? 0 : (size_t)(dA * Mp), 0.0), gbt(gbd.empty() ? 0 : (size_t)(dB * Mp), 0.0);
     for (int64_t j = 0; j < M && !xd.empty(); ++j)
       for (int64_t t = 0; t < dA; ++t) xt[t * Mp + j] = xd[j * dA + t];
