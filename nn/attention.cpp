@@ -6,6 +6,8 @@
 
 #include "../ops/elementwise.h"
 #include "../ops/heads.h"
+#include "../ops/matmul.h"
+#include "../ops/shape.h"
 #include "attention_mechanisms.h"
 
 namespace lotgrad::nn {
@@ -125,13 +127,41 @@ void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& 
   v = h[2];
 }
 
+Tensor AttentionMechanism::qk_map(DType) const { return Tensor(); }
+Tensor AttentionMechanism::forward_mapped(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + ": forward_mapped called on a mechanism without a qk_map");
+}
+
 Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask, const LayerNorm* pre_norm) {
   if (mask.defined() && (mask.dtype() != kBool || mask.dim() != 2 || mask.size(0) != x.size(0) || mask.size(1) != x.size(1)))
     throw_shape("MultiHeadAttention", "key_padding_mask must be bool (B, n) matching x", {{"x", &x}, {"mask", &mask}});
-  Tensor q, k, v;
-  project(x, q, k, v, pre_norm);
-  Tensor o = zero_padded_rows(mechanism->forward(q, k, v, mask), mask);  // (B, H, n, dh)
-  return out_proj->forward(merge_heads(o));                                // (B, n, D)
+  Tensor o;  // (B, H, n, dh)
+  const Tensor M = x.dim() == 3 && x.size(2) == d_model_ ? mechanism->qk_map(x.dtype()) : Tensor();  // (H, r, dh)
+  if (M.defined()) {
+    // q·Mᵀ = x·(M W_q)ᵀ + M b_q per head: the query and key weights folded into (H·r, D) maps.
+    const int64_t B = x.size(0), n = x.size(1), H = opt_.n_heads, dh = opt_.d_head, D = d_model_, r = M.size(1);
+    const Tensor z = pre_norm ? pre_norm->forward(x) : x;  // (B, n, D)
+    const Tensor& W = qkv->weight;                         // (3D, D): rows q, k, v
+    Tensor F = cat({matmul(M, W.narrow(0, 0, D).view({H, dh, D})), matmul(M, W.narrow(0, D, D).view({H, dh, D}))}, 0)
+                   .view({2 * H * r, D});
+    Tensor fb, bv;
+    if (qkv->bias.defined()) {
+      const Tensor& b = qkv->bias;
+      fb = cat({matmul(M, b.narrow(0, 0, D).view({H, dh, 1})), matmul(M, b.narrow(0, D, D).view({H, dh, 1}))}, 0)
+               .view({2 * H * r});
+      bv = b.narrow(0, 2 * D, D);
+    }
+    const Tensor s = linear(z, F, fb);  // (B, n, 2·H·r): q·Mᵀ, then k·Mᵀ
+    const Tensor qm = s.narrow(-1, 0, H * r).view({B, n, H, r}).transpose(1, 2);
+    const Tensor km = s.narrow(-1, H * r, H * r).view({B, n, H, r}).transpose(1, 2);
+    const Tensor v = linear(z, W.narrow(0, 2 * D, D), bv).view({B, n, H, dh}).transpose(1, 2);
+    o = mechanism->forward_mapped(qm, km, v, mask);
+  } else {
+    Tensor q, k, v;
+    project(x, q, k, v, pre_norm);
+    o = mechanism->forward(q, k, v, mask);
+  }
+  return out_proj->forward(merge_heads(zero_padded_rows(o, mask)));  // (B, n, D)
 }
 
 }  // namespace lotgrad::nn

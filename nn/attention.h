@@ -42,6 +42,14 @@ class AttentionMechanism : public Module {
   // anything; the probe zeroes them). Low-rank mechanisms build it from their factors.
   // For study at small n only.
   virtual Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask) = 0;
+  // Optional fold. A mechanism that sees queries and keys only through q·Mᵀ and k·Mᵀ for a
+  // small per-head M (H, r, d), r < d, returns M (dtype dt, with its history); then
+  // MultiHeadAttention projects x straight to those r columns per head, x·(M_h W_q,h)ᵀ + M_h b_q,h
+  // (r instead of d output columns: fewer flops, no q and k tensors), and calls
+  // forward_mapped. Undefined (the default): q and k are formed and forward is called.
+  virtual Tensor qk_map(DType dt) const;
+  // qm = q·Mᵀ, km = k·Mᵀ (B, H, n, r), v (B, H, n, d) -> (B, H, n, d), equal to forward(q, k, v).
+  virtual Tensor forward_mapped(const Tensor& qm, const Tensor& km, const Tensor& v, const Tensor& key_padding_mask);
 };
 
 using AttentionFactory = std::function<std::shared_ptr<AttentionMechanism>(const AttentionOptions&, Generator&)>;
@@ -63,6 +71,8 @@ class MultiHeadAttention : public Module {
   MultiHeadAttention(int64_t d_model, const AttentionOptions& opt, Generator& gen);
   // pre_norm: a LayerNorm applied to x first, fused into the projection (pre-LN blocks: the
   // normalised x is recomputed in the backward instead of stored).
+  // With a mechanism that has a qk_map (LOTFormer with r < d_head), queries and keys are not
+  // formed (see AttentionMechanism::qk_map).
   Tensor forward(const Tensor& x, const Tensor& key_padding_mask = Tensor(), const LayerNorm* pre_norm = nullptr);
   // Per-head (B, H, n, dh) queries, keys and values for x (used by forward and the probe).
   void project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v, const LayerNorm* pre_norm = nullptr) const;

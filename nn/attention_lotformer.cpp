@@ -77,11 +77,15 @@ Tensor LOTFormerAttention::log_masses(DType dt) const {
   return log_softmax(mass_temp_ == 1.0 ? w : div(w, mass_temp_), -1);  // (H, r)
 }
 
-void LOTFormerAttention::costs(const Tensor& q, const Tensor& k, Tensor& C1, Tensor& C2) const {
-  const double s = 1.0 / std::sqrt((double)q.size(-1));
-  Tensor Z = pivots.to(q.dtype());                        // (H, r, d)
-  Tensor S1 = mul(matmul(q, Z.transpose(-2, -1)), s);     // (B, H, n, r)
-  Tensor S2 = mul(matmul(Z, k.transpose(-2, -1)), s);     // (B, H, r, n)
+Tensor LOTFormerAttention::scaled_pivots(DType dt) const {
+  return mul(pivots.to(dt), 1.0 / std::sqrt((double)pivots.size(-1)));  // (H, r, d)
+}
+
+Tensor LOTFormerAttention::qk_map(DType dt) const { return r_ < pivots.size(-1) ? scaled_pivots(dt) : Tensor(); }
+
+void LOTFormerAttention::costs(const Tensor& qm, const Tensor& km, Tensor& C1, Tensor& C2) const {
+  Tensor S1 = qm;                     // (B, H, n, r)
+  Tensor S2 = km.transpose(-2, -1);   // (B, H, r, n)
   if (clamp_ > 0) {
     S1 = clamp(S1, -clamp_, clamp_);
     S2 = clamp(S2, -clamp_, clamp_);
@@ -108,11 +112,16 @@ SinkhornOptions LOTFormerAttention::solver_options() const {
 }
 
 Tensor LOTFormerAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
-  const int64_t B = q.size(0), n = q.size(2);
+  const Tensor Mt = scaled_pivots(q.dtype()).transpose(-2, -1);  // (H, d, r)
+  return forward_mapped(matmul(q, Mt), matmul(k, Mt), v, mask);
+}
+
+Tensor LOTFormerAttention::forward_mapped(const Tensor& qm, const Tensor& km, const Tensor& v, const Tensor& mask) {
+  const int64_t B = qm.size(0), n = qm.size(2);
   Tensor C1, C2, log_a, n_valid;
-  costs(q, k, C1, C2);
-  token_weights(mask, B, n, q.dtype(), log_a, n_valid);
-  Tensor log_b = log_masses(q.dtype()).unsqueeze(0);  // (1, H, r)
+  costs(qm, km, C1, C2);
+  token_weights(mask, B, n, qm.dtype(), log_a, n_valid);
+  Tensor log_b = log_masses(qm.dtype()).unsqueeze(0);  // (1, H, r)
   Tensor inv_b = exp(neg(log_b)).unsqueeze(-1);        // (1, H, r, 1)
   SinkhornOptions so = solver_options();
   Tensor y;
@@ -135,7 +144,8 @@ void LOTFormerAttention::plans(const Tensor& q, const Tensor& k, const Tensor& m
                                Tensor& b) {
   const int64_t B = q.size(0), n = q.size(2);
   Tensor C1, C2, log_a, n_valid;
-  costs(q, k, C1, C2);
+  const Tensor Mt = scaled_pivots(q.dtype()).transpose(-2, -1);  // (H, d, r)
+  costs(matmul(q, Mt), matmul(k, Mt), C1, C2);
   token_weights(mask, B, n, q.dtype(), log_a, n_valid);
   Tensor log_b = log_masses(q.dtype()).unsqueeze(0);
   SinkhornOptions so = solver_options();

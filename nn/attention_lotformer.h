@@ -13,6 +13,10 @@ class LOTFormerAttention : public AttentionMechanism {
   std::string type_name() const override;
   // q, k, v (B, H, n, d) -> (B, H, n, d)
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_padding_mask) override;
+  // The costs use q and k only through q·Zᵀ/√d and k·Zᵀ/√d: M = Z/√d (H, r, d), folded into
+  // the projection by MultiHeadAttention when r < d.
+  Tensor qk_map(DType dt) const override;
+  Tensor forward_mapped(const Tensor& qm, const Tensor& km, const Tensor& v, const Tensor& key_padding_mask) override;
   // A = n · Γ1 diag(1/b) Γ2 (B, H, n, n), for study at small n.
   Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask) override;
   // The two plans Γ1 (B, H, n, r), Γ2 (B, H, r, n) and the masses b (1, H, r).
@@ -24,7 +28,9 @@ class LOTFormerAttention : public AttentionMechanism {
   Tensor mass_logits;  // (H, r); a parameter when masses are learned, else a buffer
 
  private:
-  void costs(const Tensor& q, const Tensor& k, Tensor& C1, Tensor& C2) const;
+  Tensor scaled_pivots(DType dt) const;  // Z/√d (H, r, d)
+  // C1 = −q·Zᵀ/√d (B, H, n, r), C2 = −Z·kᵀ/√d (B, H, r, n) from qm = q·Zᵀ/√d, km = k·Zᵀ/√d.
+  void costs(const Tensor& qm, const Tensor& km, Tensor& C1, Tensor& C2) const;
   void token_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tensor& log_a, Tensor& n_valid) const;
   SinkhornOptions solver_options() const;
   AttentionOptions opt_;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <lotgrad/nn/attention_lotformer.h>
 #include <lotgrad/nn/probe.h>
+#include <lotgrad/ops/heads.h>
 
 #include "support/gradcheck.h"
 
@@ -222,4 +223,62 @@ TEST_CASE("sinkformer: one half-step equals softmax attention; more make it doub
   s3.knobs = {{"half_steps", 4}};
   auto sk = make_attention(s3, g);
   CHECK_GRAD([&](const V& x) { return sk->forward(x[0], x[1], x[2], Tensor()); }, {ql, kl, vl});
+}
+
+TEST_CASE("lotformer in MultiHeadAttention: the folded projection equals forming q and k (values, every gradient)") {
+  // r = 3 < d_head = 4, so MultiHeadAttention projects x straight to q·Zᵀ/√d and k·Zᵀ/√d.
+  Generator g(31);
+  AttentionOptions o = lot(3, 0.5, 15);
+  MultiHeadAttention mha(8, o, g);
+  LayerNorm ln(8);
+  mha.to_(kFloat64);
+  ln.to_(kFloat64);
+  REQUIRE(mha.mechanism->qk_map(kFloat64).defined());
+  {
+    NoGradGuard ng;  // non-trivial norm parameters and masses
+    ln.weight.detach().copy_(qkv({8}, 32));
+    ln.bias.detach().copy_(qkv({8}, 33));
+    auto* lf = dynamic_cast<LOTFormerAttention*>(mha.mechanism.get());
+    lf->mass_logits.detach().copy_(qkv({2, 3}, 34));
+  }
+  Tensor mask = tail_mask(2, 7, 3);
+  Tensor x = qkv({2, 7, 8}, 35).requires_grad_();
+  Tensor up = qkv({2, 7, 8}, 36);
+  auto params = [&] {
+    std::vector<Tensor> p;
+    for (auto& [name, t] : mha.named_parameters()) p.push_back(t);
+    p.push_back(ln.weight);
+    p.push_back(ln.bias);
+    p.push_back(x);
+    return p;
+  };
+  auto grads = [&] {
+    std::vector<Tensor> gs;
+    for (auto& t : params()) {
+      gs.push_back(t.grad().clone());
+      t.zero_grad();
+    }
+    return gs;
+  };
+  Tensor folded = mha.forward(x, mask, &ln);
+  folded.backward(up);
+  std::vector<Tensor> gf = grads();
+  // Reference: q, k, v formed, the mechanism's own forward.
+  Tensor q, k, v;
+  mha.project(x, q, k, v, &ln);
+  Tensor plain = mha.out_proj->forward(merge_heads(zero_padded_rows(mha.mechanism->forward(q, k, v, mask), mask)));
+  plain.backward(up);
+  std::vector<Tensor> gp = grads();
+  CHECK(max_abs_diff(folded, plain) < 1e-12);
+  REQUIRE(gf.size() == gp.size());
+  for (size_t i = 0; i < gf.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK(max_abs_diff(gf[i], gp[i]) < 1e-11);
+  }
+  // and central differences through the folded path (x used by both projections, views of W)
+  Tensor xl = leaf({2, 7, 8}, 37);
+  GradcheckOptions go;
+  go.atol = 1e-6;
+  CHECK_GRAD([&](const V& in) { return mha.forward(in[0], mask, &ln); },
+             {xl, mha.qkv->weight, mha.qkv->bias, dynamic_cast<LOTFormerAttention*>(mha.mechanism.get())->pivots}, go);
 }
