@@ -139,22 +139,21 @@ Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask, const La
   const Tensor M = x.dim() == 3 && x.size(2) == d_model_ ? mechanism->qk_map(x.dtype()) : Tensor();  // (H, r, dh)
   if (M.defined()) {
     // q·Mᵀ = x·(M W_q)ᵀ + M b_q per head: the query and key weights folded into (H·r, D) maps.
-    const int64_t B = x.size(0), n = x.size(1), H = opt_.n_heads, dh = opt_.d_head, D = d_model_, r = M.size(1);
-    const Tensor z = pre_norm ? pre_norm->forward(x) : x;  // (B, n, D)
-    const Tensor& W = qkv->weight;                         // (3D, D): rows q, k, v
-    Tensor F = cat({matmul(M, W.narrow(0, 0, D).view({H, dh, D})), matmul(M, W.narrow(0, D, D).view({H, dh, D}))}, 0)
-                   .view({2 * H * r, D});
-    Tensor fb, bv;
+    const int64_t H = opt_.n_heads, dh = opt_.d_head, D = d_model_, r = M.size(1);
+    const Tensor& W = qkv->weight;  // (3D, D): rows q, k, v
+    const Tensor F = cat({matmul(M, W.narrow(0, 0, D).view({H, dh, D})), matmul(M, W.narrow(0, D, D).view({H, dh, D}))}, 0)
+                         .view({2 * H * r, D});
+    Tensor b;
     if (qkv->bias.defined()) {
-      const Tensor& b = qkv->bias;
-      fb = cat({matmul(M, b.narrow(0, 0, D).view({H, dh, 1})), matmul(M, b.narrow(0, D, D).view({H, dh, 1}))}, 0)
-               .view({2 * H * r});
-      bv = b.narrow(0, 2 * D, D);
+      const Tensor& bb = qkv->bias;
+      b = cat({matmul(M, bb.narrow(0, 0, D).view({H, dh, 1})).view({H * r}), matmul(M, bb.narrow(0, D, D).view({H, dh, 1})).view({H * r}),
+               bb.narrow(0, 2 * D, D)},
+              0);  // (2·H·r + D)
     }
-    const Tensor s = linear(z, F, fb);  // (B, n, 2·H·r): q·Mᵀ, then k·Mᵀ
-    const Tensor qm = s.narrow(-1, 0, H * r).view({B, n, H, r}).transpose(1, 2);
-    const Tensor km = s.narrow(-1, H * r, H * r).view({B, n, H, r}).transpose(1, 2);
-    const Tensor v = linear(z, W.narrow(0, 2 * D, D), bv).view({B, n, H, dh}).transpose(1, 2);
+    const PreNorm pn = pre_norm ? pre_norm->as_pre_norm() : PreNorm{};
+    // [q·Mᵀ | k·Mᵀ | v] per head: (B, H, n, r), (B, H, n, r), (B, H, n, dh)
+    auto h = linear_heads(x, cat({F, W.narrow(0, 2 * D, D)}, 0), b, H, {r, r, dh}, pre_norm ? &pn : nullptr);
+    const Tensor &qm = h[0], &km = h[1], &v = h[2];
     o = mechanism->forward_mapped(qm, km, v, mask);
   } else {
     Tensor q, k, v;

@@ -85,12 +85,13 @@ int64_t chunk_seqs(int64_t n) { return std::max<int64_t>(1, 8192 / std::max<int6
 // backward.
 struct LinearQKVHeadsBackward : Node {
   SavedTensor x, w, lnw, lnb, mean, rstd;
-  int64_t B = 0, n = 0, H = 0, dh = 0, D = 0;
+  int64_t B = 0, n = 0, H = 0, D = 0;
+  std::array<int64_t, 3> wd{}, off{};  // per part: head width, first column
   bool has_bias = false, normed = false;
   double eps = 1e-5;
   const char* name() const override { return "LinearQKVHeadsBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
-    const int64_t W = 3 * H * dh;
+    const int64_t W = H * (wd[0] + wd[1] + wd[2]);
     DType dt = DType::f32;
     for (auto& t : g)
       if (t.defined()) dt = t.dtype();
@@ -113,8 +114,8 @@ struct LinearQKVHeadsBackward : Node {
         const Tensor blk = blk_buf.narrow(0, 0, rows);  // (rows, W)
         for (int p = 0; p < 3 && p < (int)g.size(); ++p) {
           if (!g[p].defined()) continue;
-          const Tensor gb = g[p].narrow(0, b0, nb);  // (nb, H, n, dh) view
-          scatter_heads<T>(gb.data_ptr<T>(), gb.strides(), blk.data_ptr<T>(), nb, n, W, H, dh, p * H * dh);
+          const Tensor gb = g[p].narrow(0, b0, nb);  // (nb, H, n, wd[p]) view
+          scatter_heads<T>(gb.data_ptr<T>(), gb.strides(), blk.data_ptr<T>(), nb, n, W, H, wd[p], off[p]);
         }
         const T* xb = xv.defined() ? xv.data_ptr<T>() + b0 * n * D : nullptr;
         if (needs_grad(1)) {
@@ -152,13 +153,17 @@ struct LinearQKVHeadsBackward : Node {
 };
 }  // namespace
 
-std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t H,
-                                       const PreNorm* norm) {
-  const char* op = "linear_qkv_heads";
-  if (!x_in.defined() || !weight.defined()) throw ShapeError("linear_qkv_heads: undefined tensor");
-  if (x_in.dim() != 3 || weight.dim() != 2 || weight.size(1) != x_in.size(2) || H <= 0 || weight.size(0) % (3 * H) ||
-      (bias.defined() && bias.shape() != Shape{weight.size(0)}))
-    throw_shape(op, "expects x (B, n, D), weight (3*heads*dh, D), bias (3*heads*dh) with heads = " + std::to_string(H),
+std::array<Tensor, 3> linear_heads(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t H,
+                                   const std::array<int64_t, 3>& widths, const PreNorm* norm) {
+  const char* op = "linear_heads";
+  if (!x_in.defined() || !weight.defined()) throw ShapeError("linear_heads: undefined tensor");
+  const int64_t Wsum = widths[0] + widths[1] + widths[2];
+  if (x_in.dim() != 3 || weight.dim() != 2 || weight.size(1) != x_in.size(2) || H <= 0 || widths[0] <= 0 ||
+      widths[1] <= 0 || widths[2] <= 0 || weight.size(0) != H * Wsum || (bias.defined() && bias.shape() != Shape{weight.size(0)}))
+    throw_shape(op,
+                "expects x (B, n, D), weight (heads*(w0+w1+w2), D), bias (heads*(w0+w1+w2)) with heads = " +
+                    std::to_string(H) + ", widths (" + std::to_string(widths[0]) + ", " + std::to_string(widths[1]) +
+                    ", " + std::to_string(widths[2]) + ")",
                 {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
   if (!is_floating(x_in.dtype()) || weight.dtype() != x_in.dtype() || (bias.defined() && bias.dtype() != x_in.dtype()))
     throw_dtype(op, "expects floating tensors of one dtype", {{"x", &x_in}, {"weight", &weight}, {"bias", &bias}});
@@ -168,9 +173,10 @@ std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight,
       throw_shape(op, std::string(nm) + " must be (D) of x's dtype", {{"x", &x_in}, {nm, t}});
   const Tensor x = x_in.detach().contiguous(), wd = weight.detach(), bd = bias.defined() ? bias.detach() : Tensor();
   const Tensor lw = lnw.defined() ? lnw.detach().contiguous() : Tensor(), lb = lnb.defined() ? lnb.detach().contiguous() : Tensor();
-  const int64_t B = x.size(0), n = x.size(1), D = x.size(2), W = weight.size(0), dh = W / (3 * H);
+  const int64_t B = x.size(0), n = x.size(1), D = x.size(2), W = weight.size(0);
+  const std::array<int64_t, 3> off = {0, H * widths[0], H * (widths[0] + widths[1])};
   std::array<Tensor, 3> out;
-  for (int p = 0; p < 3; ++p) out[p] = make_tensor_uninit({B, H, n, dh}, x.dtype());
+  for (int p = 0; p < 3; ++p) out[p] = make_tensor_uninit({B, H, n, widths[p]}, x.dtype());
   const int64_t cb = chunk_seqs(n);
   Tensor mean, rstd, z;
   if (norm) {
@@ -192,7 +198,7 @@ std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight,
         }
         const Tensor blk = linear(in, wd, bd);  // (rows, W), contiguous
         for (int p = 0; p < 3; ++p)
-          gather_heads<T>(blk.data_ptr<T>(), out[p].data_ptr<T>() + b0 * H * n * dh, nb, n, W, H, dh, p * H * dh);
+          gather_heads<T>(blk.data_ptr<T>(), out[p].data_ptr<T>() + b0 * H * n * widths[p], nb, n, W, H, widths[p], off[p]);
       }
     });
   }
@@ -200,7 +206,8 @@ std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight,
     node->B = B;
     node->n = n;
     node->H = H;
-    node->dh = dh;
+    node->wd = widths;
+    node->off = off;
     node->D = D;
     node->has_bias = bias.defined();
     node->normed = norm != nullptr;
@@ -217,6 +224,15 @@ std::array<Tensor, 3> linear_qkv_heads(const Tensor& x_in, const Tensor& weight,
     for (uint32_t p = 0; p < 3; ++p) set_history(out[p], node, p);
   }
   return out;
+}
+
+std::array<Tensor, 3> linear_qkv_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t H,
+                                       const PreNorm* norm) {
+  if (!weight.defined() || weight.dim() != 2 || H <= 0 || weight.size(0) % (3 * H) || weight.size(0) == 0)
+    throw_shape("linear_qkv_heads", "expects weight (3*heads*dh, D) with heads = " + std::to_string(H),
+                {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  const int64_t dh = weight.size(0) / (3 * H);
+  return linear_heads(x, weight, bias, H, {dh, dh, dh}, norm);
 }
 
 std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv_in, int64_t H) {

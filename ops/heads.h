@@ -22,6 +22,12 @@ std::array<Tensor, 3> split_qkv_heads(const Tensor& qkv, int64_t heads);
 std::array<Tensor, 3> linear_qkv_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads,
                                        const PreNorm* norm = nullptr);
 
+// linear_qkv_heads with parts of their own head widths: weight (H·(w0 + w1 + w2), D) laid out
+// [part 0 | part 1 | part 2], each head-major -> (B, H, n, w_p) for p = 0, 1, 2. (LOTFormer's
+// folded projection: r-column query and key maps and dh-column values.)
+std::array<Tensor, 3> linear_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads,
+                                   const std::array<int64_t, 3>& widths, const PreNorm* norm = nullptr);
+
 // o (B, H, n, dh) -> (B, n, H·dh), contiguous. Differentiable.
 Tensor merge_heads(const Tensor& o);
 

@@ -338,6 +338,62 @@ TEST_CASE("linear_qkv_heads with a pre-norm: equals the composite with layer_nor
   }, {leaf({2, 3, 4}, 16), leaf({12, 4}, 17)});
 }
 
+TEST_CASE("linear_heads: parts of different head widths equal the composite, gradient checks, errors") {
+  using lotgrad::testing::leaf;
+  const std::array<int64_t, 3> wd = {3, 1, 4};  // H = 2: weight (2·8, D) = [3·2 | 1·2 | 4·2]
+  // composite: linear, then part p = columns [off_p, off_p + 2·w_p) as (B, 2, n, w_p)
+  auto composite = [&](const Tensor& y) {
+    std::array<Tensor, 3> out;
+    int64_t off = 0;
+    for (int p = 0; p < 3; ++p) {
+      out[p] = y.narrow(-1, off, 2 * wd[p]).reshape({y.size(0), y.size(1), 2, wd[p]}).transpose(1, 2);
+      off += 2 * wd[p];
+    }
+    return out;
+  };
+  for (DType dt : {kFloat64, kFloat32}) {
+    Generator g(5);
+    // 3 sequences of 3000 rows: blocks of two sequences and one (a partial last block).
+    Tensor x = randn({3, 3000, 8}, g, dt), w = randn({16, 8}, g, dt), b = randn({16}, g, dt), lw = randn({8}, g, dt),
+           lb = randn({8}, g, dt);
+    std::vector<Tensor> ups;
+    for (int p = 0; p < 3; ++p) ups.push_back(randn({3, 2, 3000, wd[p]}, g, dt));
+    std::vector<Tensor*> ps = {&x, &w, &b, &lw, &lb};
+    for (Tensor* t : ps) t->requires_grad_();
+    for (bool normed : {false, true}) {
+      auto run = [&](bool fused) {
+        for (Tensor* t : ps) t->zero_grad();
+        PreNorm pn{lw, lb, 1e-5};
+        std::array<Tensor, 3> h = fused ? linear_heads(x, w, b, 2, wd, normed ? &pn : nullptr)
+                                        : composite(linear(normed ? layer_norm(x, {8}, lw, lb) : x, w, b));
+        Tensor loss = add(add(sum(mul(h[0], ups[0])), sum(mul(h[1], ups[1]))), sum(mul(h[2], ups[2])));
+        loss.backward();
+        std::vector<Tensor> r = {h[0].detach(), h[1].detach(), h[2].detach(), x.grad(), w.grad(), b.grad()};
+        if (normed) r.push_back(lw.grad()), r.push_back(lb.grad());
+        return r;
+      };
+      const auto f = run(true), c = run(false);
+      const double tol = dt == kFloat64 ? 1e-11 : 1e-4;
+      for (size_t i = 0; i < f.size(); ++i) {
+        INFO(dtype_name(dt), " normed ", normed, " output ", i);
+        REQUIRE(f[i].shape() == c[i].shape());
+        double scale = 0;
+        for (double v : c[i].to_vector()) scale = std::max(scale, std::abs(v));
+        CHECK(lotgrad::testing::max_abs_diff(f[i], c[i]) < tol * (1.0 + scale));
+      }
+    }
+  }
+  CHECK_GRAD([&](const std::vector<Tensor>& v) {  // x used twice, every part, a pre-norm
+    PreNorm pn;
+    pn.weight = v[3];
+    pn.bias = v[4];
+    auto s = linear_heads(v[0], v[1], v[2], 2, wd, &pn);
+    return add(add(sum(mul(s[0], s[0])), sum(s[1])), add(sum(mul(s[2], s[2])), sum(mul(v[0], v[0]))));
+  }, {leaf({2, 3, 4}, 21), leaf({16, 4}, 22), leaf({16}, 23), leaf({4}, 24), leaf({4}, 25)});
+  CHECK_THROWS_WITH_AS(linear_heads(Tensor::zeros({2, 3, 4}), Tensor::zeros({15, 4}), Tensor(), 2, wd),
+                       doctest::Contains("widths (3, 1, 4)"), ShapeError);
+}
+
 TEST_CASE("split_qkv_heads and merge_heads: values against views, gradient checks, partial use") {
   using lotgrad::testing::leaf;
   Tensor x = leaf({2, 3, 12}, 91);  // B 2, n 3, heads 2, dh 2
