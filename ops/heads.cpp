@@ -78,18 +78,19 @@ struct MergeHeadsBackward : Node {
 // in the last-level cache for D = 64, and few blocks keep the parallel regions few).
 int64_t chunk_seqs(int64_t n) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1)); }
 
-// x (B, n, D) -> (q, k, v): sequence b's projection (n, 3HD) is made, split into heads
-// and dropped before the next; the backward reassembles one (n, 3HD) gradient block at a
+// x (B, n, D) -> three per-head parts (q, k, v for linear_qkv_heads): a block of sequences'
+// projection (rows, W) is made, split into heads and dropped before the next; the backward
+// reassembles one (rows, W) gradient block at a
 // time for dx, dW and db (db and dW summed over sequences in order: deterministic). With a
 // pre-norm, z_b = LayerNorm(x_b) is made per sequence too, in the forward and again in the
 // backward.
-struct LinearQKVHeadsBackward : Node {
+struct LinearHeadsBackward : Node {
   SavedTensor x, w, lnw, lnb, mean, rstd;
   int64_t B = 0, n = 0, H = 0, D = 0;
   std::array<int64_t, 3> wd{}, off{};  // per part: head width, first column
   bool has_bias = false, normed = false;
   double eps = 1e-5;
-  const char* name() const override { return "LinearQKVHeadsBackward"; }
+  const char* name() const override { return "LinearHeadsBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const int64_t W = H * (wd[0] + wd[1] + wd[2]);
     DType dt = DType::f32;
@@ -202,7 +203,7 @@ std::array<Tensor, 3> linear_heads(const Tensor& x_in, const Tensor& weight, con
       }
     });
   }
-  if (auto node = make_node<LinearQKVHeadsBackward>({x_in, weight, bias, lnw, lnb})) {
+  if (auto node = make_node<LinearHeadsBackward>({x_in, weight, bias, lnw, lnb})) {
     node->B = B;
     node->n = n;
     node->H = H;
@@ -228,7 +229,8 @@ std::array<Tensor, 3> linear_heads(const Tensor& x_in, const Tensor& weight, con
 
 std::array<Tensor, 3> linear_qkv_heads(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t H,
                                        const PreNorm* norm) {
-  if (!weight.defined() || weight.dim() != 2 || H <= 0 || weight.size(0) % (3 * H) || weight.size(0) == 0)
+  if (!x.defined() || !weight.defined()) throw ShapeError("linear_qkv_heads: undefined tensor");
+  if (weight.dim() != 2 || H <= 0 || weight.size(0) % (3 * H) || weight.size(0) == 0)
     throw_shape("linear_qkv_heads", "expects weight (3*heads*dh, D) with heads = " + std::to_string(H),
                 {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
   const int64_t dh = weight.size(0) / (3 * H);
