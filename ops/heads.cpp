@@ -77,22 +77,24 @@ struct MergeHeadsBackward : Node {
 // Whole sequences per block of linear_qkv_heads: about 8192 rows (a (8192, 3D) block stays
 // in the last-level cache for D = 64, and few blocks keep the parallel regions few).
 int64_t chunk_seqs(int64_t n) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1)); }
+// First column of each part in a projection laid out [part 0 | part 1 | part 2], H heads each.
+std::array<int64_t, 3> part_offsets(int64_t H, const std::array<int64_t, 3>& w) { return {0, H * w[0], H * (w[0] + w[1])}; }
 
 // x (B, n, D) -> three per-head parts (q, k, v for linear_qkv_heads): a block of sequences'
 // projection (rows, W) is made, split into heads and dropped before the next; the backward
-// reassembles one (rows, W) gradient block at a
-// time for dx, dW and db (db and dW summed over sequences in order: deterministic). With a
-// pre-norm, z_b = LayerNorm(x_b) is made per sequence too, in the forward and again in the
-// backward.
+// reassembles one (rows, W) gradient block at a time for dx, dW and db (db and dW summed over
+// sequences in order: deterministic). With a pre-norm, z_b = LayerNorm(x_b) is made per block
+// too, in the forward and again in the backward.
 struct LinearHeadsBackward : Node {
   SavedTensor x, w, lnw, lnb, mean, rstd;
   int64_t B = 0, n = 0, H = 0, D = 0;
-  std::array<int64_t, 3> wd{}, off{};  // per part: head width, first column
+  std::array<int64_t, 3> wd{};  // per part: head width
   bool has_bias = false, normed = false;
   double eps = 1e-5;
   const char* name() const override { return "LinearHeadsBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const int64_t W = H * (wd[0] + wd[1] + wd[2]);
+    const std::array<int64_t, 3> off = part_offsets(H, wd);
     DType dt = DType::f32;
     for (auto& t : g)
       if (t.defined()) dt = t.dtype();
@@ -175,7 +177,7 @@ std::array<Tensor, 3> linear_heads(const Tensor& x_in, const Tensor& weight, con
   const Tensor x = x_in.detach().contiguous(), wd = weight.detach(), bd = bias.defined() ? bias.detach() : Tensor();
   const Tensor lw = lnw.defined() ? lnw.detach().contiguous() : Tensor(), lb = lnb.defined() ? lnb.detach().contiguous() : Tensor();
   const int64_t B = x.size(0), n = x.size(1), D = x.size(2), W = weight.size(0);
-  const std::array<int64_t, 3> off = {0, H * widths[0], H * (widths[0] + widths[1])};
+  const std::array<int64_t, 3> off = part_offsets(H, widths);
   std::array<Tensor, 3> out;
   for (int p = 0; p < 3; ++p) out[p] = make_tensor_uninit({B, H, n, widths[p]}, x.dtype());
   const int64_t cb = chunk_seqs(n);
@@ -208,7 +210,6 @@ std::array<Tensor, 3> linear_heads(const Tensor& x_in, const Tensor& weight, con
     node->n = n;
     node->H = H;
     node->wd = widths;
-    node->off = off;
     node->D = D;
     node->has_bias = bias.defined();
     node->normed = norm != nullptr;

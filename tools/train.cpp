@@ -117,9 +117,9 @@ int cmd_inspect(int argc, char** argv) {
               "the task and model (--task, --data or the generation options, --attention and knobs, widths, --seed).\n"
               "Per layer and head, over --count examples (one at a time, unpadded): the mean length n, the mean largest\n"
               "weight per query and the largest of all, LOTFormer's bound 1/(n min b) on any weight and the largest share of it\n"
-              "an example used, the weight on the\n"
-              "first token times n (1 = uniform; in ListOps the root operator), the row entropy over log n (1 = uniform)\n"
-              "and the largest |column sum - 1| (0: doubly stochastic, which mean pooling cancels).");
+              "an example used, the weight on the first token times n (1 = uniform; in ListOps the root operator), the row\n"
+              "entropy over log n (1 = uniform) and the largest |column sum - 1| (0: doubly stochastic, which mean pooling\n"
+              "cancels).");
     return 0;
   }
   models::TrainConfig c = parse_train(a);
