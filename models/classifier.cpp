@@ -21,8 +21,15 @@ SequenceClassifier::SequenceClassifier(const ClassifierConfig& cfg, Generator& g
   const int64_t d = cfg.encoder.d_model;
   if (cfg.pooling != "mean" && cfg.pooling != "cls")
     throw std::invalid_argument("SequenceClassifier: pooling must be \"mean\" or \"cls\", got \"" + cfg.pooling + "\"");
+  if (cfg.init != "normal" && cfg.init != "torch")
+    throw std::invalid_argument("SequenceClassifier: init must be \"normal\" or \"torch\", got \"" + cfg.init + "\"");
   embed = register_module("embed", std::make_shared<nn::Embedding>(cfg.vocab, d, gen));
-  pos = register_module("pos", std::make_shared<nn::LearnedPositionalEmbedding>(cfg.max_len + 1, d, gen));
+  if (cfg.pos_grid_width > 0) {
+    const int64_t w = cfg.pos_grid_width, lead = cfg.pooling == "cls" ? 1 : 0;
+    pos_grid = register_module("pos", std::make_shared<nn::GridPositionalEmbedding>((cfg.max_len + w - 1) / w, w, lead, d, gen));
+  } else {
+    pos = register_module("pos", std::make_shared<nn::LearnedPositionalEmbedding>(cfg.max_len + 1, d, gen));
+  }
   encoder = register_module("encoder", std::make_shared<nn::TransformerEncoder>(cfg.encoder, gen, dgen));
   final_ln = register_module("final_ln", std::make_shared<nn::LayerNorm>(d));
   head1 = register_module("head1", std::make_shared<nn::Linear>(d, cfg.head_hidden, gen));
@@ -33,7 +40,10 @@ SequenceClassifier::SequenceClassifier(const ClassifierConfig& cfg, Generator& g
     nn::init::normal_(cls, gen, 0.0, 0.02);
     register_parameter("cls", &cls);
   }
+  if (cfg.init == "torch") nn::reset_linears_uniform_(*this, gen);
 }
+
+Tensor SequenceClassifier::positions(int64_t n) const { return pos_grid ? pos_grid->forward(n) : pos->forward(n); }
 
 void SequenceClassifier::embed_input(const Tensor& tokens, const Tensor& mask, Tensor& h, Tensor& m) {
   if (tokens.dim() != 2 || tokens.dtype() != kInt64)
@@ -65,10 +75,10 @@ void SequenceClassifier::embed_input(const Tensor& tokens, const Tensor& mask, T
         pmp[b * L + (int64_t)j] = false;
       }
     const Tensor tk = Tensor::from_vector(tok, {B, L}), ps = Tensor::from_vector(at, {B, L});
-    h = add(embed->forward(tk), embedding(pos->weight.narrow(0, 0, n0 + shift), ps));  // (B, L, d)
+    h = add(embed->forward(tk), embedding(positions(n0 + shift), ps));  // (B, L, d)
     m = pm;
     if (with_cls) {
-      Tensor c = add(cls.to(h.dtype()), pos->weight.narrow(0, 0, 1).to(h.dtype()));   // (1, 1, d)
+      Tensor c = add(cls.to(h.dtype()), positions(1).to(h.dtype()));   // (1, 1, d)
       h = cat({c.expand({B, 1, h.size(2)}), h}, 1);                                     // (B, 1 + L, d)
       m = cat({Tensor::zeros({B, 1}, kBool), m}, 1);
     }
@@ -80,7 +90,7 @@ void SequenceClassifier::embed_input(const Tensor& tokens, const Tensor& mask, T
       h = cat({cls.to(h.dtype()).expand({B, 1, h.size(2)}), h}, 1);  // (B, 1 + n, d)
       if (m.defined()) m = cat({Tensor::zeros({B, 1}, kBool), m}, 1);
     }
-    h = drop->forward(add(h, pos->forward(h.size(1))));
+    h = drop->forward(add(h, positions(h.size(1))));
   }
 }
 
@@ -101,6 +111,10 @@ DualEncoderClassifier::DualEncoderClassifier(const ClassifierConfig& cfg, Genera
   const int64_t d = cfg.encoder.d_model;
   head1 = register_module("head1", std::make_shared<nn::Linear>(4 * d, cfg.head_hidden, gen));
   head2 = register_module("head2", std::make_shared<nn::Linear>(cfg.head_hidden, cfg.num_classes, gen));
+  if (cfg.init == "torch") {  // the tower has re-initialised its own
+    head1->reset_parameters_uniform(gen);
+    head2->reset_parameters_uniform(gen);
+  }
 }
 
 Tensor DualEncoderClassifier::forward(const Tensor& t1, const Tensor& m1, const Tensor& t2, const Tensor& m2) {

@@ -18,6 +18,13 @@ struct ClassifierConfig {
   int64_t head_hidden = 128;   // head: d -> head_hidden -> ReLU -> classes
   std::string pooling = "mean";  // "mean" over valid tokens, or "cls" (a learned token prepended)
   double embed_dropout = 0.0;
+  // Linear layers' init: "normal" (N(0, 0.02²) weights, zero bias) or "torch" (PyTorch's
+  // nn.Linear default, U(±1/sqrt(in)) for both, which the PyTorch LRA harnesses inherit).
+  // Embeddings, positions and the CLS token are N(0, 0.02²) either way.
+  std::string init = "normal";
+  // > 0: images of this width, flattened row by row, get 2-D learned positions (row + column
+  // tables, nn::GridPositionalEmbedding) instead of one vector per position.
+  int64_t pos_grid_width = 0;
   // Drop masked tokens before the encoder: each row keeps its valid tokens, in order, with
   // their original positions, and the batch is cut to the longest row. The encoder never
   // sees a padded token either way (masked keys get no weight, masked queries are zeroed and
@@ -39,7 +46,10 @@ class SequenceClassifier : public nn::Module {
   std::string type_name() const override { return "SequenceClassifier"; }
   ClassifierConfig config;
   std::shared_ptr<nn::Embedding> embed;
-  std::shared_ptr<nn::LearnedPositionalEmbedding> pos;
+  std::shared_ptr<nn::LearnedPositionalEmbedding> pos;     // 1-D positions, or
+  std::shared_ptr<nn::GridPositionalEmbedding> pos_grid;  // 2-D ones (config.pos_grid_width > 0)
+  // The first n rows of the position table (CLS slot first when pooling == "cls"): (n, d).
+  Tensor positions(int64_t n) const;
   std::shared_ptr<nn::TransformerEncoder> encoder;
   std::shared_ptr<nn::LayerNorm> final_ln;
   std::shared_ptr<nn::Linear> head1, head2;

@@ -154,6 +154,16 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   c.num_classes = std::max({t.train.num_classes, t.val.num_classes, t.test.num_classes});
   c.pooling = cfg.pooling;
   c.pack = cfg.pack;
+  c.init = cfg.init;
+  if (cfg.pos == "2d") {
+    const int64_t n = c.max_len - 1, side = (int64_t)std::llround(std::sqrt((double)n));
+    if (side * side != n)
+      throw std::invalid_argument("train: --pos 2d needs square images, but the longest " + cfg.task + " sequence has " +
+                                  std::to_string(n) + " tokens");
+    c.pos_grid_width = side;
+  } else if (cfg.pos != "1d") {
+    throw std::invalid_argument("train: --pos must be 1d or 2d, got \"" + cfg.pos + "\"");
+  }
   c.encoder.depth = cfg.depth;
   c.encoder.d_model = cfg.d_model;
   c.encoder.n_heads = cfg.heads;

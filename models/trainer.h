@@ -34,6 +34,8 @@ struct TrainConfig {
   bool pack = true;             // drop masked tokens before the encoder (ClassifierConfig::pack)
   int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
   double dropout = 0.1;
+  std::string pos = "1d";       // "2d": row + column positions for square images (pathfinder, image)
+  std::string init = "normal";  // Linear init: "normal" (0.02) or "torch" (ClassifierConfig::init)
   // ---- optimisation
   int64_t steps = 1000, batch = 32;
   int64_t bucket = 0;           // > 0: length bucketing over chunks of this many batches (less padding)

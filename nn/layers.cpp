@@ -1,5 +1,7 @@
 #include "layers.h"
 
+#include <cmath>
+
 #include "../ops/dropout.h"
 #include "../ops/elementwise.h"
 #include "../ops/embedding.h"
@@ -20,6 +22,22 @@ Linear::Linear(int64_t in, int64_t out, Generator& gen, bool with_bias, double i
   }
 }
 Tensor Linear::forward(const Tensor& x) const { return linear(x, weight, bias); }
+
+void Linear::reset_parameters_uniform(Generator& gen) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
+  init::uniform_(weight, gen, -bound, bound);
+  if (bias.defined()) init::uniform_(bias, gen, -bound, bound);
+}
+
+int reset_linears_uniform_(Module& root, Generator& gen) {
+  int count = 0;
+  if (auto* lin = dynamic_cast<Linear*>(&root)) {
+    lin->reset_parameters_uniform(gen);
+    ++count;
+  }
+  for (auto& [name, child] : root.children()) count += reset_linears_uniform_(*child, gen);
+  return count;
+}
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double init_std) {
   weight = Tensor::zeros({num, dim});

@@ -14,9 +14,16 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, Generator& gen, bool bias = true, double init_std = 0.02);
   Tensor forward(const Tensor& x) const;  // (..., in) -> (..., out)
+  // PyTorch's nn.Linear default: W and b ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform, a = sqrt 5).
+  // About 3.6x the 0.02 scale at in = 64, so attention logits are not near zero at step 0.
+  void reset_parameters_uniform(Generator& gen);
   std::string type_name() const override { return "Linear"; }
   Tensor weight, bias;
 };
+
+// Re-initialises every Linear in the module tree (depth first, registration order) with
+// reset_parameters_uniform; the other parameters keep their values. Returns how many.
+int reset_linears_uniform_(Module& root, Generator& gen);
 
 // Lookup table (num_embeddings, dim); indices int64 of any shape -> (..., dim).
 class Embedding : public Module {

@@ -1,7 +1,12 @@
 #include "positional.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
+#include "../ops/elementwise.h"
+#include "../ops/embedding.h"
+#include "../ops/shape.h"
 #include "init.h"
 
 namespace lotgrad::nn {
@@ -20,6 +25,38 @@ LearnedPositionalEmbedding::LearnedPositionalEmbedding(int64_t max_len, int64_t 
 Tensor LearnedPositionalEmbedding::forward(int64_t n) const {
   check_len(n, weight.size(0), "LearnedPositionalEmbedding");
   return weight.narrow(0, 0, n);
+}
+
+GridPositionalEmbedding::GridPositionalEmbedding(int64_t h, int64_t w, int64_t lead_, int64_t dim, Generator& gen,
+                                                 double s)
+    : height(h), width(w), lead(lead_) {
+  if (h <= 0 || w <= 0 || lead_ < 0)
+    throw ShapeError("GridPositionalEmbedding: needs height, width > 0 and lead >= 0, got height " +
+                     std::to_string(h) + ", width " + std::to_string(w) + ", lead " + std::to_string(lead_));
+  row = Tensor::zeros({h, dim});
+  col = Tensor::zeros({w, dim});
+  init::normal_(row, gen, 0.0, s);
+  init::normal_(col, gen, 0.0, s);
+  register_parameter("row", &row);
+  register_parameter("col", &col);
+  if (lead > 0) {
+    lead_weight = Tensor::zeros({lead, dim});
+    init::normal_(lead_weight, gen, 0.0, s);
+    register_parameter("lead", &lead_weight);
+  }
+}
+Tensor GridPositionalEmbedding::forward(int64_t n) const {
+  check_len(n, lead + height * width, "GridPositionalEmbedding");
+  const int64_t m = std::max<int64_t>(n - lead, 0);  // grid positions asked for
+  std::vector<int64_t> ys((size_t)m), xs((size_t)m);
+  for (int64_t p = 0; p < m; ++p) {
+    ys[(size_t)p] = p / width;
+    xs[(size_t)p] = p % width;
+  }
+  Tensor grid = add(embedding(row, Tensor::from_vector(ys, {m})), embedding(col, Tensor::from_vector(xs, {m})));  // (m, d)
+  if (lead == 0) return grid;
+  Tensor first = lead_weight.narrow(0, 0, std::min(n, lead));
+  return m == 0 ? first : cat({first, grid}, 0);
 }
 
 SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(int64_t max_len, int64_t dim) {

@@ -14,6 +14,20 @@ class LearnedPositionalEmbedding : public Module {
   Tensor weight;  // (max_len, d)
 };
 
+// Learned 2-D positions for images flattened row by row: position lead + y*width + x gets
+// row[y] + col[x] ((height + width) * d parameters instead of height * width * d), so pixels in
+// the same row or column share a vector from step 0. The first `lead` positions (a CLS token)
+// have vectors of their own.
+class GridPositionalEmbedding : public Module {
+ public:
+  GridPositionalEmbedding(int64_t height, int64_t width, int64_t lead, int64_t dim, Generator& gen,
+                          double init_std = 0.02);
+  Tensor forward(int64_t n) const;  // (n, d), n <= lead + height * width
+  std::string type_name() const override { return "GridPositionalEmbedding"; }
+  int64_t height, width, lead;
+  Tensor row, col, lead_weight;  // (height, d), (width, d), (lead, d) when lead > 0
+};
+
 // PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)).
 class SinusoidalPositionalEncoding : public Module {
  public:

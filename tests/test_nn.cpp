@@ -88,6 +88,22 @@ TEST_CASE("layers: gradient checks through Linear, LayerNorm, Embedding, MLP and
   LearnedPositionalEmbedding pos(10, 3, g);
   pos.to_(kFloat64);
   CHECK_GRAD([&](const V& v) { return mul(pos.forward(4), pos.forward(4)); }, {pos.weight});
+  // 2-D positions: a lead (CLS) slot, then row[y] + col[x] for a 3-wide grid; a table used
+  // twice, and one that stops inside the second row.
+  GridPositionalEmbedding grid(2, 3, 1, 4, g);
+  grid.to_(kFloat64);
+  Tensor t = grid.forward(7);  // lead + 2 x 3
+  CHECK(t.shape() == Shape{7, 4});
+  CHECK(t.at({0, 2}) == grid.lead_weight.at({0, 2}));
+  CHECK(t.at({5, 1}) == doctest::Approx(grid.row.at({1, 1}) + grid.col.at({1, 1})));  // pixel 4 = (1, 1)
+  CHECK(t.at({3, 3}) == doctest::Approx(grid.row.at({0, 3}) + grid.col.at({2, 3})));  // pixel 2 = (0, 2)
+  CHECK_GRAD([&](const V& v) { return mul(grid.forward(6), grid.forward(6)); }, {grid.row, grid.col, grid.lead_weight});
+  CHECK(grid.forward(1).shape() == Shape{1, 4});
+  CHECK_THROWS_AS(grid.forward(8), ShapeError);
+  GridPositionalEmbedding nolead(2, 2, 0, 3, g);
+  CHECK(nolead.named_parameters().size() == 2);
+  CHECK(nolead.forward(3).at({2, 0}) == doctest::Approx(nolead.row.at({1, 0}) + nolead.col.at({0, 0})));
+  CHECK_THROWS_AS(GridPositionalEmbedding(0, 2, 0, 3, g), ShapeError);
   SinusoidalPositionalEncoding sp(8, 4);
   CHECK(sp.forward(3).at({0, 1}) == doctest::Approx(1.0));
   CHECK(sp.forward(3).at({2, 0}) == doctest::Approx(std::sin(2.0)));
@@ -239,6 +255,28 @@ TEST_CASE("initialisers: xavier bounds, normal moments, zeros; performer redraw 
   CHECK(std::sqrt(s2 / v.size()) == doctest::Approx(0.02).epsilon(0.03));
   init::zeros_(n);
   CHECK(n.to_vector()[17] == 0.0);
+  // PyTorch's Linear default, over a module tree: U(±1/sqrt(in)) for every Linear's weight and
+  // bias, the other parameters untouched, the same bits from the same seed.
+  Generator gm(31);
+  MLP mlp(64, 128, gm);
+  LayerNorm before(64);
+  Generator r1(32), r2(32);
+  CHECK(reset_linears_uniform_(mlp, r1) == 2);
+  for (auto [lin, fan_in] : {std::pair{mlp.fc1, 64.0}, std::pair{mlp.fc2, 128.0}}) {
+    const double bound = 1.0 / std::sqrt(fan_in);
+    std::vector<double> wv = lin->weight.to_vector();
+    double m = 0, sq = 0;
+    for (double x : wv) m = std::max(m, std::abs(x)), sq += x * x;
+    CHECK(m <= bound);
+    CHECK(std::sqrt(sq / wv.size()) == doctest::Approx(bound / std::sqrt(3.0)).epsilon(0.05));
+    double bm = 0;
+    for (double x : lin->bias.to_vector()) bm = std::max(bm, std::abs(x));
+    CHECK(bm <= bound);
+    CHECK(bm > 0.5 * bound);  // no longer zero
+  }
+  MLP again(64, 128, gm);
+  reset_linears_uniform_(again, r2);
+  CHECK(max_abs_diff(again.fc2->weight, mlp.fc2->weight) == 0.0);
   AttentionOptions po = opts("performer");
   po.d_head = 4;
   po.knobs["redraw"] = 2;

@@ -41,7 +41,7 @@ std::string tmpdir(const std::string& name) {
 }
 }  // namespace
 
-TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTFormer; mean and CLS pooling)") {
+TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTFormer; mean and CLS pooling; 1-D and 2-D positions)") {
   // Interior masked tokens (LRA's black pixels): the packed batch is a third shorter.
   const int64_t B = 3, n = 24;
   Generator tg(5);
@@ -51,13 +51,16 @@ TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTF
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < n; ++i) mp[b * n + i] = (i * 7 + b * 3) % 3 == 0 || (b == 2 && i >= 12);
   for (std::string mech : {"softmax", "lotformer"})
-    for (std::string pooling : {"mean", "cls"}) {
-      INFO(mech, " pooling ", pooling);
+    for (std::string pooling : {"mean", "cls"})
+    for (int64_t grid : {0, 6}) {
+      if (mech == "lotformer" && grid) continue;
+      INFO(mech, " pooling ", pooling, " grid width ", grid);
       models::ClassifierConfig c;
       c.vocab = 16;
       c.max_len = n + 1;
       c.num_classes = 5;
       c.pooling = pooling;
+      c.pos_grid_width = grid;  // 2-D positions: a 6-wide image of 4 rows
       c.encoder.d_model = 16;
       c.encoder.n_heads = 2;
       c.encoder.mlp_hidden = 32;
@@ -79,7 +82,7 @@ TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTF
       packed.train();
       Tensor loss = cross_entropy(packed.forward(tokens, mask), Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {B}));
       loss.backward();
-      CHECK(packed.pos->weight.grad().defined());
+      CHECK((grid ? packed.pos_grid->row.grad() : packed.pos->weight.grad()).defined());
     }
 }
 

@@ -20,6 +20,8 @@ const char* kTrainHelp = R"(lotgrad train [options]
              --zero-mask -1|0|1 (LRA's token-0-is-padding mask; -1: on for pathfinder and image)
              --pack 0|1 (1: masked tokens are dropped before the encoder; same result, less work)
              --depth 2 --d-model 64 --heads 2 --mlp 128 --dropout 0.1
+             --pos 1d|2d (2d: learned row + column positions, for square images)
+             --init normal|torch (Linear weights N(0, 0.02²), or PyTorch's default U(±1/sqrt(in)))
              mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --tol --learn-masses 0|1
                               --mass-temp --features --landmarks --fused 0|1 --lra-code-compat 0|1
   training:  --steps 1000 --batch 32 --bucket 0 (N > 0: batches of similar length, sorted in chunks of N batches)
@@ -35,7 +37,7 @@ const std::vector<std::string>& kKnobs = nn::attention_knob_options();
 models::TrainConfig parse_train(const Args& a) {
   std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
                                     "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "zero-mask", "pack", "depth",
-                                    "d-model", "heads", "mlp", "dropout", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
+                                    "d-model", "heads", "mlp", "dropout", "init", "pos", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
                                     "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
                                     "checkpoint-every", "log-every", "resume", "help", "checkpoint", "split", "quiet", "count"};
   known.insert(known.end(), kKnobs.begin(), kKnobs.end());
@@ -61,6 +63,8 @@ models::TrainConfig parse_train(const Args& a) {
   c.heads = a.get_int("heads", c.heads);
   c.mlp = a.get_int("mlp", c.mlp);
   c.dropout = a.get_double("dropout", c.dropout);
+  c.init = a.get("init", c.init);
+  c.pos = a.get("pos", c.pos);
   c.steps = a.get_int("steps", c.steps);
   c.batch = a.get_int("batch", c.batch);
   c.bucket = a.get_int("bucket", c.bucket);
