@@ -36,7 +36,13 @@ case "$case_name" in
     test -s "$work/c.png"
     echo "not json" >"$work/bad.jsonl"
     if "$bin" plot "$work/bad.jsonl" --out "$work/d.png" 2>"$work/err"; then exit 1; fi
-    grep -q "bad.jsonl:1" "$work/err" ;;
+    grep -q "bad.jsonl:1" "$work/err"
+    # Model options that cannot apply name themselves.
+    tiny="--task listops --min-len 3 --max-len 12 --train-size 50 --val-size 10 --test-size 10 --steps 1 --out $work/r2"
+    if "$bin" train $tiny --pos 2d 2>"$work/err"; then echo "--pos 2d accepted for listops"; exit 1; fi
+    grep -q "pos 2d needs square images" "$work/err"
+    if "$bin" train $tiny --init xavier 2>"$work/err"; then echo "--init xavier accepted"; exit 1; fi
+    grep -q "init must be" "$work/err" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac
 echo "cli $case_name: ok"
