@@ -33,10 +33,22 @@ GridPositionalEmbedding::GridPositionalEmbedding(int64_t h, int64_t w, int64_t l
   if (h <= 0 || w <= 0 || lead_ < 0)
     throw ShapeError("GridPositionalEmbedding: needs height, width > 0 and lead >= 0, got height " +
                      std::to_string(h) + ", width " + std::to_string(w) + ", lead " + std::to_string(lead_));
+  if (dim % 4 != 0) throw ShapeError("GridPositionalEmbedding: dim must be a multiple of 4, got " + std::to_string(dim));
+  // Channel c of a half of width dim/2: sin (even c) or cos (odd c) of p / 10000^(2i / (dim/2)),
+  // i = c / 2. A channel holds one code (row or column), RMS about 1/sqrt 2: scale by sqrt(2) s.
   row = Tensor::zeros({h, dim});
   col = Tensor::zeros({w, dim});
-  init::normal_(row, gen, 0.0, s);
-  init::normal_(col, gen, 0.0, s);
+  const int64_t half = dim / 2;
+  auto code = [&](Tensor& t, int64_t count, int64_t first) {
+    float* p = t.data_ptr<float>();
+    for (int64_t pos = 0; pos < count; ++pos)
+      for (int64_t c = 0; c < half; ++c) {
+        const double freq = std::pow(10000.0, -(double)(c - c % 2) / (double)half);
+        p[pos * dim + first + c] = (float)(std::sqrt(2.0) * s * (c % 2 == 0 ? std::sin(pos * freq) : std::cos(pos * freq)));
+      }
+  };
+  code(row, h, 0);
+  code(col, w, half);
   register_parameter("row", &row);
   register_parameter("col", &col);
   if (lead > 0) {

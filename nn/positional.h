@@ -15,9 +15,11 @@ class LearnedPositionalEmbedding : public Module {
 };
 
 // Learned 2-D positions for images flattened row by row: position lead + y*width + x gets
-// row[y] + col[x] ((height + width) * d parameters instead of height * width * d), so pixels in
-// the same row or column share a vector from step 0. The first `lead` positions (a CLS token)
-// have vectors of their own.
+// row[y] + col[x] ((height + width) * d parameters instead of height * width * d). The tables
+// start as a 2-D sine-cosine code (the first d/2 channels encode y, the last d/2 encode x, as
+// in MAE), scaled to RMS init_std: near pixels have near codes from step 0, which a random
+// table would have to learn first. The first `lead` positions (a CLS token) have vectors of
+// their own, N(0, init_std²).
 class GridPositionalEmbedding : public Module {
  public:
   GridPositionalEmbedding(int64_t height, int64_t width, int64_t lead, int64_t dim, Generator& gen,

@@ -100,10 +100,17 @@ TEST_CASE("layers: gradient checks through Linear, LayerNorm, Embedding, MLP and
   CHECK_GRAD([&](const V& v) { return mul(grid.forward(6), grid.forward(6)); }, {grid.row, grid.col, grid.lead_weight});
   CHECK(grid.forward(1).shape() == Shape{1, 4});
   CHECK_THROWS_AS(grid.forward(8), ShapeError);
-  GridPositionalEmbedding nolead(2, 2, 0, 3, g);
+  // The tables start as a 2-D sine-cosine code: rows in the first half of the channels.
+  CHECK(grid.row.at({1, 0}) == doctest::Approx(std::sqrt(2.0) * 0.02 * std::sin(1.0)));
+  CHECK(grid.row.at({1, 1}) == doctest::Approx(std::sqrt(2.0) * 0.02 * std::cos(1.0)));
+  CHECK(grid.row.at({1, 2}) == 0.0);
+  CHECK(grid.col.at({2, 0}) == 0.0);
+  CHECK(grid.col.at({2, 2}) == doctest::Approx(std::sqrt(2.0) * 0.02 * std::sin(2.0)));
+  CHECK_THROWS_AS(GridPositionalEmbedding(2, 2, 0, 6, g), ShapeError);  // d not a multiple of 4
+  GridPositionalEmbedding nolead(2, 2, 0, 4, g);
   CHECK(nolead.named_parameters().size() == 2);
   CHECK(nolead.forward(3).at({2, 0}) == doctest::Approx(nolead.row.at({1, 0}) + nolead.col.at({0, 0})));
-  CHECK_THROWS_AS(GridPositionalEmbedding(0, 2, 0, 3, g), ShapeError);
+  CHECK_THROWS_AS(GridPositionalEmbedding(0, 2, 0, 4, g), ShapeError);
   SinusoidalPositionalEncoding sp(8, 4);
   CHECK(sp.forward(3).at({0, 1}) == doctest::Approx(1.0));
   CHECK(sp.forward(3).at({2, 0}) == doctest::Approx(std::sin(2.0)));
