@@ -399,13 +399,26 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   return res;
 }
 
+namespace {
+// A checkpoint's weights into a model built from the command line's options; a mismatch names
+// the file and the options that shape the model.
+void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
+  try {
+    m.module().load_state_dict(strip(ck.tensors, "model."));
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(path + ": " + e.what() +
+                                " (build the model with the options it was trained with: --attention, --pooling, --pos, "
+                                "--depth, --d-model, --heads, --mlp and the mechanism knobs)");
+  }
+}
+}  // namespace
+
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   TaskData t = load_task(cfg, log);
   Generator g(cfg.seed);
   Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));  // dropout is off in eval
-  Checkpoint ck = load_checkpoint(path);
-  m.module().load_state_dict(strip(ck.tensors, "model."));
+  load_weights(m, load_checkpoint(path), path);
   const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
   if (split != "test" && split != "val" && split != "train")
     throw std::invalid_argument("eval: --split must be train, val or test");
@@ -421,8 +434,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
   Generator g(cfg.seed);
   Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));
   if (!m.single) throw std::invalid_argument("inspect: paired tasks (retrieval) are not supported");
-  Checkpoint ck = load_checkpoint(path);
-  m.module().load_state_dict(strip(ck.tensors, "model."));
+  load_weights(m, load_checkpoint(path), path);
   m.module().eval();
   const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
   if (split != "test" && split != "val" && split != "train") throw std::invalid_argument("inspect: --split must be train, val or test");

@@ -32,6 +32,10 @@ case "$case_name" in
     "$bin" eval --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 100 --test-size 100 \
       --attention softmax --checkpoint "$work/run/best.ckpt" --threads 2 >"$work/e"
     grep -q "test accuracy" "$work/e"
+    # A model built with other options than the checkpoint's: the error names the file and options.
+    if "$bin" eval --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 100 --test-size 100 \
+      --attention softmax --pooling cls --checkpoint "$work/run/best.ckpt" 2>"$work/err"; then exit 1; fi
+    grep -q "best.ckpt: .*--pooling" "$work/err"
     "$bin" plot "$work/run/metrics.jsonl" --out "$work/c.png"
     test -s "$work/c.png"
     echo "not json" >"$work/bad.jsonl"
