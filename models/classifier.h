@@ -20,7 +20,7 @@ struct ClassifierConfig {
   double embed_dropout = 0.0;
   // Linear layers' init: "normal" (N(0, 0.02²) weights, zero bias) or "torch" (PyTorch's
   // nn.Linear default, U(±1/sqrt(in)) for both, which the PyTorch LRA harnesses inherit).
-  // Embeddings, positions and the CLS token are N(0, 0.02²) either way.
+  // Embeddings, the 1-D position table and the CLS token are N(0, 0.02²) either way.
   std::string init = "normal";
   // > 0: images of this width, flattened row by row, get 2-D learned positions (row + column
   // tables, nn::GridPositionalEmbedding) instead of one vector per position.

@@ -141,14 +141,13 @@ Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask, const La
     // q·Mᵀ = x·(M W_q)ᵀ + M b_q per head: the query and key weights folded into (H·r, D) maps.
     const int64_t H = opt_.n_heads, dh = opt_.d_head, D = d_model_, r = M.size(1);
     const Tensor& W = qkv->weight;  // (3D, D): rows q, k, v
-    const Tensor F = cat({matmul(M, W.narrow(0, 0, D).view({H, dh, D})), matmul(M, W.narrow(0, D, D).view({H, dh, D}))}, 0)
-                         .view({2 * H * r, D});
+    // M_h times part p (0: q, 1: k) of the weight (cols = D) or bias (cols = 1): (H, r, cols)
+    auto fold = [&](const Tensor& t, int64_t p, int64_t cols) { return matmul(M, t.narrow(0, p * D, D).view({H, dh, cols})); };
+    const Tensor F = cat({fold(W, 0, D), fold(W, 1, D)}, 0).view({2 * H * r, D});
     Tensor b;
     if (qkv->bias.defined()) {
       const Tensor& bb = qkv->bias;
-      b = cat({matmul(M, bb.narrow(0, 0, D).view({H, dh, 1})).view({H * r}), matmul(M, bb.narrow(0, D, D).view({H, dh, 1})).view({H * r}),
-               bb.narrow(0, 2 * D, D)},
-              0);  // (2·H·r + D)
+      b = cat({fold(bb, 0, 1).view({H * r}), fold(bb, 1, 1).view({H * r}), bb.narrow(0, 2 * D, D)}, 0);  // (2·H·r + D)
     }
     const PreNorm pn = pre_norm ? pre_norm->as_pre_norm() : PreNorm{};
     // [q·Mᵀ | k·Mᵀ | v] per head: (B, H, n, r), (B, H, n, r), (B, H, n, dh)
