@@ -224,7 +224,7 @@ TEST_CASE("padded keys get zero weight and their content does not matter") {
   }
 }
 
-TEST_CASE("fused attention is deterministic; 1 and 2 threads agree") {
+TEST_CASE("fused attention is deterministic, 1 and 2 threads agree") {
   const int saved = get_num_threads();
   // H = 3 on two threads splits each head's queries into chunks with partial dK/dV sums.
   Tensor q = rnd({1, 3, 300, 32}, 51, kFloat32), k = rnd({1, 3, 260, 32}, 52, kFloat32), v = rnd({1, 3, 260, 32}, 53, kFloat32);

@@ -78,7 +78,7 @@ TEST_CASE("gradients accumulate over uses and across backward calls") {
   CHECK_FALSE(x.grad().defined());
 }
 
-TEST_CASE("no_grad records nothing; detach cuts history") {
+TEST_CASE("no_grad records nothing, detach cuts history") {
   Tensor x = leaf({2}, 2);
   {
     NoGradGuard ng;

@@ -51,7 +51,7 @@ TEST_CASE("espformer: gradient checks through q, k, v (contiguous, views, shared
   }
 }
 
-TEST_CASE("espformer: rows and columns sum to about 1; near-hard sort makes them exact") {
+TEST_CASE("espformer: rows and columns sum to about 1, near-hard sort makes them exact") {
   // n = 16, d = 4: the soft sort leaks mass between tokens whose slice values lie within a
   // few √tau of each other, so sums are only approximately 1 (measured: row 0.065, column 0.047
   // here at the default tau = 1e-3; 0.15 is the stated tolerance).
@@ -70,7 +70,7 @@ TEST_CASE("espformer: rows and columns sum to about 1; near-hard sort makes them
   CHECK(std::abs(sum(A0).item() - 2 * 2 * 16) < 1e-9);
 }
 
-TEST_CASE("espformer: the probe matrix applied to v equals forward; f32 agrees with f64") {
+TEST_CASE("espformer: the probe matrix applied to v equals forward, f32 agrees with f64") {
   auto att = esp();
   Tensor q = rnd({2, 2, 7, 4}, 20), k = rnd({2, 2, 7, 4}, 21), v = rnd({2, 2, 7, 3}, 22);
   Tensor mask = Tensor::from_vector(std::vector<bool>{false, false, false, false, false, false, false,

@@ -120,7 +120,7 @@ TEST_CASE("lotformer: with finite half-steps the side updated last is exact") {
   }
 }
 
-TEST_CASE("lotformer: fused equals composite; padding equals the unpadded run; compat is output / r^2") {
+TEST_CASE("lotformer: fused equals composite, padding equals the unpadded run, compat is output / r^2") {
   Generator g(8);
   AttentionOptions o = lot(3, 0.3, 21);
   LOTFormerAttention fused(o, g);
@@ -195,7 +195,7 @@ TEST_CASE("lotformer: unrolled gradients approach implicit ones at convergence")
   CHECK(prev < 1e-7);
 }
 
-TEST_CASE("sinkformer: one half-step equals softmax attention; more make it doubly stochastic") {
+TEST_CASE("sinkformer: one half-step equals softmax attention, more make it doubly stochastic") {
   Generator g(21);
   Tensor q = qkv({2, 2, 7, 4}, 22), k = qkv({2, 2, 7, 4}, 23), v = qkv({2, 2, 7, 4}, 24);
   Tensor mask = tail_mask(2, 7, 2);

@@ -245,7 +245,7 @@ TEST_CASE("encoder: gradient check with mixed mechanisms per layer, dropout dete
   CHECK(run() == run());
 }
 
-TEST_CASE("initialisers: xavier bounds, normal moments, zeros; performer redraw in training only") {
+TEST_CASE("initialisers: xavier bounds, normal moments, zeros, performer redraw in training only") {
   Generator g(30);
   Tensor w = Tensor::zeros({64, 32});
   init::xavier_uniform_(w, g);

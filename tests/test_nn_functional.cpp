@@ -284,7 +284,7 @@ TEST_CASE("embedding: lookup, gradient, padding_idx and errors") {
 }
 
 // =======================================================================================
-TEST_CASE("dropout: seeded, thread-count independent, scaled; identity in eval") {
+TEST_CASE("dropout: seeded, thread-count independent, scaled, identity in eval") {
   Tensor x = rnd({200, 300}, 1, kFloat32);
   Generator g1(42), g2(42);
   Tensor a = dropout(x, 0.3, true, g1), b = dropout(x, 0.3, true, g2);
@@ -415,7 +415,7 @@ TEST_CASE("mlp_gelu with a pre-norm: equals layer_norm then the composite, gradi
   }, {leaf({3, 4}, 38), leaf({6, 4}, 39), leaf({4, 6}, 40)});
 }
 
-TEST_CASE("mlp_gelu: gradient checks (f64) with views, no biases, a tensor used twice; errors") {
+TEST_CASE("mlp_gelu: gradient checks (f64) with views, no biases, a tensor used twice, errors") {
   CHECK_GRAD([](const V& v) {
     Generator g(3);
     return mlp_gelu(v[0], v[1], v[2], v[3], v[4], 0.25, true, g);

@@ -134,7 +134,7 @@ TEST_CASE("sinkhorn forward: marginals, last side, tolerance stop, batch and tra
   CHECK(max_abs_diff(expv(r2.log_plan), r2.plan.to_vector()) < 1e-15);
 }
 
-TEST_CASE("sinkhorn: shift invariance of plan and gradients; implicit grad has zero row/col sums") {
+TEST_CASE("sinkhorn: shift invariance of plan and gradients, implicit grad has zero row/col sums") {
   const int64_t n = 6, m = 4;
   Tensor C = leaf({n, m}, 10);
   Tensor la = logw(n, 11), lb = logw(m, 12), e = eps_t(0.4);
@@ -162,7 +162,7 @@ TEST_CASE("sinkhorn: shift invariance of plan and gradients; implicit grad has z
   CHECK(g0[3][0] == doctest::Approx(g1[3][0]).epsilon(1e-8));
 }
 
-TEST_CASE("sinkhorn: large eps gives a b^T; 2x2 closed form; n = 1 or m = 1") {
+TEST_CASE("sinkhorn: large eps gives a b^T, 2x2 closed form, n = 1 or m = 1") {
   Tensor C = leaf({5, 3}, 20).detach();
   Tensor la = logw(5, 21, false), lb = logw(3, 22, false);
   std::vector<double> a = expv(la), b = expv(lb);
