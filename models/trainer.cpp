@@ -240,6 +240,20 @@ void trim_metrics(const std::string& path, int64_t last) {
 }
 }  // namespace
 
+namespace {
+// A checkpoint's weights into a model built from the command line's options; a mismatch names
+// the file and the options that shape the model.
+void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
+  try {
+    m.module().load_state_dict(strip(ck.tensors, "model."));
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(path + ": " + e.what() +
+                                " (build the model with the options it was trained with: --attention, --pooling, --pos, "
+                                "--depth, --d-model, --heads, --mlp and the mechanism knobs)");
+  }
+}
+}  // namespace
+
 TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   if (cfg.steps <= 0 || cfg.batch <= 0) throw std::invalid_argument("train: steps and batch must be positive");
@@ -295,8 +309,12 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
     res.best_step = std::stoll(ck.metadata.at("best_step"));
     trim_metrics(metrics_path, step);
     if (!cfg.quiet) log << "resumed from " << last_path << " at step " << step << "\n";
-  } else if (!cfg.resume) {
-    std::ofstream(metrics_path, std::ios::trunc);
+  } else {
+    if (!cfg.init_from.empty()) {
+      load_weights(m, load_checkpoint(cfg.init_from), cfg.init_from);
+      if (!cfg.quiet) log << "weights from " << cfg.init_from << " (optimiser and schedule start fresh)\n";
+    }
+    if (!cfg.resume) std::ofstream(metrics_path, std::ios::trunc);
   }
   std::ofstream metrics(metrics_path, std::ios::app);
   const int64_t log_every = cfg.log_every > 0 ? cfg.log_every : std::max<int64_t>(1, cfg.steps / 50);
@@ -399,19 +417,6 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   return res;
 }
 
-namespace {
-// A checkpoint's weights into a model built from the command line's options; a mismatch names
-// the file and the options that shape the model.
-void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
-  try {
-    m.module().load_state_dict(strip(ck.tensors, "model."));
-  } catch (const std::exception& e) {
-    throw std::invalid_argument(path + ": " + e.what() +
-                                " (build the model with the options it was trained with: --attention, --pooling, --pos, "
-                                "--depth, --d-model, --heads, --mlp and the mechanism knobs)");
-  }
-}
-}  // namespace
 
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);

@@ -48,6 +48,9 @@ struct TrainConfig {
   int64_t log_every = 0;        // plain progress lines every N steps (0: about 50 per run)
   std::string out_dir = "runs/run";  // last.ckpt, best.ckpt, metrics.jsonl
   bool resume = false;
+  // Start from this checkpoint's model weights (fine-tuning, a curriculum over difficulties):
+  // the optimiser, schedule and step count start fresh. Ignored when --resume finds last.ckpt.
+  std::string init_from;
   int threads = 0;              // 0: leave as is
   uint64_t seed = 1;
   bool quiet = false;

@@ -2,6 +2,7 @@
 // checkpoints are atomic and usable, and the metrics log is JSON lines.
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <lotgrad/lotgrad.h>
@@ -41,7 +42,7 @@ std::string tmpdir(const std::string& name) {
 }
 }  // namespace
 
-TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTFormer; mean and CLS pooling; 1-D and 2-D positions)") {
+TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTFormer, mean and CLS pooling, 1-D and 2-D positions)") {
   // Interior masked tokens (LRA's black pixels): the packed batch is a third shorter.
   const int64_t B = 3, n = 24;
   Generator tg(5);
@@ -86,7 +87,7 @@ TEST_CASE("packing masked tokens out changes nothing but the cost (softmax, LOTF
     }
 }
 
-TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly stochastic; softmax is not") {
+TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly stochastic, softmax is not") {
   for (std::string mech : {"lotformer", "softmax"}) {
     INFO(mech);
     models::TrainConfig c = tiny(tmpdir("inspect_" + mech), mech);
@@ -174,7 +175,7 @@ TEST_CASE("a killed run resumes with bit-identical losses") {
   }
 }
 
-TEST_CASE("resume refuses a checkpoint from another run; a corrupt checkpoint is a clear error") {
+TEST_CASE("resume refuses a checkpoint from another run, a corrupt checkpoint is a clear error") {
   std::ostringstream log;
   models::TrainConfig c = tiny(tmpdir("other"), "softmax");
   c.steps = 4;
@@ -191,4 +192,70 @@ TEST_CASE("resume refuses a checkpoint from another run; a corrupt checkpoint is
   }
   c.resume = true;
   CHECK_THROWS_AS(models::train(c, log), IOError);
+}
+
+TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser, a mismatch names the file") {
+  std::ostringstream log;
+  models::TrainConfig a = tiny(tmpdir("init_a"), "softmax");
+  a.steps = 30;
+  a.checkpoint_every = 10;
+  a.eval_every = 10;
+  models::train(a, log);
+  const std::string from = a.out_dir + "/last.ckpt";
+  // The model tensors of a checkpoint, bitwise equal or not.
+  auto same_model = [](const std::string& p, const std::string& q) {
+    Checkpoint x = load_checkpoint(p), y = load_checkpoint(q);
+    int64_t compared = 0;
+    for (const auto& [name, t] : x.tensors) {
+      if (name.rfind("model.", 0) != 0) continue;
+      const Tensor* u = nullptr;
+      for (const auto& [n2, t2] : y.tensors)
+        if (n2 == name) u = &t2;
+      if (!u || u->numel() != t.numel()) return false;
+      const Tensor tc = t.contiguous(), uc = u->contiguous();
+      if (std::memcmp(tc.data_ptr<float>(), uc.data_ptr<float>(), sizeof(float) * (size_t)t.numel()) != 0) return false;
+      ++compared;
+    }
+    return compared > 10;
+  };
+
+  // lr 0: the weights stay exactly those loaded, so the run's checkpoint equals the source and
+  // its test accuracy is the source checkpoint's.
+  models::TrainConfig b = a;
+  b.out_dir = tmpdir("init_b");
+  b.init_from = from;
+  b.lr = 0;
+  b.steps = 2;
+  b.eval_every = 2;
+  b.checkpoint_every = 2;
+  models::TrainResult rb = models::train(b, log);
+  CHECK(same_model(from, b.out_dir + "/last.ckpt"));
+  CHECK(rb.test_at_best == doctest::Approx(models::evaluate_checkpoint(a, from, "test", log)));
+  CHECK(rb.steps_done == 2);  // the step count starts at 0, not at the source's 30
+
+  // Control: the same run without --init-from starts from the seed's initialisation.
+  models::TrainConfig c = b;
+  c.out_dir = tmpdir("init_c");
+  c.init_from.clear();
+  models::train(c, log);
+  CHECK_FALSE(same_model(from, c.out_dir + "/last.ckpt"));
+
+  // A model of another shape: the error names the checkpoint.
+  models::TrainConfig d = b;
+  d.out_dir = tmpdir("init_d");
+  d.d_model = 16;
+  try {
+    models::train(d, log);
+    FAIL("a mismatched --init-from was accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find(from) != std::string::npos);
+  }
+
+  // --resume with last.ckpt present continues that run; --init-from is not read again.
+  models::TrainConfig e = b;
+  e.resume = true;
+  e.steps = 4;
+  e.init_from = b.out_dir + "/no_such.ckpt";
+  models::TrainResult re = models::train(e, log);
+  CHECK(re.losses.size() == 2);
 }

@@ -29,6 +29,7 @@ const char* kTrainHelp = R"(lotgrad train [options]
              --lr-floor 0.1 (cosine ends at lr*floor) --clip 5 --weight-decay 0 --seed 1 --threads N
   output:    --out runs/run (last.ckpt, best.ckpt, metrics.jsonl)  --eval-every 200 --eval-batches 0
              --checkpoint-every 200 --log-every N --resume
+             --init-from FILE (start from a checkpoint's weights: fine-tuning, a curriculum; fresh optimiser)
 Ends by printing the dev and test accuracy of the best-on-dev checkpoint.
 )";
 
@@ -39,7 +40,7 @@ models::TrainConfig parse_train(const Args& a) {
                                     "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "zero-mask", "pack", "depth",
                                     "d-model", "heads", "mlp", "dropout", "init", "pos", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
                                     "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
-                                    "checkpoint-every", "log-every", "resume", "help", "checkpoint", "split", "quiet", "count"};
+                                    "checkpoint-every", "log-every", "resume", "init-from", "help", "checkpoint", "split", "quiet", "count"};
   known.insert(known.end(), kKnobs.begin(), kKnobs.end());
   a.check_known(known);
   models::TrainConfig c;
@@ -81,6 +82,7 @@ models::TrainConfig parse_train(const Args& a) {
   c.checkpoint_every = a.get_int("checkpoint-every", c.checkpoint_every);
   c.log_every = a.get_int("log-every", 0);
   c.resume = a.flag("resume");
+  c.init_from = a.get("init-from", "");
   c.quiet = a.flag("quiet");
   for (const auto& k : kKnobs)
     if (a.has(k)) nn::set_attention_knob(c.knobs, k, a.get(k, ""));
