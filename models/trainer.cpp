@@ -238,9 +238,7 @@ void trim_metrics(const std::string& path, int64_t last) {
   }
   write_file_atomic(path, kept);
 }
-}  // namespace
 
-namespace {
 // A checkpoint's weights into a model built from the command line's options; a mismatch names
 // the file and the options that shape the model.
 void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
@@ -416,7 +414,6 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log) {
   res.summary = s;
   return res;
 }
-
 
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
