@@ -2,6 +2,8 @@
 // truncation at every offset, flipped bytes, atomic writes).
 #include <doctest/doctest.h>
 #include <lotgrad/lotgrad.h>
+
+#include "support/same_bits.h"
 #include <unistd.h>
 
 #include <cmath>
@@ -11,6 +13,7 @@
 #include <string>
 
 using namespace lotgrad;
+using lotgrad::testing::same_bits;
 namespace fs = std::filesystem;
 
 namespace {
@@ -34,12 +37,6 @@ struct TempDir {
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f.write(bytes.data(), (std::streamsize)bytes.size());
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  Tensor ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.raw_data(), cb.raw_data(), (size_t)a.numel() * dtype_size(a.dtype())) == 0;
 }
 
 // The message of the IOError thrown by f ("" if none was thrown).

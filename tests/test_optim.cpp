@@ -4,24 +4,21 @@
 #include <doctest/doctest.h>
 #include <lotgrad/lotgrad.h>
 
+#include "support/same_bits.h"
+
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <numbers>
 
 using namespace lotgrad;
+using lotgrad::testing::same_bits;
 
 namespace {
 
 Tensor vec(std::vector<double> v, DType dt = kFloat64) {
   const int64_t n = (int64_t)v.size();
   return Tensor::from_vector(v, {n}).to(dt);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  Tensor ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.raw_data(), cb.raw_data(), (size_t)a.numel() * dtype_size(a.dtype())) == 0;
 }
 
 // Runs 3 steps with the same gradient each time and checks each iterate.
