@@ -471,15 +471,17 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
       }
       const std::vector<double> av = A.to_vector(), rmax = st.row_max.to_vector(), ent = st.row_entropy.to_vector(),
                                 csum = st.col_sum.to_vector();
-      // The first real token (after a CLS token, when there is one).
-      const int64_t first_tok = valid[cfg.pooling == "cls" && valid.size() > 1 ? 1 : 0];
+      // The first two real tokens (after a CLS token, when there is one).
+      const size_t lead = cfg.pooling == "cls" && valid.size() > 1 ? 1 : 0;
+      const int64_t first_tok = valid[lead], second_tok = lead + 1 < valid.size() ? valid[lead + 1] : -1;
       for (int64_t h = 0; h < H; ++h) {
         HeadInspection& r = out[l * (size_t)H + (size_t)h];
-        double rm = 0, first = 0, en = 0, dev = 0, mx = 0;
+        double rm = 0, first = 0, second = 0, en = 0, dev = 0, mx = 0;
         for (int64_t i : valid) {
           rm += rmax[(size_t)(h * n + i)];
           mx = std::max(mx, rmax[(size_t)(h * n + i)]);
           first += av[(size_t)((h * n + i) * n + first_tok)];
+          if (second_tok >= 0) second += av[(size_t)((h * n + i) * n + second_tok)];
           en += ent[(size_t)(h * n + i)];
           dev = std::max(dev, std::abs(csum[(size_t)(h * n + i)] - 1.0));
         }
@@ -489,6 +491,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
         r.bound += bound[(size_t)h] / (double)k;
         if (bound[(size_t)h] > 0) r.bound_used = std::max(r.bound_used, mx / bound[(size_t)h]);
         r.first_token += first / (double)k;  // mean over rows of A[i, first] times n
+        r.second_token += second / (double)k;
         r.entropy += (nv > 1 ? en / nv / std::log(nv) : 1.0) / (double)k;
         r.col_dev = std::max(r.col_dev, dev);
       }

@@ -85,8 +85,8 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint
 
 // What a trained model's attention does on real examples (`lotgrad inspect`): per layer and
 // head, averaged over `count` examples of a split (one at a time, unpadded), the largest
-// weight per query row, the weight queries put on the first token (ListOps: the root
-// operator) relative to uniform, the row entropy relative to log n, the column sums' largest
+// weight per query row, the weight queries put on the first and second tokens (ListOps: the
+// root operator and its first argument) relative to uniform, the row entropy relative to log n, the column sums' largest
 // distance from 1 (0 for doubly-stochastic attention: mean pooling then returns the mean of
 // the values whatever A is) and, for LOTFormer, the bound 1/(n min b) on every weight.
 struct HeadInspection {
@@ -96,7 +96,8 @@ struct HeadInspection {
   double max_weight = 0;      // largest weight seen
   double bound = 0;           // LOTFormer: mean of 1/(n min b); 0 for other mechanisms
   double bound_used = 0;      // LOTFormer: largest (max weight / bound) of an example (<= 1)
-  double first_token = 0;     // mean weight on token 0, times n (1 = uniform)
+  double first_token = 0;     // mean weight on token 0, times n (1 = uniform; = its column sum)
+  double second_token = 0;    // the same for token 1
   double entropy = 0;         // mean row entropy / log n (1 = uniform)
   double col_dev = 0;         // largest |column sum - 1|
 };

@@ -108,7 +108,13 @@ TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly sto
       CHECK(r.row_max <= r.max_weight + 1e-12);
       CHECK(r.entropy > 0);
       CHECK(r.entropy <= 1 + 1e-9);
+      // Token weights times n are column sums: each row gives at most 1 in all.
+      CHECK(r.first_token > 0);
+      CHECK(r.second_token > 0);
+      CHECK(r.first_token + r.second_token <= r.n + 1e-9);
       if (mech == "lotformer") {
+        CHECK(r.first_token == doctest::Approx(1.0).epsilon(1e-3));  // doubly stochastic: every column sums to 1
+        CHECK(r.second_token == doctest::Approx(1.0).epsilon(1e-3));
         CHECK(r.bound > 0);
         CHECK(r.bound_used > 0);
         CHECK(r.bound_used <= 1 + 1e-6);  // A_ij <= 1 / (n min b) in every example (lotformer.md §9)

@@ -123,9 +123,9 @@ int cmd_inspect(int argc, char** argv) {
               "the task and model (--task, --data or the generation options, --attention and knobs, widths, --seed).\n"
               "Per layer and head, over --count examples (one at a time, unpadded): the mean length n, the mean largest\n"
               "weight per query and the largest of all, LOTFormer's bound 1/(n min b) on any weight and the largest share of it\n"
-              "an example used, the weight on the first token times n (1 = uniform; in ListOps the root operator), the row\n"
-              "entropy over log n (1 = uniform) and the largest |column sum - 1| (0: doubly stochastic, which mean pooling\n"
-              "cancels).");
+              "an example used, the weight on the first and second tokens times n (1 = uniform; in ListOps the root operator\n"
+              "and its first argument), the row entropy over log n (1 = uniform) and the largest |column sum - 1| (0: doubly\n"
+              "stochastic, which mean pooling cancels).");
     return 0;
   }
   models::TrainConfig c = parse_train(a);
@@ -133,13 +133,13 @@ int cmd_inspect(int argc, char** argv) {
   const int64_t count = a.get_int("count", 20);
   const auto rows = models::inspect_checkpoint(c, ck, split, count, std::cout);
   std::printf("%s on %lld %s examples\n", ck.c_str(), (long long)count, split.c_str());
-  std::printf("layer head      n   row max (mean)   max weight   bound 1/(n min b)   max/bound   first token x n   entropy/log n   max|colsum-1|\n");
+  std::printf("layer head      n   row max (mean)   max weight   bound 1/(n min b)   max/bound   first token x n   second x n   entropy/log n   max|colsum-1|\n");
   for (const auto& r : rows) {
     char bound[32] = "-", used[32] = "-";
     if (r.bound > 0) std::snprintf(bound, sizeof bound, "%.4f", r.bound);
     if (r.bound > 0) std::snprintf(used, sizeof used, "%.3f", r.bound_used);
-    std::printf("%5lld %4lld %6.0f   %14.4f   %10.4f   %17s   %9s   %15.2f   %13.3f   %13.2e\n", (long long)r.layer, (long long)r.head,
-                r.n, r.row_max, r.max_weight, bound, used, r.first_token, r.entropy, r.col_dev);
+    std::printf("%5lld %4lld %6.0f   %14.4f   %10.4f   %17s   %9s   %15.2f   %10.2f   %13.3f   %13.2e\n", (long long)r.layer, (long long)r.head,
+                r.n, r.row_max, r.max_weight, bound, used, r.first_token, r.second_token, r.entropy, r.col_dev);
   }
   return 0;
 }
