@@ -164,6 +164,14 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   } else if (cfg.pos != "1d") {
     throw std::invalid_argument("train: --pos must be 1d or 2d, got \"" + cfg.pos + "\"");
   }
+  if (cfg.max_positions != 0) {
+    if (cfg.pos != "1d")
+      throw std::invalid_argument("train: --max-pos sizes the 1d position table; --pos " + cfg.pos + " takes its size from the images");
+    if (cfg.max_positions < c.max_len - 1)
+      throw std::invalid_argument("train: --max-pos " + std::to_string(cfg.max_positions) + " is shorter than the longest " +
+                                  cfg.task + " sequence (" + std::to_string(c.max_len - 1) + " tokens)");
+    c.max_len = cfg.max_positions + 1;
+  }
   c.encoder.depth = cfg.depth;
   c.encoder.d_model = cfg.d_model;
   c.encoder.n_heads = cfg.heads;
@@ -247,7 +255,7 @@ void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
   } catch (const std::exception& e) {
     throw std::invalid_argument(path + ": " + e.what() +
                                 " (build the model with the options it was trained with: --attention, --pooling, --pos, "
-                                "--depth, --d-model, --heads, --mlp and the mechanism knobs)");
+                                "--max-pos, --depth, --d-model, --heads, --mlp and the mechanism knobs)");
   }
 }
 }  // namespace

@@ -35,6 +35,9 @@ struct TrainConfig {
   int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
   double dropout = 0.1;
   std::string pos = "1d";       // "2d": row + column positions for square images (pathfinder, image)
+  // 1d: the position table covers this many tokens (0: the data's longest sequence). A curriculum
+  // from short to long sequences passes the long length in every stage, so the weights fit.
+  int64_t max_positions = 0;
   std::string init = "normal";  // Linear init: "normal" (0.02) or "torch" (ClassifierConfig::init)
   // ---- optimisation
   int64_t steps = 1000, batch = 32;

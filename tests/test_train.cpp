@@ -261,3 +261,41 @@ TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser
   models::TrainResult re = models::train(e, log);
   CHECK(re.losses.size() == 2);
 }
+
+TEST_CASE("--max-pos: a curriculum from short to long ListOps keeps one position table") {
+  std::ostringstream log;
+  models::TrainConfig a = tiny(tmpdir("maxpos_a"), "softmax");
+  a.steps = 10;
+  a.eval_every = 10;
+  a.checkpoint_every = 10;
+  a.max_positions = 40;  // the short stage (lengths < 12) sizes its table for the long one
+  models::train(a, log);
+  const Checkpoint ck = load_checkpoint(a.out_dir + "/last.ckpt");
+  CHECK(ck.at("model.pos.weight").size(0) == 42);  // 40 tokens, + 1 for a CLS slot, + 1 (max_len)
+
+  models::TrainConfig b = a;  // the long stage: lengths 12..39, from the short stage's weights
+  b.out_dir = tmpdir("maxpos_b");
+  b.min_len = 12;
+  b.max_len = 40;
+  b.init_from = a.out_dir + "/last.ckpt";
+  models::TrainResult rb = models::train(b, log);
+  CHECK(rb.steps_done == 10);
+  CHECK(load_checkpoint(b.out_dir + "/last.ckpt").at("model.pos.weight").size(0) == 42);
+
+  // Without --max-pos the short stage's table is too small for the long data: refused, named.
+  models::TrainConfig c = a;
+  c.out_dir = tmpdir("maxpos_c");
+  c.max_positions = 0;
+  models::train(c, log);
+  models::TrainConfig d = b;
+  d.out_dir = tmpdir("maxpos_d");
+  d.init_from = c.out_dir + "/last.ckpt";
+  CHECK_THROWS_WITH_AS(models::train(d, log), doctest::Contains("pos.weight"), std::invalid_argument);
+
+  // A table shorter than the data is an error that names the option and the longest sequence.
+  models::TrainConfig e = b;
+  e.out_dir = tmpdir("maxpos_e");
+  e.init_from.clear();
+  e.max_positions = 20;
+  CHECK_THROWS_WITH_AS(models::train(e, log), doctest::Contains("--max-pos 20 is shorter"), std::invalid_argument);
+}

@@ -21,6 +21,8 @@ const char* kTrainHelp = R"(lotgrad train [options]
              --pack 0|1 (1: masked tokens are dropped before the encoder; same result, less work)
              --depth 2 --d-model 64 --heads 2 --mlp 128 --dropout 0.1
              --pos 1d|2d (2d: learned row + column positions, for square images)
+             --max-pos N (1d: a position table for N tokens, not just the data's longest; a curriculum
+                          from short to long sequences keeps one table, so --init-from fits)
              --init normal|torch (Linear weights N(0, 0.02²), or PyTorch's default U(±1/sqrt(in)))
              mechanism knobs: --r --eps --half-steps --grad implicit|unrolled --tol --learn-masses 0|1
                               --mass-temp --features --landmarks --fused 0|1 --lra-code-compat 0|1
@@ -38,7 +40,7 @@ const std::vector<std::string>& kKnobs = nn::attention_knob_options();
 models::TrainConfig parse_train(const Args& a) {
   std::vector<std::string> known = {"task", "data", "write-data", "train-size", "val-size", "test-size", "min-len",
                                     "max-len", "path-length", "max-tokens", "attention", "no-preset", "pooling", "zero-mask", "pack", "depth",
-                                    "d-model", "heads", "mlp", "dropout", "init", "pos", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
+                                    "d-model", "heads", "mlp", "dropout", "init", "pos", "max-pos", "steps", "batch", "bucket", "lr", "warmup", "lr-floor",
                                     "clip", "weight-decay", "seed", "threads", "out", "eval-every", "eval-batches",
                                     "checkpoint-every", "log-every", "resume", "init-from", "help", "checkpoint", "split", "quiet", "count"};
   known.insert(known.end(), kKnobs.begin(), kKnobs.end());
@@ -66,6 +68,7 @@ models::TrainConfig parse_train(const Args& a) {
   c.dropout = a.get_double("dropout", c.dropout);
   c.init = a.get("init", c.init);
   c.pos = a.get("pos", c.pos);
+  c.max_positions = a.get_int("max-pos", c.max_positions);
   c.steps = a.get_int("steps", c.steps);
   c.batch = a.get_int("batch", c.batch);
   c.bucket = a.get_int("bucket", c.bucket);
