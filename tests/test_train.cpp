@@ -36,6 +36,13 @@ models::TrainConfig tiny(const std::string& out, const std::string& attention) {
   c.seed = 3;
   return c;
 }
+
+// A run of `steps` steps that evaluates and checkpoints every `every` steps.
+void set_steps(models::TrainConfig& c, int64_t steps, int64_t every) {
+  c.steps = steps;
+  c.eval_every = every;
+  c.checkpoint_every = every;
+}
 std::string tmpdir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("lotgrad_test_train_" + name);
   fs::remove_all(p);
@@ -204,9 +211,7 @@ TEST_CASE("resume refuses a checkpoint from another run, a corrupt checkpoint is
 TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser, a mismatch names the file") {
   std::ostringstream log;
   models::TrainConfig a = tiny(tmpdir("init_a"), "softmax");
-  a.steps = 30;
-  a.checkpoint_every = 10;
-  a.eval_every = 10;
+  set_steps(a, 30, 10);
   models::train(a, log);
   const std::string from = a.out_dir + "/last.ckpt";
   // The model tensors of two checkpoints, bitwise equal or not.
@@ -227,9 +232,7 @@ TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser
   b.out_dir = tmpdir("init_b");
   b.init_from = from;
   b.lr = 0;
-  b.steps = 2;
-  b.eval_every = 2;
-  b.checkpoint_every = 2;
+  set_steps(b, 2, 2);
   models::TrainResult rb = models::train(b, log);
   CHECK(same_model(from, b.out_dir + "/last.ckpt"));
   CHECK(rb.test_at_best == doctest::Approx(models::evaluate_checkpoint(a, from, "test", log)));
@@ -265,9 +268,7 @@ TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser
 TEST_CASE("--max-pos: a curriculum from short to long ListOps keeps one position table") {
   std::ostringstream log;
   models::TrainConfig a = tiny(tmpdir("maxpos_a"), "softmax");
-  a.steps = 10;
-  a.eval_every = 10;
-  a.checkpoint_every = 10;
+  set_steps(a, 10, 10);
   a.max_positions = 40;  // the short stage (lengths < 12) sizes its table for the long one
   models::train(a, log);
   const Checkpoint ck = load_checkpoint(a.out_dir + "/last.ckpt");
