@@ -4,7 +4,7 @@
 //
 // Tokens are the row-major pixels, one per pixel, id = pixel value (0..255) + pixel_shift.
 //
-// The token-0 padding quirk (lra.md §5): the LRA code bases build their mask as
+// The token-0 padding quirk (docs/lra.md §5): the LRA code bases build their mask as
 // `token != 0`, so with pixel_shift = 0 every black pixel has the PAD id. lotgrad's batches
 // carry an explicit mask (only real padding is masked), but a model or script that derives the
 // mask from the ids, or an embedding that treats id 0 specially, sees black pixels as padding;

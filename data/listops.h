@@ -1,6 +1,7 @@
 // ListOps (LRA): nested MIN / MAX / MED / SM expressions over digits, 10 classes.
 //
-// Generator: the official algorithm (lra_benchmarks/data/listops.py, notes in lra.md §2):
+// Generator: the official algorithm (lra_benchmarks/data/listops.py in
+// github.com/google-research/long-range-arena; see docs/lra.md §2):
 //   gen(depth): with probability 1 - VALUE_P (always at max_depth) a leaf digit 0..9;
 //               else an operator with k ~ U{2..max_args} children gen(depth + 1).
 //   A tree's length is its token count (op + children + closing bracket). A root is kept iff

@@ -1,6 +1,6 @@
 // Pathfinder-32 (LRA): are the two dots connected by a dashed path? 2 classes, 1024 pixel tokens.
 //
-// Generator: lotgrad's simplified version of the original (lra.md §3), written from the
+// Generator: lotgrad's simplified version of the original (docs/lra.md §3), written from the
 // description. Units are output pixels; drawing happens on a 2x oversampled canvas that is
 // box-downsampled to 32 x 32 and quantised to 0..255.
 //   - A dash is a segment of length 2 px and width 1 px; consecutive dashes of a path are

@@ -1,5 +1,5 @@
 // LRA models: a sequence classifier and a dual encoder for retrieval, in the common
-// 2-layer setting (d = 64, 2 heads, MLP 128; lra.md §4).
+// 2-layer setting (d = 64, 2 heads, MLP 128; docs/lra.md §4).
 #pragma once
 #include <memory>
 #include <string>

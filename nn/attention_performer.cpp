@@ -1,17 +1,24 @@
 // Performer, FAVOR+ (Choromanski et al. 2021): positive orthogonal random features
-//   phi(x) = m^{-1/2} (exp(W x̃ - |x̃|²/2 - stab) + 1e-4),  x̃ = x d^{-1/4},
+//   phi(x) = m^{-1/2} exp(W x̃ - |x̃|²/2),  x̃ = x d^{-1/4},
 // then linear attention with phi(q), phi(k). W (m, d) stacks Q factors of Gaussian d×d
-// matrices with rows rescaled by chi_d norms. The stabiliser (per query row; for keys one
-// max over valid keys and features) is detached: it cancels between numerator and
-// denominator. Knobs: "features" (m, default 128), "redraw" (redraw W every N training
-// calls; 0 = never), "seed".
+// matrices with rows rescaled by chi_d norms. Knobs ("features" m, "redraw", "feature_seed"):
+// see performer_mechanism() below.
+//
+// Stabilisation (see feature_map): detached constants chosen so that they cancel EXACTLY
+// between numerator and denominator, and so that every denominator is >= 1 whenever a batch
+// row has a valid key. Hence no epsilon anywhere: an epsilon added inside phi (the old +1e-4)
+// does not cancel against the stabilisers (the output then depends on them, and their
+// gradient is dropped), and one added to the denominator (the old +1e-6) was as large as the
+// stabilised sums, so rows summed to 0.4-0.7 (down to 0.05 for larger q, k) instead of 1.
+// Only a batch row whose keys are all padded has a zero denominator; it is replaced by 1 (its
+// outputs are then 0, finite).
 #include <cmath>
 
 #include "../core/autograd.h"
 #include "../ops/elementwise.h"
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
@@ -52,14 +59,10 @@ Tensor orthogonal_features(int64_t m, int64_t d, Generator& gen) {
 class PerformerAttention : public AttentionMechanism {
  public:
   PerformerAttention(const AttentionOptions& opt, Generator& gen) {
-    for (auto& [k, v] : opt.knobs)
-      if (k != "features" && k != "redraw" && k != "seed")
-        throw std::invalid_argument("performer attention: unknown option \"" + k + "\" (known: features, redraw, seed)");
-    m_ = (int64_t)opt.get("features", 128);
+    m_ = (int64_t)opt.get("features");
     d_ = opt.d_head;
-    redraw_ = (int64_t)opt.get("redraw", 0);
-    if (m_ <= 0) throw std::invalid_argument("performer attention: features must be positive");
-    gen_ = Generator(opt.knobs.count("seed") ? (uint64_t)opt.get("seed", 0) : (uint64_t)gen.randint(0, INT64_MAX));
+    redraw_ = (int64_t)opt.get("redraw");
+    gen_ = Generator(opt.has("feature_seed") ? (uint64_t)opt.get("feature_seed") : (uint64_t)gen.randint(0, INT64_MAX));
     features = orthogonal_features(m_, d_, gen_);
     register_buffer("features", &features);
   }
@@ -67,44 +70,69 @@ class PerformerAttention : public AttentionMechanism {
 
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     maybe_redraw();
-    Tensor pq = feature_map(q, Tensor(), true);
-    Tensor pk = feature_map(k, mask, false);
+    Tensor pq, pk;
+    feature_map(q, k, mask, pq, pk);
     Tensor kv = matmul(pk.transpose(-2, -1), v);                 // (B, H, m, dv)
     Tensor z = sum(pk, {-2}, true);                               // (B, H, 1, m)
-    Tensor den = add(sum(mul(pq, z), {-1}, true), 1e-6);          // (B, H, n, 1)
-    return div(matmul(pq, kv), den);
+    Tensor den = sum(mul(pq, z), {-1}, true);                     // (B, H, n, 1), >= 1 or 0
+    Tensor none;  // rows whose keys are all padded: den = 0 = numerator; divide by 1 instead
+    {
+      NoGradGuard ng;
+      none = eq(den, 0.0);
+    }
+    return div(matmul(pq, kv), masked_fill(den, none, 1.0));
   }
   Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& mask) override {
-    Tensor pq = feature_map(q, Tensor(), true);
-    Tensor pk = feature_map(k, mask, false);
+    Tensor pq, pk;
+    feature_map(q, k, mask, pq, pk);
     Tensor s = matmul(pq, pk.transpose(-2, -1));  // (B, H, n, n)
-    return div(s, add(sum(s, {-1}, true), 1e-6));
+    Tensor den = sum(s, {-1}, true);               // >= 1, or 0 where every key is padded
+    Tensor none;
+    {
+      NoGradGuard ng;
+      none = eq(den, 0.0);
+    }
+    return div(s, masked_fill(den, none, 1.0));
   }
   Tensor features;  // buffer (m, d)
 
  private:
-  // x (B, H, n, d) -> phi(x) (B, H, n, m); padded key rows zeroed after the map.
-  Tensor feature_map(const Tensor& x, const Tensor& mask, bool is_query) {
-    const double scale = std::pow((double)x.size(-1), -0.25);
-    Tensor w = features.to(x.dtype());
-    Tensor xs = mul(x, scale);
-    Tensor proj = matmul(xs, w.t());                        // (B, H, n, m)
-    Tensor sq = mul(sum(mul(xs, xs), {-1}, true), 0.5);     // (B, H, n, 1)
-    Tensor stab;
+  // q, k (B, H, n, d) -> pq, pk (B, H, n, m), the FAVOR+ features up to detached factors that
+  // cancel in every ratio pq·Σ_j pk_j v_j / pq·Σ_j pk_j. With log-features lq, lk (W x̃ - |x̃|²/2):
+  //   pk[j, f] = exp(lk[j, f] - t[f]),           t[f] = max over valid keys j of lk[j, f]
+  //   pq[i, f] = exp(lq[i, f] + t[f] - s[i]),    s[i] = max over f of lq[i, f] + t[f]
+  // so pq[i, f] pk[j, f] = exp(lq[i, f] + lk[j, f] - s[i]): t cancels inside every product and
+  // s[i] (like m^{-1/2}, dropped) is one factor per query row, common to numerator and
+  // denominator. The output is thus exactly independent of t and s, so treating them as
+  // constants gives the exact gradient. Nothing overflows (every exponent is <= 0) and nothing
+  // underflows to a zero denominator: the argmax feature f* of row i has pq[i, f*] = 1 and
+  // Σ_j pk[j, f*] >= 1, so the denominator is >= 1. Padded keys' log-features are set to -inf
+  // before exp: exactly zero weight, and their content (however large) cannot reach a valid
+  // output. A row with every key padded gets t = 0 and pk = 0 (denominator 0: the callers divide
+  // by 1 there instead).
+  void feature_map(const Tensor& q, const Tensor& k, const Tensor& mask, Tensor& pq, Tensor& pk) {
+    const double scale = std::pow((double)q.size(-1), -0.25);
+    Tensor w = features.to(q.dtype()).t();
+    auto log_features = [&](const Tensor& x) {
+      Tensor xs = mul(x, scale);
+      return sub(matmul(xs, w), mul(sum(mul(xs, xs), {-1}, true), 0.5));  // (B, H, n, m)
+    };
+    Tensor lq = log_features(q), lk = log_features(k);
+    if (mask.defined()) lk = masked_fill(lk, mask.unsqueeze(1).unsqueeze(-1), -INFINITY);
+    Tensor t;
     {
       NoGradGuard ng;  // detached stabiliser
-      if (is_query) {
-        stab = max(proj, -1, true).values;
-      } else {
-        Tensor p = proj;
-        if (mask.defined()) p = masked_fill(proj, mask.unsqueeze(1).unsqueeze(-1), -INFINITY);
-        stab = max(max(p, -1, true).values, -2, true).values;  // (B, H, 1, 1)
-        stab = masked_fill(stab, eq(stab, -INFINITY), 0.0);  // every key padded: max is -inf
-      }
+      t = max(lk, -2, true).values;                   // (B, H, 1, m)
+      t = masked_fill(t, eq(t, -INFINITY), 0.0);      // every key padded: max is -inf
     }
-    Tensor phi = mul(add(exp(sub(sub(proj, sq), stab)), 1e-4), 1.0 / std::sqrt((double)m_));
-    if (!is_query && mask.defined()) phi = mul(phi, logical_not(mask).to(phi.dtype()).unsqueeze(1).unsqueeze(-1));
-    return phi;
+    pk = exp(sub(lk, t));
+    Tensor a = add(lq, t);
+    Tensor s;
+    {
+      NoGradGuard ng;  // detached stabiliser
+      s = max(a, -1, true).values;  // (B, H, n, 1)
+    }
+    pq = exp(sub(a, s));
   }
   void maybe_redraw() {
     if (!is_training() || redraw_ <= 0) return;
@@ -116,8 +144,19 @@ class PerformerAttention : public AttentionMechanism {
 };
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_performer_attention(const AttentionOptions& opt, Generator& gen) {
-  return std::make_shared<PerformerAttention>(opt, gen);
+MechanismSpec performer_mechanism() {
+  MechanismSpec s;
+  s.name = "performer";
+  s.summary = "FAVOR+ positive orthogonal random features (Choromanski et al. 2021); O(n·m·d)";
+  s.knobs = {{.name = "features", .type = KnobType::integer, .def = 128, .lo = 1, .hi = 65536, .help = "random features m"},
+             {.name = "redraw", .type = KnobType::integer, .def = 0, .lo = 0, .hi = 1e9,
+              .help = "draw new features every N training calls (0: never)"},
+             {.name = "feature_seed", .type = KnobType::integer, .lo = 0, .hi = 9007199254740992.0,
+              .help = "seed of the random features (absent: drawn from the model's generator)", .optional = true}};
+  s.presets["tiny"] = {{"features", 16}};
+  s.caps = {.causal = false, .why_not_causal = "the causal (prefix-state) form is not built yet", .linear_time = true};
+  s.make = [](const AttentionOptions& o, Generator& g) { return std::make_shared<PerformerAttention>(o, g); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

@@ -149,7 +149,7 @@ TEST_CASE("listops: official lengths, acceptance rate and label distribution") {
   ListOpsStats st;
   const std::vector<Example> ex = generate_listops(400, o, &st);
   const double rate = (double)st.accepted / (double)st.attempts;
-  CHECK(rate > 0.05);  // lra.md: ~8.3%
+  CHECK(rate > 0.05);  // docs/lra.md §2: ~8%
   CHECK(rate < 0.12);
   std::vector<double> frac(10, 0.0);
   double mean_len = 0;
@@ -159,7 +159,7 @@ TEST_CASE("listops: official lengths, acceptance rate and label distribution") {
     frac[(size_t)e.label] += 1.0 / (double)ex.size();
     mean_len += (double)e.tokens.size() / (double)ex.size();
   }
-  // lra.md: 0 and 9 ~17% each, 1..8 7-9% each; mean length ~1035 (loose bounds for 400).
+  // docs/lra.md §2: 0 and 9 ~17% each, 1..8 7-9% each; mean length ~1035 (loose bounds for 400).
   CHECK(frac[0] > 0.10);
   CHECK(frac[0] < 0.25);
   CHECK(frac[9] > 0.10);
