@@ -38,4 +38,8 @@
 #include "data/listops.h"
 #include "data/pathfinder.h"
 #include "data/text.h"
+#include "models/metrics_log.h"
+#include "models/progress.h"
+#include "models/run_config.h"
+#include "models/task.h"
 #include "models/trainer.h"

@@ -16,7 +16,6 @@
 //   --max-ref N     largest n for the reference path (default 8192; it holds (B, H, n, n))
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "../ops/attention.h"
 #include "harness.h"
@@ -62,48 +61,30 @@ std::vector<double> naive_row(const Tensor& q, const Tensor& k, const Tensor& v,
   return o;
 }
 
+int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref);
 }  // namespace
 
 int bench_attention_kernel_main(int argc, char** argv) {
   using namespace lotgrad::bench;
-  std::vector<int64_t> ns = {512, 1024, 2048, 4096, 8192, 16384};
-  int64_t B = 1, H = 2, d = 32, max_ref = 8192;
-  std::vector<char*> rest;
-  try {
-    for (int i = 0; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument("bench attention_kernel: option " + a + " needs a value");
-        return argv[++i];
-      };
-      auto num = [&](const std::string& s) {
-        char* end = nullptr;
-        const long long x = std::strtoll(s.c_str(), &end, 10);
-        if (s.empty() || *end || x < 1) throw std::invalid_argument("bench attention_kernel: " + a + " expects positive integers, got '" + s + "'");
-        return (int64_t)x;
-      };
-      if (a == "--n") {
-        ns.clear();
-        std::stringstream ss(val());
-        for (std::string t; std::getline(ss, t, ',');) ns.push_back(num(t));
-      } else if (a == "--batch") B = num(val());
-      else if (a == "--heads") H = num(val());
-      else if (a == "--dim") d = num(val());
-      else if (a == "--max-ref") max_ref = num(val());
-      else rest.push_back(argv[i]);
-    }
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  }
+  CLI::App app("Softmax attention, the fused tiled kernel against the composite reference: forward and\n"
+               "forward+backward time (median) and peak memory against n (f32). Verified before timing: against the\n"
+               "reference for n <= 2048, else sampled rows against a naive double-precision computation.\n"
+               "--json: one JSON object per measurement.",
+               "lotgrad bench attention-kernel");
+  AttentionShape shape;
+  int64_t max_ref = 8192;
   Options opt;
-  try {
-    opt = parse_options((int)rest.size(), rest.data());
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "%s\n(attention_kernel also takes --n LIST --batch B --heads H --dim d --max-ref N)\n", e.what());
-    return 2;
-  }
-  if (opt.quick) ns = {256, 512};
+  shape.add_options(app, "dim");
+  cli::add_number(app, "--max-ref", max_ref, 0, 1 << 20, "largest n for the reference path (it holds (B, H, n, n))");
+  add_harness_options(app, opt);
+  return run_bench(app, argc, argv, [&] {
+    return run(opt, shape.lengths(opt.quick), shape.batch, shape.heads, shape.dim, max_ref);
+  });
+}
+
+namespace {
+int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref) {
+  using namespace lotgrad::bench;
   bool ok = true;
   for (const int64_t n : ns) {
     // Long sequences: fewer runs (the reference takes seconds per step there).
@@ -208,3 +189,4 @@ int bench_attention_kernel_main(int argc, char** argv) {
   }
   return ok ? 0 : 1;
 }
+}  // namespace

@@ -202,55 +202,63 @@ void run_ops(Harness& h) {
   }
 }
 
-template <class F>
-int guarded(int argc, char** argv, const char* bench, F body) {
+void run_matmul(Harness& h) {
+  const bool q = h.options().quick;
+  const int64_t rows = q ? 4096 : 65536, bh = q ? 4 : 64, n = q ? 256 : 2048;
+  const std::string R = std::to_string(rows), BH = std::to_string(bh), Ns = std::to_string(n);
+  std::vector<MMCase> cases = {
+      {"proj (" + R + ", 64) x (64, 192)", 0, rows, 64, 192},
+      {"proj (" + R + ", 64) x (64, 128)", 0, rows, 64, 128},
+      {"proj (" + R + ", 64) x (192, 64)^T", 0, rows, 64, 192, false, true},
+      {"linear (" + R + ", 64), W (192, 64), bias", 0, rows, 64, 192, false, true, true, true},
+      {"batched (" + BH + ", " + Ns + ", 32) x (" + BH + ", 32, 4)", bh, n, 32, 4},
+      {"batched (" + BH + ", " + Ns + ", 32) x (" + BH + ", 32, 32)", bh, n, 32, 32},
+      {"batched (" + BH + ", " + Ns + ", 4)^T x (" + BH + ", " + Ns + ", 32)", bh, 4, n, 32, true, false},
+      {"batched (" + BH + ", " + Ns + ", 32) x (32, 4) shared", bh, n, 32, 4, false, false, false},
+  };
+  for (const auto& c : cases)
+    if (h.selected(c.name)) run_matmul_case(h, c);
+}
+
+struct CoreBench {
+  const char* name;   // the Harness's bench name
+  const char* about;  // the help's description
+  void (*run)(Harness&);
+};
+const CoreBench kMatmul = {"matmul",
+                           "lotgrad matmul and linear at transformer shapes against cblas_sgemm on the same buffers (and\n"
+                           "into a freshly allocated tensor), with the ratio lotgrad / BLAS.",
+                           run_matmul};
+const CoreBench kOps = {"ops",
+                        "Elementwise add and gelu, softmax, log_softmax and layer_norm throughput in GB/s (inputs read\n"
+                        "once, output written once), next to memcpy as the machine's copy bandwidth.",
+                        run_ops};
+
+// A core benchmark with the harness's options; prog names the command in its help and errors.
+int core_bench(int argc, char** argv, const std::string& prog, const CoreBench& b) {
+  CLI::App app(std::string(b.about) + "\nEach result is verified before it is timed. --json: one JSON object per measurement.",
+               prog);
   Options opt;
-  try {
-    opt = parse_options(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  }
-  Harness h(bench, opt);
-  try {
-    body(h);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench %s: %s\n", bench, e.what());
-    return 1;
-  }
-  if (!h.all_ok()) std::fprintf(stderr, "bench %s: some results failed verification (not timed)\n", bench);
-  return h.all_ok() ? 0 : 1;
+  add_harness_options(app, opt);
+  return run_bench(app, argc, argv, [&] {
+    Harness h(b.name, opt);
+    b.run(h);
+    if (!h.all_ok()) std::fprintf(stderr, "%s: some results failed verification (not timed)\n", prog.c_str());
+    return h.all_ok() ? 0 : 1;
+  });
 }
 
 }  // namespace
 
-int bench_matmul_main(int argc, char** argv) {
-  return guarded(argc, argv, "matmul", [](Harness& h) {
-    const bool q = h.options().quick;
-    const int64_t rows = q ? 4096 : 65536, bh = q ? 4 : 64, n = q ? 256 : 2048;
-    const std::string R = std::to_string(rows), BH = std::to_string(bh), Ns = std::to_string(n);
-    std::vector<MMCase> cases = {
-        {"proj (" + R + ", 64) x (64, 192)", 0, rows, 64, 192},
-        {"proj (" + R + ", 64) x (64, 128)", 0, rows, 64, 128},
-        {"proj (" + R + ", 64) x (192, 64)^T", 0, rows, 64, 192, false, true},
-        {"linear (" + R + ", 64), W (192, 64), bias", 0, rows, 64, 192, false, true, true, true},
-        {"batched (" + BH + ", " + Ns + ", 32) x (" + BH + ", 32, 4)", bh, n, 32, 4},
-        {"batched (" + BH + ", " + Ns + ", 32) x (" + BH + ", 32, 32)", bh, n, 32, 32},
-        {"batched (" + BH + ", " + Ns + ", 4)^T x (" + BH + ", " + Ns + ", 32)", bh, 4, n, 32, true, false},
-        {"batched (" + BH + ", " + Ns + ", 32) x (32, 4) shared", bh, n, 32, 4, false, false, false},
-    };
-    for (const auto& c : cases)
-      if (h.selected(c.name)) run_matmul_case(h, c);
-  });
-}
+int bench_matmul_main(int argc, char** argv) { return core_bench(argc, argv, "lotgrad bench matmul", kMatmul); }
 
-int bench_ops_main(int argc, char** argv) { return guarded(argc, argv, "ops", [](Harness& h) { run_ops(h); }); }
+int bench_ops_main(int argc, char** argv) { return core_bench(argc, argv, "lotgrad bench ops", kOps); }
 
 int bench_core_main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "";
-  if (which == "matmul") return bench_matmul_main(argc - 1, argv + 1);
-  if (which == "ops") return bench_ops_main(argc - 1, argv + 1);
-  std::fprintf(stderr,
-               "usage: bench_core matmul|ops [--json] [--runs N] [--warmup N] [--threads N] [--filter TEXT] [--quick]\n");
-  return 2;
+  if (which == "matmul") return core_bench(argc - 2, argv + 2, "bench_core matmul", kMatmul);
+  if (which == "ops") return core_bench(argc - 2, argv + 2, "bench_core ops", kOps);
+  const bool help = which == "--help" || which == "-h";
+  std::fputs("usage: bench_core matmul|ops [options]   (bench_core matmul --help: the options)\n", help ? stdout : stderr);
+  return help ? 0 : 2;
 }

@@ -3,8 +3,7 @@
 // std::chrono::steady_clock and reports the median (and min) with GFLOP/s or GB/s and the
 // thread counts in use (lotgrad's and OpenBLAS's).
 //
-// Options (any order; words that are not options, such as a program or subcommand name,
-// are ignored):
+// Options (every benchmark adds them with add_harness_options; `--help` lists them):
 //   --json          one JSON object per measurement on stdout, nothing else there
 //   --runs N        timed runs per measurement (default 10)
 //   --warmup N      untimed runs after verification (default 2)
@@ -27,6 +26,9 @@
 
 #include <lotgrad/lotgrad.h>
 
+#include "checks.h"   // tools/: after_parse
+#include "options.h"  // tools/: CLI11, add_number, add_threads, parse
+
 // Entry points (wired into `lotgrad bench matmul|ops`; also the `bench_core` executable).
 // Return 0 on success, 1 if any verification failed, 2 on bad options.
 int bench_matmul_main(int argc, char** argv);
@@ -38,41 +40,59 @@ namespace lotgrad::bench {
 
 struct Options {
   bool json = false, quick = false;
-  int runs = 10, warmup = 2, threads = 0;
+  int runs = 10, warmup = 2;
+  int64_t threads = 0;  // 0: as the process starts (all cores, or LOTGRAD_NUM_THREADS)
   std::string filter;
 };
 
-inline Options parse_options(int argc, char** argv) {
-  Options o;
-  auto value = [&](int& i, const std::string& key) -> std::string {
-    if (i + 1 >= argc) throw std::invalid_argument("bench: option " + key + " needs a value");
-    return argv[++i];
-  };
-  auto to_int = [](const std::string& key, const std::string& v) {
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    if (v.empty() || *end || n < 0) throw std::invalid_argument("bench: option " + key + " expects a non-negative integer, got '" + v + "'");
-    return (int)n;
-  };
-  for (int i = 0; i < argc; ++i) {
-    std::string a = argv[i], v;
-    if (a.rfind("--", 0) != 0) continue;  // program / subcommand names
-    const auto eq = a.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      v = a.substr(eq + 1);
-      a = a.substr(0, eq);
-    }
-    auto val = [&] { return inline_value ? v : value(i, a); };
-    if (a == "--json") o.json = true;
-    else if (a == "--quick") o.quick = true;
-    else if (a == "--runs") o.runs = std::max(1, to_int(a, val()));
-    else if (a == "--warmup") o.warmup = to_int(a, val());
-    else if (a == "--threads") o.threads = to_int(a, val());
-    else if (a == "--filter") o.filter = val();
-    else throw std::invalid_argument("bench: unknown option " + a + " (known: --json --runs --warmup --threads --filter --quick)");
+// Adds --json --runs --warmup --threads --filter --quick to app, bound to o; o's values are
+// the defaults the help shows (a benchmark may change them first).
+inline void add_harness_options(CLI::App& app, Options& o) {
+  const std::string g = "Harness";
+  app.add_flag("--json", o.json, "one JSON object per measurement on stdout, nothing else there")->group(g);
+  cli::add_number(app, "--runs", o.runs, 1, 1e6, "timed runs per measurement (the median is reported)")->group(g);
+  cli::add_number(app, "--warmup", o.warmup, 0, 1e6, "untimed runs after verification")->group(g);
+  cli::add_threads(app, o.threads)->default_str("")->group(g);
+  app.add_option("--filter", o.filter, "only measurements whose name contains TEXT")->group(g);
+  app.add_flag("--quick", o.quick, "smaller shapes (a smoke test, for CI)")->group(g);
+}
+
+// A comma-separated list of whole numbers, each in [lo, hi] (--n 512,1024,2048).
+inline CLI::Option* add_int_list(CLI::App& app, const std::string& name, std::vector<int64_t>& v, double lo, double hi,
+                                 const std::string& help) {
+  return app.add_option(name, v, help)->delimiter(',')->check(cli::in_range(lo, hi, true))->capture_default_str();
+}
+
+// The shape of an attention benchmark's q, k, v (B, H, n, d): --n LIST, --batch, --heads and the
+// head dimension (its option named by the benchmark: --d, --dim).
+struct AttentionShape {
+  std::vector<int64_t> ns = {512, 1024, 2048, 4096, 8192, 16384};
+  int64_t batch = 1, heads = 2, dim = 32;
+  CLI::Option* n_opt = nullptr;
+  void add_options(CLI::App& app, const std::string& dim_option) {
+    n_opt = add_int_list(app, "--n", ns, 1, 1 << 20, "comma-separated sequence lengths (--quick: 256,512)");
+    cli::add_number(app, "--batch", batch, 1, 4096, "batch size");
+    cli::add_number(app, "--heads", heads, 1, 4096, "heads");
+    cli::add_number(app, "--" + dim_option, dim, 1, 4096, "head dimension");
   }
-  return o;
+  // The lengths to run: --n when given, else the default list (shorter with --quick).
+  std::vector<int64_t> lengths(bool quick) const {
+    return quick && !n_opt->count() ? std::vector<int64_t>{256, 512} : ns;
+  }
+};
+
+// A benchmark's command line and run: parses argv into app (cli::parse: 0 after --help, 2
+// after a bad option, named), then returns body(); an exception from body is printed as
+// "<app name>: error: <message>" and gives 1.
+template <class F>
+int run_bench(CLI::App& app, int argc, char** argv, F body) {
+  if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", app.get_name().c_str(), e.what());
+    return 1;
+  }
 }
 
 // Result of one measurement. flops / bytes are per run (0 when not meaningful).
@@ -102,7 +122,7 @@ inline std::string json_escape(const std::string& s) {
 class Harness {
  public:
   Harness(std::string bench, Options opt) : bench_(std::move(bench)), opt_(std::move(opt)) {
-    if (opt_.threads > 0) lotgrad::set_num_threads(opt_.threads);
+    if (opt_.threads > 0) lotgrad::set_num_threads((int)opt_.threads);
     if (!opt_.json)
       std::printf("# %s: lotgrad threads %d, OpenBLAS threads %d, %d runs (median), %d warm-up\n", bench_.c_str(),
                   lotgrad::get_num_threads(), openblas_get_num_threads(), opt_.runs, opt_.warmup);

@@ -34,4 +34,20 @@ void set_num_threads(int n) {
 }
 int get_num_threads() { return g_threads; }
 
+void check_thread_env() {
+  const char* v = std::getenv("LOTGRAD_NUM_THREADS");
+  if (!v) return;
+  const std::string s = v;
+  size_t used = 0;
+  long n = 0;
+  try {
+    n = std::stol(s, &used);
+  } catch (...) {
+    used = 0;
+  }
+  const int cores = omp_get_num_procs();
+  if (s.empty() || used != s.size() || n < 1 || n > cores)
+    throw std::invalid_argument("LOTGRAD_NUM_THREADS=\"" + s + "\": expected an integer in [1, " + std::to_string(cores) + "]");
+}
+
 }  // namespace lotgrad

@@ -11,6 +11,9 @@ namespace lotgrad {
 
 void set_num_threads(int n);  // n >= 1
 int get_num_threads();
+// Refuses a LOTGRAD_NUM_THREADS that is set but not an integer in [1, cores] (the library
+// itself ignores such a value; the command-line program calls this first).
+void check_thread_env();
 
 // Work below this many elements runs on one thread (thread start-up costs ~µs).
 constexpr int64_t kParallelGrain = 32768;

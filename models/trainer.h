@@ -1,7 +1,8 @@
 // The Long Range Arena training loop: data (read or generated), the classifier, AdamW with
 // warm-up + cosine decay, clipping, progress, evaluation, atomic checkpoints (periodic and
-// best-on-dev), exact resume, and a JSON-lines metrics log. `lotgrad train` is a thin
-// command-line front end over train().
+// best-on-dev) that store the run's whole configuration, exact resume, and a JSON-lines
+// metrics log. Its parts: run_config.h (the declared settings), task.h (data, model,
+// evaluation), metrics_log.h, progress.h. `lotgrad train` is a thin front end over train().
 #pragma once
 #include <functional>
 #include <iosfwd>
@@ -20,17 +21,17 @@ struct TrainConfig {
   std::string write_data;        // when generating: also write the files here (official layout)
   int64_t gen_train = 20000, gen_val = 1000, gen_test = 1000;  // generated split sizes
   int64_t min_len = 500, max_len = 2000;  // ListOps lengths (exclusive bounds, as the generator)
-  int pathfinder_length = 14;   // Pathfinder difficulty: 6, 9 or 14 dashes
+  int64_t pathfinder_length = 14;  // Pathfinder difficulty: 6, 9 or 14 dashes
   int64_t max_tokens = 0;       // text / retrieval truncation (0: task default 1000)
   // ---- model
   std::string attention = "lotformer";
-  std::map<std::string, double> knobs;  // mechanism knobs over the preset (see attention_preset)
-  bool use_preset = true;       // start from the public code's per-task settings for the mechanism
+  std::map<std::string, double> knobs;  // mechanism knobs over the preset (effective_knobs, run_config.h)
+  bool use_preset = true;       // start from the mechanism's declared preset for the task (nn::MechanismSpec)
   std::string pooling = "mean";
-  // LRA's mask is `token != 0` in every task (lra.md §5): for images that masks every black
+  // LRA's mask is `token != 0` in every task (docs/lra.md): for images that masks every black
   // pixel. -1 (auto): on for pathfinder and image, where it matters, to match the published
   // setting; 0 off (black pixels are tokens); 1 on.
-  int zero_mask = -1;
+  int64_t zero_mask = -1;
   bool pack = true;             // drop masked tokens before the encoder (ClassifierConfig::pack)
   int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
   double dropout = 0.1;
@@ -51,11 +52,13 @@ struct TrainConfig {
   int64_t log_every = 0;        // plain progress lines every N steps (0: about 50 per run)
   std::string out_dir = "runs/run";  // last.ckpt, best.ckpt, metrics.jsonl
   bool resume = false;
+  bool override_run = false;    // --resume may change settings that alter the run (lr, steps, ...)
+  bool overwrite = false;       // train into a run directory that already holds checkpoints
   // Start from this checkpoint's model weights (fine-tuning, a curriculum over difficulties):
   // the optimiser, schedule and step count start fresh. Ignored when --resume finds last.ckpt.
   std::string init_from;
-  int threads = 0;              // 0: leave as is
-  uint64_t seed = 1;
+  int64_t threads = 0;          // 0: leave as is
+  int64_t seed = 1;
   bool quiet = false;
   int64_t stop_after = 0;       // > 0: stop (as if killed) after this many steps this run (tests)
 };
@@ -67,20 +70,20 @@ struct TrainResult {
   double ms_per_step = 0, tokens_per_s = 0;
   double majority_test = 0;  // the majority-class rate on test, for comparison
   std::vector<double> losses;  // training loss per step run in this call
+  bool interrupted = false;    // stopped by SIGINT / SIGTERM (last.ckpt written)
   std::string summary;         // one-line description of the run
 };
 
-// The public reference code's per-task settings for a mechanism (lotformer.md §4), e.g.
-// lotformer on listops: r 4, eps 0.1, 50 half-steps.
-std::map<std::string, double> attention_preset(const std::string& task, const std::string& attention);
-
-struct TaskData {
-  data::Dataset train, val, test;
-};
-// Reads cfg.data_dir in the official layout, or generates the task (seeded by cfg.seed).
-TaskData load_task(const TrainConfig& cfg, std::ostream& log);
-
+// Trains the run cfg describes (validate(cfg) first; run_config.h). A fresh run refuses an
+// --out that holds checkpoints unless cfg.overwrite; cfg.resume continues from last.ckpt.
+// SIGINT or SIGTERM during training stop it after the current step with last.ckpt written
+// and the command that resumes printed; a second signal exits at once.
 TrainResult train(const TrainConfig& cfg, std::ostream& log);
+
+// The configuration stored in a checkpoint (run_config.h); throws naming the file when it has
+// none (a checkpoint written before runs stored their settings).
+TrainConfig stored_config(const std::string& checkpoint);
+bool stores_config(const std::string& checkpoint);
 
 // Accuracy of a checkpointed model on a split ("val" or "test"): `lotgrad eval`.
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,
@@ -97,8 +100,8 @@ struct HeadInspection {
   double n = 0;               // mean number of tokens
   double row_max = 0;         // mean over queries of the largest weight in the row
   double max_weight = 0;      // largest weight seen
-  double bound = 0;           // LOTFormer: mean of 1/(n min b); 0 for other mechanisms
-  double bound_used = 0;      // LOTFormer: largest (max weight / bound) of an example (<= 1)
+  double bound = 0;           // mean over examples of the weight bound (LOTFormer: 1/(n min b)); 0: none
+  double bound_used = 0;      // largest (an example's max weight / its own bound) (<= 1)
   double first_token = 0;     // mean weight on token 0, times n (1 = uniform; = its column sum)
   double second_token = 0;    // the same for token 1
   double entropy = 0;         // mean row entropy / log n (1 = uniform)

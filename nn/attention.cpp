@@ -8,64 +8,8 @@
 #include "../ops/heads.h"
 #include "../ops/matmul.h"
 #include "../ops/shape.h"
-#include "attention_mechanisms.h"
 
 namespace lotgrad::nn {
-
-const std::map<std::string, AttentionFactory>& attention_registry() {
-  // One line per mechanism.
-  static const std::map<std::string, AttentionFactory> reg = {
-      {"softmax", make_softmax_attention},
-      {"linear", make_linear_attention},
-      {"performer", make_performer_attention},
-      {"nystromformer", make_nystromformer_attention},
-      {"lotformer", make_lotformer_attention},
-      {"sinkformer", make_sinkformer_attention},
-      {"espformer", make_espformer_attention},
-  };
-  return reg;
-}
-std::vector<std::string> attention_names() {
-  std::vector<std::string> names;
-  for (auto& [k, v] : attention_registry()) names.push_back(k);
-  return names;
-}
-std::shared_ptr<AttentionMechanism> make_attention(const AttentionOptions& opt, Generator& gen) {
-  auto& reg = attention_registry();
-  auto it = reg.find(opt.name);
-  if (it == reg.end()) {
-    std::string known;
-    for (auto& n : attention_names()) known += (known.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown attention mechanism \"" + opt.name + "\"; known: " + known);
-  }
-  return it->second(opt, gen);
-}
-
-const std::vector<std::string>& attention_knob_options() {
-  static const std::vector<std::string> opts = {"r",        "eps",      "half-steps", "grad",  "tol",
-                                                "learn-masses", "mass-temp", "features",  "landmarks", "fused",
-                                                "lra-code-compat", "init-std", "clamp"};
-  return opts;
-}
-void set_attention_knob(std::map<std::string, double>& knobs, const std::string& option, const std::string& value) {
-  std::string key = option;
-  std::replace(key.begin(), key.end(), '-', '_');
-  if (option == "grad") {
-    if (value != "implicit" && value != "unrolled") throw std::invalid_argument("--grad must be implicit or unrolled");
-    knobs["grad"] = value == "implicit" ? 1 : 0;
-    return;
-  }
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(value, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (used == 0 || used != value.size())
-    throw std::invalid_argument("--" + option + " expects a number, got \"" + value + "\"");
-  knobs[key] = v;
-}
 
 Tensor zero_padded_rows(const Tensor& x, const Tensor& mask) {
   if (!mask.defined()) return x;
@@ -106,17 +50,18 @@ void token_log_weights(const Tensor& mask, int64_t B, int64_t n, DType dt, Tenso
 }
 
 MultiHeadAttention::MultiHeadAttention(int64_t d_model, const AttentionOptions& opt, Generator& gen)
-    : opt_(opt), d_model_(d_model) {
-  if (opt.n_heads <= 0 || d_model % opt.n_heads)
+    : spec_(&mechanism_spec(opt.name)), opt_(opt), d_model_(d_model) {
+  if (opt.n_heads <= 0 || d_model <= 0 || d_model % opt.n_heads)
     throw std::invalid_argument("MultiHeadAttention: d_model " + std::to_string(d_model) +
                                 " must be a positive multiple of n_heads " + std::to_string(opt.n_heads));
   opt_.d_head = d_model / opt.n_heads;
-  qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, gen));
+  if (!spec_->caps.block_input) qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, gen));
   out_proj = register_module("out_proj", std::make_shared<Linear>(d_model, d_model, gen));
   mechanism = register_module("mechanism", make_attention(opt_, gen));
 }
 
 void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& v, const LayerNorm* pre_norm) const {
+  if (!qkv) throw std::logic_error(type_name() + ": a block-input mechanism has no q, k, v projection");
   if (x.dim() != 3 || x.size(2) != d_model_)
     throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
   // x (B, n, D) -> three contiguous (B, H, n, dh), projected a sequence at a time
@@ -127,6 +72,18 @@ void MultiHeadAttention::project(const Tensor& x, Tensor& q, Tensor& k, Tensor& 
   v = h[2];
 }
 
+Tensor AttentionMechanism::forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + ": a block-input mechanism is called through forward_block");
+}
+Tensor AttentionMechanism::attention_matrix(const Tensor&, const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + ": a block-input mechanism is probed through attention_matrix_block");
+}
+Tensor AttentionMechanism::forward_block(const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + ": a q, k, v mechanism is called through forward");
+}
+Tensor AttentionMechanism::attention_matrix_block(const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + ": a q, k, v mechanism is probed through attention_matrix");
+}
 Tensor AttentionMechanism::qk_map(DType) const { return Tensor(); }
 Tensor AttentionMechanism::forward_mapped(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
   throw std::logic_error(type_name() + ": forward_mapped called on a mechanism without a qk_map");
@@ -135,9 +92,13 @@ Tensor AttentionMechanism::forward_mapped(const Tensor&, const Tensor&, const Te
 Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& mask, const LayerNorm* pre_norm) {
   if (mask.defined() && (mask.dtype() != kBool || mask.dim() != 2 || mask.size(0) != x.size(0) || mask.size(1) != x.size(1)))
     throw_shape("MultiHeadAttention", "key_padding_mask must be bool (B, n) matching x", {{"x", &x}, {"mask", &mask}});
+  if (x.dim() != 3 || x.size(2) != d_model_)
+    throw_shape("MultiHeadAttention", "expects x of shape (B, n, " + std::to_string(d_model_) + ")", {{"x", &x}});
   Tensor o;  // (B, H, n, dh)
-  const Tensor M = x.dim() == 3 && x.size(2) == d_model_ ? mechanism->qk_map(x.dtype()) : Tensor();  // (H, r, dh)
-  if (M.defined()) {
+  const Tensor M = qkv ? mechanism->qk_map(x.dtype()) : Tensor();  // (H, r, dh)
+  if (!qkv) {
+    o = mechanism->forward_block(pre_norm ? pre_norm->forward(x) : x, mask);
+  } else if (M.defined()) {
     // q·Mᵀ = x·(M W_q)ᵀ + M b_q per head: the query and key weights folded into (H·r, D) maps.
     const int64_t H = opt_.n_heads, dh = opt_.d_head, D = d_model_, r = M.size(1);
     const Tensor& W = qkv->weight;  // (3D, D): rows q, k, v

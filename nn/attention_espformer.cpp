@@ -34,7 +34,7 @@
 #include "../ops/reduce.h"
 #include "../ops/shape.h"
 #include "../ops/softmax.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
@@ -74,15 +74,7 @@ Tensor placement(const std::vector<int64_t>& valid, int64_t n, DType dt) {
 
 class ESPAttention : public AttentionMechanism {
  public:
-  explicit ESPAttention(const AttentionOptions& opt) {
-    for (auto& [k, v] : opt.knobs)
-      if (k != "tau" && k != "T")
-        throw std::invalid_argument("espformer attention: unknown option \"" + k + "\" (known: tau, T)");
-    tau_ = opt.get("tau", 1e-3);
-    T_ = opt.get("T", 10.0);
-    if (!(tau_ > 0)) throw std::invalid_argument("espformer attention: tau must be positive");
-    if (!(T_ >= 0)) throw std::invalid_argument("espformer attention: T must be non-negative");
-  }
+  explicit ESPAttention(const AttentionOptions& opt) : tau_(opt.get("tau")), T_(opt.get("T")) {}
   std::string type_name() const override {
     return "ESPAttention(tau=" + std::to_string(tau_) + ", T=" + std::to_string(T_) + ")";
   }
@@ -166,8 +158,17 @@ class ESPAttention : public AttentionMechanism {
 
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_espformer_attention(const AttentionOptions& opt, Generator&) {
-  return std::make_shared<ESPAttention>(opt);
+MechanismSpec espformer_mechanism() {
+  MechanismSpec s;
+  s.name = "espformer";
+  s.summary = "expected sliced transport plans over the d coordinate slices (Shahbazi et al. 2025); O(d·n²)";
+  s.knobs = {{.name = "tau", .type = KnobType::real, .def = 1e-3, .lo = 1e-9, .hi = 1e6, .help = "soft-sort temperature"},
+             {.name = "T", .type = KnobType::real, .def = 10, .lo = 0, .hi = 1e6,
+              .help = "inverse temperature of the slice weights (0: the plain mean over slices)"}};
+  s.presets["tiny"] = {};
+  s.caps = {.causal = false, .why_not_causal = "a lower-triangular doubly-stochastic matrix is the identity"};
+  s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<ESPAttention>(o); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

@@ -5,7 +5,7 @@
 #include "../ops/elementwise.h"
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
@@ -18,9 +18,7 @@ Tensor masked_features(const Tensor& phi_k, const Tensor& mask) {
 
 class LinearAttention : public AttentionMechanism {
  public:
-  explicit LinearAttention(const AttentionOptions& opt) {
-    for (auto& [k, v] : opt.knobs) throw std::invalid_argument("linear attention: unknown option \"" + k + "\"");
-  }
+  explicit LinearAttention(const AttentionOptions&) {}
   std::string type_name() const override { return "LinearAttention"; }
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     Tensor pq = add(elu(q), 1.0);                      // (B, H, n, d)
@@ -40,8 +38,14 @@ class LinearAttention : public AttentionMechanism {
 };
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_linear_attention(const AttentionOptions& opt, Generator&) {
-  return std::make_shared<LinearAttention>(opt);
+MechanismSpec linear_mechanism() {
+  MechanismSpec s;
+  s.name = "linear";
+  s.summary = "linear attention, phi(x) = elu(x) + 1 (Katharopoulos et al. 2020); O(n·d²)";
+  s.presets["tiny"] = {};
+  s.caps = {.causal = false, .why_not_causal = "the causal (prefix-state) form is not built yet", .linear_time = true};
+  s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<LinearAttention>(o); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

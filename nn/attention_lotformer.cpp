@@ -18,6 +18,7 @@
 //   lra_code_compat (0; 1 reproduces the public LRA code: mask ignored, uniform masses and
 //   the output scaled by 1/r²; for comparisons only).
 #include <cmath>
+#include <limits>
 
 #include "../core/autograd.h"
 #include "../ops/elementwise.h"
@@ -26,37 +27,32 @@
 #include "../ops/sinkhorn.h"
 #include "../ops/softmax.h"
 #include "attention_lotformer.h"
-#include "attention_mechanisms.h"
 #include "init.h"
 
 namespace lotgrad::nn {
 
-namespace {
-const char* kKnobs[] = {"r",    "eps",  "half_steps", "grad",  "tol",  "last",           "learn_masses",
-                        "mass_temp", "init_std", "clamp", "fused", "lra_code_compat"};
-}
-
-LOTFormerAttention::LOTFormerAttention(const AttentionOptions& opt, Generator& gen) : opt_(opt) {
-  for (auto& [k, v] : opt.knobs) {
-    bool known = false;
-    for (auto* kk : kKnobs) known = known || k == kk;
-    if (!known) throw std::invalid_argument("lotformer attention: unknown option \"" + k + "\"");
-  }
-  r_ = (int64_t)opt.get("r", 4);
-  eps_ = opt.get("eps", 0.1);
-  half_steps_ = (int64_t)opt.get("half_steps", 50);
-  implicit_ = opt.get("grad", 1) != 0;
-  tol_ = opt.get("tol", 0.0);
-  last_ = (int)opt.get("last", -1);
-  learn_masses_ = opt.get("learn_masses", 1) != 0;
-  mass_temp_ = opt.get("mass_temp", 1.0);
-  clamp_ = opt.get("clamp", 50.0);
-  fused_ = opt.get("fused", 1) != 0;
-  compat_ = opt.get("lra_code_compat", 0) != 0;
-  if (r_ <= 0 || eps_ <= 0 || half_steps_ <= 0 || mass_temp_ <= 0)
-    throw std::invalid_argument("lotformer attention: r, eps, half_steps and mass_temp must be positive");
+// Built directly (tests, `lotgrad maps --example`) or by make_attention: the knobs are
+// resolved against the declaration either way.
+LOTFormerAttention::LOTFormerAttention(const AttentionOptions& opt_in, Generator& gen)
+    : opt_(resolved([&] {
+        AttentionOptions o = opt_in;
+        o.name = "lotformer";
+        return o;
+      }())) {
+  const AttentionOptions& opt = opt_;
+  r_ = (int64_t)opt.get("r");
+  eps_ = opt.get("eps");
+  half_steps_ = (int64_t)opt.get("half_steps");
+  implicit_ = opt.get("grad") != 0;
+  tol_ = opt.get("tol");
+  last_ = (int)opt.get("last");
+  learn_masses_ = opt.get("learn_masses") != 0;
+  mass_temp_ = opt.get("mass_temp");
+  clamp_ = opt.get("clamp");
+  fused_ = opt.get("fused") != 0;
+  compat_ = opt.get("lra_code_compat") != 0;
   const int64_t H = opt.n_heads, d = opt.d_head;
-  double std = opt.get("init_std", 0.02);
+  double std = opt.get("init_std");
   if (std < 0) std = 1.0 / std::sqrt((double)d);
   pivots = Tensor::zeros({H, r_, d});
   init::normal_(pivots, gen, 0.0, std);
@@ -166,8 +162,58 @@ Tensor LOTFormerAttention::attention_matrix(const Tensor& q, const Tensor& k, co
   return A;
 }
 
-std::shared_ptr<AttentionMechanism> make_lotformer_attention(const AttentionOptions& opt, Generator& gen) {
-  return std::make_shared<LOTFormerAttention>(opt, gen);
+std::vector<double> LOTFormerAttention::weight_bound(int64_t n_valid) const {
+  NoGradGuard ng;
+  const std::vector<double> lb = log_masses(kFloat64).to_vector();  // (H, r)
+  std::vector<double> out((size_t)opt_.n_heads);
+  for (int64_t h = 0; h < opt_.n_heads; ++h) {
+    double mn = 1.0;
+    for (int64_t j = 0; j < r_; ++j) mn = std::min(mn, std::exp(lb[(size_t)(h * r_ + j)]));
+    out[(size_t)h] = 1.0 / ((double)n_valid * mn);
+  }
+  return out;
+}
+
+MechanismSpec lotformer_mechanism() {
+  MechanismSpec s;
+  s.name = "lotformer";
+  s.summary = "LOTFormer: doubly stochastic, linear time, two entropic OT plans through r learned pivots";
+  const double inf = std::numeric_limits<double>::infinity();
+  s.knobs = {
+      {.name = "r", .type = KnobType::integer, .def = 4, .lo = 1, .hi = 4096, .help = "pivots per head"},
+      {.name = "eps", .type = KnobType::real, .def = 0.1, .lo = 1e-6, .hi = 1e6, .help = "entropic regularisation"},
+      {.name = "half_steps", .type = KnobType::integer, .def = 50, .lo = 1, .hi = 100000, .help = "Sinkhorn half-steps"},
+      {.name = "grad", .type = KnobType::choice, .def = 1, .help = "gradients through the Sinkhorn iterations",
+       .choices = {"unrolled", "implicit"}},
+      {.name = "tol", .type = KnobType::real, .def = 0, .lo = 0, .hi = 1,
+       .help = "stop early when the marginal error is below tol (0: run every half-step)"},
+      {.name = "last", .type = KnobType::integer, .def = -1, .lo = -1, .hi = 1,
+       .help = "the side the iterations end on: -1 by parity (odd half-steps: rows), 0 rows, 1 columns"},
+      {.name = "learn_masses", .type = KnobType::flag, .def = 1, .help = "learn the pivot masses b (else uniform)"},
+      {.name = "mass_temp", .type = KnobType::real, .def = 1, .lo = 1e-6, .hi = 1e6,
+       .help = "temperature of the masses: b = softmax(w / mass_temp)"},
+      {.name = "init_std", .type = KnobType::real, .def = 0.02, .lo = -1, .hi = 100,
+       .help = "pivots start N(0, init_std²); negative: 1/√d"},
+      {.name = "clamp", .type = KnobType::real, .def = 50, .lo = 0, .hi = inf,
+       .help = "similarities clamped to ±clamp as the reference code does (0: off)"},
+      {.name = "fused", .type = KnobType::flag, .def = 1,
+       .help = "1: plan products without storing the plans; 0: the composite that stores Γ1, Γ2"},
+      {.name = "lra_code_compat", .type = KnobType::flag, .def = 0,
+       .help = "1: the public LRA code's variant (mask ignored, uniform masses, output / r²); comparisons only"}};
+  // The public reference code's per-task settings (docs/lotformer.md).
+  s.presets = {{"listops", {{"r", 4}, {"eps", 0.1}, {"half_steps", 50}}},
+               {"text", {{"r", 32}, {"eps", 0.1}, {"half_steps", 50}}},
+               {"retrieval", {{"r", 64}, {"eps", 0.1}, {"half_steps", 50}}},
+               {"pathfinder", {{"r", 64}, {"eps", 0.1}, {"half_steps", 50}}},
+               {"image", {{"r", 8}, {"eps", 25}, {"half_steps", 5}}},
+               {"tiny", {{"r", 3}, {"eps", 0.5}, {"half_steps", 9}, {"grad", 0}}}};
+  s.no_decay = {"pivots", "mass_logits"};
+  s.caps = {.causal = false,
+            .why_not_causal = "a lower-triangular doubly-stochastic matrix is the identity",
+            .doubly_stochastic = true,
+            .linear_time = true};
+  s.make = [](const AttentionOptions& o, Generator& g) { return std::make_shared<LOTFormerAttention>(o, g); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

@@ -22,6 +22,7 @@ class LOTFormerAttention : public AttentionMechanism {
   // The two plans Γ1 (B, H, n, r), Γ2 (B, H, r, n) and the masses b (1, H, r).
   void plans(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask, Tensor& G1, Tensor& G2, Tensor& b);
   Tensor log_masses(DType dt) const;  // (H, r)
+  std::vector<double> weight_bound(int64_t n_valid) const override;  // 1/(n·min b) per head
   int64_t r() const { return r_; }
 
   Tensor pivots;       // (H, r, d)

@@ -10,7 +10,7 @@
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
 #include "../ops/softmax.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
@@ -32,14 +32,8 @@ Tensor segment_means(int64_t B, int64_t n, int64_t m, const Tensor& mask, DType 
 
 class NystromAttention : public AttentionMechanism {
  public:
-  explicit NystromAttention(const AttentionOptions& opt) {
-    for (auto& [k, v] : opt.knobs)
-      if (k != "landmarks" && k != "pinv_iters")
-        throw std::invalid_argument("nystromformer attention: unknown option \"" + k + "\" (known: landmarks, pinv_iters)");
-    m_ = (int64_t)opt.get("landmarks", 64);
-    iters_ = (int64_t)opt.get("pinv_iters", 6);
-    if (m_ <= 0) throw std::invalid_argument("nystromformer attention: landmarks must be positive");
-  }
+  explicit NystromAttention(const AttentionOptions& opt)
+      : m_((int64_t)opt.get("landmarks")), iters_((int64_t)opt.get("pinv_iters")) {}
   std::string type_name() const override { return "NystromAttention(m=" + std::to_string(m_) + ")"; }
 
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
@@ -89,8 +83,20 @@ class NystromAttention : public AttentionMechanism {
 };
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_nystromformer_attention(const AttentionOptions& opt, Generator&) {
-  return std::make_shared<NystromAttention>(opt);
+MechanismSpec nystromformer_mechanism() {
+  MechanismSpec s;
+  s.name = "nystromformer";
+  s.summary = "Nyström approximation of softmax with m segment-mean landmarks (Xiong et al. 2021); O(n·m)";
+  s.knobs = {{.name = "landmarks", .type = KnobType::integer, .def = 64, .lo = 1, .hi = 65536,
+              .help = "landmarks m (segment means of the valid tokens)"},
+             {.name = "pinv_iters", .type = KnobType::integer, .def = 6, .lo = 0, .hi = 100,
+              .help = "iterations of the Moore-Penrose pseudo-inverse approximation"}};
+  s.presets["*"] = {{"landmarks", 128}};  // the Skyformer / LOTFormer LRA harness
+  s.presets["tiny"] = {{"landmarks", 3}};
+  s.caps = {.causal = false, .why_not_causal = "landmarks average over the whole sequence, future tokens included",
+            .linear_time = true};
+  s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<NystromAttention>(o); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

@@ -10,7 +10,7 @@
 #include "../ops/elementwise.h"
 #include "../ops/matmul.h"
 #include "../ops/sinkhorn.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
@@ -18,17 +18,13 @@ namespace {
 class SinkformerAttention : public AttentionMechanism {
  public:
   explicit SinkformerAttention(const AttentionOptions& opt) {
-    for (auto& [k, v] : opt.knobs)
-      if (k != "eps" && k != "half_steps" && k != "grad" && k != "last" && k != "tol")
-        throw std::invalid_argument("sinkformer attention: unknown option \"" + k + "\" (known: eps, half_steps, grad, last, tol)");
-    eps_ = opt.get("eps", 1.0);
-    const int64_t T = (int64_t)opt.get("half_steps", 3);
-    if (eps_ <= 0 || T <= 0) throw std::invalid_argument("sinkformer attention: eps and half_steps must be positive");
+    eps_ = opt.get("eps");
+    const int64_t T = (int64_t)opt.get("half_steps");
     so_.max_half_steps = T;
-    const int last = (int)opt.get("last", -1);
+    const int last = (int)opt.get("last");
     so_.last = last < 0 ? (T % 2 ? SinkhornSide::rows : SinkhornSide::cols) : (last == 0 ? SinkhornSide::rows : SinkhornSide::cols);
-    so_.grad = opt.get("grad", 0) != 0 ? SinkhornGrad::implicit : SinkhornGrad::unrolled;
-    so_.tol = opt.get("tol", 0.0);
+    so_.grad = opt.get("grad") != 0 ? SinkhornGrad::implicit : SinkhornGrad::unrolled;
+    so_.tol = opt.get("tol");
     so_.return_plan = false;
   }
   std::string type_name() const override { return "SinkformerAttention(half_steps=" + std::to_string(so_.max_half_steps) + ")"; }
@@ -55,8 +51,25 @@ class SinkformerAttention : public AttentionMechanism {
 };
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_sinkformer_attention(const AttentionOptions& opt, Generator&) {
-  return std::make_shared<SinkformerAttention>(opt);
+MechanismSpec sinkformer_mechanism() {
+  MechanismSpec s;
+  s.name = "sinkformer";
+  s.summary = "Sinkhorn over the full n×n scores, doubly stochastic (Sander et al. 2022); O(n²)";
+  s.knobs = {{.name = "eps", .type = KnobType::real, .def = 1.0, .lo = 1e-6, .hi = 1e6, .help = "entropic regularisation"},
+             {.name = "half_steps", .type = KnobType::integer, .def = 3, .lo = 1, .hi = 100000,
+              .help = "Sinkhorn half-steps (1 is softmax attention)"},
+             {.name = "grad", .type = KnobType::choice, .def = 0, .help = "gradients through the Sinkhorn iterations",
+              .choices = {"unrolled", "implicit"}},
+             {.name = "last", .type = KnobType::integer, .def = -1, .lo = -1, .hi = 1,
+              .help = "the side the iterations end on: -1 by parity (odd half-steps: rows), 0 rows, 1 columns"},
+             {.name = "tol", .type = KnobType::real, .def = 0, .lo = 0, .hi = 1,
+              .help = "stop early when the marginal error is below tol (0: run every half-step)"}};
+  s.presets["tiny"] = {{"half_steps", 3}};
+  s.caps = {.causal = false,
+            .why_not_causal = "a lower-triangular doubly-stochastic matrix is the identity",
+            .doubly_stochastic = true};
+  s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<SinkformerAttention>(o); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

@@ -6,18 +6,14 @@
 #include "../ops/elementwise.h"
 #include "../ops/matmul.h"
 #include "../ops/softmax.h"
-#include "attention_mechanisms.h"
+#include "attention.h"
 
 namespace lotgrad::nn {
 
 namespace {
 class SoftmaxAttention : public AttentionMechanism {
  public:
-  explicit SoftmaxAttention(const AttentionOptions& opt) {
-    for (auto& [k, v] : opt.knobs)
-      if (k != "fused") throw std::invalid_argument("softmax attention: unknown option \"" + k + "\" (known: fused)");
-    fused_ = opt.get("fused", 1.0) != 0.0;
-  }
+  explicit SoftmaxAttention(const AttentionOptions& opt) : fused_(opt.get("fused") != 0.0) {}
   std::string type_name() const override { return fused_ ? "SoftmaxAttention(fused)" : "SoftmaxAttention(reference)"; }
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     return scaled_dot_product_attention(q, k, v, mask, std::numeric_limits<double>::quiet_NaN(), fused_);
@@ -34,8 +30,16 @@ class SoftmaxAttention : public AttentionMechanism {
 };
 }  // namespace
 
-std::shared_ptr<AttentionMechanism> make_softmax_attention(const AttentionOptions& opt, Generator&) {
-  return std::make_shared<SoftmaxAttention>(opt);
+MechanismSpec softmax_mechanism() {
+  MechanismSpec s;
+  s.name = "softmax";
+  s.summary = "softmax(q kᵀ/√d) v (Vaswani et al. 2017); a fused tiled kernel, O(n·d) extra memory";
+  s.knobs = {{.name = "fused", .type = KnobType::flag, .def = 1,
+              .help = "1: the fused tiled kernel; 0: the composite reference that keeps the n×n map"}};
+  s.presets["tiny"] = {};
+  s.caps = {.causal = false, .why_not_causal = "the causal kernel is not built yet"};
+  s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<SoftmaxAttention>(o); };
+  return s;
 }
 
 }  // namespace lotgrad::nn

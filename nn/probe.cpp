@@ -9,6 +9,8 @@ namespace lotgrad::nn {
 
 Tensor probe_attention(MultiHeadAttention& mha, const Tensor& x, const Tensor& mask) {
   NoGradGuard ng;
+  if (mha.spec().caps.block_input)
+    return zero_padded_rows(mha.mechanism->attention_matrix_block(x, mask), mask).contiguous();
   Tensor q, k, v;
   mha.project(x, q, k, v);
   return zero_padded_rows(mha.mechanism->attention_matrix(q, k, mask), mask).contiguous();

@@ -16,16 +16,14 @@ using namespace lotgrad::testing;
 using V = std::vector<Tensor>;
 
 namespace {
-const std::vector<std::string> kMechs = {"softmax", "linear", "performer", "nystromformer", "lotformer", "sinkformer", "espformer"};
+// The shared tests run over every registered mechanism, each at its declared "tiny" preset.
+const std::vector<std::string> kMechs = attention_names();
 
 AttentionOptions opts(const std::string& name, int64_t heads = 2) {
   AttentionOptions o;
   o.name = name;
   o.n_heads = heads;
-  if (name == "nystromformer") o.knobs["landmarks"] = 3;
-  if (name == "performer") o.knobs["features"] = 16;
-  if (name == "lotformer") o.knobs = {{"r", 3}, {"eps", 0.5}, {"half_steps", 9}, {"grad", 0}};
-  if (name == "sinkformer") o.knobs["half_steps"] = 3;
+  o.knobs = mechanism_spec(name).preset("tiny");
   return o;
 }
 // (B, n) mask with the last `pad` positions of batch row 1 padded.
@@ -146,21 +144,113 @@ TEST_CASE("every mechanism: padding has the right meaning") {
     Tensor y2 = mha.forward(x2, mask);
     CHECK(max_abs_diff(y.select(0, 1).narrow(0, 0, n - pad), y2.select(0, 1).narrow(0, 0, n - pad)) < 1e-5);
     CHECK(max_abs_diff(y.select(0, 0), y2.select(0, 0)) == 0.0);
-    // padded queries: attention output rows are zero (before out_proj adds its bias)
-    Tensor q, k, v;
-    mha.project(x, q, k, v);
-    Tensor o = zero_padded_rows(mha.mechanism->forward(q, k, v, mask), mask);
-    CHECK(max_abs_diff(o.select(0, 1).narrow(1, n - pad, pad), Tensor::zeros({2, pad, 4})) == 0.0);
     // padded keys get zero weight
     Tensor A = probe_attention(mha, x, mask);
     CHECK(A.shape() == Shape{B, 2, n, n});
     for (int64_t j = n - pad; j < n; ++j)
       for (int64_t i = 0; i < n; ++i) CHECK(std::abs(A.at({1, 0, i, j})) < 1e-7);
+    if (mha.spec().caps.block_input) continue;  // its values are its own: the rest needs q, k, v
+    // padded queries: attention output rows are zero (before out_proj adds its bias)
+    Tensor q, k, v;
+    mha.project(x, q, k, v);
+    Tensor o = zero_padded_rows(mha.mechanism->forward(q, k, v, mask), mask);
+    CHECK(max_abs_diff(o.select(0, 1).narrow(1, n - pad, pad), Tensor::zeros({2, pad, 4})) == 0.0);
     // the probe's matrix is what forward applies
     Tensor Av = matmul(A, v);
     CHECK(max_abs_diff(Av.select(0, 0), o.select(0, 0)) < 1e-4);
     CHECK(max_abs_diff(Av.select(0, 1).narrow(1, 0, n - pad), o.select(0, 1).narrow(1, 0, n - pad)) < 1e-4);
   }
+}
+
+TEST_CASE("registry: the shared tests cover every mechanism, each declaration is complete and consistent") {
+  CHECK(kMechs == attention_names());  // the list the shared tests loop over is the registry's
+  CHECK(kMechs.size() >= 7);
+  for (const auto& s : attention_registry()) {
+    INFO(s.name);
+    CHECK(s.presets.count("tiny") == 1);  // the shared tests' setting
+    CHECK(!s.summary.empty());
+    CHECK((s.caps.causal || !s.caps.why_not_causal.empty()));
+    const auto knobs = resolve_knobs(s, {});
+    for (const auto& k : s.knobs) {
+      INFO(k.name);
+      CHECK(!k.help.empty());
+      CHECK(knobs.count(k.name) == (k.optional ? 0u : 1u));
+      // out of range and unknown knobs are refused, naming the option and the range
+      const double bad = k.type == KnobType::flag || k.type == KnobType::choice ? 7.0 : k.lo - 1.0;
+      if (!std::isinf(bad)) {
+        try {
+          resolve_knobs(s, {{k.name, bad}});
+          FAIL("accepted");
+        } catch (const std::invalid_argument& e) {
+          CHECK(std::string(e.what()).find(k.option()) != std::string::npos);
+          CHECK(std::string(e.what()).find(k.range()) != std::string::npos);
+        }
+      }
+    }
+    CHECK_THROWS_WITH_AS(resolve_knobs(s, {{"no_such_knob", 1}}), doctest::Contains("has no knob no_such_knob"),
+                         std::invalid_argument);
+  }
+  CHECK_THROWS_WITH_AS(mechanism_spec("nope"), doctest::Contains("known: softmax"), std::invalid_argument);
+}
+
+namespace {
+// A block-input mechanism of the kind DeltaNet or H3 are: it owns its value projection and a
+// gate computed from x. out = sigmoid(x·g) * mean over valid tokens of (x W_v), per head.
+class GatedMean : public AttentionMechanism {
+ public:
+  GatedMean(const AttentionOptions& o, Generator& gen) : H_(o.n_heads), d_(o.d_head) {
+    const int64_t D = H_ * d_;
+    wv = register_module("wv", std::make_shared<Linear>(D, D, gen));
+    wg = register_module("wg", std::make_shared<Linear>(D, H_, gen));
+  }
+  std::string type_name() const override { return "GatedMean"; }
+  Tensor forward_block(const Tensor& x, const Tensor& mask) override {
+    const Tensor A = attention_matrix_block(x, mask);                          // (B, H, n, n)
+    const int64_t B = x.size(0), n = x.size(1);
+    Tensor v = wv->forward(x).view({B, n, H_, d_}).transpose(1, 2);           // (B, H, n, d)
+    return mul(matmul(A, v), sigmoid(wg->forward(x)).transpose(1, 2).unsqueeze(-1));  // gate (B, H, n, 1)
+  }
+  Tensor attention_matrix_block(const Tensor& x, const Tensor& mask) override {
+    const int64_t B = x.size(0), n = x.size(1);
+    Tensor keep = mask.defined() ? logical_not(mask).to(x.dtype()) : Tensor::ones({B, n}, x.dtype());  // (B, n)
+    Tensor w = div(keep, sum(keep, {-1}, true));                                // (B, n)
+    return w.unsqueeze(1).unsqueeze(1).expand({B, H_, n, n}).contiguous();
+  }
+  std::shared_ptr<Linear> wv, wg;
+
+ private:
+  int64_t H_, d_;
+};
+}  // namespace
+
+TEST_CASE("a block-input mechanism registered from outside: through MultiHeadAttention, the probe, gradients") {
+  {
+    MechanismSpec s;
+    s.name = "test_gated_mean";
+    s.summary = "a test of the block-input form";
+    s.presets["tiny"] = {};
+    s.caps = {.causal = false, .why_not_causal = "a test", .block_input = true};
+    s.make = [](const AttentionOptions& o, Generator& g) { return std::make_shared<GatedMean>(o, g); };
+    register_attention(s);
+  }
+  CHECK_THROWS_AS(register_attention(mechanism_spec("softmax")), std::logic_error);  // a name is taken once
+  Generator g(8);
+  MultiHeadAttention mha(8, opts("test_gated_mean"), g);
+  CHECK(!mha.qkv);  // no q, k, v projection: the mechanism owns its own
+  mha.to_(kFloat64);
+  Tensor x = leaf({2, 5, 8}, 43, 0.5);
+  Tensor mask = tail_mask(2, 5, 2);
+  LayerNorm ln(8);
+  ln.to_(kFloat64);
+  Tensor y = mha.forward(x, mask, &ln);
+  CHECK(y.shape() == Shape{2, 5, 8});
+  Tensor A = probe_attention(mha, ln.forward(x), mask);
+  CHECK(std::abs(A.at({1, 1, 0, 4})) == 0.0);  // padded key
+  CHECK(A.at({1, 1, 0, 0}) == doctest::Approx(1.0 / 3));
+  GradcheckOptions o;
+  o.max_checks_per_input = 24;
+  auto* gm = dynamic_cast<GatedMean*>(mha.mechanism.get());
+  CHECK_GRAD([&](const V& v) { return mha.forward(v[0], mask, &ln); }, {x, gm->wv->weight, gm->wg->weight, mha.out_proj->weight}, o);
 }
 
 TEST_CASE("softmax attention: rows sum to 1, fused equals reference, fully padded rows are zero") {
@@ -195,7 +285,7 @@ TEST_CASE("performer approaches softmax attention as features grow") {
     AttentionOptions po = opts("performer", 1);
     po.d_head = 16;
     po.knobs["features"] = (double)m;
-    po.knobs["seed"] = 11;
+    po.knobs["feature_seed"] = 11;
     double e = max_abs_diff(make_attention(po, g)->forward(q, k, v, Tensor()), exact);
     errs.push_back(e);
     prev = e;

@@ -184,6 +184,8 @@ TEST_CASE("a killed run resumes with bit-identical losses") {
     REQUIRE(rest.losses.size() == 8);  // steps 5..12
     for (int i = 0; i < 8; ++i) CHECK(rest.losses[i] == ref.losses[4 + i]);
     CHECK(rest.test_at_best == ref.test_at_best);
+    CHECK(rest.best_step == ref.best_step);
+    CHECK(rest.best_dev == ref.best_dev);  // stored at full precision
     // no temporary files left behind
     for (auto& e : fs::directory_iterator(part.out_dir)) CHECK(e.path().string().find(".tmp") == std::string::npos);
   }
@@ -206,6 +208,51 @@ TEST_CASE("resume refuses a checkpoint from another run, a corrupt checkpoint is
   }
   c.resume = true;
   CHECK_THROWS_AS(models::train(c, log), IOError);
+}
+
+TEST_CASE("a run remembers its settings: config.json, checkpoints, eval from the checkpoint alone, refusals") {
+  std::ostringstream log;
+  models::TrainConfig c = tiny(tmpdir("remember"), "lotformer");
+  set_steps(c, 4, 2);
+  c.knobs = {{"half_steps", 9}};
+  const models::TrainResult r = models::train(c, log);
+  // config.json and both checkpoints hold the whole configuration, knobs resolved
+  const std::string best = c.out_dir + "/best.ckpt";
+  for (const std::string& where : {c.out_dir + "/last.ckpt", best}) {
+    INFO(where);
+    const models::TrainConfig s = models::stored_config(where);
+    for (const auto& f : models::config_fields())
+      if (f.role != models::Role::free && f.option != "no-preset") CHECK(f.get(s) == f.get(c));
+    CHECK(models::effective_knobs(s) == models::effective_knobs(c));
+    CHECK(s.knobs.at("half_steps") == 9);
+    CHECK(s.knobs.at("r") == 4);  // the ListOps preset, stored resolved
+  }
+  const models::TrainConfig j = models::config_from_json(read_file(c.out_dir + "/config.json"), "config.json");
+  CHECK(models::config_to_json(j) == models::config_to_json(c));
+  // eval needs nothing but the checkpoint; a contradicting option is refused, naming both values
+  const models::TrainConfig stored = models::stored_config(best);
+  CHECK(models::evaluate_checkpoint(stored, best, "test", log) == doctest::Approx(r.test_at_best));
+  CHECK_THROWS_WITH_AS(models::merge_given(stored, {{"seed", "7"}}, false, {}, best),
+                       doctest::Contains("--seed 7 contradicts"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(models::merge_given(stored, {{"seed", "7"}}, false, {}, best), doctest::Contains("seed is 3"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(models::merge_given(stored, {{"half-steps", "10"}}, false, {}, best),
+                       doctest::Contains("half_steps is 9"), std::invalid_argument);
+  CHECK(models::merge_given(stored, {{"seed", "3"}, {"threads", "1"}}, false, {}, best).threads == 1);
+  // lr alters the run: refused on resume unless --override
+  CHECK_THROWS_WITH_AS(models::merge_given(stored, {{"lr", "0.1"}}, false, {}, best), doctest::Contains("--override"),
+                       std::invalid_argument);
+  CHECK(models::merge_given(stored, {{"lr", "0.1"}}, true, {}, best).lr == 0.1);
+  // a new run into a directory that holds checkpoints is refused; --overwrite replaces it
+  CHECK_THROWS_WITH_AS(models::train(c, log), doctest::Contains("already holds a run's checkpoints"), std::invalid_argument);
+  models::TrainConfig o = c;
+  o.overwrite = true;
+  CHECK(models::train(o, log).steps_done == 4);
+  // --resume with nothing to resume says so
+  models::TrainConfig nothing = c;
+  nothing.out_dir = tmpdir("remember_empty");
+  nothing.resume = true;
+  CHECK_THROWS_WITH_AS(models::train(nothing, log), doctest::Contains("nothing to resume"), std::invalid_argument);
 }
 
 TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser, a mismatch names the file") {
@@ -256,10 +303,13 @@ TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser
     CHECK(std::string(e.what()).find(from) != std::string::npos);
   }
 
-  // --resume with last.ckpt present continues that run; --init-from is not read again.
+  // --resume continues that run; longer, with --override (without it the change is refused,
+  // naming the option); --init-from is not read again.
   models::TrainConfig e = b;
   e.resume = true;
   e.steps = 4;
+  CHECK_THROWS_WITH_AS(models::train(e, log), doctest::Contains("--steps 4 differs"), std::invalid_argument);
+  e.override_run = true;
   e.init_from = b.out_dir + "/no_such.ckpt";
   models::TrainResult re = models::train(e, log);
   CHECK(re.losses.size() == 2);

@@ -6,8 +6,9 @@
 #include <cstdio>
 #include <lotgrad/lotgrad.h>
 
-#include "cli.h"
+#include "checks.h"
 #include "commands.h"
+#include "options.h"
 
 namespace lotgrad::cli {
 
@@ -37,16 +38,18 @@ double accuracy(const Tensor& logits, const Tensor& y) {
 }  // namespace
 
 int cmd_demo(int argc, char** argv) {
-  Args a(argc, argv, {"help"});
-  if (a.flag("help")) {
-    std::puts("lotgrad demo [--steps 600] [--hidden 64] [--lr 0.01] [--seed 0] [--threads N]");
-    return 0;
-  }
-  a.check_known({"steps", "hidden", "lr", "seed", "threads", "help"});
-  const int64_t steps = a.get_int("steps", 600), hidden = a.get_int("hidden", 64);
-  const double lr = a.get_double("lr", 0.01);
-  if (a.has("threads")) set_num_threads((int)a.get_int("threads", 1));
-  Generator g((uint64_t)a.get_int("seed", 0));
+  CLI::App app("Trains a 2-layer MLP on a generated 3-arm spiral (AdamW, warm-up + cosine schedule, clipping) and\n"
+               "prints the loss and accuracy falling. No --json.",
+               "lotgrad demo");
+  int64_t steps = 600, hidden = 64, seed = 0, threads = 0;
+  double lr = 0.01;
+  add_number(app, "--steps", steps, 10, 1e7, "optimiser steps (a line every steps/10)");
+  add_number(app, "--hidden", hidden, 1, 65536, "hidden width of both layers");
+  add_number(app, "--lr", lr, 1e-9, 10, "peak learning rate");
+  add_number(app, "--seed", seed, 0, kSeedMax, "seed of the data and the weights");
+  add_threads_applied(app, threads);
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  Generator g((uint64_t)seed);
   Tensor x, y, xv, yv;
   make_spiral(300, 3, g, x, y);
   make_spiral(100, 3, g, xv, yv);

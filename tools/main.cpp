@@ -2,7 +2,10 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
+
+#include <lotgrad/core/parallel.h>
 
 #include "commands.h"
 
@@ -28,7 +31,8 @@ commands:
   bench step        one LRA training step (forward, backward, AdamW): ms/step, tokens/s, peak memory
   bench sinkhorn    the Sinkhorn op: forward / backward time and peak memory
 
-common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS), --json
+common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS); --json where a command's help says so
+lotgrad --version prints the version.
 )";
 }  // namespace
 
@@ -37,8 +41,13 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return argc < 2 ? 1 : 0;
   }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("lotgrad %s\n", LOTGRAD_VERSION);
+    return 0;
+  }
   const std::string cmd = argv[1];
   try {
+    lotgrad::check_thread_env();
     using namespace lotgrad::cli;
     if (cmd == "demo") return cmd_demo(argc - 2, argv + 2);
     if (cmd == "info") return cmd_info(argc - 2, argv + 2);
@@ -50,9 +59,10 @@ int main(int argc, char** argv) {
     if (cmd == "plot") return cmd_plot(argc - 2, argv + 2);
     if (cmd == "maps") return cmd_maps(argc - 2, argv + 2);
     if (cmd == "bench") {
-      if (argc < 3) {
-        std::fputs("lotgrad bench: name a benchmark: matmul, ops, attention, attention-kernel, sinkhorn, step\n", stderr);
-        return 2;
+      if (argc < 3 || !std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h")) {
+        std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step\n"
+                   "(lotgrad bench NAME --help for its options)\n", argc < 3 ? stderr : stdout);
+        return argc < 3 ? 2 : 0;
       }
       const std::string which = argv[2];
       if (which == "matmul") return bench_matmul_main(argc - 3, argv + 3);
@@ -65,6 +75,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::invalid_argument& e) {  // a bad option or setting: refused before any work
+    std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());

@@ -1,6 +1,6 @@
 // `lotgrad maps`: PNG pictures of the attention maps of several mechanisms on one input, with
-// the statistics students compare (max weight against LOTFormer's capacity bound, row and
-// column sums, entropy, rank); `lotgrad maps --example` prints a small LOTFormer worked
+// the statistics students compare (max weight against the weight bound a mechanism declares,
+// LOTFormer's capacity 1/(n min b); row and column sums, entropy, rank); `lotgrad maps --example` prints a small LOTFormer worked
 // example (Γ1, Γ2, b, A and their sums) for docs/lotformer.md.
 #include <stb/stb_image_write.h>
 
@@ -11,10 +11,10 @@
 #include <filesystem>
 #include <lotgrad/lotgrad.h>
 #include <lotgrad/nn/attention_lotformer.h>
-#include <sstream>
 
-#include "cli.h"
+#include "checks.h"
 #include "commands.h"
+#include "options.h"
 
 namespace lotgrad::cli {
 
@@ -60,29 +60,45 @@ struct Map {
   nn::AttentionOptions opt;  // mechanism and knobs
 };
 
-// "lotformer-r4" -> lotformer with r = 4; other names are registry names.
-Map parse_map(const std::string& s, const Args& a) {
+// maps' own settings of the mechanisms it draws (maps-specific defaults).
+struct MapSettings {
+  double lot_eps = 0.1, lot_init_std = -1.0;
+  int64_t lot_half_steps = 50, sink_half_steps = 21;
+};
+
+// "lotformer-r4" -> lotformer with r = 4; other names are registry names. The knobs are
+// resolved here, so a bad name or r is refused (naming --mechanisms) before any work.
+Map parse_map(const std::string& s, const MapSettings& st) {
   Map m;
   m.label = s;
   m.opt.name = s;
-  if (s.rfind("lotformer-r", 0) == 0) {
-    m.opt.name = "lotformer";
-    m.opt.knobs["r"] = (double)std::stoll(s.substr(11));
-    m.opt.knobs["eps"] = a.get_double("lot-eps", 0.1);
-    m.opt.knobs["half_steps"] = (double)a.get_int("lot-half-steps", 50);
-    m.opt.knobs["init_std"] = a.get_double("lot-init-std", -1.0);
-  } else if (s == "sinkformer") {
-    m.opt.knobs["half_steps"] = (double)a.get_int("sink-half-steps", 21);
+  try {
+    if (s.rfind("lotformer-r", 0) == 0) {
+      const std::string r = s.substr(11);
+      if (r.empty() || r.find_first_not_of("0123456789") != std::string::npos || r.size() > 6)
+        throw std::invalid_argument("expected lotformer-rR with R a whole number of pivots");
+      m.opt.name = "lotformer";
+      m.opt.knobs["r"] = (double)std::stoll(r);
+      m.opt.knobs["eps"] = st.lot_eps;
+      m.opt.knobs["half_steps"] = (double)st.lot_half_steps;
+      m.opt.knobs["init_std"] = st.lot_init_std;
+    } else if (s == "sinkformer") {
+      m.opt.knobs["half_steps"] = (double)st.sink_half_steps;
+    }
+    m.opt = nn::resolved(m.opt);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("--mechanisms " + s + ": " + e.what());
   }
   return m;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
+// A maps setting of a mechanism's knob: the knob's declared range, maps' own default.
+template <class T>
+CLI::Option* add_knob_setting(CLI::App& app, const std::string& option, T& v, const std::string& mechanism,
+                      const std::string& knob, const std::string& help) {
+  const nn::Knob* k = nn::mechanism_spec(mechanism).knob(knob);
+  return add_number(app, option, v, k->lo, k->hi, help + " (" + mechanism + " " + k->option() + ")")
+      ->group("Mechanism settings");
 }
 
 void print_matrix(const char* name, const Tensor& m) {
@@ -102,13 +118,12 @@ void print_sums(const char* name, const Tensor& m) {
 }
 
 // The worked example for docs/lotformer.md: one head, n = 6 tokens, r = 2 pivots, d = 2, f64.
-int worked_example(const Args& a) {
+int worked_example(double eps, int64_t seed) {
   const int64_t n = 6, r = 2, d = 2;
-  const double eps = a.get_double("lot-eps", 0.5);
-  Generator g((uint64_t)a.get_int("seed", 0));
+  Generator g((uint64_t)seed);
   Tensor q = randn({1, 1, n, d}, g, kFloat64), k = randn({1, 1, n, d}, g, kFloat64), v = randn({1, 1, n, d}, g, kFloat64);
   std::printf("LOTFormer worked example: n = %lld tokens, r = %lld pivots, d = %lld, eps = %g, seed %lld (f64)\n",
-              (long long)n, (long long)r, (long long)d, eps, (long long)a.get_int("seed", 0));
+              (long long)n, (long long)r, (long long)d, eps, (long long)seed);
   print_matrix("Q", q.select(0, 0).select(0, 0));
   print_matrix("K", k.select(0, 0).select(0, 0));
   for (int64_t T : {200, 3, 4}) {
@@ -152,65 +167,72 @@ int worked_example(const Args& a) {
 }  // namespace
 
 int cmd_maps(int argc, char** argv) {
-  Args a(argc, argv, {"help", "example"});
-  if (a.flag("help")) {
-    std::puts(
-        "lotgrad maps [--out-dir maps] [--mechanisms softmax,sinkformer,lotformer-r2,lotformer-r4,lotformer-r16,espformer]\n"
-        "             [--n 64] [--d-model 64] [--heads 2] [--input blocks|random] [--blocks 4] [--noise 0.5]\n"
-        "             [--weight-std 1.5/sqrt(d_model)] [--seed 0] [--cell 3] [--lot-eps 0.1] [--lot-half-steps 50]\n"
-        "             [--lot-init-std -1] [--sink-half-steps 21]\n"
-        "  One MultiHeadAttention layer per mechanism, all with the same query/key/value projection\n"
-        "  weights, on one (1, n, d_model) input; writes <out-dir>/maps_<mechanism>_h<head>.png (each map\n"
-        "  scaled to its own maximum, printed below) and <out-dir>/maps_grid.png (rows: heads; top block\n"
-        "  per-map maximum, bottom block one shared scale, the largest weight of all maps), colour\n"
-        "  map viridis (dark = 0, yellow = the scale's maximum), and prints per-map statistics.\n"
-        "  lotformer-rR is LOTFormer with R pivots; --lot-init-std -1 means pivots N(0, 1/d).\n"
-        "  --input blocks: --blocks token types in contiguous runs, each token its type's random\n"
-        "  vector plus --noise Gaussian noise; random: N(0, 1) tokens.\n"
-        "lotgrad maps --example [--seed 0] [--lot-eps 0.5]\n"
-        "  Prints the LOTFormer worked example of docs/lotformer.md (n = 6, r = 2): Γ1, Γ2, b, A, sums.");
-    return 0;
-  }
-  a.check_known({"help", "example", "out-dir", "mechanisms", "n", "d-model", "heads", "input", "blocks", "noise",
-                 "weight-std", "seed", "cell", "lot-eps", "lot-half-steps", "lot-init-std", "sink-half-steps",
-                 "threads"});
-  if (a.has("threads")) set_num_threads((int)a.get_int("threads", 1));
-  if (a.flag("example")) return worked_example(a);
+  CLI::App app(
+      "One MultiHeadAttention layer per mechanism, all with the same query/key/value projection weights, on one\n"
+      "(1, n, d_model) input; writes <out-dir>/maps_<mechanism>_h<head>.png (each map scaled to its own maximum,\n"
+      "printed below) and <out-dir>/maps_grid.png (rows: heads; top block per-map maximum, bottom block one shared\n"
+      "scale, the largest weight of all maps), colour map viridis (dark = 0, yellow = the scale's maximum), and\n"
+      "prints per-map statistics, the max weight next to the bound the mechanism declares (LOTFormer: 1/(n min b)).\n"
+      "--mechanisms: registry names (lotgrad info), and lotformer-rR for LOTFormer with R pivots.\n"
+      "--input blocks: --blocks token types in contiguous runs, each token its type's random vector plus --noise\n"
+      "Gaussian noise; random: N(0, 1) tokens.\n"
+      "--example prints the LOTFormer worked example of docs/lotformer.md (n = 6, r = 2): Gamma1, Gamma2, b, A and\n"
+      "their sums (it reads --seed and --lot-eps only). No --json.",
+      "lotgrad maps");
+  bool example = false;
+  std::string out_dir = "maps", input = "blocks";
+  std::vector<std::string> names = {"softmax", "sinkformer", "lotformer-r2", "lotformer-r4", "lotformer-r16", "espformer"};
+  int64_t n = 64, D = 64, H = 2, blocks = 4, seed = 0, cell = 3, threads = 0;
+  double noise = 0.5, wstd = 0;
+  MapSettings settings;
+  app.add_flag("--example", example, "print the LOTFormer worked example instead of drawing maps");
+  app.add_option("--out-dir", out_dir, "where the PNGs go")->capture_default_str();
+  app.add_option("--mechanisms", names, "comma-separated maps to draw")->delimiter(',')->capture_default_str();
+  add_number(app, "--n", n, 2, 4096, "tokens");
+  add_setting(app, "d-model", D);
+  add_setting(app, "heads", H);
+  add_choice(app, "--input", input, {"blocks", "random"}, "the input tokens");
+  add_number(app, "--blocks", blocks, 1, 1e6, "--input blocks: token types");
+  add_number(app, "--noise", noise, 0, 1e6, "--input blocks: std of the noise on each token");
+  CLI::Option* wstd_opt = add_number(app, "--weight-std", wstd, 0, 1e6, "std of the shared projection weights")
+                              ->default_str("1.5/sqrt(d-model)");
+  add_number(app, "--seed", seed, 0, kSeedMax, "seed of the input, the weights and the mechanisms");
+  add_number(app, "--cell", cell, 1, 64, "pixels per map entry");
+  CLI::Option* eps_opt =
+      add_knob_setting(app, "--lot-eps", settings.lot_eps, "lotformer", "eps", "lotformer-rR: eps (--example: default 0.5)");
+  add_knob_setting(app, "--lot-half-steps", settings.lot_half_steps, "lotformer", "half_steps", "lotformer-rR: half-steps");
+  add_knob_setting(app, "--lot-init-std", settings.lot_init_std, "lotformer", "init_std",
+                   "lotformer-rR: pivots start N(0, std^2); -1: N(0, 1/d)");
+  add_knob_setting(app, "--sink-half-steps", settings.sink_half_steps, "sinkformer", "half_steps", "sinkformer: half-steps");
+  add_threads_applied(app, threads);
+  std::vector<Map> maps;
+  after_parse(app, [&] {
+    if (example) return;
+    check_heads(D, H);
+    for (const auto& s : names)
+      if (!s.empty()) maps.push_back(parse_map(s, settings));
+    if (maps.empty()) throw std::invalid_argument("--mechanisms is empty");
+  });
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (example) return worked_example(eps_opt->count() ? settings.lot_eps : 0.5, seed);
 
-  const int64_t n = a.get_int("n", 64), D = a.get_int("d-model", 64), H = a.get_int("heads", 2);
-  const int cell = (int)a.get_int("cell", 3);
-  const uint64_t seed = (uint64_t)a.get_int("seed", 0);
-  if (n < 2 || D <= 0 || H <= 0 || D % H || cell <= 0)
-    throw std::invalid_argument("maps: need n >= 2, d-model a positive multiple of heads, cell > 0");
-  const std::string out_dir = a.get("out-dir", "maps");
   std::filesystem::create_directories(out_dir);
-
   // The input (1, n, D).
-  Generator gx(seed + 101);
+  Generator gx((uint64_t)seed + 101);
   Tensor x;
-  const std::string input = a.get("input", "blocks");
   if (input == "random") {
     x = randn({1, n, D}, gx);
-  } else if (input == "blocks") {
-    const int64_t nb = std::max<int64_t>(1, a.get_int("blocks", 4));
-    Tensor types = randn({nb, D}, gx);
-    std::vector<int64_t> id((size_t)n);
-    for (int64_t t = 0; t < n; ++t) id[t] = t * nb / n;
-    x = add(index_select(types, 0, Tensor::from_vector(id, {n})), mul(randn({n, D}, gx), a.get_double("noise", 0.5)))
-            .unsqueeze(0);
   } else {
-    throw std::invalid_argument("maps: --input must be blocks or random, got \"" + input + "\"");
+    Tensor types = randn({blocks, D}, gx);
+    std::vector<int64_t> id((size_t)n);
+    for (int64_t t = 0; t < n; ++t) id[t] = t * blocks / n;
+    x = add(index_select(types, 0, Tensor::from_vector(id, {n})), mul(randn({n, D}, gx), noise)).unsqueeze(0);
   }
   // Shared projection weights: N(0, weight_std²), so that the scores q·k/√d have a spread of
   // order one (the library's 0.02 init would make every map nearly uniform).
-  const double wstd = a.get_double("weight-std", 1.5 / std::sqrt((double)D));
-  Generator gw(seed + 202);
+  if (!wstd_opt->count()) wstd = 1.5 / std::sqrt((double)D);
+  Generator gw((uint64_t)seed + 202);
   Tensor Wqkv = mul(randn({3 * D, D}, gw), wstd);
-
-  std::vector<Map> maps;
-  for (auto& s : split_list(a.get("mechanisms", "softmax,sinkformer,lotformer-r2,lotformer-r4,lotformer-r16,espformer")))
-    maps.push_back(parse_map(s, a));
-  if (maps.empty()) throw std::invalid_argument("maps: --mechanisms is empty");
 
   std::printf("lotgrad maps: n = %lld, d_model = %lld, %lld heads, input %s, seed %llu, weight std %.4f\n", (long long)n,
               (long long)D, (long long)H, input.c_str(), (unsigned long long)seed, wstd);
@@ -222,23 +244,16 @@ int cmd_maps(int argc, char** argv) {
   double global = 0;
   for (auto& m : maps) {
     m.opt.n_heads = H;
-    Generator g(seed);
+    Generator g((uint64_t)seed);
     nn::MultiHeadAttention mha(D, m.opt, g);
-    {
+    if (mha.qkv) {  // block-input mechanisms own their projections
       NoGradGuard ng;
       mha.qkv->weight.copy_(Wqkv);
     }
     Tensor A = nn::probe_attention(mha, x);  // (1, H, n, n)
     nn::AttentionStats st = nn::attention_stats(A);
-    // LOTFormer's capacity bound 1/(n · min b) per head
-    std::vector<double> bound((size_t)H, NAN);
-    if (auto lot = std::dynamic_pointer_cast<nn::LOTFormerAttention>(mha.mechanism)) {
-      NoGradGuard ng;
-      Tensor q, k, v, G1, G2, b;
-      mha.project(x, q, k, v);
-      lot->plans(q, k, Tensor(), G1, G2, b);
-      for (int64_t h = 0; h < H; ++h) bound[h] = 1.0 / ((double)n * min(b.select(0, 0).select(0, h)).item());
-    }
+    // The bound on any weight the mechanism declares, per head (LOTFormer: 1/(n min b)); empty when none.
+    const std::vector<double> bound = mha.mechanism->weight_bound(n);
     all.emplace_back();
     vmax.emplace_back();
     for (int64_t h = 0; h < H; ++h) {
@@ -247,8 +262,8 @@ int cmd_maps(int argc, char** argv) {
       const double mx = *std::max_element(a_h.begin(), a_h.end());
       Tensor rs = st.row_sum.select(0, 0).select(0, h), cs = st.col_sum.select(0, 0).select(0, h);
       char bnd[32];
-      if (std::isnan(bound[h])) std::snprintf(bnd, sizeof bnd, "-");
-      else std::snprintf(bnd, sizeof bnd, "%.4f", bound[h]);
+      if (bound.empty()) std::snprintf(bnd, sizeof bnd, "-");
+      else std::snprintf(bnd, sizeof bnd, "%.4f", bound[(size_t)h]);
       std::printf("%-16s %4lld %9.4f %9s   [%7.4f, %7.4f]   [%7.4f, %7.4f] %8.3f %5lld\n", m.label.c_str(), (long long)h, mx,
                   bnd, min(rs).item(), max(rs).item(), min(cs).item(), max(cs).item(),
                   mean(st.row_entropy.select(0, 0).select(0, h)).item(), (long long)st.rank.at({0, h}));
@@ -262,7 +277,7 @@ int cmd_maps(int argc, char** argv) {
     }
   }
   // The grid: columns = mechanisms, rows = heads; top block per-map scale, bottom shared.
-  const int side = (int)n * cell, gap = std::max(2, cell * 2), M = (int)maps.size();
+  const int side = (int)(n * cell), gap = (int)std::max<int64_t>(2, cell * 2), M = (int)maps.size();
   Canvas grid(M * side + (M - 1) * gap, (int)(2 * H) * side + (int)(2 * H - 1) * gap + 2 * gap);
   for (int mi = 0; mi < M; ++mi)
     for (int64_t h = 0; h < H; ++h) {

@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <lotgrad/lotgrad.h>
+#include <lotgrad/models/metrics_log.h>
 #include <map>
 
-#include "cli.h"
 #include "commands.h"
+#include "options.h"
 
 namespace lotgrad::cli {
 
@@ -91,54 +91,30 @@ void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
     }
 }
 
-double field(const std::string& line, const std::string& key, bool& found) {
-  const std::string k = "\"" + key + "\":";
-  auto p = line.find(k);
-  found = p != std::string::npos;
-  return found ? std::stod(line.substr(p + k.size())) : 0.0;
-}
 }  // namespace
 
 int cmd_plot(int argc, char** argv) {
-  Args a(argc, argv, {"help"});
-  if (a.flag("help") || a.positional().empty()) {
-    std::puts("lotgrad plot METRICS.jsonl [--out curves.png]\n"
-              "  Training loss (left) and train accuracy (blue) / dev accuracy (red) (right) against the step.");
-    return a.flag("help") ? 0 : 2;
-  }
-  a.check_known({"out", "help"});
-  const std::string in = a.positional()[0];
-  std::ifstream f(in);
-  if (!f) throw IOError("plot: cannot open " + in);
+  CLI::App app("Training loss (left) and train accuracy (blue) / dev accuracy (red) (right) against the step, from\n"
+               "a run's metrics.jsonl, as a PNG. A torn last line (a run still writing) is skipped. No --json.",
+               "lotgrad plot");
+  std::string in, out = "curves.png";
+  app.add_option("metrics", in, "the run's metrics.jsonl")->required()->check(CLI::ExistingFile);
+  app.add_option("--out", out, "the PNG to write")->capture_default_str();
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   std::vector<std::pair<double, double>> loss, tacc, dacc;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(f, line)) {
-    ++lineno;
-    if (line.empty()) continue;
-    bool ok = false, has = false;
-    double step = 0;
-    try {
-      step = field(line, "step", ok);
-      if (!ok) throw std::invalid_argument("no step");
-      double v = field(line, "loss", has);
-      if (has) loss.push_back({step, v});
-      v = field(line, "train_acc", has);
-      if (has) tacc.push_back({step, v});
-      v = field(line, "dev_acc", has);
-      if (has) dacc.push_back({step, v});
-    } catch (const std::exception&) {
-      throw IOError("plot: " + in + ":" + std::to_string(lineno) + ": not a metrics line: " + line.substr(0, 80));
-    }
+  for (const auto& r : models::read_metrics(in, /*tolerate_torn_tail=*/true)) {
+    const double step = (double)r.step;
+    if (r.has("loss")) loss.push_back({step, r.values.at("loss")});
+    if (r.has("train_acc")) tacc.push_back({step, r.values.at("train_acc")});
+    if (r.has("dev_acc")) dacc.push_back({step, r.values.at("dev_acc")});
   }
-  if (loss.empty() && dacc.empty()) throw IOError("plot: " + in + " holds no metrics");
+  if (loss.empty() && dacc.empty()) throw IOError(in + " holds no metrics");
   double lmax = 0;
   for (auto& p : loss) lmax = std::max(lmax, p.second);
   Canvas c(1000, 400);
   panel(c, 70, 40, 380, 300, "loss", {{loss, 0x1f5fbf}}, 0.0, lmax * 1.05);
   panel(c, 580, 40, 380, 300, "acc train / dev", {{tacc, 0x1f5fbf}, {dacc, 0xd03020}}, 0.0, 1.0);
-  const std::string out = a.get("out", "curves.png");
-  if (!stbi_write_png(out.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("plot: cannot write " + out);
+  if (!stbi_write_png(out.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("cannot write " + out);
   std::printf("wrote %s (%zu loss points, %zu dev evaluations)\n", out.c_str(), loss.size(), dacc.size());
   return 0;
 }

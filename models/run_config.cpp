@@ -1,0 +1,338 @@
+#include "run_config.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <stdexcept>
+
+#include "../nn/attention.h"
+
+namespace lotgrad::models {
+
+using json = nlohmann::json;
+using C = TrainConfig;
+
+namespace {
+constexpr double kBig = 1e9, kSeedMax = 9007199254740992.0;  // 2^53: seeds are exact in a double
+
+std::string num(double v) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+std::vector<std::string> tasks() { return {"listops", "pathfinder", "image", "text", "retrieval"}; }
+
+// The declarations. Ranges are what the code supports; the cross-field rules are in validate().
+std::vector<ConfigField> declare() {
+  const double cores = (double)omp_get_num_procs();
+  return {
+      // ---- data
+      {"task", Role::data, "the LRA task", &C::task, 0, 0, tasks()},
+      {"data", Role::data, "read the official LRA layout in DIR; without it, generate the task", &C::data_dir},
+      {"write-data", Role::free, "when generating, also write the files here (official layout)", &C::write_data},
+      {"train-size", Role::data, "generated training examples", &C::gen_train, 1, kBig},
+      {"val-size", Role::data, "generated dev examples", &C::gen_val, 1, kBig},
+      {"test-size", Role::data, "generated test examples", &C::gen_test, 1, kBig},
+      {"min-len", Role::data, "ListOps: shortest length (exclusive)", &C::min_len, 1, 1e7},
+      {"max-len", Role::data, "ListOps: longest length (exclusive)", &C::max_len, 2, 1e7},
+      {"path-length", Role::data, "Pathfinder difficulty: dashes per path (LRA: 6, 9, 14)", &C::pathfinder_length, 1, 64},
+      {"max-tokens", Role::data, "text, retrieval: truncation (0: 1000)", &C::max_tokens, 0, 1e7},
+      {"seed", Role::data, "seed of the generated data, the initial weights and the batch order", &C::seed, 0, kSeedMax},
+      {"zero-mask", Role::data, "LRA's token-0-is-padding mask: -1 on for pathfinder and image, 0 off, 1 on", &C::zero_mask,
+       -1, 1},
+      // ---- model
+      {"attention", Role::model, "the attention mechanism (`lotgrad info` lists them)", &C::attention, 0, 0,
+       nn::attention_names()},
+      {"no-preset", Role::model, "start the knobs from their defaults, not the mechanism's preset for the task",
+       &C::use_preset, 0, 0, {}, true, true},
+      {"pooling", Role::model, "mean over valid tokens, or a learned CLS token", &C::pooling, 0, 0, {"mean", "cls"}},
+      {"depth", Role::model, "encoder layers", &C::depth, 1, 256},
+      {"d-model", Role::model, "model width", &C::d_model, 1, 65536},
+      {"heads", Role::model, "attention heads (d-model must be a multiple)", &C::heads, 1, 4096},
+      {"mlp", Role::model, "hidden width of each block's MLP", &C::mlp, 1, 1e6},
+      {"pos", Role::model, "1d: learned positions; 2d: learned row + column positions (square images)", &C::pos, 0, 0,
+       {"1d", "2d"}},
+      {"max-pos", Role::model, "1d: a position table for N tokens (0: the data's longest), so a curriculum keeps one table",
+       &C::max_positions, 0, 1e8},
+      // ---- training
+      {"pack", Role::run, "1: masked tokens are dropped before the encoder (same result, less work)", &C::pack},
+      {"dropout", Role::run, "dropout rate", &C::dropout, 0, 0.99},
+      {"init", Role::run, "Linear weights N(0, 0.02²) (normal) or PyTorch's U(±1/sqrt(in)) (torch)", &C::init, 0, 0,
+       {"normal", "torch"}},
+      {"steps", Role::run, "optimiser steps", &C::steps, 1, kBig},
+      {"batch", Role::run, "examples per step", &C::batch, 1, 1e6},
+      {"bucket", Role::run, "N > 0: batches of similar length, sorted in chunks of N batches", &C::bucket, 0, 1e6},
+      {"lr", Role::run, "peak learning rate (AdamW)", &C::lr, 0, 10},
+      {"warmup", Role::run, "warm-up: a fraction of the steps (< 1) or a number of steps", &C::warmup, 0, kBig},
+      {"lr-floor", Role::run, "the cosine decay ends at lr * floor", &C::lr_floor, 0, 1},
+      {"clip", Role::run, "clip the gradient norm to this (0: off)", &C::clip, 0, 1e9},
+      {"weight-decay", Role::run, "AdamW weight decay (not on biases, norms, embeddings, mechanism no-decay parameters)",
+       &C::weight_decay, 0, 10},
+      {"eval-every", Role::run, "evaluate on dev every N steps (the best-on-dev checkpoint)", &C::eval_every, 1, kBig},
+      {"eval-batches", Role::run, "batches per dev evaluation (0: the whole dev set)", &C::eval_batches, 0, kBig},
+      {"init-from", Role::run, "start from this checkpoint's weights with a fresh optimiser (fine-tuning, a curriculum)",
+       &C::init_from},
+      // ---- output
+      {"out", Role::free, "the run directory: config.json, last.ckpt, best.ckpt, metrics.jsonl", &C::out_dir},
+      {"checkpoint-every", Role::free, "write last.ckpt every N steps", &C::checkpoint_every, 1, kBig},
+      {"log-every", Role::free, "a progress line every N steps (0: about 50 per run)", &C::log_every, 0, kBig},
+      {"threads", Role::free, "threads (0: all cores, or LOTGRAD_NUM_THREADS)", &C::threads, 0, cores},
+      {"resume", Role::free, "continue the run in --out from last.ckpt, with its stored settings", &C::resume, 0, 0, {},
+       true},
+      {"override", Role::free, "with --resume: allow options that change the run (lr, steps, ...)", &C::override_run, 0, 0,
+       {}, true},
+      {"overwrite", Role::free, "train into --out even though it holds checkpoints (they are replaced)", &C::overwrite, 0,
+       0, {}, true},
+      {"quiet", Role::free, "no progress output", &C::quiet, 0, 0, {}, true},
+  };
+}
+
+template <class T>
+T& ref(TrainConfig& c, T C::*m) {
+  return c.*m;
+}
+}  // namespace
+
+const std::vector<ConfigField>& config_fields() {
+  static const std::vector<ConfigField> fields = declare();
+  return fields;
+}
+
+const ConfigField* config_field(const std::string& option) {
+  for (const auto& f : config_fields())
+    if (f.option == option) return &f;
+  return nullptr;
+}
+
+std::string ConfigField::key() const {
+  std::string k = option;
+  for (auto& ch : k)
+    if (ch == '-') ch = '_';
+  return k;
+}
+
+std::string ConfigField::range() const {
+  if (std::holds_alternative<bool C::*>(member)) return flag ? "flag" : "0|1";
+  if (std::holds_alternative<std::string C::*>(member)) {
+    if (choices.empty()) return "text";
+    std::string r;
+    for (const auto& ch : choices) r += (r.empty() ? "" : "|") + ch;
+    return r;
+  }
+  return "[" + num(lo) + ", " + num(hi) + "]";
+}
+
+std::string ConfigField::get(const TrainConfig& c) const {
+  return std::visit(
+      [&](auto m) -> std::string {
+        const auto& v = c.*m;
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) return v;
+        else if constexpr (std::is_same_v<T, bool>) return (v != inverted) ? "1" : "0";
+        else return num((double)v);
+      },
+      member);
+}
+
+std::string ConfigField::problem(const std::string& text) const {
+  const std::string bad = "\"" + text + "\": expected ";
+  return std::visit(
+      [&](auto m) -> std::string {
+        using T = std::decay_t<decltype(TrainConfig{}.*m)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (!choices.empty() && std::find(choices.begin(), choices.end(), text) == choices.end())
+            return bad + "one of " + range();
+          return "";
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return text == "0" || text == "1" ? "" : bad + "0 or 1";
+        } else {
+          size_t used = 0;
+          double d = 0;
+          try {
+            d = std::stod(text, &used);
+          } catch (...) {
+            used = 0;
+          }
+          const bool whole = std::is_integral_v<T>;
+          if (text.empty() || used != text.size() || !std::isfinite(d))
+            return bad + (whole ? "an integer in " : "a number in ") + range();
+          if (d < lo || d > hi || (whole && d != std::floor(d)))
+            return text + " is outside " + range() + (whole ? " (an integer)" : "");
+          return "";
+        }
+      },
+      member);
+}
+
+void ConfigField::set(TrainConfig& c, const std::string& text) const {
+  const std::string p = problem(text);
+  if (!p.empty()) throw std::invalid_argument("--" + option + " " + p);
+  std::visit(
+      [&](auto m) {
+        auto& v = c.*m;
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) v = text;
+        else if constexpr (std::is_same_v<T, bool>) v = (text == "1") != inverted;
+        else v = (T)std::stod(text);
+      },
+      member);
+}
+
+std::string knob_option(const std::string& knob) {
+  std::string o = knob;
+  for (auto& ch : o)
+    if (ch == '_') ch = '-';
+  return o;
+}
+
+std::vector<std::string> knob_names() {
+  std::vector<std::string> names;
+  std::set<std::string> seen;
+  for (const auto& s : nn::attention_registry())
+    for (const auto& k : s.knobs)
+      if (seen.insert(k.name).second) names.push_back(k.name);
+  return names;
+}
+
+std::map<std::string, double> effective_knobs(const TrainConfig& cfg) {
+  const nn::MechanismSpec& spec = nn::mechanism_spec(cfg.attention);
+  std::map<std::string, double> k = cfg.use_preset ? spec.preset(cfg.task) : std::map<std::string, double>{};
+  for (const auto& [name, v] : cfg.knobs) k[name] = v;
+  return nn::resolve_knobs(spec, k);
+}
+
+void validate(const TrainConfig& c) {
+  for (const auto& f : config_fields()) {
+    TrainConfig probe = c;
+    f.set(probe, f.get(c));  // every value in its declared range
+  }
+  if (c.task == "listops" && c.min_len >= c.max_len - 1)
+    throw std::invalid_argument("--min-len " + num((double)c.min_len) + " and --max-len " + num((double)c.max_len) +
+                                ": lengths are exclusive bounds, so min-len must be below max-len - 1");
+  if (c.d_model % c.heads)
+    throw std::invalid_argument("--d-model " + num((double)c.d_model) + " must be a multiple of --heads " + num((double)c.heads));
+  if (c.resume && c.overwrite) throw std::invalid_argument("--resume and --overwrite: choose one");
+  effective_knobs(c);  // the mechanism's knobs, in their ranges
+}
+
+std::string config_to_json(const TrainConfig& c) {
+  json j = json::object();
+  j["lotgrad"] = LOTGRAD_VERSION;
+  for (const auto& f : config_fields()) {
+    if (f.role == Role::free) continue;
+    std::visit(
+        [&](auto m) {
+          using T = std::decay_t<decltype(c.*m)>;
+          if constexpr (std::is_same_v<T, bool>) j[f.key()] = (c.*m) != f.inverted;
+          else j[f.key()] = c.*m;
+        },
+        f.member);
+  }
+  json k = json::object();
+  for (const auto& [name, v] : effective_knobs(c)) k[name] = v;
+  j["knobs"] = k;
+  return j.dump(2) + "\n";
+}
+
+TrainConfig config_from_json(const std::string& text, const std::string& where) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(where + ": not a run configuration (" + e.what() + ")");
+  }
+  if (!j.is_object()) throw std::invalid_argument(where + ": not a run configuration (not a JSON object)");
+  TrainConfig c;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "lotgrad" || key == "knobs") continue;
+    const ConfigField* f = config_field(knob_option(key));
+    if (!f || f->role == Role::free) throw std::invalid_argument(where + ": unknown setting \"" + key + "\"");
+    const json& v = it.value();
+    const std::string t = v.is_string() ? v.get<std::string>() : v.is_boolean() ? std::string(v.get<bool>() ? "1" : "0") : v.is_number() ? num(v.get<double>()) : "";
+    if (!v.is_string() && !v.is_boolean() && !v.is_number())
+      throw std::invalid_argument(where + ": setting \"" + key + "\" has a value of the wrong kind: " + v.dump());
+    try {
+      f->set(c, t);
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(where + ": " + e.what());
+    }
+  }
+  if (j.contains("knobs")) {
+    if (!j["knobs"].is_object()) throw std::invalid_argument(where + ": \"knobs\" must be an object");
+    for (auto it = j["knobs"].begin(); it != j["knobs"].end(); ++it) {
+      if (!it.value().is_number()) throw std::invalid_argument(where + ": knob \"" + it.key() + "\" must be a number");
+      c.knobs[it.key()] = it.value().get<double>();
+    }
+    // Complete (resolved), so they override whatever the preset would give: use_preset stays as stored.
+  }
+  return c;
+}
+
+namespace {
+// A given knob option's value, parsed by the knob's declaration in the run's mechanism.
+double parse_knob(const TrainConfig& c, const std::string& option, const std::string& text) {
+  std::string name = option;
+  for (auto& ch : name)
+    if (ch == '-') ch = '_';
+  const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
+  const nn::Knob* k = spec.knob(name);
+  if (!k) {
+    std::string known;
+    for (const auto& kk : spec.knobs) known += (known.empty() ? "" : ", ") + kk.option();
+    throw std::invalid_argument("--" + option + ": " + spec.name + " attention has no knob " + name + " (its knobs: " +
+                                (known.empty() ? "none" : known) + ")");
+  }
+  return k->parse(text);
+}
+}  // namespace
+
+TrainConfig apply_given(TrainConfig c, const std::map<std::string, std::string>& given) {
+  for (const auto& [opt, text] : given)
+    if (const ConfigField* f = config_field(opt)) f->set(c, text);
+  for (const auto& [opt, text] : given)
+    if (!config_field(opt)) {
+      std::string name = opt;
+      for (auto& ch : name)
+        if (ch == '-') ch = '_';
+      c.knobs[name] = parse_knob(c, opt, text);
+    }
+  return c;
+}
+
+TrainConfig merge_given(const TrainConfig& stored, const std::map<std::string, std::string>& given, bool allow_run,
+                        const std::vector<std::string>& ignore, const std::string& where) {
+  TrainConfig c = stored;
+  const std::map<std::string, double> knobs = effective_knobs(stored);
+  for (const auto& [opt, text] : given) {
+    if (std::find(ignore.begin(), ignore.end(), opt) != ignore.end()) continue;
+    const ConfigField* f = config_field(opt);
+    if (!f) {  // a knob
+      std::string name = opt;
+      for (auto& ch : name)
+        if (ch == '-') ch = '_';
+      const double v = parse_knob(stored, opt, text);
+      auto it = knobs.find(name);
+      if (it == knobs.end() || it->second != v)
+        throw std::invalid_argument("--" + opt + " " + text + " contradicts " + where + ", whose " + name + " is " +
+                                    (it == knobs.end() ? std::string("unset") : num(it->second)));
+      continue;
+    }
+    TrainConfig probe = c;
+    f->set(probe, text);
+    const std::string was = f->get(c), now = f->get(probe);
+    const bool locked = f->role == Role::data || f->role == Role::model || (f->role == Role::run && !allow_run);
+    if (locked && was != now)
+      throw std::invalid_argument("--" + opt + " " + text + " contradicts " + where + ", whose " + opt + " is " +
+                                  (was.empty() ? "\"\"" : was) +
+                                  (f->role == Role::run ? " (--override allows a change that alters the run)" : ""));
+    c = probe;
+  }
+  return c;
+}
+
+}  // namespace lotgrad::models

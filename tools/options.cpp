@@ -1,0 +1,135 @@
+#include "options.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdio>
+
+namespace lotgrad::cli {
+
+int parse(CLI::App& app, int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = argc - 1; i >= 0; --i) args.push_back(argv[i]);  // CLI11 takes them reversed
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "%s: error: %s\n", app.get_name().c_str(), e.what());
+    return 2;
+  }
+  return -1;
+}
+
+CLI::Validator in_range(double lo, double hi, bool whole) {
+  char desc[96];
+  std::snprintf(desc, sizeof desc, "in [%.10g, %.10g]", lo, hi);
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        size_t used = 0;
+        double d = 0;
+        try {
+          d = std::stod(text, &used);
+        } catch (...) {
+          used = 0;
+        }
+        char r[96];
+        std::snprintf(r, sizeof r, "[%.10g, %.10g]", lo, hi);
+        if (text.empty() || used != text.size() || !std::isfinite(d))
+          return "\"" + text + "\": expected " + (whole ? "an integer" : "a number") + " in " + r;
+        if (d < lo || d > hi || (whole && d != std::floor(d)))
+          return text + " is outside " + r + (whole ? " (an integer)" : "");
+        return "";
+      },
+      desc);
+}
+
+CLI::Option* add_choice(CLI::App& app, const std::string& name, std::string& v, const std::vector<std::string>& choices,
+                        const std::string& help) {
+  return app.add_option(name, v, help)->check(CLI::IsMember(choices))->capture_default_str();
+}
+
+CLI::Option* add_threads(CLI::App& app, int64_t& threads) {
+  return add_number(app, "--threads", threads, 1, omp_get_num_procs(),
+                    "threads (default: all cores, or LOTGRAD_NUM_THREADS)");
+}
+
+std::string knob_help(const std::string& knob) {
+  std::string h;
+  for (const auto& s : nn::attention_registry())
+    if (const nn::Knob* k = s.knob(knob))
+      h += (h.empty() ? "" : "; ") + s.name + ": " + k->help + " (" + k->range() + ", default " +
+           (k->optional ? std::string("none") : k->format(k->def)) + ")";
+  return h;
+}
+
+namespace {
+const char* group_of(models::Role r) {
+  switch (r) {
+    case models::Role::data: return "Data";
+    case models::Role::model: return "Model";
+    case models::Role::run: return "Training";
+    default: return "Output and run";
+  }
+}
+}  // namespace
+
+RunOptions::RunOptions(CLI::App& app, const std::vector<models::Role>& roles, const models::TrainConfig& defaults,
+                       const std::vector<std::string>& skip, bool knobs) {
+  for (const auto& f : models::config_fields()) {
+    if (std::find(roles.begin(), roles.end(), f.role) == roles.end()) continue;
+    if (std::find(skip.begin(), skip.end(), f.option) != skip.end()) continue;
+    const std::string name = "--" + f.option;
+    CLI::Option* o;
+    if (f.flag) {
+      o = app.add_flag(name, flags_[f.option], f.help);
+    } else {
+      const models::ConfigField* fp = &f;
+      o = app.add_option(name, text_[f.option], f.help + " (" + f.range() + ", default " +
+                                                    (f.get(defaults).empty() ? "none" : f.get(defaults)) + ")")
+              ->check(CLI::Validator([fp](std::string& t) { return fp->problem(t); }, f.range()));
+    }
+    o->group(group_of(f.role));
+    opts_[f.option] = o;
+  }
+  if (!knobs) return;
+  for (const auto& k : models::knob_names()) {
+    const std::string opt = models::knob_option(k);
+    opts_[opt] = app.add_option("--" + opt, text_[opt], knob_help(k))->group("Mechanism knobs (lotgrad info)");
+  }
+}
+
+std::map<std::string, std::string> RunOptions::given() const {
+  std::map<std::string, std::string> g;
+  for (const auto& [name, o] : opts_)
+    if (o->count() > 0) g[name] = flags_.count(name) ? std::string("1") : text_.at(name);
+  return g;
+}
+
+MechanismOptions::MechanismOptions(CLI::App& app, const std::string& default_attention) : attention(default_attention) {
+  add_choice(app, "--attention", attention, nn::attention_names(), "the attention mechanism (lotgrad info)");
+  for (const auto& k : models::knob_names()) {
+    const std::string opt = models::knob_option(k);
+    opts_[k] = app.add_option("--" + opt, text_[k], knob_help(k))->group("Mechanism knobs (lotgrad info)");
+  }
+}
+
+std::map<std::string, double> MechanismOptions::knobs(const std::string& mechanism) const {
+  models::TrainConfig c;
+  c.attention = mechanism;
+  std::map<std::string, std::string> given;
+  for (const auto& [k, o] : opts_)
+    if (o->count() > 0) given[models::knob_option(k)] = text_.at(k);
+  return nn::resolve_knobs(nn::mechanism_spec(mechanism), models::apply_given(c, given).knobs);
+}
+
+nn::AttentionOptions MechanismOptions::options(int64_t heads) const {
+  nn::AttentionOptions o;
+  o.name = attention;
+  o.n_heads = heads;
+  o.knobs = knobs(attention);
+  return o;
+}
+
+}  // namespace lotgrad::cli
