@@ -124,7 +124,7 @@ TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly sto
         CHECK(r.second_token == doctest::Approx(1.0).epsilon(1e-3));
         CHECK(r.bound > 0);
         CHECK(r.bound_used > 0);
-        CHECK(r.bound_used <= 1 + 1e-6);  // A_ij <= 1 / (n min b) in every example (lotformer.md §9)
+        CHECK(r.bound_used <= 1 + 1e-6);  // A_ij <= 1 / (n min b) in every example (docs/lotformer.md §9)
         CHECK(r.col_dev < 1e-3);                       // columns sum to 1: mean pooling returns mean(V)
       } else {
         CHECK(r.bound == 0);
