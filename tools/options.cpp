@@ -22,9 +22,16 @@ int parse(CLI::App& app, int argc, char** argv) {
   return -1;
 }
 
+namespace {
+std::string bound(double d) {  // whole numbers in full (2^53, not 9.007199255e+15)
+  char b[40];
+  std::snprintf(b, sizeof b, d == std::floor(d) && std::abs(d) < 1e18 ? "%.0f" : "%.10g", d);
+  return b;
+}
+}  // namespace
+
 CLI::Validator in_range(double lo, double hi, bool whole) {
-  char desc[96];
-  std::snprintf(desc, sizeof desc, "in [%.10g, %.10g]", lo, hi);
+  const std::string r = "[" + bound(lo) + ", " + bound(hi) + "]";
   return CLI::Validator(
       [=](std::string& text) -> std::string {
         size_t used = 0;
@@ -34,15 +41,13 @@ CLI::Validator in_range(double lo, double hi, bool whole) {
         } catch (...) {
           used = 0;
         }
-        char r[96];
-        std::snprintf(r, sizeof r, "[%.10g, %.10g]", lo, hi);
         if (text.empty() || used != text.size() || !std::isfinite(d))
           return "\"" + text + "\": expected " + (whole ? "an integer" : "a number") + " in " + r;
         if (d < lo || d > hi || (whole && d != std::floor(d)))
           return text + " is outside " + r + (whole ? " (an integer)" : "");
         return "";
       },
-      desc);
+      "in " + r);
 }
 
 CLI::Option* add_choice(CLI::App& app, const std::string& name, std::string& v, const std::vector<std::string>& choices,
