@@ -77,7 +77,8 @@ std::vector<ConfigField> declare() {
       {"init-from", Role::run, "start from this checkpoint's weights with a fresh optimiser (fine-tuning, a curriculum)",
        &C::init_from},
       // ---- output
-      {"out", Role::free, "the run directory: config.json, last.ckpt, best.ckpt, metrics.jsonl", &C::out_dir},
+      {"out", Role::free, "the run directory: config.json, last.ckpt, best.ckpt, metrics.jsonl (none: runs/<task>-<attention>)",
+       &C::out_dir},
       {"checkpoint-every", Role::free, "write last.ckpt every N steps", &C::checkpoint_every, 1, kBig},
       {"log-every", Role::free, "a progress line every N steps (0: about 50 per run)", &C::log_every, 0, kBig},
       {"threads", Role::free, "threads (0: all cores, or LOTGRAD_NUM_THREADS)", &C::threads, 0, cores},

@@ -193,7 +193,13 @@ double count_right(const Tensor& logits, const Tensor& labels) {
 }
 }  // namespace
 
-TrainResult train(const TrainConfig& cfg, std::ostream& log) {
+std::string run_dir(const TrainConfig& cfg) {
+  return cfg.out_dir.empty() ? "runs/" + cfg.task + "-" + cfg.attention : cfg.out_dir;
+}
+
+TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
+  TrainConfig cfg = cfg_in;
+  cfg.out_dir = run_dir(cfg_in);
   validate(cfg);
   const RunFiles files(cfg.out_dir);
   check_run_dir(cfg, files);

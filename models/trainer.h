@@ -50,7 +50,7 @@ struct TrainConfig {
   int64_t eval_every = 200, eval_batches = 0;  // eval_batches 0: the whole dev set
   int64_t checkpoint_every = 200;
   int64_t log_every = 0;        // plain progress lines every N steps (0: about 50 per run)
-  std::string out_dir = "runs/run";  // last.ckpt, best.ckpt, metrics.jsonl
+  std::string out_dir;          // config.json, last.ckpt, best.ckpt, metrics.jsonl; empty: run_dir(cfg)
   bool resume = false;
   bool override_run = false;    // --resume may change settings that alter the run (lr, steps, ...)
   bool overwrite = false;       // train into a run directory that already holds checkpoints
@@ -73,6 +73,9 @@ struct TrainResult {
   bool interrupted = false;    // stopped by SIGINT / SIGTERM (last.ckpt written)
   std::string summary;         // one-line description of the run
 };
+
+// The run directory: cfg.out_dir, or runs/<task>-<attention> when it is empty.
+std::string run_dir(const TrainConfig& cfg);
 
 // Trains the run cfg describes (validate(cfg) first; run_config.h). A fresh run refuses an
 // --out that holds checkpoints unless cfg.overwrite; cfg.resume continues from last.ckpt.

@@ -27,9 +27,9 @@ LOTGRAD_MECHANISMS(LOTGRAD_DECLARE_MECHANISM)
 #undef LOTGRAD_DECLARE_MECHANISM
 
 namespace {
-std::string num(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.10g", v);
+std::string num(double v) {  // whole numbers in full (2^53, not 9.007199255e+15)
+  char b[40];
+  std::snprintf(b, sizeof b, v == std::floor(v) && std::abs(v) < 1e18 ? "%.0f" : "%.10g", v);
   return b;
 }
 

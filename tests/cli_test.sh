@@ -43,6 +43,7 @@ case "$case_name" in
     python3 -m json.tool "$work/run/config.json" >/dev/null
     # eval needs only the checkpoint; a contradicting option names both values
     "$bin" eval --checkpoint "$work/run/best.ckpt" | grep -q "test accuracy"
+    "$bin" inspect --checkpoint "$work/run/best.ckpt" --count 3 | grep -q "entropy/log n"
     if "$bin" eval --checkpoint "$work/run/best.ckpt" --seed 7 2>"$work/err"; then echo "--seed 7 accepted"; exit 1; fi
     grep -q -- "--seed 7 contradicts .*seed is 1" "$work/err"
     # a second run into the same directory is refused; --resume with nothing to resume says so
@@ -67,7 +68,16 @@ case "$case_name" in
     grep -q "resume with: lotgrad train --out $work/run --resume" "$work/out"
     test -s "$work/run/last.ckpt"
     if ls "$work/run" | grep -q tmp; then echo "temporary file left"; exit 1; fi
-    "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val accuracy" ;;
+    "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val accuracy"
+    # a second Ctrl-C exits at once: here both arrive during a long dev evaluation (60,000 examples)
+    "$bin" train --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 60000 --test-size 100 \
+      --attention softmax --steps 5 --batch 16 --eval-every 1 --log-every 1 --threads 2 --out "$work/run2" >"$work/out2" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 1200); do grep -q "loss" "$work/out2" 2>/dev/null && break; sleep 0.1; done
+    sleep 0.2; kill -INT "$pid"; sleep 0.3; kill -INT "$pid"
+    set +e; wait "$pid"; rc=$?; set -e
+    [ "$rc" -eq 130 ] || { echo "exit $rc after two SIGINTs (want 130)"; exit 1; }
+    if grep -q "eval step 1\|resume with" "$work/out2"; then echo "the second SIGINT did not exit at once"; exit 1; fi ;;
   demo)
     "$bin" demo --steps 60 --threads 2 | tee "$work/out" | tail -3
     grep -q "done in" "$work/out" ;;

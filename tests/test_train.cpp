@@ -350,3 +350,51 @@ TEST_CASE("--max-pos: a curriculum from short to long ListOps keeps one position
   e.max_positions = 20;
   CHECK_THROWS_WITH_AS(models::train(e, log), doctest::Contains("--max-pos 20 is shorter"), std::invalid_argument);
 }
+
+TEST_CASE("progress: a redrawn line clears what a longer previous line left, plain lines elsewhere") {
+  std::ostringstream tty, plain;
+  models::Progress p(tty, /*tty=*/true, /*quiet=*/false), q(plain, /*tty=*/false, /*quiet=*/false);
+  p.step(1, 10, "ETA 5m37s and a long tail");
+  p.step(2, 10, "ETA 5m3s");
+  const std::string s = tty.str();
+  const size_t second = s.rfind('\r');
+  const std::string last = s.substr(second + 1);
+  CHECK(last.size() == s.substr(1, second - 1).size());  // as wide as the line before: the tail is blanked
+  CHECK(last.find("ETA 5m3s ") != std::string::npos);
+  CHECK(last.find("tail") == std::string::npos);
+  p.eval("eval (dev)", 64, 1000);
+  CHECK(tty.str().find("eval (dev) 64/1000 examples") != std::string::npos);
+  p.line("eval step 2: dev acc 0.5");
+  CHECK(tty.str().substr(tty.str().size() - 25) == "eval step 2: dev acc 0.5\n");
+  q.step(1, 10, "step 1");
+  q.eval("eval (dev)", 64, 1000);  // not on a terminal: no redrawn progress
+  q.line("done");
+  CHECK(plain.str() == "step 1\ndone\n");
+  CHECK(models::format_duration(337) == "5m37s");
+}
+
+TEST_CASE("metrics log: written and read by one pair, a resume cuts it back and skips a torn line, bad lines name file and line") {
+  const std::string dir = tmpdir("metrics"), path = dir + "/metrics.jsonl";
+  fs::create_directories(dir);
+  {
+    models::MetricsLog log(path, /*fresh=*/true);
+    for (int64_t s = 1; s <= 4; ++s) log.write({s, {{"loss", 1.0 / (double)s}}});
+    log.write({4, {{"dev_acc", 0.25}, {"best_dev", 0.25}}});
+  }
+  auto r = models::read_metrics(path);
+  REQUIRE(r.size() == 5);
+  CHECK(r[2].values.at("loss") == 1.0 / 3);  // full precision
+  CHECK(r[4].has("dev_acc"));
+  std::ofstream(path, std::ios::app) << "{\"step\":";  // a write cut by a kill
+  CHECK_THROWS_WITH_AS(models::read_metrics(path), doctest::Contains("metrics.jsonl:6"), IOError);
+  {
+    models::MetricsLog log(path, /*fresh=*/false, /*keep_through=*/2);  // a resume from step 2
+    log.write({3, {{"loss", 9.0}}});
+  }
+  r = models::read_metrics(path);
+  REQUIRE(r.size() == 3);
+  CHECK(r[2].step == 3);
+  CHECK(r[2].values.at("loss") == 9.0);
+  std::ofstream(path, std::ios::app) << "not json\n{\"step\":5}\n";
+  CHECK_THROWS_WITH_AS(models::read_metrics(path), doctest::Contains("metrics.jsonl:4: not a metrics line"), IOError);
+}

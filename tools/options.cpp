@@ -60,6 +60,21 @@ CLI::Option* add_threads(CLI::App& app, int64_t& threads) {
                     "threads (default: all cores, or LOTGRAD_NUM_THREADS)");
 }
 
+namespace {
+// The value kind of a knob option (a name shared by mechanisms has one type: the registry checks it).
+std::string knob_kind(const std::string& knob) {
+  for (const auto& s : nn::attention_registry())
+    if (const nn::Knob* k = s.knob(knob)) {
+      switch (k->type) {
+        case nn::KnobType::integer: return "INT";
+        case nn::KnobType::real: return "FLOAT";
+        default: return k->range();  // 0|1, or the choices
+      }
+    }
+  return "TEXT";
+}
+}  // namespace
+
 std::string knob_help(const std::string& knob) {
   std::string h;
   for (const auto& s : nn::attention_registry())
@@ -91,9 +106,17 @@ RunOptions::RunOptions(CLI::App& app, const std::vector<models::Role>& roles, co
       o = app.add_flag(name, flags_[f.option], f.help);
     } else {
       const models::ConfigField* fp = &f;
-      o = app.add_option(name, text_[f.option], f.help + " (" + f.range() + ", default " +
-                                                    (f.get(defaults).empty() ? "none" : f.get(defaults)) + ")")
-              ->check(CLI::Validator([fp](std::string& t) { return fp->problem(t); }, f.range()));
+      const char* kind = std::visit(
+          [](auto m) {
+            using T = std::decay_t<decltype(models::TrainConfig{}.*m)>;
+            return std::is_same_v<T, std::string> ? "TEXT" : std::is_same_v<T, bool> ? "0|1" : std::is_integral_v<T> ? "INT" : "FLOAT";
+          },
+          f.member);
+      const std::string range = f.range() == "text" ? "" : f.range() + ", ";
+      o = app.add_option(name, text_[f.option],
+                         f.help + " (" + range + "default " + (f.get(defaults).empty() ? "none" : f.get(defaults)) + ")")
+              ->check(CLI::Validator([fp](std::string& t) { return fp->problem(t); }, ""))
+              ->type_name(kind);
     }
     o->group(group_of(f.role));
     opts_[f.option] = o;
@@ -101,7 +124,7 @@ RunOptions::RunOptions(CLI::App& app, const std::vector<models::Role>& roles, co
   if (!knobs) return;
   for (const auto& k : models::knob_names()) {
     const std::string opt = models::knob_option(k);
-    opts_[opt] = app.add_option("--" + opt, text_[opt], knob_help(k))->group("Mechanism knobs (lotgrad info)");
+    opts_[opt] = app.add_option("--" + opt, text_[opt], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
   }
 }
 
@@ -116,7 +139,7 @@ MechanismOptions::MechanismOptions(CLI::App& app, const std::string& default_att
   add_choice(app, "--attention", attention, nn::attention_names(), "the attention mechanism (lotgrad info)");
   for (const auto& k : models::knob_names()) {
     const std::string opt = models::knob_option(k);
-    opts_[k] = app.add_option("--" + opt, text_[k], knob_help(k))->group("Mechanism knobs (lotgrad info)");
+    opts_[k] = app.add_option("--" + opt, text_[k], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
   }
 }
 

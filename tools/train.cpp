@@ -20,7 +20,7 @@ using models::Role;
 // or with --resume the run stored in --out's last.ckpt with the options given on top.
 models::TrainConfig train_config(const std::map<std::string, std::string>& given) {
   models::TrainConfig c = models::apply_given(models::TrainConfig{}, given);
-  if (!given.count("out")) c.out_dir = "runs/" + c.task + "-" + c.attention;
+  c.out_dir = models::run_dir(c);
   if (!c.resume) return c;
   const std::string last = c.out_dir + "/last.ckpt";
   if (!std::filesystem::exists(last))

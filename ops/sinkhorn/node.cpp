@@ -40,34 +40,37 @@ struct SeedBlock {
 // Column padding of seed_scores' tiles for M columns.
 inline int64_t seed_pad(int64_t M) { return M <= 4 ? 4 : (M + 7) / 8 * 8; }
 
-// One operand's share of a register tile: acc_r[l] += sum_t U[row_r, t] Bt[t, l] for the
-// tile's four rows, U (nb, du) and Bt (du, Mp) offset to the tile's first column.
+// S_ij = GA_i . X_j + Y_i . GB_j for rows [0, nb) of a block: four rows and W columns per
+// register tile (no horizontal sums); Xt (dA, Mp), GBt (dB, Mp) are X, GB transposed and
+// zero-padded to Mp, a multiple of W (W = 4 when M <= 4: LOTFormer's r = 4 wastes no lanes).
+// The two t loops stay written out: folding them into one helper changes GCC's register tiling.
 template <class T, int W>
-[[gnu::always_inline]] inline void tile_acc(const T* U, int64_t du, const int64_t (&row)[4], const double* Bt, int64_t Mp,
-                                            double (&acc)[4][W]) {
-  for (int64_t t = 0; t < du; ++t) {
-    const double* bt = Bt + t * Mp;
-    const double g0 = (double)U[row[0] * du + t], g1 = (double)U[row[1] * du + t], g2 = (double)U[row[2] * du + t],
-                 g3 = (double)U[row[3] * du + t];
-#pragma omp simd
-    for (int l = 0; l < W; ++l)
-      acc[0][l] += g0 * bt[l], acc[1][l] += g1 * bt[l], acc[2][l] += g2 * bt[l], acc[3][l] += g3 * bt[l];
-  }
-}
-
-// S_ij = GA_i . X_j + Y_i . GB_j for the block's rows: four rows and W columns per register
-// tile (no horizontal sums); W = 4 when M <= 4, so LOTFormer's r = 4 wastes no lanes.
-template <class T, int W>
-LOTGRAD_KERNEL void seed_scores(SeedBlock<T> a) {
-  const int64_t nb = a.nb, Mp = a.Mp;
+LOTGRAD_KERNEL void seed_scores(const T* __restrict GA, int64_t dA, const T* __restrict Y, int64_t dB, int64_t nb,
+                                const double* __restrict Xt, const double* __restrict GBt, int64_t Mp, double* __restrict S) {
   for (int64_t i = 0; i < nb; i += 4) {
-    const int64_t row[4] = {i, std::min(i + 1, nb - 1), std::min(i + 2, nb - 1), std::min(i + 3, nb - 1)};
+    const int64_t r1 = std::min(i + 1, nb - 1), r2 = std::min(i + 2, nb - 1), r3 = std::min(i + 3, nb - 1);
     for (int64_t jb = 0; jb < Mp; jb += W) {
-      double acc[4][W] = {};
-      if (a.GA) tile_acc<T, W>(a.GA, a.dA, row, a.Xt + jb, Mp, acc);
-      if (a.Y) tile_acc<T, W>(a.Y, a.dB, row, a.GBt + jb, Mp, acc);
-      for (int l = 0; l < W; ++l)
-        for (int r = 0; r < 4 && i + r < nb; ++r) a.S[(i + r) * Mp + jb + l] = acc[r][l];
+      double a0[W] = {}, a1[W] = {}, a2[W] = {}, a3[W] = {};
+      for (int64_t t = 0; t < (GA ? dA : 0); ++t) {
+        const double* bt = Xt + t * Mp + jb;
+        const double g0 = (double)GA[i * dA + t], g1 = (double)GA[r1 * dA + t], g2 = (double)GA[r2 * dA + t],
+                     g3 = (double)GA[r3 * dA + t];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int64_t t = 0; t < (Y ? dB : 0); ++t) {
+        const double* bt = GBt + t * Mp + jb;
+        const double g0 = (double)Y[i * dB + t], g1 = (double)Y[r1 * dB + t], g2 = (double)Y[r2 * dB + t],
+                     g3 = (double)Y[r3 * dB + t];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) a0[l] += g0 * bt[l], a1[l] += g1 * bt[l], a2[l] += g2 * bt[l], a3[l] += g3 * bt[l];
+      }
+      for (int l = 0; l < W; ++l) {
+        S[i * Mp + jb + l] = a0[l];
+        if (i + 1 < nb) S[(i + 1) * Mp + jb + l] = a1[l];
+        if (i + 2 < nb) S[(i + 2) * Mp + jb + l] = a2[l];
+        if (i + 3 < nb) S[(i + 3) * Mp + jb + l] = a3[l];
+      }
     }
   }
 }
@@ -75,8 +78,8 @@ LOTGRAD_KERNEL void seed_scores(SeedBlock<T> a) {
 // R_ij = P_ij S_ij, dX_j += P_ij GA_i, dY_i = sum_j P_ij GB_j. Zero-mass rows: all 0.
 template <class T>
 LOTGRAD_KERNEL void blk_seed(SeedBlock<T> a) {
-  if (a.Mp % 8) seed_scores<T, 4>(a);
-  else seed_scores<T, 8>(a);
+  if (a.Mp % 8) seed_scores<T, 4>(a.GA, a.dA, a.Y, a.dB, a.nb, a.Xt, a.GBt, a.Mp, a.S);
+  else seed_scores<T, 8>(a.GA, a.dA, a.Y, a.dB, a.nb, a.Xt, a.GBt, a.Mp, a.S);
   const int64_t N = a.N, M = a.M, dA = a.dA, dB = a.dB, Mp = a.Mp;
   for (int64_t i = 0; i < a.nb; ++i) {
     if (!valid(a.la[i])) {
