@@ -6,6 +6,7 @@
 #include "core/io.h"
 #include "core/iter.h"
 #include "core/parallel.h"
+#include "core/parse.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "ops/attention.h"

@@ -1,7 +1,10 @@
 #include "parallel.h"
 
+#include "parse.h"
+
 #include <cblas.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -38,15 +41,9 @@ void check_thread_env() {
   const char* v = std::getenv("LOTGRAD_NUM_THREADS");
   if (!v) return;
   const std::string s = v;
-  size_t used = 0;
-  long n = 0;
-  try {
-    n = std::stol(s, &used);
-  } catch (...) {
-    used = 0;
-  }
+  const std::optional<double> n = parse_number(s);
   const int cores = omp_get_num_procs();
-  if (s.empty() || used != s.size() || n < 1 || n > cores)
+  if (!n || *n < 1 || *n > cores || *n != std::floor(*n))
     throw std::invalid_argument("LOTGRAD_NUM_THREADS=\"" + s + "\": expected an integer in [1, " + std::to_string(cores) + "]");
 }
 

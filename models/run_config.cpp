@@ -8,6 +8,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "../core/parse.h"
 #include "../nn/attention.h"
 
 namespace lotgrad::models {
@@ -121,10 +122,17 @@ std::string ConfigField::range() const {
   if (std::holds_alternative<std::string C::*>(member)) {
     if (choices.empty()) return "text";
     std::string r;
-    for (const auto& ch : choices) r += (r.empty() ? "" : "|") + ch;
+    for (const auto& ch : choices) {
+      if (!r.empty()) r += '|';
+      r += ch;
+    }
     return r;
   }
-  return "[" + num(lo) + ", " + num(hi) + "]";
+  std::string r = "[";  // appended, not "[" + ...: g++ 12 warns (-Wrestrict) on that form here
+  r += format_number(lo);
+  r += ", ";
+  r += format_number(hi);
+  return r + "]";
 }
 
 std::string ConfigField::get(const TrainConfig& c) const {
@@ -151,16 +159,10 @@ std::string ConfigField::problem(const std::string& text) const {
         } else if constexpr (std::is_same_v<T, bool>) {
           return text == "0" || text == "1" ? "" : bad + "0 or 1";
         } else {
-          size_t used = 0;
-          double d = 0;
-          try {
-            d = std::stod(text, &used);
-          } catch (...) {
-            used = 0;
-          }
+          const std::optional<double> n = parse_number(text);
           const bool whole = std::is_integral_v<T>;
-          if (text.empty() || used != text.size() || !std::isfinite(d))
-            return bad + (whole ? "an integer in " : "a number in ") + range();
+          if (!n) return bad + (whole ? "an integer in " : "a number in ") + range();
+          const double d = *n;
           if (d < lo || d > hi || (whole && d != std::floor(d)))
             return text + " is outside " + range() + (whole ? " (an integer)" : "");
           return "";

@@ -8,6 +8,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "../core/parse.h"
 #include "attention.h"
 
 // X(name): nn/attention_<name>.cpp defines MechanismSpec name_mechanism().
@@ -27,11 +28,7 @@ LOTGRAD_MECHANISMS(LOTGRAD_DECLARE_MECHANISM)
 #undef LOTGRAD_DECLARE_MECHANISM
 
 namespace {
-std::string num(double v) {  // whole numbers in full (2^53, not 9.007199255e+15)
-  char b[40];
-  std::snprintf(b, sizeof b, v == std::floor(v) && std::abs(v) < 1e18 ? "%.0f" : "%.10g", v);
-  return b;
-}
+std::string num(double v) { return format_number(v); }
 
 // A new declaration fits the registry: a new name, a factory, defaults and presets in range,
 // and a knob name shared with another mechanism is one command-line option (same type and
@@ -137,16 +134,9 @@ double Knob::parse(const std::string& text) const {
       if (text == choices[i]) return (double)i;
     throw std::invalid_argument(option() + " " + text + ": expected one of " + range());
   }
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (text.empty() || used != text.size() || !std::isfinite(v))
-    throw std::invalid_argument(option() + " \"" + text + "\": expected a number in " + range());
-  return v;
+  const std::optional<double> v = parse_number(text);
+  if (!v) throw std::invalid_argument(option() + " \"" + text + "\": expected a number in " + range());
+  return *v;
 }
 
 std::map<std::string, double> resolve_knobs(const MechanismSpec& spec, const std::map<std::string, double>& given) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <lotgrad/core/parse.h>
 
 namespace lotgrad::cli {
 
@@ -22,27 +23,13 @@ int parse(CLI::App& app, int argc, char** argv) {
   return -1;
 }
 
-namespace {
-std::string bound(double d) {  // whole numbers in full (2^53, not 9.007199255e+15)
-  char b[40];
-  std::snprintf(b, sizeof b, d == std::floor(d) && std::abs(d) < 1e18 ? "%.0f" : "%.10g", d);
-  return b;
-}
-}  // namespace
-
 CLI::Validator in_range(double lo, double hi, bool whole) {
-  const std::string r = "[" + bound(lo) + ", " + bound(hi) + "]";
+  const std::string r = "[" + format_number(lo) + ", " + format_number(hi) + "]";
   return CLI::Validator(
       [=](std::string& text) -> std::string {
-        size_t used = 0;
-        double d = 0;
-        try {
-          d = std::stod(text, &used);
-        } catch (...) {
-          used = 0;
-        }
-        if (text.empty() || used != text.size() || !std::isfinite(d))
-          return "\"" + text + "\": expected " + (whole ? "an integer" : "a number") + " in " + r;
+        const std::optional<double> n = parse_number(text);
+        if (!n) return "\"" + text + "\": expected " + (whole ? "an integer" : "a number") + " in " + r;
+        const double d = *n;
         if (d < lo || d > hi || (whole && d != std::floor(d)))
           return text + " is outside " + r + (whole ? " (an integer)" : "");
         return "";
