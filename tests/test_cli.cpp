@@ -3,8 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <sstream>
 #include <lotgrad/lotgrad.h>
 
+#include "commands.h"
 #include "options.h"
 
 using namespace lotgrad;
@@ -93,4 +96,97 @@ TEST_CASE("every knob of every mechanism is reachable from the command line and 
   CHECK(o.error.find("softmax attention has no knob tau") != std::string::npos);
   CHECK(train_args({"--attention", "espformer", "--tau", "0.5"}).cfg.knobs.at("tau") == 0.5);  // the issue's example
   CHECK(train_args({"--attention", "lotformer", "--grad", "sideways"}).error.find("unrolled|implicit") != std::string::npos);
+}
+
+namespace {
+using Command = int (*)(int, char**);
+// Runs a command's parser (and its after-parse checks) on args, without its work.
+// numeric: the names of the command's options that take an INT or a FLOAT.
+int parse_only(Command cmd, std::vector<std::string> args, std::vector<std::string>* numeric = nullptr) {
+  cli::ParseProbe probe;
+  probe.inspect = [&](const CLI::App& app) {  // read while the app lives
+    if (!numeric) return;
+    for (const CLI::Option* o : app.get_options()) {
+      const std::string t = o->get_type_name();
+      if (t.rfind("INT", 0) == 0 || t.rfind("FLOAT", 0) == 0) numeric->push_back(o->get_name());
+    }
+  };
+  cli::set_parse_probe(&probe);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  int rc = 0;
+  try {
+    rc = cmd((int)argv.size(), argv.data());
+  } catch (...) {
+    cli::set_parse_probe(nullptr);
+    throw;
+  }
+  cli::set_parse_probe(nullptr);
+  return rc;
+}
+}  // namespace
+
+TEST_CASE("every command and benchmark: each numeric option refuses a non-number, and 0 and -1 are parsed or refused, never a crash") {
+  // A real checkpoint for eval and inspect, and a metrics log for plot.
+  models::TrainConfig c;
+  c.min_len = 3;
+  c.max_len = 12;
+  c.gen_train = 64;
+  c.gen_val = 16;
+  c.gen_test = 16;
+  c.attention = "softmax";
+  c.steps = 1;
+  c.batch = 8;
+  c.quiet = true;
+  c.overwrite = true;
+  c.out_dir = (std::filesystem::temp_directory_path() / "lotgrad_test_cli_run").string();
+  std::ostringstream log;
+  models::train(c, log);
+  const std::string ck = c.out_dir + "/best.ckpt", metrics = c.out_dir + "/metrics.jsonl";
+  struct Entry {
+    const char* name;
+    Command cmd;
+    std::vector<std::string> required;
+  };
+  const std::vector<Entry> commands = {
+      {"demo", cli::cmd_demo, {}},
+      {"lra", cli::cmd_lra, {}},
+      {"train", cli::cmd_train, {}},
+      {"eval", cli::cmd_eval, {"--checkpoint", ck}},
+      {"inspect", cli::cmd_inspect, {"--checkpoint", ck}},
+      {"plot", cli::cmd_plot, {metrics}},
+      {"info", cli::cmd_info, {}},
+      {"probe", cli::cmd_probe, {}},
+      {"maps", cli::cmd_maps, {}},
+      {"bench matmul", bench_matmul_main, {}},
+      {"bench ops", bench_ops_main, {}},
+      {"bench attention", bench_attention_main, {}},
+      {"bench attention-kernel", bench_attention_kernel_main, {}},
+      {"bench step", bench_step_main, {}},
+      {"bench sinkhorn", bench_sinkhorn_main, {}},
+  };
+  int swept = 0;
+  for (const auto& e : commands) {
+    INFO(std::string(e.name));
+    std::vector<std::string> numeric;
+    REQUIRE(parse_only(e.cmd, e.required, &numeric) == 0);  // the required arguments alone parse
+    const std::string name = e.name;
+    CHECK((!numeric.empty() || name == "plot"));  // plot alone has no numeric option
+    for (const auto& opt : numeric) {
+      for (const std::string v : {"0", "-1", "abc"}) {
+        INFO(std::string(opt + " " + v));
+        std::vector<std::string> args = e.required;
+        args.push_back(opt);
+        args.push_back(v);
+        const int rc = parse_only(e.cmd, args);
+        CHECK((rc == 0 || rc == 2));
+        if (v == "abc") CHECK(rc == 2);
+        ++swept;
+      }
+      std::vector<std::string> args = e.required;
+      args.push_back(opt);  // a value-taking option with no value
+      CHECK(parse_only(e.cmd, args) == 2);
+    }
+  }
+  CHECK(swept > 300);
 }

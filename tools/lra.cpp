@@ -8,6 +8,7 @@
 #include <iostream>
 #include <lotgrad/lotgrad.h>
 
+#include "checks.h"
 #include "options.h"
 #include "commands.h"
 
@@ -40,8 +41,11 @@ int cmd_lra(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember(nn::attention_names()))
       ->capture_default_str();
+  after_parse(app, [&] {
+    base = models::apply_given(base, opts.given());
+    models::validate(base);
+  });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  base = models::apply_given(base, opts.given());
   base.eval_every = std::max<int64_t>(1, base.steps / 10);
   base.checkpoint_every = base.eval_every;
   const std::string out = base.out_dir;

@@ -8,7 +8,13 @@
 
 namespace lotgrad::cli {
 
+namespace {
+ParseProbe* g_probe = nullptr;
+}
+void set_parse_probe(ParseProbe* probe) { g_probe = probe; }
+
 int parse(CLI::App& app, int argc, char** argv) {
+  if (g_probe && g_probe->inspect) g_probe->inspect(app);
   std::vector<std::string> args;
   for (int i = argc - 1; i >= 0; --i) args.push_back(argv[i]);  // CLI11 takes them reversed
   try {
@@ -20,7 +26,7 @@ int parse(CLI::App& app, int argc, char** argv) {
     std::fprintf(stderr, "%s: error: %s\n", app.get_name().c_str(), e.what());
     return 2;
   }
-  return -1;
+  return g_probe && g_probe->stop_after_parse ? 0 : -1;
 }
 
 CLI::Validator in_range(double lo, double hi, bool whole) {

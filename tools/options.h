@@ -7,6 +7,7 @@
 #include <lotgrad/lotgrad.h>
 #include <lotgrad/models/run_config.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,6 +17,15 @@ namespace lotgrad::cli {
 // Parses argv[0..argc) (the command's own arguments). Returns -1 to go on; otherwise the
 // exit code: 0 after printing --help, 2 after printing a parse error that names the option.
 int parse(CLI::App& app, int argc, char** argv);
+
+// For the tests that sweep every command's declared options: while a probe is set, parse()
+// shows it each app before parsing and, when parsing (with its after-parse checks) succeeds,
+// returns 0 instead of going on to the command's work when stop_after_parse.
+struct ParseProbe {
+  std::function<void(const CLI::App&)> inspect;
+  bool stop_after_parse = true;
+};
+void set_parse_probe(ParseProbe* probe);  // nullptr: off (the default)
 
 // CLI11 validator: a number (an integer when whole) in [lo, hi].
 CLI::Validator in_range(double lo, double hi, bool whole);

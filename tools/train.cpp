@@ -9,6 +9,7 @@
 #include <lotgrad/models/run_config.h>
 
 #include "commands.h"
+#include "checks.h"
 #include "options.h"
 
 namespace lotgrad::cli {
@@ -45,9 +46,12 @@ int cmd_train(int argc, char** argv) {
                "ends with the dev and test accuracy of the best-on-dev checkpoint. No --json.",
                "lotgrad train");
   RunOptions opts(app, {Role::data, Role::model, Role::run, Role::free}, models::TrainConfig{});
+  models::TrainConfig c;
+  after_parse(app, [&] {  // refused as a parse error, before any work
+    c = train_config(opts.given());
+    models::validate(c);
+  });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const models::TrainConfig c = train_config(opts.given());
-  models::validate(c);
   const models::TrainResult r = models::train(c, std::cout);
   std::printf("%s\n", r.summary.c_str());
   return r.interrupted ? 130 : 0;
@@ -82,8 +86,10 @@ int cmd_eval(int argc, char** argv) {
                "contradicts them is refused (--batch and --threads may differ). No --json.",
                "lotgrad eval");
   CheckpointCommand cmd(app, "test");
+  models::TrainConfig c;
+  after_parse(app, [&] { c = cmd.config(); });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const double acc = models::evaluate_checkpoint(cmd.config(), cmd.checkpoint, cmd.split, std::cout);
+  const double acc = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout);
   std::printf("%s accuracy of %s: %.4f\n", cmd.split.c_str(), cmd.checkpoint.c_str(), acc);
   return 0;
 }
@@ -100,8 +106,10 @@ int cmd_inspect(int argc, char** argv) {
   CheckpointCommand cmd(app, "val");
   int64_t count = 20;
   add_number(app, "--count", count, 1, 1e6, "examples to inspect");
+  models::TrainConfig c;
+  after_parse(app, [&] { c = cmd.config(); });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const auto rows = models::inspect_checkpoint(cmd.config(), cmd.checkpoint, cmd.split, count, std::cout);
+  const auto rows = models::inspect_checkpoint(c, cmd.checkpoint, cmd.split, count, std::cout);
   std::printf("%s on %lld %s examples\n", cmd.checkpoint.c_str(), (long long)count, cmd.split.c_str());
   std::printf("layer head      n   row max (mean)   max weight   max/bound (per example)   first token x n   second x n   "
               "entropy/log n   max|colsum-1|\n");
