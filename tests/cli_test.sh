@@ -69,8 +69,8 @@ case "$case_name" in
     test -s "$work/run/last.ckpt"
     if ls "$work/run" | grep -q tmp; then echo "temporary file left"; exit 1; fi
     "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val accuracy"
-    # a second Ctrl-C exits at once: here both arrive during a long dev evaluation (60,000 examples)
-    "$bin" train --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 60000 --test-size 100 \
+    # a second Ctrl-C exits at once: here both arrive during a long dev evaluation (120,000 examples, seconds)
+    "$bin" train --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 120000 --test-size 100 \
       --attention softmax --steps 5 --batch 16 --eval-every 1 --log-every 1 --threads 2 --out "$work/run2" >"$work/out2" 2>&1 &
     pid=$!
     for _ in $(seq 1 1200); do grep -q "loss" "$work/out2" 2>/dev/null && break; sleep 0.1; done
