@@ -307,24 +307,28 @@ TrainConfig apply_given(TrainConfig c, const std::map<std::string, std::string>&
   return c;
 }
 
+namespace {
+// A given knob against the stored run's resolved knobs.
+void check_knob(const TrainConfig& stored, const std::map<std::string, double>& knobs, const std::string& opt,
+                const std::string& text, const std::string& where) {
+  std::string name = opt;
+  for (auto& ch : name)
+    if (ch == '-') ch = '_';
+  const double v = parse_knob(stored, opt, text);
+  auto it = knobs.find(name);
+  if (it == knobs.end() || it->second != v)
+    throw std::invalid_argument("--" + opt + " " + text + " contradicts " + where + ", whose " + name + " is " +
+                                (it == knobs.end() ? std::string("unset") : num(it->second)));
+}
+}  // namespace
+
 TrainConfig merge_given(const TrainConfig& stored, const std::map<std::string, std::string>& given, bool allow_run,
                         const std::vector<std::string>& ignore, const std::string& where) {
+  auto ignored = [&](const std::string& opt) { return std::find(ignore.begin(), ignore.end(), opt) != ignore.end(); };
   TrainConfig c = stored;
-  const std::map<std::string, double> knobs = effective_knobs(stored);
-  for (const auto& [opt, text] : given) {
-    if (std::find(ignore.begin(), ignore.end(), opt) != ignore.end()) continue;
+  for (const auto& [opt, text] : given) {  // settings first: a different --attention is named as such
     const ConfigField* f = config_field(opt);
-    if (!f) {  // a knob
-      std::string name = opt;
-      for (auto& ch : name)
-        if (ch == '-') ch = '_';
-      const double v = parse_knob(stored, opt, text);
-      auto it = knobs.find(name);
-      if (it == knobs.end() || it->second != v)
-        throw std::invalid_argument("--" + opt + " " + text + " contradicts " + where + ", whose " + name + " is " +
-                                    (it == knobs.end() ? std::string("unset") : num(it->second)));
-      continue;
-    }
+    if (!f || ignored(opt)) continue;
     TrainConfig probe = c;
     f->set(probe, text);
     const std::string was = f->get(c), now = f->get(probe);
@@ -335,6 +339,9 @@ TrainConfig merge_given(const TrainConfig& stored, const std::map<std::string, s
                                   (f->role == Role::run ? " (--override allows a change that alters the run)" : ""));
     c = probe;
   }
+  const std::map<std::string, double> knobs = effective_knobs(stored);
+  for (const auto& [opt, text] : given)
+    if (!config_field(opt) && !ignored(opt)) check_knob(stored, knobs, opt, text, where);
   return c;
 }
 

@@ -83,21 +83,14 @@ void check_run_dir(const TrainConfig& cfg, const RunFiles& f) {
                                 "--overwrite replaces it, or choose another --out");
 }
 
-// --resume continues the stored run: settings that change the data or model never differ,
-// settings that change the run only with --override.
+// --resume continues the stored run: cfg must be the stored configuration, but for run
+// settings when cfg.override_run (the same rule as options given on the command line).
 void check_same_run(const TrainConfig& cfg, const TrainConfig& stored, const std::string& where) {
-  for (const auto& f : config_fields()) {
-    if (f.role == Role::free || f.option == "no-preset") continue;  // knobs are compared resolved, below
-    if (f.role == Role::run && cfg.override_run) continue;
-    if (f.get(cfg) != f.get(stored))
-      throw std::invalid_argument("train --resume: --" + f.option + " " + f.get(cfg) + " differs from " + where + ", whose " +
-                                  f.option + " is " + f.get(stored) +
-                                  (f.role == Role::run ? " (--override allows a change that alters the run)" : ""));
-  }
-  const auto a = effective_knobs(cfg), b = effective_knobs(stored);
-  for (const auto& [k, v] : a)
-    if (!b.count(k) || b.at(k) != v)
-      throw std::invalid_argument("train --resume: knob " + k + " = " + full(v) + " differs from " + where);
+  std::map<std::string, std::string> as_given;
+  for (const auto& f : config_fields())
+    if (f.role != Role::free) as_given[f.option] = f.get(cfg);
+  for (const auto& [k, v] : effective_knobs(cfg)) as_given[knob_option(k)] = nn::mechanism_spec(cfg.attention).knob(k)->format(v);
+  merge_given(stored, as_given, cfg.override_run, {"no-preset"}, where);  // knobs are compared resolved
 }
 
 std::string describe_mechanism(const TrainConfig& cfg) {

@@ -200,7 +200,7 @@ TEST_CASE("resume refuses a checkpoint from another run, a corrupt checkpoint is
   models::TrainConfig d = c;
   d.attention = "linear";
   d.resume = true;
-  CHECK_THROWS_AS(models::train(d, log), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(models::train(d, log), doctest::Contains("--attention linear contradicts"), std::invalid_argument);
   {  // truncate the checkpoint
     std::string path = c.out_dir + "/last.ckpt";
     auto size = fs::file_size(path);
@@ -308,7 +308,7 @@ TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser
   models::TrainConfig e = b;
   e.resume = true;
   e.steps = 4;
-  CHECK_THROWS_WITH_AS(models::train(e, log), doctest::Contains("--steps 4 differs"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(models::train(e, log), doctest::Contains("--steps 4 contradicts"), std::invalid_argument);
   e.override_run = true;
   e.init_from = b.out_dir + "/no_such.ckpt";
   models::TrainResult re = models::train(e, log);
