@@ -51,6 +51,8 @@ std::vector<ConfigField> declare() {
       {"no-preset", Role::model, "start the knobs from their defaults, not the mechanism's preset for the task",
        &C::use_preset, 0, 0, {}, true, true},
       {"pooling", Role::model, "mean over valid tokens, or a learned CLS token", &C::pooling, 0, 0, {"mean", "cls"}},
+      {"causal", Role::model, "causal attention: position i sees positions j <= i (mechanisms with a causal form)",
+       &C::causal, 0, 0, {}, true},
       {"depth", Role::model, "encoder layers", &C::depth, 1, 256},
       {"d-model", Role::model, "model width", &C::d_model, 1, 65536},
       {"heads", Role::model, "attention heads (d-model must be a multiple)", &C::heads, 1, 4096},
@@ -220,6 +222,9 @@ void validate(const TrainConfig& c) {
     throw std::invalid_argument("--d-model " + num((double)c.d_model) + " must be a multiple of --heads " + num((double)c.heads));
   if (c.resume && c.overwrite) throw std::invalid_argument("--resume and --overwrite: choose one");
   effective_knobs(c);  // the mechanism's knobs, in their ranges
+  const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
+  if (c.causal && !spec.caps.causal)
+    throw std::invalid_argument("--causal: " + spec.name + " attention has no causal form: " + spec.caps.why_not_causal);
 }
 
 std::string config_to_json(const TrainConfig& c) {

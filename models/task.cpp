@@ -145,6 +145,7 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   a.name = cfg.attention;
   a.n_heads = cfg.heads;
   a.knobs = effective_knobs(cfg);
+  a.causal = cfg.causal;
   c.encoder.attention = {a};
   Model m;
   if (t.train.paired) m.dual = std::make_shared<DualEncoderClassifier>(c, gen, dgen);

@@ -28,6 +28,7 @@ struct TrainConfig {
   std::map<std::string, double> knobs;  // mechanism knobs over the preset (effective_knobs, run_config.h)
   bool use_preset = true;       // start from the mechanism's declared preset for the task (nn::MechanismSpec)
   std::string pooling = "mean";
+  bool causal = false;          // every layer's attention causal (mechanisms with a causal form)
   // LRA's mask is `token != 0` in every task (docs/lra.md): for images that masks every black
   // pixel. -1 (auto): on for pathfinder and image, where it matters, to match the published
   // setting; 0 off (black pixels are tokens); 1 on.

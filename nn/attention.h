@@ -40,6 +40,9 @@ struct AttentionOptions {
   int64_t n_heads = 2;
   int64_t d_head = 32;
   std::map<std::string, double> knobs;
+  // Position i attends to positions j <= i only. Only for mechanisms with caps.causal:
+  // make_attention refuses the others, saying why they have no causal form.
+  bool causal = false;
   bool has(const std::string& key) const { return knobs.count(key) > 0; }
   // The knob's value; after make_attention every declared knob with a default is present.
   double get(const std::string& key) const;

@@ -2,9 +2,13 @@
 //   out_i = phi(q_i)ᵀ (Σ_j phi(k_j) v_jᵀ) / (phi(q_i)ᵀ Σ_j phi(k_j) + 1e-6),
 // computed right to left in O(n d²) time and O(d²) extra memory per head. Padded keys are
 // removed by zeroing phi(k) after the feature map (phi(0) = 1 would otherwise leak).
+// Causal (AttentionOptions::causal): the sums run over j <= i, computed by the chunked prefix
+// op causal_linear_prefix (ops/causal_linear.h) with a running (d, d) state, knob "chunk".
+#include "../ops/causal_linear.h"
 #include "../ops/elementwise.h"
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
+#include "../ops/shape.h"
 #include "attention.h"
 
 namespace lotgrad::nn {
@@ -18,11 +22,12 @@ Tensor masked_features(const Tensor& phi_k, const Tensor& mask) {
 
 class LinearAttention : public AttentionMechanism {
  public:
-  explicit LinearAttention(const AttentionOptions&) {}
-  std::string type_name() const override { return "LinearAttention"; }
+  explicit LinearAttention(const AttentionOptions& o) : causal_(o.causal), chunk_((int64_t)o.get("chunk")) {}
+  std::string type_name() const override { return causal_ ? "LinearAttention(causal)" : "LinearAttention"; }
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     Tensor pq = add(elu(q), 1.0);                      // (B, H, n, d)
     Tensor pk = masked_features(add(elu(k), 1.0), mask);  // (B, H, n, d)
+    if (causal_) return causal_forward(pq, pk, v);
     Tensor kv = matmul(pk.transpose(-2, -1), v);        // (B, H, d, dv)
     Tensor z = sum(pk, {-2}, /*keepdim=*/true);         // (B, H, 1, d)
     Tensor num = matmul(pq, kv);                        // (B, H, n, dv)
@@ -33,8 +38,21 @@ class LinearAttention : public AttentionMechanism {
     Tensor pq = add(elu(q), 1.0);
     Tensor pk = masked_features(add(elu(k), 1.0), mask);
     Tensor s = matmul(pq, pk.transpose(-2, -1));  // (B, H, n, n)
+    if (causal_) s = mul(s, causal_mask(s.size(-1), s.dtype()));
     return div(s, add(sum(s, {-1}, true), 1e-6));
   }
+
+ private:
+  // The prefix product of [v | 1]: its last column is the normaliser Σ_{j<=i} phi(q_i)·phi(k_j).
+  Tensor causal_forward(const Tensor& pq, const Tensor& pk, const Tensor& v) const {
+    const int64_t e = v.size(-1);
+    Shape ones_shape = v.shape();
+    ones_shape.back() = 1;
+    const Tensor Y = causal_linear_prefix(pq, pk, cat({v, Tensor::ones(ones_shape, v.dtype())}, -1), chunk_);  // (B, H, n, e + 1)
+    return div(Y.narrow(-1, 0, e), add(Y.narrow(-1, e, 1), 1e-6));
+  }
+  bool causal_;
+  int64_t chunk_;
 };
 }  // namespace
 
@@ -42,8 +60,10 @@ MechanismSpec linear_mechanism() {
   MechanismSpec s;
   s.name = "linear";
   s.summary = "linear attention, phi(x) = elu(x) + 1 (Katharopoulos et al. 2020); O(n·d²)";
-  s.presets["tiny"] = {};
-  s.caps = {.causal = false, .why_not_causal = "the causal (prefix-state) form is not built yet", .linear_time = true};
+  s.knobs = {{.name = "chunk", .type = KnobType::integer, .def = 64, .lo = 1, .hi = 65536,
+              .help = "causal: positions per chunk of the prefix form (a running state carries the past)"}};
+  s.presets["tiny"] = {{"chunk", 3}};
+  s.caps = {.causal = true, .linear_time = true};
   s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<LinearAttention>(o); };
   return s;
 }

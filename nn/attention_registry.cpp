@@ -169,7 +169,10 @@ AttentionOptions resolved(const AttentionOptions& opt) {
 }
 
 std::shared_ptr<AttentionMechanism> make_attention(const AttentionOptions& opt, Generator& gen) {
-  return mechanism_spec(opt.name).make(resolved(opt), gen);
+  const MechanismSpec& spec = mechanism_spec(opt.name);
+  if (opt.causal && !spec.caps.causal)
+    throw std::invalid_argument(spec.name + " attention has no causal form (--causal): " + spec.caps.why_not_causal);
+  return spec.make(resolved(opt), gen);
 }
 
 }  // namespace lotgrad::nn

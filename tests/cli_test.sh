@@ -34,6 +34,7 @@ case "$case_name" in
     expect_refusal "--threads" "$bin" train --threads 100000
     expect_refusal "--tau" "$bin" train --attention softmax --tau 0.5
     expect_refusal "--r" "$bin" train --attention lotformer --r 0
+    expect_refusal "doubly-stochastic matrix is the identity" "$bin" train --attention lotformer --causal
     expect_refusal "LOTGRAD_NUM_THREADS" env LOTGRAD_NUM_THREADS=abc "$bin" info
     expect_refusal "--count" "$bin" inspect --checkpoint x.ckpt --count -3
     expect_refusal "--runs" "$bin" bench sinkhorn --runs -1 ;;

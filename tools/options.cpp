@@ -130,6 +130,7 @@ std::map<std::string, std::string> RunOptions::given() const {
 
 MechanismOptions::MechanismOptions(CLI::App& app, const std::string& default_attention) : attention(default_attention) {
   add_choice(app, "--attention", attention, nn::attention_names(), "the attention mechanism (lotgrad info)");
+  app.add_flag("--causal", causal, "causal attention: position i sees positions j <= i (mechanisms with a causal form)");
   for (const auto& k : models::knob_names()) {
     const std::string opt = models::knob_option(k);
     opts_[k] = app.add_option("--" + opt, text_[k], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
@@ -150,6 +151,7 @@ nn::AttentionOptions MechanismOptions::options(int64_t heads) const {
   o.name = attention;
   o.n_heads = heads;
   o.knobs = knobs(attention);
+  o.causal = causal;
   return o;
 }
 

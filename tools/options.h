@@ -63,6 +63,7 @@ class MechanismOptions {
  public:
   MechanismOptions(CLI::App& app, const std::string& default_attention);
   std::string attention;
+  bool causal = false;
   // The knobs given, parsed by the mechanism's declarations (refused with the option named
   // when the mechanism has no such knob or the value is out of range).
   std::map<std::string, double> knobs(const std::string& mechanism) const;
