@@ -22,6 +22,16 @@ struct Rng {
   int64_t range(int64_t lo, int64_t hi_inclusive) { return lo + (int64_t)below((uint64_t)(hi_inclusive - lo + 1)); }
 };
 
+// Examples first, ..., first + count - 1 of a generator whose example i depends only on
+// (seed, i): make(i) builds one.
+template <class F>
+auto generate_range(int64_t count, int64_t first, F make) {
+  std::vector<decltype(make(first))> out;
+  out.reserve((size_t)count);
+  for (int64_t i = 0; i < count; ++i) out.push_back(make(first + i));
+  return out;
+}
+
 // A sub-seed for stream `k` of `seed` (e.g. one per epoch or per image).
 inline uint64_t subseed(uint64_t seed, uint64_t k) { return Generator::bits(seed ^ 0x6a09e667f3bcc909ULL, k); }
 
