@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -112,12 +113,17 @@ const ConfigField* config_field(const std::string& option) {
   return nullptr;
 }
 
-std::string ConfigField::key() const {
-  std::string k = option;
-  for (auto& ch : k)
-    if (ch == '-') ch = '_';
-  return k;
+namespace {
+std::string replaced(std::string s, char from, char to) {
+  std::replace(s.begin(), s.end(), from, to);
+  return s;
 }
+}  // namespace
+
+std::string knob_option(const std::string& knob) { return replaced(knob, '_', '-'); }
+std::string knob_name(const std::string& option) { return replaced(option, '-', '_'); }
+
+std::string ConfigField::key() const { return knob_name(option); }
 
 std::string ConfigField::range() const {
   if (std::holds_alternative<bool C::*>(member)) return flag ? "flag" : "0|1";
@@ -185,13 +191,6 @@ void ConfigField::set(TrainConfig& c, const std::string& text) const {
         else v = (T)std::stod(text);
       },
       member);
-}
-
-std::string knob_option(const std::string& knob) {
-  std::string o = knob;
-  for (auto& ch : o)
-    if (ch == '_') ch = '-';
-  return o;
 }
 
 std::vector<std::string> knob_names() {
@@ -284,9 +283,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& where) 
 namespace {
 // A given knob option's value, parsed by the knob's declaration in the run's mechanism.
 double parse_knob(const TrainConfig& c, const std::string& option, const std::string& text) {
-  std::string name = option;
-  for (auto& ch : name)
-    if (ch == '-') ch = '_';
+  const std::string name = knob_name(option);
   const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
   const nn::Knob* k = spec.knob(name);
   if (!k) {
@@ -303,12 +300,7 @@ TrainConfig apply_given(TrainConfig c, const std::map<std::string, std::string>&
   for (const auto& [opt, text] : given)
     if (const ConfigField* f = config_field(opt)) f->set(c, text);
   for (const auto& [opt, text] : given)
-    if (!config_field(opt)) {
-      std::string name = opt;
-      for (auto& ch : name)
-        if (ch == '-') ch = '_';
-      c.knobs[name] = parse_knob(c, opt, text);
-    }
+    if (!config_field(opt)) c.knobs[knob_name(opt)] = parse_knob(c, opt, text);
   return c;
 }
 
@@ -316,9 +308,7 @@ namespace {
 // A given knob against the stored run's resolved knobs.
 void check_knob(const TrainConfig& stored, const std::map<std::string, double>& knobs, const std::string& opt,
                 const std::string& text, const std::string& where) {
-  std::string name = opt;
-  for (auto& ch : name)
-    if (ch == '-') ch = '_';
+  const std::string name = knob_name(opt);
   const double v = parse_knob(stored, opt, text);
   auto it = knobs.find(name);
   if (it == knobs.end() || it->second != v)

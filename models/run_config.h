@@ -77,5 +77,6 @@ TrainConfig apply_given(TrainConfig base, const std::map<std::string, std::strin
 // option): the command-line options for knobs come from this list.
 std::vector<std::string> knob_names();
 std::string knob_option(const std::string& knob);  // "half_steps" -> "half-steps"
+std::string knob_name(const std::string& option);  // "half-steps" -> "half_steps"
 
 }  // namespace lotgrad::models

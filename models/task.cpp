@@ -153,6 +153,15 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   return m;
 }
 
+int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  const Tensor pred = argmax(logits.detach(), -1);
+  const int64_t* p = pred.data_ptr<int64_t>();
+  const int64_t* y = labels.data_ptr<int64_t>();
+  int64_t right = 0;
+  for (int64_t i = 0; i < labels.numel(); ++i) right += p[i] == y[i];
+  return right;
+}
+
 double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,
                 const std::function<void(int64_t, int64_t)>& progress) {
   NoGradGuard ng;
@@ -170,10 +179,7 @@ double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_bat
     for (int64_t p : pos) idx.push_back(order[(size_t)p]);
     data::Batch b = data::collate(d, idx);
     if (zero_mask) mask_zero_tokens(b);
-    Tensor pred = argmax(m.logits(b), -1);
-    const int64_t* p = pred.data_ptr<int64_t>();
-    const int64_t* y = b.labels.data_ptr<int64_t>();
-    for (int64_t i = 0; i < b.size(); ++i) right += p[i] == y[i];
+    right += count_correct(m.logits(b), b.labels);
     total += b.size();
     if (progress) progress(total, n);
   }

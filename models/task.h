@@ -38,6 +38,9 @@ struct Model {
 // effective_knobs(cfg) (run_config.h).
 Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std::shared_ptr<Generator> dgen);
 
+// Correct predictions (argmax of logits (B, C) against labels (B,)).
+int64_t count_correct(const Tensor& logits, const Tensor& labels);
+
 // Accuracy on d (the first max_batches batches of it when > 0); progress(done, total) after
 // each batch when given.
 double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,

@@ -74,8 +74,7 @@ struct RunFiles {
 // A fresh run never replaces an earlier one's checkpoints by accident; --resume needs one.
 void check_run_dir(const TrainConfig& cfg, const RunFiles& f) {
   if (cfg.resume) {
-    if (!fs::exists(f.last))
-      throw std::invalid_argument("train --resume: nothing to resume: " + f.last + " does not exist");
+    resumable_checkpoint(cfg.out_dir);
     return;
   }
   if (!cfg.overwrite && (fs::exists(f.last) || fs::exists(f.best)))
@@ -100,6 +99,12 @@ std::string describe_mechanism(const TrainConfig& cfg) {
   return s + (s == cfg.attention ? "" : ")");
 }
 }  // namespace
+
+std::string resumable_checkpoint(const std::string& out_dir) {
+  const std::string last = RunFiles(out_dir).last;
+  if (!fs::exists(last)) throw std::invalid_argument("--resume: nothing to resume: " + last + " does not exist");
+  return last;
+}
 
 bool stores_config(const std::string& path) { return load_checkpoint(path).metadata.count("config") > 0; }
 
@@ -175,15 +180,6 @@ std::string step_line(const TrainConfig& cfg, int64_t step, const Window& w, dou
   return line;
 }
 
-// Correct predictions in a batch.
-double count_right(const Tensor& logits, const Tensor& labels) {
-  Tensor pred = argmax(logits.detach(), -1);
-  const int64_t* p = pred.data_ptr<int64_t>();
-  const int64_t* y = labels.data_ptr<int64_t>();
-  double right = 0;
-  for (int64_t i = 0; i < labels.numel(); ++i) right += p[i] == y[i];
-  return right;
-}
 }  // namespace
 
 std::string run_dir(const TrainConfig& cfg) {
@@ -264,7 +260,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     res.losses.push_back(lv);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     w.loss += lv;
-    w.right += count_right(logits, b.labels);
+    w.right += (double)count_correct(logits, b.labels);
     w.seen += (double)b.size();
     w.tokens += (double)b.real_tokens();
     w.seconds += dt;

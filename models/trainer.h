@@ -88,6 +88,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log);
 // none (a checkpoint written before runs stored their settings).
 TrainConfig stored_config(const std::string& checkpoint);
 bool stores_config(const std::string& checkpoint);
+// The run directory's last.ckpt, which --resume continues; throws when there is none.
+std::string resumable_checkpoint(const std::string& out_dir);
 
 // Accuracy of a checkpointed model on a split ("val" or "test"): `lotgrad eval`.
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,

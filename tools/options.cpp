@@ -88,6 +88,16 @@ const char* group_of(models::Role r) {
 }
 }  // namespace
 
+namespace {
+// One option per knob name of every registered mechanism, keyed by option name ("half-steps").
+void add_knob_options(CLI::App& app, std::map<std::string, std::string>& text, std::map<std::string, CLI::Option*>& opts) {
+  for (const auto& k : models::knob_names()) {
+    const std::string opt = models::knob_option(k);
+    opts[opt] = app.add_option("--" + opt, text[opt], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
+  }
+}
+}  // namespace
+
 RunOptions::RunOptions(CLI::App& app, const std::vector<models::Role>& roles, const models::TrainConfig& defaults,
                        const std::vector<std::string>& skip, bool knobs) {
   for (const auto& f : models::config_fields()) {
@@ -114,11 +124,7 @@ RunOptions::RunOptions(CLI::App& app, const std::vector<models::Role>& roles, co
     o->group(group_of(f.role));
     opts_[f.option] = o;
   }
-  if (!knobs) return;
-  for (const auto& k : models::knob_names()) {
-    const std::string opt = models::knob_option(k);
-    opts_[opt] = app.add_option("--" + opt, text_[opt], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
-  }
+  if (knobs) add_knob_options(app, text_, opts_);
 }
 
 std::map<std::string, std::string> RunOptions::given() const {
@@ -131,18 +137,15 @@ std::map<std::string, std::string> RunOptions::given() const {
 MechanismOptions::MechanismOptions(CLI::App& app, const std::string& default_attention) : attention(default_attention) {
   add_choice(app, "--attention", attention, nn::attention_names(), "the attention mechanism (lotgrad info)");
   app.add_flag("--causal", causal, "causal attention: position i sees positions j <= i (mechanisms with a causal form)");
-  for (const auto& k : models::knob_names()) {
-    const std::string opt = models::knob_option(k);
-    opts_[k] = app.add_option("--" + opt, text_[k], knob_help(k))->type_name(knob_kind(k))->group("Mechanism knobs (lotgrad info)");
-  }
+  add_knob_options(app, text_, opts_);
 }
 
 std::map<std::string, double> MechanismOptions::knobs(const std::string& mechanism) const {
   models::TrainConfig c;
   c.attention = mechanism;
   std::map<std::string, std::string> given;
-  for (const auto& [k, o] : opts_)
-    if (o->count() > 0) given[models::knob_option(k)] = text_.at(k);
+  for (const auto& [opt, o] : opts_)
+    if (o->count() > 0) given[opt] = text_.at(opt);
   return nn::resolve_knobs(nn::mechanism_spec(mechanism), models::apply_given(c, given).knobs);
 }
 

@@ -2,7 +2,6 @@
 // settings (models/run_config.h) and the mechanisms' knobs; a checkpoint carries the settings
 // of its run, so eval and inspect need only --checkpoint.
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <iostream>
 #include <lotgrad/lotgrad.h>
@@ -23,9 +22,7 @@ models::TrainConfig train_config(const std::map<std::string, std::string>& given
   models::TrainConfig c = models::apply_given(models::TrainConfig{}, given);
   c.out_dir = models::run_dir(c);
   if (!c.resume) return c;
-  const std::string last = c.out_dir + "/last.ckpt";
-  if (!std::filesystem::exists(last))
-    throw std::invalid_argument("--resume: nothing to resume: " + last + " does not exist");
+  const std::string last = models::resumable_checkpoint(c.out_dir);
   models::TrainConfig stored = models::stored_config(last);
   models::TrainConfig r = models::merge_given(stored, given, c.override_run, {}, last);
   r.out_dir = c.out_dir;
