@@ -7,6 +7,9 @@
 
 namespace lotgrad {
 
+// The largest seed a command line or a stored configuration takes: 2^53, exact in a double.
+inline constexpr double kMaxSeed = 9007199254740992.0;
+
 class Generator {
  public:
   explicit Generator(uint64_t seed = 0) { manual_seed(seed); }

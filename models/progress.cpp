@@ -28,7 +28,11 @@ void Progress::step(int64_t done, int64_t total, const std::string& text) {
     return;
   }
   const int width = 30, filled = total > 0 ? (int)(width * done / total) : width;
-  draw("[" + std::string(filled, '#') + std::string(width - filled, '.') + "] " + text);
+  std::string bar = "[";  // appended, not "[" + ...: g++ 12 warns (-Wrestrict) on that form
+  bar += std::string(filled, '#');
+  bar += std::string(width - filled, '.');
+  bar += "] ";
+  draw(bar + text);
 }
 
 void Progress::eval(const std::string& what, int64_t done, int64_t total) {

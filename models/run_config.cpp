@@ -18,7 +18,7 @@ using json = nlohmann::json;
 using C = TrainConfig;
 
 namespace {
-constexpr double kBig = 1e9, kSeedMax = 9007199254740992.0;  // 2^53: seeds are exact in a double
+constexpr double kBig = 1e9;
 
 std::string num(double v) {
   char b[40];
@@ -43,7 +43,7 @@ std::vector<ConfigField> declare() {
       {"max-len", Role::data, "ListOps: longest length (exclusive)", &C::max_len, 2, 1e7},
       {"path-length", Role::data, "Pathfinder difficulty: dashes per path (LRA: 6, 9, 14)", &C::pathfinder_length, 1, 64},
       {"max-tokens", Role::data, "text, retrieval: truncation (0: 1000)", &C::max_tokens, 0, 1e7},
-      {"seed", Role::data, "seed of the generated data, the initial weights and the batch order", &C::seed, 0, kSeedMax},
+      {"seed", Role::data, "seed of the generated data, the initial weights and the batch order", &C::seed, 0, kMaxSeed},
       {"zero-mask", Role::data, "LRA's token-0-is-padding mask: -1 on for pathfinder and image, 0 off, 1 on", &C::zero_mask,
        -1, 1},
       // ---- model

@@ -151,7 +151,7 @@ MechanismSpec performer_mechanism() {
   s.knobs = {{.name = "features", .type = KnobType::integer, .def = 128, .lo = 1, .hi = 65536, .help = "random features m"},
              {.name = "redraw", .type = KnobType::integer, .def = 0, .lo = 0, .hi = 1e9,
               .help = "draw new features every N training calls (0: never)"},
-             {.name = "feature_seed", .type = KnobType::integer, .lo = 0, .hi = 9007199254740992.0,
+             {.name = "feature_seed", .type = KnobType::integer, .lo = 0, .hi = kMaxSeed,
               .help = "seed of the random features (absent: drawn from the model's generator)", .optional = true}};
   s.presets["tiny"] = {{"features", 16}};
   s.caps = {.causal = false, .why_not_causal = "the causal (prefix-state) form is not built yet", .linear_time = true};

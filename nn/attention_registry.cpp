@@ -120,7 +120,11 @@ std::string Knob::range() const {
     for (const auto& c : choices) r += (r.empty() ? "" : "|") + c;
     return r;
   }
-  return "[" + (std::isinf(lo) ? std::string("-inf") : num(lo)) + ", " + (std::isinf(hi) ? std::string("inf") : num(hi)) + "]";
+  std::string r = "[";  // appended, not "[" + ...: g++ 12 warns (-Wrestrict) on that form
+  r += std::isinf(lo) ? std::string("-inf") : num(lo);
+  r += ", ";
+  r += std::isinf(hi) ? std::string("inf") : num(hi);
+  return r + "]";
 }
 
 std::string Knob::format(double v) const {

@@ -53,7 +53,4 @@ CLI::Option* add_setting(CLI::App& app, const std::string& option, T& v) {
   return add_number(app, "--" + option, v, f->lo, f->hi, f->help);
 }
 
-// Seeds are exact in a double up to 2^53 (the run settings use the same bound).
-inline constexpr double kSeedMax = 9007199254740992.0;
-
 }  // namespace lotgrad::cli

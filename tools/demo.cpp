@@ -46,7 +46,7 @@ int cmd_demo(int argc, char** argv) {
   add_number(app, "--steps", steps, 10, 1e7, "optimiser steps (a line every steps/10)");
   add_number(app, "--hidden", hidden, 1, 65536, "hidden width of both layers");
   add_number(app, "--lr", lr, 1e-9, 10, "peak learning rate");
-  add_number(app, "--seed", seed, 0, kSeedMax, "seed of the data and the weights");
+  add_number(app, "--seed", seed, 0, kMaxSeed, "seed of the data and the weights");
   add_threads_applied(app, threads);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   Generator g((uint64_t)seed);

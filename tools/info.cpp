@@ -148,7 +148,7 @@ int cmd_probe(int argc, char** argv) {
   add_setting(app, "d-model", D);
   add_setting(app, "heads", H);
   add_number(app, "--pad", pad, 0, 16384, "padded positions at the end (fewer than --n)");
-  add_number(app, "--seed", seed, 0, kSeedMax, "seed of the weights and the input");
+  add_number(app, "--seed", seed, 0, kMaxSeed, "seed of the weights and the input");
   app.add_option("--out", out, "the .npy file to write")->default_str("attn_<attention>.npy");
   add_threads_applied(app, threads);
   nn::AttentionOptions opt;

@@ -196,7 +196,7 @@ int cmd_maps(int argc, char** argv) {
   add_number(app, "--noise", noise, 0, 1e6, "--input blocks: std of the noise on each token");
   CLI::Option* wstd_opt = add_number(app, "--weight-std", wstd, 0, 1e6, "std of the shared projection weights")
                               ->default_str("1.5/sqrt(d-model)");
-  add_number(app, "--seed", seed, 0, kSeedMax, "seed of the input, the weights and the mechanisms");
+  add_number(app, "--seed", seed, 0, kMaxSeed, "seed of the input, the weights and the mechanisms");
   add_number(app, "--cell", cell, 1, 64, "pixels per map entry");
   CLI::Option* eps_opt =
       add_knob_setting(app, "--lot-eps", settings.lot_eps, "lotformer", "eps", "lotformer-rR: eps (--example: default 0.5)");
