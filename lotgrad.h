@@ -35,6 +35,8 @@
 #include "nn/transformer.h"
 #include "nn/attention_lotformer.h"
 #include "models/classifier.h"
+#include "models/decoder.h"
+#include "data/chars.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/icl_regression.h"
@@ -47,3 +49,4 @@
 #include "models/run_config.h"
 #include "models/task.h"
 #include "models/trainer.h"
+#include "models/workload.h"

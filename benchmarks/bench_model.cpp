@@ -1,13 +1,17 @@
 // Mechanism-level benchmarks:
 //   lotgrad bench attention --attention NAME [--n 512,1024,...] [--batch 1] [--heads 2] [--d 32] [mechanism knobs]
 //     forward and forward+backward time and peak memory of any registered mechanism.
-//   lotgrad bench step --task listops --attention NAME --batch 32 --seq-len 2048 [knobs]
-//     one training step (forward, backward, clipping, AdamW) of the LRA classifier.
+//   lotgrad bench step --task listops|lm --attention NAME --batch 32 --seq-len N [knobs]
+//     one training step (forward, backward, clipping, AdamW) of the LRA classifier (listops) or
+//     of the causal character-level decoder (lm: loss at every position, vocabulary 97).
 // The mechanism and its knobs come from the registry's declarations (cli::MechanismOptions).
 // Each measurement verifies its result before timing it (finite outputs and gradients; for
 // LOTFormer, mean over tokens of the output equals the mean of v).
 #include <fstream>
+#include <functional>
+#include <lotgrad/data/chars.h>
 #include <lotgrad/models/classifier.h>
+#include <lotgrad/models/decoder.h>
 
 #include "harness.h"
 
@@ -32,7 +36,16 @@ std::string check_finite(const Tensor& t, const char* what) {
 }
 
 int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std::vector<int64_t>& ns, int64_t B);
-int run_step(const Options& opt, const models::ClassifierConfig& cfg, const std::string& task, int64_t B);
+// A model and the loss of one fixed random batch: what `bench step` times.
+struct StepModel {
+  std::shared_ptr<nn::Module> module;
+  std::function<Tensor()> loss;
+  std::string name;
+  int64_t tokens = 0;  // per step
+};
+StepModel classifier_step(const nn::EncoderConfig& enc, int64_t B, int64_t n);
+StepModel decoder_step(const nn::EncoderConfig& enc, int64_t B, int64_t n);
+int run_step(const Options& opt, const StepModel& m);
 }  // namespace
 }  // namespace lotgrad::bench
 
@@ -60,16 +73,16 @@ int bench_attention_main(int argc, char** argv) {
 int bench_step_main(int argc, char** argv) {
   using namespace lotgrad;
   using namespace lotgrad::bench;
-  CLI::App app("One training step (forward, backward, gradient clipping, AdamW) of the LRA classifier on random\n"
-               "tokens: ms/step, tokens/s, peak memory. Verified before timing: a finite loss and parameters.\n"
-               "--json: one JSON object per measurement.",
+  CLI::App app("One training step (forward, backward, gradient clipping, AdamW) on random tokens: the LRA classifier\n"
+               "(listops) or the causal character-level decoder (lm; its attention is causal): ms/step, tokens/s, peak\n"
+               "memory. Verified before timing: a finite loss and parameters. --json: one JSON object per measurement.",
                "lotgrad bench step");
   cli::MechanismOptions mechanism(app, "softmax");
   std::string task = "listops";
-  int64_t B = 32, n = 2048, depth = 2, D = 64, H = 2, mlp = 128;
-  cli::add_choice(app, "--task", task, {"listops"}, "the task whose model is built (only listops here)");
+  int64_t B = 32, n = 0, depth = 2, D = 64, H = 2, mlp = 128;
+  cli::add_choice(app, "--task", task, {"listops", "lm"}, "the task whose model is built");
   cli::add_setting(app, "batch", B);
-  cli::add_number(app, "--seq-len", n, 1, 1 << 20, "tokens per example");
+  cli::add_number(app, "--seq-len", n, 0, 1 << 20, "tokens per example (0: 2048 for listops, 256 for lm)");
   cli::add_setting(app, "depth", depth);
   cli::add_setting(app, "d-model", D);
   cli::add_setting(app, "heads", H);
@@ -77,19 +90,22 @@ int bench_step_main(int argc, char** argv) {
   Options opt;
   opt.runs = 5;
   add_harness_options(app, opt);
-  models::ClassifierConfig cfg;
+  nn::EncoderConfig enc;
   cli::after_parse(app, [&] {
     cli::check_heads(D, H);
-    cfg.vocab = 32;
-    cfg.max_len = n;
-    cfg.num_classes = 10;
-    cfg.encoder.depth = depth;
-    cfg.encoder.d_model = D;
-    cfg.encoder.n_heads = H;
-    cfg.encoder.mlp_hidden = mlp;
-    cfg.encoder.attention = {mechanism.options(H)};
+    if (n == 0) n = task == "lm" ? 256 : 2048;
+    enc.depth = depth;
+    enc.d_model = D;
+    enc.n_heads = H;
+    enc.mlp_hidden = mlp;
+    enc.attention = {mechanism.options(H)};
+    if (task == "lm") enc.attention[0].causal = true;
+    Generator g(0);
+    nn::make_attention(enc.attention[0], g);  // a mechanism without a causal form is refused here, as a parse error
   });
-  return run_bench(app, argc, argv, [&] { return run_step(opt, cfg, task, B); });
+  return run_bench(app, argc, argv, [&] {
+    return run_step(opt, task == "lm" ? decoder_step(enc, B, n) : classifier_step(enc, B, n));
+  });
 }
 
 namespace lotgrad::bench {
@@ -155,17 +171,43 @@ int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std:
   return h.all_ok() ? 0 : 1;
 }
 
-int run_step(const Options& opt, const models::ClassifierConfig& cfg, const std::string& task, int64_t B) {
-  const int64_t n = cfg.max_len;
-  Harness h("step", opt);
+std::string step_name(const std::string& task, const nn::EncoderConfig& enc, int64_t B, int64_t n) {
+  return task + " " + enc.attention[0].name + " B=" + std::to_string(B) + " n=" + std::to_string(n);
+}
+
+StepModel classifier_step(const nn::EncoderConfig& enc, int64_t B, int64_t n) {
+  models::ClassifierConfig cfg;
+  cfg.vocab = 32;
+  cfg.max_len = n;
+  cfg.num_classes = 10;
+  cfg.encoder = enc;
   Generator gen(0);
-  models::SequenceClassifier model(cfg, gen);
-  AdamW optim(decay_groups(model.named_parameters()), {.lr = 1e-4, .weight_decay = 0.0, .beta2 = 0.98});
+  auto model = std::make_shared<models::SequenceClassifier>(cfg, gen);
   Tensor tokens = randint(1, 16, {B, n}, gen), labels = randint(0, 10, {B}, gen);
+  return {model, [=] { return cross_entropy(model->forward(tokens), labels); }, step_name("listops", enc, B, n), B * n};
+}
+
+StepModel decoder_step(const nn::EncoderConfig& enc, int64_t B, int64_t n) {
+  models::DecoderConfig cfg;
+  cfg.vocab = data::kCharVocab;
+  cfg.max_len = n;
+  cfg.blocks = enc;
+  Generator gen(0);
+  auto model = std::make_shared<models::DecoderLM>(cfg, gen);
+  const int64_t V = cfg.vocab;
+  Tensor tokens = randint(0, V, {B, n}, gen), targets = randint(0, V, {B * n}, gen);
+  return {model, [=] { return cross_entropy(model->forward(tokens).reshape({B * n, V}), targets); },
+          step_name("lm", enc, B, n) + (enc.attention[0].causal ? " causal" : ""), B * n};
+}
+
+int run_step(const Options& opt, const StepModel& sm) {
+  Harness h("step", opt);
+  nn::Module& model = *sm.module;
+  AdamW optim(decay_groups(model.named_parameters()), {.lr = 1e-4, .weight_decay = 0.0, .beta2 = 0.98});
   double loss_v = 0;
   auto step = [&] {
     optim.zero_grad();
-    Tensor loss = cross_entropy(model.forward(tokens), labels);
+    Tensor loss = sm.loss();
     loss.backward();
     clip_grad_norm_(model.parameters(), 5.0);
     optim.step();
@@ -173,8 +215,7 @@ int run_step(const Options& opt, const models::ClassifierConfig& cfg, const std:
   };
   reset_storage_peak();
   const int64_t base = storage_bytes_in_use();
-  Measurement m = h.measure(task + " " + cfg.encoder.attention[0].name + " B=" + std::to_string(B) + " n=" + std::to_string(n),
-                            "step", step, [&]() -> std::string {
+  Measurement m = h.measure(sm.name, "step", step, [&]() -> std::string {
                               if (!std::isfinite(loss_v)) return "loss is not finite";
                               for (auto& p : model.parameters()) {
                                 std::string e = check_finite(p, "a parameter");
@@ -182,7 +223,7 @@ int run_step(const Options& opt, const models::ClassifierConfig& cfg, const std:
                               }
                               return "";
                             }, 0, 0);
-  m.extra.push_back({"tokens_per_s", m.median_s > 0 ? (double)(B * n) / m.median_s : 0});
+  m.extra.push_back({"tokens_per_s", m.median_s > 0 ? (double)sm.tokens / m.median_s : 0});
   m.extra.push_back({"peak_MB", (storage_bytes_peak() - base) / 1048576.0});
   m.extra.push_back({"reserved_MB", storage_bytes_reserved_peak() / 1048576.0});
   m.extra.push_back({"rss_MB", peak_rss_mb()});

@@ -1,7 +1,11 @@
 #include "dataset.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <stdexcept>
 
@@ -93,6 +97,24 @@ void fill_rows(const Dataset& d, const std::vector<int64_t>& idx, bool second, c
     for (int64_t j = len; j < n; ++j) { t[i * n + j] = 0; m[i * n + j] = true; }
   }
 }
+
+// (B, n) per-position targets, cut and padded (with kIgnoreIndex) like the tokens of each row.
+Tensor fill_targets(const Dataset& d, const std::vector<int64_t>& idx, int64_t n) {
+  const int64_t B = (int64_t)idx.size();
+  Tensor targets = Tensor::empty({B, n}, kInt64);
+  int64_t* t = targets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B; ++i) {
+    const Example& e = d.examples[(size_t)idx[(size_t)i]];
+    if (e.targets.size() != e.tokens.size())
+      throw ShapeError("collate: example " + std::to_string(idx[(size_t)i]) + " of " + d.name + " has " +
+                       std::to_string(e.targets.size()) + " targets for " + std::to_string(e.tokens.size()) +
+                       " tokens (a batch with targets needs one per token in every row)");
+    const int64_t len = std::min<int64_t>((int64_t)e.targets.size(), n);
+    for (int64_t j = 0; j < len; ++j) t[i * n + j] = e.targets[(size_t)j];
+    for (int64_t j = len; j < n; ++j) t[i * n + j] = kIgnoreIndex;
+  }
+  return targets;
+}
 }  // namespace
 
 Batch collate(const Dataset& d, const std::vector<int64_t>& indices, const CollateOptions& opt) {
@@ -107,6 +129,9 @@ Batch collate(const Dataset& d, const std::vector<int64_t>& indices, const Colla
   b.labels = Tensor::empty({(int64_t)indices.size()}, kInt64);
   int64_t* l = b.labels.data_ptr<int64_t>();
   for (size_t i = 0; i < indices.size(); ++i) l[i] = d.examples[(size_t)indices[i]].label;
+  const bool has_targets = std::any_of(indices.begin(), indices.end(),
+                                       [&](int64_t i) { return !d.examples[(size_t)i].targets.empty(); });
+  if (has_targets) b.targets = fill_targets(d, indices, b.tokens.size(1));
   return b;
 }
 

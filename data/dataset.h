@@ -6,7 +6,8 @@
 // the other ids). A DataLoader turns a Dataset into Batches:
 //
 //   Batch { tokens (B, n) i64; mask (B, n) bool, true = padding; labels (B) i64;
-//           tokens2 / mask2 (B, n2): only for pair (retrieval) datasets }
+//           tokens2 / mask2 (B, n2): only for pair (retrieval) datasets;
+//           targets (B, n) i64: only for per-token datasets (MQAR, character LM) }
 //
 // which is lotgrad's mask convention (nn/attention.h: key_padding_mask true = pad).
 //
@@ -25,10 +26,16 @@ namespace lotgrad::data {
 // Token ids are stored as int32 in memory (ListOps train is ~100M tokens); batches are i64.
 using token_t = int32_t;
 
+// Target of a position that carries no label (PyTorch's CrossEntropyLoss ignore_index).
+constexpr token_t kIgnoreIndex = -100;
+
 struct Example {
   std::vector<token_t> tokens;
   int64_t label = 0;
   std::vector<token_t> tokens2;  // second document (retrieval); empty otherwise
+  // Per-position labels, one per token, kIgnoreIndex where unlabelled (sequence tasks: MQAR,
+  // language modelling). Empty for classification examples, which use `label`.
+  std::vector<token_t> targets;
 };
 
 struct Dataset {
@@ -60,6 +67,7 @@ struct Batch {
   Tensor labels;   // (B) i64
   Tensor tokens2;  // (B, n2) i64: pair datasets only (undefined otherwise)
   Tensor mask2;    // (B, n2) bool
+  Tensor targets;  // (B, n) i64, kIgnoreIndex at padding: per-token datasets only (undefined otherwise)
   std::vector<int64_t> indices;  // dataset positions of the rows, for debugging and eval dumps
   int64_t size() const { return (int64_t)indices.size(); }
   int64_t real_tokens() const;   // tokens that are not padding (both documents)
@@ -74,7 +82,9 @@ struct CollateOptions {
 
 // Builds a batch from the examples at `indices`. The mask is true exactly where the token
 // was added as padding (a genuine token with id 0, e.g. a black pixel, is not masked: see
-// image.h for the LRA token-0 quirk).
+// image.h for the LRA token-0 quirk). When the examples carry targets, Batch::targets holds
+// them, padded with kIgnoreIndex and truncated exactly like the tokens; every row must then
+// have one target per token (a ShapeError names the example otherwise).
 Batch collate(const Dataset& d, const std::vector<int64_t>& indices, const CollateOptions& opt = {});
 
 struct LoaderOptions {

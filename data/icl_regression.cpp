@@ -1,11 +1,15 @@
 #include "icl_regression.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 
+#include "dataset.h"
+#include "../core/io.h"
 #include "detail.h"
 
 namespace lotgrad::data {
@@ -173,6 +177,165 @@ IclBatch icl_batch(const std::vector<IclPrompt>& prompts, const std::vector<int6
     }
   }
   return {Tensor::from_vector(tok, {b, 2 * n, d}), Tensor::from_vector(tg, {b, n})};
+}
+
+IclPrompt restrict_prompt(const IclPrompt& p, int64_t points, int64_t active_dims) {
+  if (points < 1 || points > p.points) bad("points", str(points), "must be in 1..prompt points = " + str(p.points));
+  if (active_dims < 0 || active_dims > p.dim)
+    bad("active_dims", str(active_dims), "must be in 0..dim = " + str(p.dim) + " (0 = all)");
+  const int64_t d = p.dim, active = active_dims ? active_dims : d;
+  IclPrompt q;
+  q.dim = d, q.points = points, q.w = p.w;
+  q.xs.assign(p.xs.begin(), p.xs.begin() + points * d);
+  q.noise_var.assign(p.noise_var.begin(), p.noise_var.begin() + points);
+  q.ys.resize((size_t)points);
+  for (int64_t i = 0; i < points; ++i) {
+    q.ys[(size_t)i] = p.ys[(size_t)i];
+    bool changed = false;
+    for (int64_t a = active; a < d; ++a) {
+      changed = changed || q.xs[(size_t)(i * d + a)] != 0.0;
+      q.xs[(size_t)(i * d + a)] = 0.0;
+    }
+    if (!changed) continue;  // keeps y bit-exact when only points are cut
+    const double noise = p.ys[(size_t)i] - dot(p.x(i), p.w.data(), d);  // exactly 0 when noiseless
+    q.ys[(size_t)i] = dot(q.x(i), q.w.data(), d) + noise;
+  }
+  return q;
+}
+
+IclBatch icl_batch(const std::vector<IclPrompt>& prompts, const std::vector<int64_t>& indices, int64_t points,
+                   int64_t active_dims) {
+  std::vector<IclPrompt> cut;
+  cut.reserve(indices.size());
+  std::vector<int64_t> order;
+  for (int64_t i : indices) {
+    cut.push_back(restrict_prompt(prompts.at((size_t)i), points, active_dims));
+    order.push_back((int64_t)order.size());
+  }
+  return icl_batch(cut, order);
+}
+
+std::vector<double> heterogeneous_noise(int64_t points, double sigma) {
+  if (points < 0) bad("points", str(points), "must be >= 0");
+  if (!(sigma >= 0.0) || !std::isfinite(sigma)) bad("sigma", str(sigma), "must be finite and >= 0");
+  std::vector<double> s((size_t)points, 0.0);
+  for (int64_t i = points / 2; i < points; ++i) s[(size_t)i] = sigma;
+  return s;
+}
+
+// ---- Files -----------------------------------------------------------------------------------
+
+namespace {
+constexpr const char* kIclMagic = "lotgrad-icl-prompts v1";
+
+[[noreturn]] void bad_file(const std::string& path, int64_t line, const std::string& what) {
+  throw std::invalid_argument(path + ":" + std::to_string(line) + ": " + what);
+}
+
+void append_numbers(std::string& out, const double* v, size_t n) {
+  char buf[32];
+  for (size_t i = 0; i < n; ++i) {
+    if (i) out += ' ';
+    const auto r = std::to_chars(buf, buf + sizeof buf, v[i]);  // shortest exact form
+    out.append(buf, r.ptr);
+  }
+}
+
+// Parses exactly n space-separated finite numbers of `text` into out; "" or why it failed.
+std::string parse_numbers(std::string_view text, size_t n, std::vector<double>& out) {
+  out.clear();
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && text[i] == ' ') ++i;
+    if (i == text.size()) break;
+    size_t e = text.find(' ', i);
+    if (e == std::string_view::npos) e = text.size();
+    double v = 0.0;
+    const auto r = std::from_chars(text.data() + i, text.data() + e, v);
+    if (r.ec != std::errc() || r.ptr != text.data() + e || !std::isfinite(v)) {
+      std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
+      why.append(text.substr(i, e - i));
+      return why + "' (number " + std::to_string(out.size()) + ") is not a finite number";
+    }
+    out.push_back(v);
+    i = e;
+  }
+  if (out.size() != n) return "has " + std::to_string(out.size()) + " numbers, expected " + std::to_string(n);
+  return "";
+}
+
+// One prompt line (fields split at tabs), every count and value checked.
+IclPrompt parse_prompt(const std::string& path, int64_t lineno, const std::string& line) {
+  const std::vector<std::string> f = detail::split(line, '\t');
+  if (f.size() != 5)
+    bad_file(path, lineno,
+             "expected 5 tab-separated fields (dim points, w, noise_var, xs, ys), got " + str((int64_t)f.size()));
+  const std::vector<std::string> shape = detail::split_ws(f[0]);
+  IclPrompt p;
+  if (shape.size() != 2 || !detail::parse_int(shape[0], p.dim) || !detail::parse_int(shape[1], p.points) ||
+      p.dim < 1 || p.points < 1)
+    bad_file(path, lineno, "field 1 must be 'dim points' with both >= 1, got '" + f[0] + "'");
+  const size_t d = (size_t)p.dim, n = (size_t)p.points;
+  struct Field { const char* name; std::vector<double>* out; size_t count; };
+  const Field fields[4] = {{"w", &p.w, d}, {"noise_var", &p.noise_var, n}, {"xs", &p.xs, n * d}, {"ys", &p.ys, n}};
+  for (int k = 0; k < 4; ++k) {
+    const std::string why = parse_numbers(f[(size_t)k + 1], fields[k].count, *fields[k].out);
+    if (!why.empty()) bad_file(path, lineno, std::string(fields[k].name) + ": " + why);
+  }
+  for (size_t i = 0; i < n; ++i)
+    if (p.noise_var[i] < 0.0)
+      bad_file(path, lineno, "noise_var " + str(p.noise_var[i]) + " of point " + str((int64_t)i) + " is negative");
+  return p;
+}
+}  // namespace
+
+void write_icl_prompts(const std::string& path, const std::vector<IclPrompt>& prompts) {
+  std::string text = std::string(kIclMagic) + " prompts=" + std::to_string(prompts.size()) + "\n";
+  for (size_t k = 0; k < prompts.size(); ++k) {
+    const IclPrompt& p = prompts[k];
+    const size_t d = (size_t)p.dim, n = (size_t)p.points;
+    if (p.dim < 1 || p.points < 1 || p.w.size() != d || p.noise_var.size() != n || p.xs.size() != n * d ||
+        p.ys.size() != n)
+      bad("prompt " + str((int64_t)k), str(p.points) + "x" + str(p.dim),
+          "write_icl_prompts needs w (dim), noise_var (points), xs (points·dim) and ys (points)");
+    text += std::to_string(p.dim) + " " + std::to_string(p.points) + "\t";
+    append_numbers(text, p.w.data(), d);
+    text += '\t';
+    append_numbers(text, p.noise_var.data(), n);
+    text += '\t';
+    append_numbers(text, p.xs.data(), n * d);
+    text += '\t';
+    append_numbers(text, p.ys.data(), n);
+    text += '\n';
+  }
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  if (!parent.empty()) detail::make_dirs(parent);
+  lotgrad::write_file_atomic(path, text);  // core/io.h: temp file, fsync, rename
+}
+
+std::vector<IclPrompt> read_icl_prompts(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw std::invalid_argument(path + ": not found (write it with write_icl_prompts)");
+  std::string text;
+  try {
+    text = detail::read_file(path);
+  } catch (const IOError& e) {
+    throw std::invalid_argument(e.what());
+  }
+  const std::vector<std::string> lines = detail::split_lines(text);
+  const std::string magic = std::string(kIclMagic) + " prompts=";
+  int64_t count = -1;
+  if (lines.empty() || lines[0].rfind(magic, 0) != 0 || !detail::parse_int(lines[0].substr(magic.size()), count) ||
+      count < 0)
+    bad_file(path, 1, "the header must be '" + magic + "<count>'");
+  std::vector<IclPrompt> out;
+  out.reserve(lines.size() - 1);
+  for (size_t li = 1; li < lines.size(); ++li) out.push_back(parse_prompt(path, (int64_t)li + 1, lines[li]));
+  if ((int64_t)out.size() != count)
+    bad_file(path, 1, "the header says prompts = " + str(count) + " but the file has " + str((int64_t)out.size()) +
+                          " prompt lines");
+  return out;
 }
 
 std::vector<double> least_squares_predictions(const IclPrompt& p) {

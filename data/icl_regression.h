@@ -16,6 +16,7 @@
 // Prompt i is a pure function of (seed, i).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../core/tensor.h"
@@ -52,6 +53,33 @@ struct IclBatch {
   Tensor targets;  // (B, n) f32: y_i, predicted at token row 2i
 };
 IclBatch icl_batch(const std::vector<IclPrompt>& prompts, const std::vector<int64_t>& indices);
+
+// The prompt a curriculum step sees (Garg: dims 5 -> 20, points 11 -> 41): the first `points`
+// pairs, with x coordinates >= active_dims set to 0 (0 = keep all) and each y_i recomputed as
+// w·x_i + ξ_i with the prompt's own w and noise draw ξ_i = y_i - w·x_i (y is kept as is where no
+// coordinate changes; noiseless prompts get y_i = w·x_i exactly). Distributed as a fresh prompt
+// generated with those options. Throws naming points or active_dims when outside 1..p.points
+// or 0..p.dim.
+IclPrompt restrict_prompt(const IclPrompt& p, int64_t points, int64_t active_dims = 0);
+// icl_batch of the restricted prompts: tokens (B, 2·points, d), targets (B, points).
+IclBatch icl_batch(const std::vector<IclPrompt>& prompts, const std::vector<int64_t>& indices, int64_t points,
+                   int64_t active_dims = 0);
+
+// The heterogeneous design that separates H3 from linear attention (Li, Rawat & Oymak,
+// arXiv 2407.10005): per-point noise std for IclRegressionOptions::point_noise_std, 0 for
+// positions i < points/2 and `sigma` for the rest (with odd `points` the middle one is noisy).
+std::vector<double> heterogeneous_noise(int64_t points, double sigma = 10.0);
+
+// ---- Files. Text, line 1 the header "lotgrad-icl-prompts v1 prompts=<count>", then one prompt
+// per line, five tab-separated fields:
+//   dim points <TAB> w (dim) <TAB> noise_var (points) <TAB> xs (points·dim, row-major) <TAB> ys (points)
+// each a space-separated list of numbers in the shortest form that reads back to the same
+// double (std::to_chars), so a round trip is bit-exact. Written to a temporary name and renamed.
+void write_icl_prompts(const std::string& path, const std::vector<IclPrompt>& prompts);
+// Throws std::invalid_argument naming the file and line: missing file, bad header, wrong field
+// or number count, a non-number or non-finite value, a negative noise variance, a count unlike
+// the header's.
+std::vector<IclPrompt> read_icl_prompts(const std::string& path);
 
 // ---- Closed-form predictors. Each returns (n) predictions: entry k predicts y_k at x_k from
 // pairs 0..k-1 only (0 for k = 0), i.e. what a causal model outputs at token row 2k.

@@ -1,13 +1,17 @@
 #include "mqar.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 
+#include "../core/io.h"
 #include "detail.h"
 
 namespace lotgrad::data {
@@ -58,16 +62,23 @@ void validate(const MqarOptions& o) {
     os << v;
     return os.str();
   };
+  // Most specific rule first: each message names the option, its value and what it must be.
   if (o.num_kv_pairs < 1) bad("num_kv_pairs", s(o.num_kv_pairs), "must be >= 1");
   if (o.passes < 1) bad("passes", s(o.passes), "must be >= 1");
-  if (o.seq_len < 2 || o.seq_len % 2) bad("seq_len", s(o.seq_len), "must be even and >= 2");
+  if (o.vocab_size < 4)
+    bad("vocab_size", s(o.vocab_size), "must be >= 4 (id 0 is the filler, keys are 1 .. V/2 - 1, values V/2 .. V - 1)");
+  if (o.seq_len < 2 || o.seq_len % 2) bad("seq_len", s(o.seq_len), "must be even and >= 2 (key-value pairs)");
+  if (o.num_kv_pairs > o.vocab_size / 2 - 1)
+    bad("num_kv_pairs", s(o.num_kv_pairs),
+        "needs that many distinct keys, but vocab_size = " + s(o.vocab_size) + " has only vocab_size/2 - 1 = " +
+            s(o.vocab_size / 2 - 1));
   if (o.vocab_size <= o.seq_len)
-    bad("vocab_size", s(o.vocab_size), "must exceed seq_len = " + s(o.seq_len) + " (as zoology asserts)");
+    bad("vocab_size", s(o.vocab_size),
+        "a vocab smaller than the sequence (or equal): must exceed seq_len = " + s(o.seq_len) + ", as zoology asserts");
   if (context_len(o) + 2 * o.num_kv_pairs > o.seq_len)
     bad("num_kv_pairs", s(o.num_kv_pairs),
-        "needs 2·num_kv_pairs·(passes + 1) = " + s(context_len(o) + 2 * o.num_kv_pairs) + " <= seq_len = " + s(o.seq_len));
-  if (o.vocab_size / 2 - 1 < o.num_kv_pairs)
-    bad("vocab_size", s(o.vocab_size), "has only " + s(o.vocab_size / 2 - 1) + " keys for num_kv_pairs = " + s(o.num_kv_pairs));
+        "needs 2·num_kv_pairs·(passes + 1) = " + s(context_len(o) + 2 * o.num_kv_pairs) + " <= seq_len = " +
+            s(o.seq_len) + " (passes = " + s(o.passes) + "; 4·num_kv_pairs <= seq_len for one pass)");
   if (!(o.power_a > 0.0) || !std::isfinite(o.power_a)) bad("power_a", s(o.power_a), "must be finite and > 0");
 }
 
@@ -126,6 +137,234 @@ MqarBatch mqar_batch(const std::vector<MqarExample>& ex, const std::vector<int64
     tg.insert(tg.end(), e.targets.begin(), e.targets.end());
   }
   return {Tensor::from_vector(in, {b, len}), Tensor::from_vector(tg, {b, len})};
+}
+
+// ---- Dataset, splits, files ------------------------------------------------------------------
+
+Dataset mqar_dataset(const MqarOptions& opt, int64_t count, int64_t first, const std::string& name) {
+  std::vector<MqarExample> ex = generate_mqar(count, opt, first);  // validates opt and count
+  Dataset d;
+  d.name = name;
+  d.vocab_size = d.num_classes = opt.vocab_size;
+  d.examples.resize(ex.size());
+  for (size_t i = 0; i < ex.size(); ++i) {
+    d.examples[i].tokens = std::move(ex[i].inputs);
+    d.examples[i].targets = std::move(ex[i].targets);
+  }
+  return d;
+}
+
+uint64_t mqar_split_seed(uint64_t seed, int split) {
+  if (split < 0 || split > 2) bad("split", std::to_string(split), "must be 0 (train), 1 (val) or 2 (test)");
+  return split == 0 ? seed : detail::subseed(seed ^ 0x73706c6974ULL, (uint64_t)split);
+}
+
+MqarSplits generate_mqar_splits(const MqarOptions& opt, int64_t train, int64_t val, int64_t test) {
+  const int64_t sizes[3] = {train, val, test};
+  const char* names[3] = {"train", "val", "test"};
+  for (int k = 0; k < 3; ++k)
+    if (sizes[k] < 0) bad(std::string(names[k]) + " size", std::to_string(sizes[k]), "must be >= 0");
+  MqarSplits s;
+  s.options = opt;
+  Dataset* parts[3] = {&s.train, &s.val, &s.test};
+  for (int k = 0; k < 3; ++k) {
+    MqarOptions o = opt;
+    o.seed = mqar_split_seed(opt.seed, k);
+    *parts[k] = mqar_dataset(o, sizes[k], 0, std::string("mqar/") + names[k]);
+  }
+  return s;
+}
+
+namespace {
+const char* const kSplitFiles[3] = {"mqar_train.txt", "mqar_val.txt", "mqar_test.txt"};
+constexpr const char* kMagic = "lotgrad-mqar v1";
+
+[[noreturn]] void bad_file(const std::string& path, int64_t line, const std::string& what) {
+  throw std::invalid_argument(path + ":" + std::to_string(line) + ": " + what);
+}
+
+void append_int(std::string& out, int64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+std::string shortest(double v) {  // the shortest text that reads back to exactly v
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+std::string header(const MqarOptions& o, size_t count) {
+  return std::string(kMagic) + " examples=" + std::to_string(count) + " vocab_size=" + std::to_string(o.vocab_size) +
+         " seq_len=" + std::to_string(o.seq_len) + " num_kv_pairs=" + std::to_string(o.num_kv_pairs) +
+         " power_a=" + shortest(o.power_a) + " passes=" + std::to_string(o.passes) +
+         " random_non_queries=" + (o.random_non_queries ? "1" : "0") + " seed=" + std::to_string(o.seed);
+}
+
+void write_split(const std::string& path, const MqarOptions& o, const Dataset& d) {
+  std::string text = header(o, d.size()) + "\n";
+  for (size_t i = 0; i < d.size(); ++i) {
+    const Example& e = d.examples[i];
+    if ((int64_t)e.tokens.size() != o.seq_len || e.targets.size() != e.tokens.size())
+      bad(d.name + " example " + std::to_string(i) + " length",
+          std::to_string(e.tokens.size()) + " tokens, " + std::to_string(e.targets.size()) + " targets",
+          "write_mqar needs seq_len = " + std::to_string(o.seq_len) + " of each");
+    for (size_t j = 0; j < e.tokens.size(); ++j) {
+      if (j) text += ' ';
+      append_int(text, e.tokens[j]);
+    }
+    text += '\t';
+    for (size_t j = 0; j < e.targets.size(); ++j) {
+      if (j) text += ' ';
+      append_int(text, e.targets[j]);
+    }
+    text += '\n';
+  }
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  if (!parent.empty()) detail::make_dirs(parent);
+  lotgrad::write_file_atomic(path, text);  // core/io.h: temp file, fsync, rename
+}
+
+// Parses the header line into options and the declared example count.
+MqarOptions parse_header(const std::string& path, const std::string& line, int64_t& count) {
+  if (line.rfind(kMagic, 0) != 0)
+    bad_file(path, 1, "not an MQAR file: the header must start with '" + std::string(kMagic) + "'");
+  MqarOptions o;
+  std::set<std::string> seen;
+  for (const std::string& field : detail::split_ws(line.substr(std::string(kMagic).size()))) {
+    const size_t eq = field.find('=');
+    const std::string key = field.substr(0, eq), val = eq == std::string::npos ? "" : field.substr(eq + 1);
+    int64_t i = 0;
+    double x = 0;
+    bool ok = detail::parse_int(val, i);
+    if (key == "examples") count = i;
+    else if (key == "vocab_size") o.vocab_size = i;
+    else if (key == "seq_len") o.seq_len = i;
+    else if (key == "num_kv_pairs") o.num_kv_pairs = i;
+    else if (key == "passes") o.passes = i;
+    else if (key == "random_non_queries") {
+      ok = ok && (i == 0 || i == 1);
+      o.random_non_queries = i == 1;
+    } else if (key == "power_a") {
+      ok = detail::parse_double(val, x);
+      o.power_a = x;
+    } else if (key == "seed") {
+      const auto r = std::from_chars(val.data(), val.data() + val.size(), o.seed);
+      ok = !val.empty() && r.ec == std::errc() && r.ptr == val.data() + val.size();
+    } else bad_file(path, 1, "unknown header field '" + field + "'");
+    if (!ok) bad_file(path, 1, "header field '" + field + "' has a bad value");
+    seen.insert(key);
+  }
+  for (const char* key : {"examples", "vocab_size", "seq_len", "num_kv_pairs", "power_a", "passes",
+                          "random_non_queries", "seed"})
+    if (!seen.count(key)) bad_file(path, 1, std::string("header lacks the field ") + key);
+  if (count < 0) bad_file(path, 1, "header: examples = " + std::to_string(count) + " must be >= 0");
+  try {
+    validate(o);
+  } catch (const std::invalid_argument& e) {
+    bad_file(path, 1, std::string("header: ") + e.what());
+  }
+  return o;
+}
+
+// Parses L space-separated integers of `text` into out; "" or the reason it failed.
+std::string parse_ids(std::string_view text, int64_t L, std::vector<token_t>& out) {
+  out.clear();
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && text[i] == ' ') ++i;
+    if (i == text.size()) break;
+    size_t e = text.find(' ', i);
+    if (e == std::string_view::npos) e = text.size();
+    token_t v = 0;
+    const auto r = std::from_chars(text.data() + i, text.data() + e, v);
+    if (r.ec != std::errc() || r.ptr != text.data() + e) {
+      std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
+      why.append(text.substr(i, e - i));
+      return why + "' at position " + std::to_string(out.size()) + " is not an integer";
+    }
+    out.push_back(v);
+    i = e;
+  }
+  if ((int64_t)out.size() != L) return "has " + std::to_string(out.size()) + " ids, expected seq_len = " + std::to_string(L);
+  return "";
+}
+
+// One split file: its options (from the header) and examples, every line checked.
+Dataset read_split(const std::string& path, MqarOptions& o) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw std::invalid_argument(path + ": not found (write it with write_mqar)");
+  std::string text;
+  try {
+    text = detail::read_file(path);
+  } catch (const IOError& e) {
+    throw std::invalid_argument(e.what());
+  }
+  const std::vector<std::string> lines = detail::split_lines(text);
+  if (lines.empty()) bad_file(path, 1, "empty file, expected the header '" + std::string(kMagic) + " ...'");
+  int64_t count = 0;
+  o = parse_header(path, lines[0], count);
+  const int64_t L = o.seq_len, V = o.vocab_size;
+  Dataset d;
+  d.name = path;
+  d.vocab_size = d.num_classes = V;
+  d.examples.resize(lines.size() - 1);
+  for (size_t li = 1; li < lines.size(); ++li) {
+    const int64_t lineno = (int64_t)li + 1;
+    const std::string& line = lines[li];
+    const size_t tab = line.find('\t');
+    if (tab == std::string::npos || line.find('\t', tab + 1) != std::string::npos)
+      bad_file(path, lineno, "expected the input ids, one tab, then the targets");
+    Example& e = d.examples[li - 1];
+    const std::string_view view(line);
+    if (std::string why = parse_ids(view.substr(0, tab), L, e.tokens); !why.empty())
+      bad_file(path, lineno, "inputs: " + why);
+    if (std::string why = parse_ids(view.substr(tab + 1), L, e.targets); !why.empty())
+      bad_file(path, lineno, "targets: " + why);
+    for (int64_t j = 0; j < L; ++j) {
+      const token_t in = e.tokens[(size_t)j], tg = e.targets[(size_t)j];
+      if (in < 0 || in >= V)
+        bad_file(path, lineno, "input id " + std::to_string(in) + " at position " + std::to_string(j) +
+                                   " is outside [0, vocab_size = " + std::to_string(V) + ")");
+      if (tg != kMqarIgnore && (tg < 0 || tg >= V))
+        bad_file(path, lineno, "target " + std::to_string(tg) + " at position " + std::to_string(j) +
+                                   " is neither -100 nor an id in [0, vocab_size = " + std::to_string(V) + ")");
+    }
+  }
+  if ((int64_t)d.size() != count)
+    bad_file(path, 1, "the header says examples = " + std::to_string(count) + " but the file has " +
+                          std::to_string(d.size()) + " example lines");
+  return d;
+}
+
+bool same_stream(const MqarOptions& a, const MqarOptions& b) {
+  return a.vocab_size == b.vocab_size && a.seq_len == b.seq_len && a.num_kv_pairs == b.num_kv_pairs &&
+         a.power_a == b.power_a && a.passes == b.passes && a.random_non_queries == b.random_non_queries &&
+         a.seed == b.seed;
+}
+}  // namespace
+
+void write_mqar(const std::string& dir, const MqarSplits& s) {
+  const std::filesystem::path p(dir);
+  const Dataset* parts[3] = {&s.train, &s.val, &s.test};
+  for (int k = 0; k < 3; ++k) write_split((p / kSplitFiles[k]).string(), s.options, *parts[k]);
+}
+
+MqarSplits read_mqar(const std::string& dir) {
+  const std::filesystem::path p(dir);
+  MqarSplits s;
+  Dataset* parts[3] = {&s.train, &s.val, &s.test};
+  for (int k = 0; k < 3; ++k) {
+    const std::string path = (p / kSplitFiles[k]).string();
+    MqarOptions o;
+    *parts[k] = read_split(path, o);
+    if (k == 0) s.options = o;
+    else if (!same_stream(o, s.options))
+      bad_file(path, 1, "header options differ from those of " + (p / kSplitFiles[0]).string());
+  }
+  return s;
 }
 
 }  // namespace lotgrad::data

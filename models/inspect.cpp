@@ -7,11 +7,14 @@
 #include "../nn/probe.h"
 #include "task.h"
 #include "trainer.h"
+#include "workload.h"
 
 namespace lotgrad::models {
 
 std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const std::string& path, const std::string& split,
                                                int64_t count, std::ostream& log) {
+  if (task_spec(cfg_in.task).kind != TaskKind::classify)
+    throw std::invalid_argument("inspect: task " + cfg_in.task + " is not supported yet (the LRA classification tasks are)");
   TrainConfig cfg = cfg_in;
   cfg.pack = false;  // keep every position where it is
   if (cfg.threads > 0) set_num_threads(cfg.threads);
@@ -19,7 +22,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
   Generator g(cfg.seed);
   Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));
   if (!m.single) throw std::invalid_argument("inspect: paired tasks (retrieval) are not supported");
-  load_weights(m, load_checkpoint(path), path);
+  load_weights(m.module(), load_checkpoint(path), path);
   m.module().eval();
   const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
   if (split != "test" && split != "val" && split != "train") throw std::invalid_argument("inspect: --split must be train, val or test");
@@ -38,7 +41,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
     model.embed_input(b.tokens, b.mask, x, mask);
     for (size_t l = 0; l < layers.size(); ++l) {
       auto& layer = *layers[l];
-      const Tensor A = nn::probe_attention(*layer.attn, layer.ln1->forward(x), mask);  // (1, H, n, n)
+      const Tensor A = nn::probe_attention(*layer.attn, layer.ln1 ? layer.ln1->forward(x) : x, mask);  // (1, H, n, n)
       const nn::AttentionStats st = nn::attention_stats(A, mask, -1.0);  // no rank: O(n^3) at n ~ 1000
       const int64_t n = A.size(2);
       const auto valid = nn::valid_positions(mask, 1, n)[0];

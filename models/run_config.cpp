@@ -11,6 +11,7 @@
 
 #include "../core/parse.h"
 #include "../nn/attention.h"
+#include "workload.h"
 
 namespace lotgrad::models {
 
@@ -26,16 +27,23 @@ std::string num(double v) {
   return b;
 }
 
-std::vector<std::string> tasks() { return {"listops", "pathfinder", "image", "text", "retrieval"}; }
+std::vector<std::string> tasks() {
+  std::vector<std::string> names;
+  for (const auto& t : task_specs()) names.push_back(t.name);
+  return names;
+}
 
 // The declarations. Ranges are what the code supports; the cross-field rules are in validate().
 std::vector<ConfigField> declare() {
   const double cores = (double)omp_get_num_procs();
   return {
       // ---- data
-      {"task", Role::data, "the LRA task", &C::task, 0, 0, tasks()},
-      {"data", Role::data, "read the official LRA layout in DIR; without it, generate the task", &C::data_dir},
-      {"write-data", Role::free, "when generating, also write the files here (official layout)", &C::write_data},
+      {"task", Role::data, "the task (`lotgrad info` describes them)", &C::task, 0, 0, tasks()},
+      {"data", Role::data,
+       "read the task from DIR (LRA: the official layout; mqar, icl-regression: what --write-data wrote) or, for lm, a text FILE; "
+       "without it, generate the task (lm: Debian's fortunes)",
+       &C::data_dir},
+      {"write-data", Role::free, "when generating, also write the files here", &C::write_data},
       {"train-size", Role::data, "generated training examples", &C::gen_train, 1, kBig},
       {"val-size", Role::data, "generated dev examples", &C::gen_val, 1, kBig},
       {"test-size", Role::data, "generated test examples", &C::gen_test, 1, kBig},
@@ -43,6 +51,25 @@ std::vector<ConfigField> declare() {
       {"max-len", Role::data, "ListOps: longest length (exclusive)", &C::max_len, 2, 1e7},
       {"path-length", Role::data, "Pathfinder difficulty: dashes per path (LRA: 6, 9, 14)", &C::pathfinder_length, 1, 64},
       {"max-tokens", Role::data, "text, retrieval: truncation (0: 1000)", &C::max_tokens, 0, 1e7},
+      {"seq-len", Role::data, "mqar: sequence length L; lm: context length (0: 64 for mqar, 256 for lm)", &C::seq_len, 0, 1e7},
+      {"vocab", Role::data, "mqar: vocabulary V (keys below V/2, values above)", &C::vocab, 4, 1e7},
+      {"kv-pairs", Role::data, "mqar: key-value pairs N_kv per sequence (4·N_kv <= L)", &C::kv_pairs, 1, 1e6},
+      {"power-a", Role::data, "mqar: the query-gap law p(g) ∝ a·g^(a-1) (1: uniform)", &C::power_a, 1e-6, 1e3},
+      {"random-non-queries", Role::data, "mqar: random tokens, not 0, between the queries", &C::random_non_queries, 0, 0, {},
+       true},
+      {"dim", Role::data, "icl-regression: dimension d of x", &C::dim, 1, 4096},
+      {"points", Role::data, "icl-regression: in-context examples n per prompt", &C::points, 1, 1e5},
+      {"noise", Role::data, "icl-regression: label noise σ (design iid)", &C::noise, 0, 1e6},
+      {"design", Role::data, "icl-regression: iid (noise σ everywhere) or hetero (first half noiseless, second half σ = 10)",
+       &C::design, 0, 0, {"iid", "hetero"}},
+      {"layout", Role::data,
+       "icl-regression: interleaved (x, y tokens, a prediction at every x; Garg et al.) or paired ([x; y] tokens and a final "
+       "query [x; 0]; Li, Rawat & Oymak)",
+       &C::layout, 0, 0, {"interleaved", "paired"}},
+      {"curriculum", Role::data, "icl-regression: every N steps one more dim and two more points (0: off)", &C::curriculum, 0,
+       kBig},
+      {"dims-start", Role::data, "icl-regression: the curriculum's first number of dims", &C::dims_start, 1, 4096},
+      {"points-start", Role::data, "icl-regression: the curriculum's first number of points", &C::points_start, 1, 1e5},
       {"seed", Role::data, "seed of the generated data, the initial weights and the batch order", &C::seed, 0, kMaxSeed},
       {"zero-mask", Role::data, "LRA's token-0-is-padding mask: -1 on for pathfinder and image, 0 off, 1 on", &C::zero_mask,
        -1, 1},
@@ -57,9 +84,10 @@ std::vector<ConfigField> declare() {
       {"depth", Role::model, "encoder layers", &C::depth, 1, 256},
       {"d-model", Role::model, "model width", &C::d_model, 1, 65536},
       {"heads", Role::model, "attention heads (d-model must be a multiple)", &C::heads, 1, 4096},
-      {"mlp", Role::model, "hidden width of each block's MLP", &C::mlp, 1, 1e6},
-      {"pos", Role::model, "1d: learned positions; 2d: learned row + column positions (square images)", &C::pos, 0, 0,
-       {"1d", "2d"}},
+      {"mlp", Role::model, "hidden width of each block's MLP (0: no MLP)", &C::mlp, 0, 1e6},
+      {"norm", Role::model, "0: no LayerNorm in the blocks or before the head (keeps a one-layer model linear)", &C::norm},
+      {"pos", Role::model, "1d: learned positions; 2d: learned row + column positions (square images); none", &C::pos, 0, 0,
+       {"1d", "2d", "none"}},
       {"max-pos", Role::model, "1d: a position table for N tokens (0: the data's longest), so a curriculum keeps one table",
        &C::max_positions, 0, 1e8},
       // ---- training
@@ -209,6 +237,36 @@ std::map<std::string, double> effective_knobs(const TrainConfig& cfg) {
   return nn::resolve_knobs(spec, k);
 }
 
+namespace {
+std::string n2(const char* a, double x, const char* b, double y) {
+  return std::string("--") + a + " " + num(x) + " and --" + b + " " + num(y);
+}
+// The generated sequence tasks' own rules (data/mqar.h, data/icl_regression.h).
+void validate_sequence_task(const TrainConfig& c) {
+  const int64_t L = c.seq_len > 0 ? c.seq_len : 64;
+  if (c.task == "mqar" && c.data_dir.empty()) {
+    if (L % 2) throw std::invalid_argument("--seq-len " + num((double)L) + ": mqar needs an even sequence length");
+    if (c.vocab <= L)
+      throw std::invalid_argument(n2("vocab", (double)c.vocab, "seq-len", (double)L) +
+                                  ": mqar needs a vocabulary larger than the sequence (Zoology's rule)");
+    if (4 * c.kv_pairs > L)
+      throw std::invalid_argument(n2("kv-pairs", (double)c.kv_pairs, "seq-len", (double)L) +
+                                  ": mqar needs 4·N_kv <= L (the context of 2·N_kv tokens and a query slot per key)");
+    if (c.kv_pairs > c.vocab / 2 - 1)
+      throw std::invalid_argument(n2("kv-pairs", (double)c.kv_pairs, "vocab", (double)c.vocab) +
+                                  ": mqar draws N_kv distinct keys from the V/2 - 1 ids below V/2");
+  }
+  if (c.task == "icl-regression") {
+    if (c.curriculum > 0 && !c.data_dir.empty())
+      throw std::invalid_argument("--curriculum " + num((double)c.curriculum) + " and --data " + c.data_dir +
+                                  ": a curriculum draws its prompts as it goes; read prompts have fixed sizes");
+    if (c.design == "hetero" && c.noise != 0)
+      throw std::invalid_argument("--design hetero and --noise " + num(c.noise) +
+                                  ": the heterogeneous design sets the noise itself (half noiseless, half σ = 10)");
+  }
+}
+}  // namespace
+
 void validate(const TrainConfig& c) {
   for (const auto& f : config_fields()) {
     TrainConfig probe = c;
@@ -222,8 +280,19 @@ void validate(const TrainConfig& c) {
   if (c.resume && c.overwrite) throw std::invalid_argument("--resume and --overwrite: choose one");
   effective_knobs(c);  // the mechanism's knobs, in their ranges
   const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
+  const TaskKind kind = task_spec(c.task).kind;
   if (c.causal && !spec.caps.causal)
     throw std::invalid_argument("--causal: " + spec.name + " attention has no causal form: " + spec.caps.why_not_causal);
+  if (kind != TaskKind::classify && !spec.caps.causal)
+    throw std::invalid_argument("--task " + c.task + " trains a causal model, but " + spec.name +
+                                " attention has no causal form: " + spec.caps.why_not_causal);
+  if (kind != TaskKind::classify && c.pos == "2d")
+    throw std::invalid_argument("--pos 2d: only for the image tasks (pathfinder, image), not --task " + c.task);
+  if (kind == TaskKind::classify && c.pos == "none")
+    throw std::invalid_argument("--pos none: only for the sequence tasks (mqar, icl-regression, lm), not --task " + c.task);
+  if (kind == TaskKind::classify && (c.mlp == 0 || !c.norm))
+    throw std::invalid_argument("--mlp 0 and --norm 0: only for the sequence tasks, not --task " + c.task);
+  validate_sequence_task(c);
 }
 
 std::string config_to_json(const TrainConfig& c) {

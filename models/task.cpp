@@ -10,6 +10,7 @@
 #include "../data/text.h"
 #include "../ops/reduce.h"
 #include "run_config.h"
+#include "workload.h"
 
 namespace lotgrad::models {
 
@@ -141,12 +142,8 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
   c.encoder.mlp_hidden = cfg.mlp;
   c.encoder.dropout = cfg.dropout;
   c.embed_dropout = cfg.dropout;
-  nn::AttentionOptions a;
-  a.name = cfg.attention;
-  a.n_heads = cfg.heads;
-  a.knobs = effective_knobs(cfg);
-  a.causal = cfg.causal;
-  c.encoder.attention = {a};
+  c.encoder.norm = cfg.norm;
+  c.encoder.attention = {attention_options(cfg)};
   Model m;
   if (t.train.paired) m.dual = std::make_shared<DualEncoderClassifier>(c, gen, dgen);
   else m.single = std::make_shared<SequenceClassifier>(c, gen, dgen);
@@ -200,13 +197,13 @@ NamedTensors strip(const NamedTensors& v, const std::string& p) {
 }
 // A checkpoint's weights into a model built from the command line's options; a mismatch names
 // the file and the options that shape the model.
-void load_weights(Model& m, const Checkpoint& ck, const std::string& path) {
+void load_weights(nn::Module& m, const Checkpoint& ck, const std::string& path) {
   try {
-    m.module().load_state_dict(strip(ck.tensors, "model."));
+    m.load_state_dict(strip(ck.tensors, "model."));
   } catch (const std::exception& e) {
     throw std::invalid_argument(path + ": " + e.what() +
                                 " (build the model with the options it was trained with: --attention, --pooling, --pos, "
-                                "--max-pos, --depth, --d-model, --heads, --mlp and the mechanism knobs)");
+                                "--max-pos, --depth, --d-model, --heads, --mlp, --norm and the mechanism knobs)");
   }
 }
 

@@ -50,7 +50,7 @@ double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_bat
 NamedTensors prefixed(const NamedTensors& v, const std::string& p);
 NamedTensors strip(const NamedTensors& v, const std::string& p);
 // A checkpoint's weights into a model; a mismatch names the file and the shaping options.
-void load_weights(Model& m, const Checkpoint& ck, const std::string& path);
+void load_weights(nn::Module& m, const Checkpoint& ck, const std::string& path);
 
 // Substrings of parameter names that take no weight decay: the model's (biases, norms,
 // embeddings, positions) and the mechanism's declared ones.

@@ -22,6 +22,7 @@
 #include "progress.h"
 #include "run_config.h"
 #include "task.h"
+#include "workload.h"
 
 namespace lotgrad::models {
 
@@ -120,26 +121,25 @@ namespace {
 // The training loop's parts that touch the run directory.
 class Run {
  public:
-  Run(const TrainConfig& cfg, Model& m, AdamW& opt, LRScheduler& sched, data::DataLoader& loader, Generator& dgen)
-      : cfg_(cfg), files_(cfg.out_dir), m_(m), opt_(opt), sched_(sched), loader_(loader), dgen_(dgen) {}
+  Run(const TrainConfig& cfg, Workload& w, AdamW& opt, LRScheduler& sched, Generator& dgen)
+      : cfg_(cfg), files_(cfg.out_dir), w_(w), opt_(opt), sched_(sched), dgen_(dgen) {}
   const RunFiles& files() const { return files_; }
 
   void save_last(const RunState& s) {
-    NamedTensors ts = prefixed(m_.module().state_dict(), "model.");
+    NamedTensors ts = prefixed(w_.module().state_dict(), "model.");
     for (auto& e : opt_.state_dict()) ts.push_back(e);
     for (auto& e : sched_.state_dict()) ts.push_back(e);
-    save_checkpoint(files_.last, ts,
-                    {{"config", config_to_json(cfg_)},
-                     {"step", std::to_string(s.step)},
-                     {"loader_epoch", std::to_string(loader_.state().epoch)},
-                     {"loader_index", std::to_string(loader_.state().index)},
-                     {"dropout_seed", std::to_string(dgen_.seed())},
-                     {"dropout_counter", std::to_string(dgen_.counter())},
-                     {"best_dev", full(s.best_dev)},
-                     {"best_step", std::to_string(s.best_step)}});
+    std::map<std::string, std::string> md = w_.data_state();
+    md.insert({{"config", config_to_json(cfg_)},
+               {"step", std::to_string(s.step)},
+               {"dropout_seed", std::to_string(dgen_.seed())},
+               {"dropout_counter", std::to_string(dgen_.counter())},
+               {"best_dev", full(s.best_dev)},
+               {"best_step", std::to_string(s.best_step)}});
+    save_checkpoint(files_.last, ts, md);
   }
   void save_best(const RunState& s) {
-    save_checkpoint(files_.best, prefixed(m_.module().state_dict(), "model."),
+    save_checkpoint(files_.best, prefixed(w_.module().state_dict(), "model."),
                     {{"config", config_to_json(cfg_)}, {"step", std::to_string(s.step)}, {"best_dev", full(s.best_dev)}});
   }
   RunState restore_last() {
@@ -147,11 +147,11 @@ class Run {
     if (!ck.metadata.count("config"))
       throw std::invalid_argument("train --resume: " + files_.last + " stores no run configuration (an older lotgrad)");
     check_same_run(cfg_, config_from_json(ck.metadata.at("config"), files_.last), files_.last);
-    m_.module().load_state_dict(strip(ck.tensors, "model."));
+    w_.module().load_state_dict(strip(ck.tensors, "model."));
     opt_.load_state_dict(ck.tensors);
     sched_.load_state_dict(ck.tensors);
     const auto& md = ck.metadata;
-    loader_.set_state({std::stoll(md.at("loader_epoch")), std::stoll(md.at("loader_index"))});
+    w_.set_data_state(md);
     dgen_.set_state(std::stoull(md.at("dropout_seed")), std::stoull(md.at("dropout_counter")));
     return {std::stoll(md.at("step")), std::stoll(md.at("best_step")), std::stod(md.at("best_dev"))};
   }
@@ -159,23 +159,23 @@ class Run {
  private:
   const TrainConfig& cfg_;
   RunFiles files_;
-  Model& m_;
+  Workload& w_;
   AdamW& opt_;
   LRScheduler& sched_;
-  data::DataLoader& loader_;
   Generator& dgen_;
 };
 
 // Running sums over the steps since the last progress report.
 struct Window {
-  double loss = 0, right = 0, seen = 0, tokens = 0, seconds = 0;
+  double loss = 0, metric = 0, seen = 0, tokens = 0, seconds = 0;
   int64_t steps = 0;
 };
 
-std::string step_line(const TrainConfig& cfg, int64_t step, const Window& w, double lr, double eta_s) {
+std::string step_line(const TrainConfig& cfg, const std::string& metric, int64_t step, const Window& w, double lr,
+                      double eta_s) {
   char line[256];
-  std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  acc %.3f  lr %.2e  %.0f tok/s  %.0f ms/step  ETA %s",
-                (long long)step, (long long)cfg.steps, w.loss / (double)w.steps, w.right / w.seen, lr,
+  std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  %s %.4g  lr %.2e  %.0f tok/s  %.0f ms/step  ETA %s",
+                (long long)step, (long long)cfg.steps, w.loss / (double)w.steps, metric.c_str(), w.metric / w.seen, lr,
                 w.tokens / std::max(w.seconds, 1e-9), 1e3 * w.seconds / (double)w.steps, format_duration(eta_s).c_str());
   return line;
 }
@@ -193,24 +193,18 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   const RunFiles files(cfg.out_dir);
   check_run_dir(cfg, files);
   if (cfg.threads > 0) set_num_threads((int)cfg.threads);
-  TaskData t = load_task(cfg, log);
   Generator init_gen((uint64_t)cfg.seed);
   auto dgen = std::make_shared<Generator>((uint64_t)cfg.seed * 7919 + 17);
-  Model m = build_model(cfg, t, init_gen, dgen);
-  nn::Module& mod = m.module();
+  const TaskSpec& task = task_spec(cfg.task);
+  std::unique_ptr<Workload> work = make_workload(cfg, log, init_gen, dgen);
+  nn::Module& mod = work->module();
   AdamW opt(decay_groups(mod.named_parameters(), no_decay_names(cfg)),
             {.lr = cfg.lr, .weight_decay = cfg.weight_decay, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8});
   const int64_t warm = cfg.warmup < 1.0 ? (int64_t)std::llround(cfg.warmup * (double)cfg.steps) : (int64_t)cfg.warmup;
   LRScheduler sched(opt, warmup_cosine(warm, cfg.steps, 0.1, cfg.lr_floor));
-  data::LoaderOptions lo;
-  lo.batch_size = cfg.batch;
-  lo.seed = (uint64_t)cfg.seed;
-  lo.drop_last = true;
-  lo.bucket_batches = cfg.bucket;
-  data::DataLoader loader(t.train, lo);
 
   fs::create_directories(cfg.out_dir);
-  Run run(cfg, m, opt, sched, loader, *dgen);
+  Run run(cfg, *work, opt, sched, *dgen);
   const bool tty = &log == &std::cout && isatty(fileno(stdout));
   Progress progress(log, tty, cfg.quiet);
   TrainResult res;
@@ -219,15 +213,17 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     st = run.restore_last();
     progress.line("resumed from " + files.last + " at step " + std::to_string(st.step));
   } else if (!cfg.init_from.empty()) {
-    load_weights(m, load_checkpoint(cfg.init_from), cfg.init_from);
+    load_weights(mod, load_checkpoint(cfg.init_from), cfg.init_from);
     progress.line("weights from " + cfg.init_from + " (optimiser and schedule start fresh)");
   }
   write_file_atomic(files.config, config_to_json(cfg));
   MetricsLog metrics(files.metrics, /*fresh=*/!cfg.resume, st.step);
   const int64_t log_every = cfg.log_every > 0 ? cfg.log_every : std::max<int64_t>(1, cfg.steps / 50);
   progress.line("model: " + std::to_string(mod.num_parameters()) + " parameters, attention " + describe_mechanism(cfg) +
-                ", " + std::to_string(get_num_threads()) + " threads, batch " + std::to_string(cfg.batch) + ", " +
-                std::to_string(cfg.steps) + " steps");
+                (is_causal_run(cfg) ? " (causal)" : "") + ", " + std::to_string(get_num_threads()) + " threads, batch " +
+                std::to_string(cfg.batch) + ", " + std::to_string(cfg.steps) + " steps");
+  const std::string& mname = task.metric;
+  auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
   Window w;
@@ -244,47 +240,44 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
       break;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    data::Batch b = loader.next();
-    if (zero_mask_on(cfg)) mask_zero_tokens(b);
     opt.zero_grad();
-    Tensor logits = m.logits(b);
-    Tensor loss = cross_entropy(logits, b.labels);
-    loss.backward();
+    StepOutput so = work->train_step(st.step);
+    so.loss.backward();
     if (cfg.clip > 0) clip_grad_norm_(mod.parameters(), cfg.clip);
     opt.step();
     sched.step();
     ++st.step;
     ++ran;
-    const double lv = loss.item();
+    const double lv = so.loss.item();
     if (!std::isfinite(lv)) throw std::runtime_error("train: loss became " + std::to_string(lv) + " at step " + std::to_string(st.step));
     res.losses.push_back(lv);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     w.loss += lv;
-    w.right += (double)count_correct(logits, b.labels);
-    w.seen += (double)b.size();
-    w.tokens += (double)b.real_tokens();
+    w.metric += so.metric_sum;
+    w.seen += so.metric_count;
+    w.tokens += so.tokens;
     w.seconds += dt;
     ++w.steps;
     total_step_s += dt;
-    total_tokens += (double)b.real_tokens();
+    total_tokens += so.tokens;
     if (st.step % log_every == 0 || st.step == cfg.steps) {
       const double lr = opt.param_groups()[0].options.lr;
-      progress.step(st.step, cfg.steps, step_line(cfg, st.step, w, lr, (double)(cfg.steps - st.step) * total_step_s / (double)ran));
-      metrics.write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_acc", w.right / w.seen}, {"lr", lr},
+      progress.step(st.step, cfg.steps, step_line(cfg, mname, st.step, w, lr, (double)(cfg.steps - st.step) * total_step_s / (double)ran));
+      metrics.write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_" + mname, w.metric / w.seen}, {"lr", lr},
                                {"tokens_per_s", w.tokens / std::max(w.seconds, 1e-9)}}});
       w = Window{};
     }
     if (st.step % cfg.eval_every == 0 || st.step == cfg.steps) {
-      const double dev = evaluate(m, t.val, cfg.batch, cfg.eval_batches, zero_mask_on(cfg),
-                                  [&](int64_t done, int64_t total) { progress.eval("eval (dev)", done, total); });
-      if (dev > st.best_dev) {
+      const double dev = work->evaluate("val", cfg.eval_batches,
+                                        [&](int64_t done, int64_t total) { progress.eval("eval (dev)", done, total); });
+      if (st.best_step < 0 || better(dev, st.best_dev)) {
         st.best_dev = dev;
         st.best_step = st.step;
         run.save_best(st);
       }
-      progress.line("eval step " + std::to_string(st.step) + ": dev acc " + std::to_string(dev) + " (best " +
+      progress.line("eval step " + std::to_string(st.step) + ": dev " + mname + " " + std::to_string(dev) + " (best " +
                     std::to_string(st.best_dev) + " at step " + std::to_string(st.best_step) + ")");
-      metrics.write({st.step, {{"dev_acc", dev}, {"best_dev", st.best_dev}}});
+      metrics.write({st.step, {{"dev_" + mname, dev}, {"best_dev", st.best_dev}}});
     }
     if (st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps) run.save_last(st);
   }
@@ -293,35 +286,37 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   res.best_step = st.best_step;
   res.ms_per_step = ran ? 1e3 * total_step_s / (double)ran : 0;
   res.tokens_per_s = total_step_s > 0 ? total_tokens / total_step_s : 0;
-  res.majority_test = data::majority_rate(t.test);
+  res.baseline_test = work->baseline("test");
   if (st.step >= cfg.steps && fs::exists(files.best)) {
-    load_weights(m, load_checkpoint(files.best), files.best);
-    res.dev_at_best = evaluate(m, t.val, cfg.batch, 0, zero_mask_on(cfg));
-    res.test_at_best = evaluate(m, t.test, cfg.batch, 0, zero_mask_on(cfg));
-    progress.line("best-on-dev checkpoint (step " + std::to_string(res.best_step) + "): dev acc " +
-                  std::to_string(res.dev_at_best) + ", test acc " + std::to_string(res.test_at_best) + " (majority " +
-                  std::to_string(res.majority_test) + "); " + std::to_string(res.ms_per_step) + " ms/step, " +
+    load_weights(mod, load_checkpoint(files.best), files.best);
+    res.dev_at_best = work->evaluate("val", 0);
+    res.test_at_best = work->evaluate("test", 0);
+    progress.line("best-on-dev checkpoint (step " + std::to_string(res.best_step) + "): dev " + mname + " " +
+                  std::to_string(res.dev_at_best) + ", test " + mname + " " + std::to_string(res.test_at_best) + " (" +
+                  work->references("test") + "); " + std::to_string(res.ms_per_step) + " ms/step, " +
+                  std::to_string(res.tokens_per_s) + " tokens/s, " +
                   std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()) +
                   " s in all");
   }
   char s[256];
-  std::snprintf(s, sizeof s, "%s %s: best dev %.4f (step %lld), test %.4f, %.1f ms/step", cfg.task.c_str(),
-                cfg.attention.c_str(), res.dev_at_best, (long long)res.best_step, res.test_at_best, res.ms_per_step);
+  std::snprintf(s, sizeof s, "%s %s: best dev %s %.4f (step %lld), test %.4f, %.1f ms/step", cfg.task.c_str(),
+                cfg.attention.c_str(), mname.c_str(), res.dev_at_best, (long long)res.best_step, res.test_at_best,
+                res.ms_per_step);
   res.summary = s;
   return res;
 }
 
-double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log) {
+double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log,
+                           std::string* references) {
   if (split != "test" && split != "val" && split != "train")
     throw std::invalid_argument("eval: --split must be train, val or test, got \"" + split + "\"");
   validate(cfg);
   if (cfg.threads > 0) set_num_threads((int)cfg.threads);
-  TaskData t = load_task(cfg, log);
   Generator g((uint64_t)cfg.seed);
-  Model m = build_model(cfg, t, g, std::make_shared<Generator>(0));  // dropout is off in eval
-  load_weights(m, load_checkpoint(path), path);
-  const data::Dataset& d = split == "test" ? t.test : split == "val" ? t.val : t.train;
-  return evaluate(m, d, cfg.batch, 0, zero_mask_on(cfg));
+  std::unique_ptr<Workload> work = make_workload(cfg, log, g, std::make_shared<Generator>(0));  // dropout is off in eval
+  load_weights(work->module(), load_checkpoint(path), path);
+  if (references) *references = work->references(split);
+  return work->evaluate(split, 0);
 }
 
 }  // namespace lotgrad::models

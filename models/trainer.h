@@ -1,4 +1,5 @@
-// The Long Range Arena training loop: data (read or generated), the classifier, AdamW with
+// The training loop of every task (workload.h: the LRA classifiers, MQAR, in-context
+// regression, character-level LM): data (read or generated), the model, AdamW with
 // warm-up + cosine decay, clipping, progress, evaluation, atomic checkpoints (periodic and
 // best-on-dev) that store the run's whole configuration, exact resume, and a JSON-lines
 // metrics log. Its parts: run_config.h (the declared settings), task.h (data, model,
@@ -16,13 +17,26 @@ namespace lotgrad::models {
 
 struct TrainConfig {
   // ---- data
-  std::string task = "listops";  // listops | pathfinder | image | text | retrieval
-  std::string data_dir;          // official layout to read; empty: generate (listops, pathfinder)
+  std::string task = "listops";  // task_specs() (workload.h): the LRA tasks, mqar, icl-regression, lm
+  std::string data_dir;          // official layout / written files to read (lm: a text file); empty: generate
   std::string write_data;        // when generating: also write the files here (official layout)
   int64_t gen_train = 20000, gen_val = 1000, gen_test = 1000;  // generated split sizes
   int64_t min_len = 500, max_len = 2000;  // ListOps lengths (exclusive bounds, as the generator)
   int64_t pathfinder_length = 14;  // Pathfinder difficulty: 6, 9 or 14 dashes
   int64_t max_tokens = 0;       // text / retrieval truncation (0: task default 1000)
+  // Sequence tasks (docs/seed_tasks.md).
+  int64_t seq_len = 0;          // mqar L, lm context (0: the task's default, 64 and 256)
+  int64_t vocab = 8192;         // mqar V: keys below V/2, values above
+  int64_t kv_pairs = 4;         // mqar N_kv
+  double power_a = 0.01;        // mqar query-gap law p(g) ∝ a·g^(a-1)
+  bool random_non_queries = false;  // mqar: fill the query region with random tokens, not 0
+  int64_t dim = 8;              // icl-regression d
+  int64_t points = 32;          // icl-regression: in-context examples n per prompt
+  double noise = 0.0;           // icl-regression label noise σ (design iid)
+  std::string design = "iid";   // icl-regression: iid (noise σ) or hetero (first half noiseless, second σ = 10)
+  std::string layout = "interleaved";  // icl-regression: interleaved x, y tokens (Garg) or paired [x; y] + a query
+  int64_t curriculum = 0;       // icl-regression: every N steps one more dim and two more points (0: off)
+  int64_t dims_start = 5, points_start = 11;  // the curriculum's first dims and points (Garg et al.)
   // ---- model
   std::string attention = "lotformer";
   std::map<std::string, double> knobs;  // mechanism knobs over the preset (effective_knobs, run_config.h)
@@ -34,7 +48,8 @@ struct TrainConfig {
   // setting; 0 off (black pixels are tokens); 1 on.
   int64_t zero_mask = -1;
   bool pack = true;             // drop masked tokens before the encoder (ClassifierConfig::pack)
-  int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;
+  int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;  // mlp 0: attention-only blocks
+  bool norm = true;             // LayerNorms in the blocks (and the final one of sequence models)
   double dropout = 0.1;
   std::string pos = "1d";       // "2d": row + column positions for square images (pathfinder, image)
   // 1d: the position table covers this many tokens (0: the data's longest sequence). A curriculum
@@ -66,10 +81,10 @@ struct TrainConfig {
 
 struct TrainResult {
   int64_t steps_done = 0;
-  double best_dev = 0, dev_at_best = 0, test_at_best = 0;  // accuracies of the best-on-dev checkpoint
+  double best_dev = 0, dev_at_best = 0, test_at_best = 0;  // the task's metric at the best-on-dev checkpoint
   int64_t best_step = -1;
   double ms_per_step = 0, tokens_per_s = 0;
-  double majority_test = 0;  // the majority-class rate on test, for comparison
+  double baseline_test = 0;  // the task's first reference on test (majority class, chance, least squares)
   std::vector<double> losses;  // training loss per step run in this call
   bool interrupted = false;    // stopped by SIGINT / SIGTERM (last.ckpt written)
   std::string summary;         // one-line description of the run
@@ -91,9 +106,10 @@ bool stores_config(const std::string& checkpoint);
 // The run directory's last.ckpt, which --resume continues; throws when there is none.
 std::string resumable_checkpoint(const std::string& out_dir);
 
-// Accuracy of a checkpointed model on a split ("val" or "test"): `lotgrad eval`.
+// The task's metric (task_spec(cfg.task).metric) of a checkpointed model on a split ("train",
+// "val" or "test"): `lotgrad eval`. references: the split's reference figures, when given.
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,
-                           std::ostream& log);
+                           std::ostream& log, std::string* references = nullptr);
 
 // What a trained model's attention does on real examples (`lotgrad inspect`): per layer and
 // head, averaged over `count` examples of a split (one at a time, unpadded), the largest

@@ -8,17 +8,21 @@ EncoderLayer::EncoderLayer(const EncoderConfig& cfg, const AttentionOptions& a, 
                            std::shared_ptr<Generator> dgen) {
   AttentionOptions opt = a;
   opt.n_heads = cfg.n_heads;
-  ln1 = register_module("ln1", std::make_shared<LayerNorm>(cfg.d_model));
+  if (cfg.mlp_hidden < 0)
+    throw std::invalid_argument("EncoderLayer: mlp_hidden must be >= 0 (0: no MLP), got " + std::to_string(cfg.mlp_hidden));
+  if (cfg.norm) ln1 = register_module("ln1", std::make_shared<LayerNorm>(cfg.d_model));
   attn = register_module("attn", std::make_shared<MultiHeadAttention>(cfg.d_model, opt, gen));
-  ln2 = register_module("ln2", std::make_shared<LayerNorm>(cfg.d_model));
-  mlp = register_module("mlp", std::make_shared<MLP>(cfg.d_model, cfg.mlp_hidden, gen, cfg.dropout, dgen));
+  if (cfg.mlp_hidden > 0) {
+    if (cfg.norm) ln2 = register_module("ln2", std::make_shared<LayerNorm>(cfg.d_model));
+    mlp = register_module("mlp", std::make_shared<MLP>(cfg.d_model, cfg.mlp_hidden, gen, cfg.dropout, dgen));
+  }
   drop = register_module("drop", std::make_shared<Dropout>(cfg.dropout, dgen));
 }
 Tensor EncoderLayer::forward(const Tensor& x, const Tensor& mask) {
   // Pre-LN: ln1 and ln2 are fused into the QKV projection and the MLP (their outputs are
   // recomputed in the backward, not stored).
   Tensor h = add(x, drop->forward(attn->forward(x, mask, ln1.get())));
-  return add(h, mlp->forward(h, ln2.get()));
+  return mlp ? add(h, mlp->forward(h, ln2.get())) : h;
 }
 
 TransformerEncoder::TransformerEncoder(const EncoderConfig& cfg, Generator& gen, std::shared_ptr<Generator> dgen)

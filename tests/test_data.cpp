@@ -1,6 +1,6 @@
 // data/: generators (determinism, ListOps labels and lengths, Pathfinder balance), every
 // reader on small files written here, malformed files (IOError naming file and line), and
-// batching (padding masks, shuffling, bucketing, loader resume).
+// batching (padding masks, per-token targets, shuffling, bucketing, loader resume).
 #include <doctest/doctest.h>
 #include <lotgrad/data/dataset.h>
 #include <lotgrad/data/image.h>
@@ -599,6 +599,52 @@ TEST_CASE("batching: padding, masks and labels") {
   CHECK(pb.tokens2.shape() == Shape{2, 4});
   CHECK(pb.mask2.data_ptr<bool>()[4 + 2]);   // row 1 has 2 tokens
   CHECK(!pb.mask2.data_ptr<bool>()[4 + 1]);
+}
+
+TEST_CASE("batching: per-token targets are padded with kIgnoreIndex and cut with the tokens") {
+  static_assert(kIgnoreIndex == -100);
+  Dataset d = toy(5);
+  CHECK(!collate(d, {0, 1}).targets.defined());  // classification: no targets
+  for (Example& e : d.examples) {
+    e.targets.clear();
+    for (size_t j = 0; j < e.tokens.size(); ++j) e.targets.push_back(j % 3 ? (token_t)(10 + j) : kIgnoreIndex);
+  }
+  // Examples 1 and 0 have 8 and 1 tokens: row 1 is padded with 7 kIgnoreIndex.
+  const Batch b = collate(d, {1, 0});
+  REQUIRE(b.targets.defined());
+  CHECK(b.targets.dtype() == kInt64);
+  CHECK(b.targets.shape() == b.tokens.shape());
+  const int64_t n = b.targets.size(1);
+  CHECK(n == 8);
+  const int64_t* t = b.targets.data_ptr<int64_t>();
+  const bool* m = b.mask.data_ptr<bool>();
+  for (int64_t r = 0; r < 2; ++r) {
+    const auto& src = d.examples[r == 0 ? 1 : 0].targets;
+    for (int64_t j = 0; j < n; ++j) {
+      CHECK(t[r * n + j] == (j < (int64_t)src.size() ? src[(size_t)j] : kIgnoreIndex));
+      if (m[r * n + j]) CHECK(t[r * n + j] == kIgnoreIndex);  // every padded position is ignored
+    }
+  }
+  // pad_to pads targets too; truncate cuts them with the tokens.
+  const Batch wide = collate(d, {0}, {.pad_to = 5});
+  CHECK(wide.targets.shape() == Shape{1, 5});
+  CHECK(wide.targets.data_ptr<int64_t>()[4] == kIgnoreIndex);
+  const Batch cut = collate(d, {1}, {.pad_to = 3, .truncate = true});
+  CHECK(cut.targets.shape() == Shape{1, 3});
+  for (int64_t j = 0; j < 3; ++j) CHECK(cut.targets.data_ptr<int64_t>()[j] == d.examples[1].targets[(size_t)j]);
+  // Through a loader, and kept by split_tail.
+  DataLoader loader(d, {.batch_size = 2, .seed = 3});
+  CHECK(loader.next().targets.defined());
+  auto [head, tail] = split_tail(d, 0.4);
+  CHECK(tail[0].targets == d.examples[3].targets);
+  // A row whose target count differs from its token count is refused naming the example.
+  d.examples[2].targets.pop_back();
+  try {
+    collate(d, {0, 2});
+    FAIL("expected a ShapeError");
+  } catch (const ShapeError& e) {
+    CHECK(contains(e.what(), "example 2 of toy has 3 targets for 4 tokens"));
+  }
 }
 
 TEST_CASE("batching: seeded shuffling, drop_last, bucketing, resume") {

@@ -1,17 +1,29 @@
-// data/mqar and data/icl_regression: the generators of the seed papers' evaluation tasks.
+// data/mqar, data/icl_regression and data/chars: the data of the seed papers' sequence tasks.
 // MQAR (Zoology, arXiv 2312.04927): determinism, every structural property (context layout,
 // each key queried once with its own value as target, targets only at query keys, fillers),
-// the power-law query spacing against exact probabilities, refusals naming the option.
+// the power-law query spacing against exact probabilities (per bin and chi-square), the
+// Dataset form and its splits, the file round trip, malformed files naming file and line,
+// refusals naming the option.
 // In-context regression (Garg et al., arXiv 2208.01066; Li, Rawat & Oymak, arXiv 2407.10005):
 // determinism, layout, moments, the closed-form predictors against direct normal-equation
-// solves, and the closed-form risks against Monte Carlo.
+// solves, the closed-form risks against Monte Carlo, the heterogeneous noise design, curriculum
+// restriction, and the bit-exact file round trip.
+// Character LM (the 96-character vocabulary of Kuang et al., arXiv 2509.07963): the id map,
+// text/binary detection, contiguous shifted-by-one splits, the Debian fortunes corpus.
 #include <doctest/doctest.h>
+#include <lotgrad/data/chars.h>
 #include <lotgrad/data/icl_regression.h>
 #include <lotgrad/data/mqar.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -20,15 +32,58 @@ using namespace lotgrad;
 using namespace lotgrad::data;
 
 namespace {
-// Runs f, which must throw std::invalid_argument whose message contains `needle`.
+namespace fs = std::filesystem;
+
+// Runs f, which must throw std::invalid_argument whose message contains every needle.
 template <class F>
-void check_refusal(F f, const std::string& needle) {
+void check_refusal(F f, const std::string& needle, const std::string& needle2 = "") {
   try {
     f();
     FAIL("no exception; expected one naming '" << needle << "'");
   } catch (const std::invalid_argument& e) {
     CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+    CHECK_MESSAGE(std::string(e.what()).find(needle2) != std::string::npos, e.what());
   }
+}
+
+// A fresh folder under the system temp folder, removed at scope exit.
+struct TmpDir {
+  fs::path path;
+  TmpDir() {
+    static int counter = 0;
+    path = fs::temp_directory_path() / ("lotgrad_test_seed_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TmpDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+void write(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+// `text` with its line `line` (1-based) replaced by `by`.
+std::string with_line(const std::string& text, int line, const std::string& by) {
+  std::istringstream in(text);
+  std::string out, l;
+  for (int i = 1; std::getline(in, l); ++i) out += (i == line ? by : l) + "\n";
+  return out;
+}
+std::string line_of(const std::string& text, int line) {
+  std::istringstream in(text);
+  std::string l;
+  for (int i = 1; std::getline(in, l); ++i)
+    if (i == line) return l;
+  return "";
 }
 
 // Checks one MQAR example against every structural property of the generator.
@@ -191,7 +246,163 @@ TEST_CASE("mqar: bad options are refused naming the option and value") {
   check_refusal([&] { validate(with([](MqarOptions& o) { o.power_a = 0.0; })); }, "power_a = 0");
   check_refusal([&] { generate_mqar(-1, ok); }, "count = -1");
   check_refusal([&] { mqar_example(with([](MqarOptions& o) { o.seq_len = 0; }), 0); }, "seq_len = 0");
+  check_refusal([&] { validate(with([](MqarOptions& o) { o.vocab_size = 3; })); }, "vocab_size = 3", ">= 4");
+  check_refusal([&] { validate(with([](MqarOptions& o) { o.vocab_size = 40; })); }, "vocab_size = 40",
+                "a vocab smaller than the sequence");
+  check_refusal([&] { validate(with([](MqarOptions& o) { o.vocab_size = 8; })); }, "num_kv_pairs = 4",
+                "vocab_size = 8 has only vocab_size/2 - 1 = 3");
+  check_refusal([&] { validate(with([](MqarOptions& o) { o.num_kv_pairs = 17; })); }, "seq_len = 64");
+  check_refusal([&] { generate_mqar_splits(ok, 1, -2, 1); }, "val size = -2");
+  check_refusal([&] { mqar_dataset(with([](MqarOptions& o) { o.seq_len = 7; }), 3); }, "seq_len = 7");
   CHECK_NOTHROW(validate(ok));
+}
+
+namespace {
+// Pearson's chi-square of observed counts against probabilities p.
+double chi_square(const std::vector<double>& counts, const std::vector<double>& p) {
+  double total = 0.0, x2 = 0.0;
+  for (double c : counts) total += c;
+  for (size_t g = 0; g < p.size(); ++g) x2 += std::pow(counts[g] - total * p[g], 2) / (total * p[g]);
+  return x2;
+}
+// The 0.999 quantile of chi-square with k degrees of freedom (Wilson-Hilferty; z = 3.0902).
+double chi_square_999(double k) { return k * std::pow(1.0 - 2.0 / (9.0 * k) + 3.0902 * std::sqrt(2.0 / (9.0 * k)), 3); }
+}  // namespace
+
+TEST_CASE("mqar: query-slot histogram passes a chi-square test for its law and fails for others") {
+  // N = 4 pairs, S = 28 slots: the first key's slot is the first draw, whose law is p itself.
+  const MqarOptions o{.vocab_size = 128, .seq_len = 64, .num_kv_pairs = 4, .power_a = 0.3, .seed = 23};
+  std::vector<double> counts(28, 0.0);
+  for (const auto& e : generate_mqar(20000, o)) counts[(size_t)query_slots(o, e)[0]] += 1.0;
+  const double critical = chi_square_999(27);
+  CHECK(critical == doctest::Approx(55.48).epsilon(0.01));
+  CHECK(chi_square(counts, mqar_slot_probabilities(28, 0.3)) < critical);
+  for (double wrong : {0.4, 0.2, 1.0, 0.01}) {
+    CAPTURE(wrong);
+    CHECK(chi_square(counts, mqar_slot_probabilities(28, wrong)) > critical);
+  }
+}
+
+TEST_CASE("mqar: as a Dataset, in splits, and through collate") {
+  const MqarOptions o{.vocab_size = 128, .seq_len = 32, .num_kv_pairs = 4, .seed = 4};
+  const Dataset d = mqar_dataset(o, 6, 3, "mqar/x");
+  const auto ex = generate_mqar(6, o, 3);
+  CHECK(d.name == "mqar/x");
+  CHECK(d.vocab_size == 128);
+  CHECK(d.num_classes == 128);
+  REQUIRE(d.size() == 6);
+  for (size_t i = 0; i < d.size(); ++i) {
+    CHECK(d[i].tokens == ex[i].inputs);
+    CHECK(d[i].targets == ex[i].targets);
+  }
+  static_assert(kMqarIgnore == kIgnoreIndex && kIgnoreIndex == -100);
+
+  const Batch b = collate(d, {4, 1});
+  REQUIRE(b.targets.defined());
+  CHECK(b.targets.shape() == Shape{2, 32});
+  CHECK(b.real_tokens() == 64);  // no padding
+  const int64_t* t = b.targets.data_ptr<int64_t>();
+  for (int64_t j = 0; j < 32; ++j) {
+    CHECK(t[j] == ex[4].targets[(size_t)j]);
+    CHECK(t[32 + j] == ex[1].targets[(size_t)j]);
+    CHECK(b.tokens.data_ptr<int64_t>()[j] == ex[4].inputs[(size_t)j]);
+  }
+
+  const MqarSplits s = generate_mqar_splits(o, 20, 5, 7);
+  CHECK(s.train.size() == 20);
+  CHECK(s.val.size() == 5);
+  CHECK(s.test.size() == 7);
+  CHECK(s.options.seed == o.seed);
+  CHECK(s.train.name == "mqar/train");
+  const Dataset prefix = mqar_dataset(o, 20);
+  for (size_t i = 0; i < 20; ++i) CHECK(s.train[i].tokens == prefix[i].tokens);  // train = the stream opt.seed
+  std::set<std::vector<token_t>> train_rows;
+  for (const Example& e : s.train.examples) train_rows.insert(e.tokens);
+  for (const Dataset* part : {&s.val, &s.test})
+    for (const Example& e : part->examples) {
+      CHECK(train_rows.count(e.tokens) == 0);
+      check_mqar_structure(o, MqarExample{e.tokens, e.targets});
+    }
+  CHECK(s.val[0].tokens != s.test[0].tokens);
+  // Val and test do not move when the train size changes.
+  const MqarSplits bigger = generate_mqar_splits(o, 50, 5, 7);
+  for (size_t i = 0; i < 5; ++i) CHECK(bigger.val[i].tokens == s.val[i].tokens);
+  for (size_t i = 0; i < 7; ++i) CHECK(bigger.test[i].targets == s.test[i].targets);
+  CHECK(mqar_split_seed(9, 0) == 9);
+  CHECK(mqar_split_seed(9, 1) != mqar_split_seed(9, 2));
+}
+
+TEST_CASE("mqar: write then read gives the same splits; no temporary file is left") {
+  TmpDir dir;
+  const MqarOptions o{.vocab_size = 96, .seq_len = 24, .num_kv_pairs = 3, .power_a = 0.1, .random_non_queries = true,
+                      .seed = 0xfedcba9876543210ULL};
+  const MqarSplits s = generate_mqar_splits(o, 12, 4, 0);
+  write_mqar(dir.path.string(), s);
+  for (const auto& f : fs::directory_iterator(dir.path)) CHECK(f.path().extension() == ".txt");
+  const MqarSplits r = read_mqar(dir.path.string());
+  CHECK(r.options.vocab_size == 96);
+  CHECK(r.options.seq_len == 24);
+  CHECK(r.options.num_kv_pairs == 3);
+  CHECK(r.options.power_a == 0.1);
+  CHECK(r.options.passes == 1);
+  CHECK(r.options.random_non_queries);
+  CHECK(r.options.seed == o.seed);
+  const Dataset* a[3] = {&s.train, &s.val, &s.test};
+  const Dataset* b[3] = {&r.train, &r.val, &r.test};
+  for (int k = 0; k < 3; ++k) {
+    REQUIRE(a[k]->size() == b[k]->size());
+    CHECK(b[k]->vocab_size == 96);
+    CHECK(b[k]->num_classes == 96);
+    for (size_t i = 0; i < a[k]->size(); ++i) {
+      CHECK((*b[k])[i].tokens == (*a[k])[i].tokens);
+      CHECK((*b[k])[i].targets == (*a[k])[i].targets);
+    }
+  }
+  CHECK(r.test.empty());
+}
+
+TEST_CASE("mqar: malformed files are refused naming the file and line") {
+  TmpDir dir;
+  const MqarOptions o{.vocab_size = 64, .seq_len = 16, .num_kv_pairs = 2, .seed = 1};
+  write_mqar(dir.path.string(), generate_mqar_splits(o, 3, 2, 2));
+  const std::string train = dir / "mqar_train.txt", good = slurp(train);
+  const std::string row = line_of(good, 2);
+  const std::string inputs = row.substr(0, row.find('\t')), targets = row.substr(row.find('\t') + 1);
+  auto refused = [&](const std::string& bytes, const std::string& where, const std::string& why) {
+    write(train, bytes);
+    check_refusal([&] { read_mqar(dir.path.string()); }, train + ":" + where, why);
+  };
+  refused(with_line(good, 1, "mqar v1 examples=3"), "1:", "header must start with");
+  refused(with_line(good, 1, line_of(good, 1) + " colour=blue"), "1:", "unknown header field 'colour=blue'");
+  refused(with_line(good, 1, "lotgrad-mqar v1 examples=3 vocab_size=64"), "1:", "header lacks the field seq_len");
+  refused(with_line(good, 1, "lotgrad-mqar v1 examples=3 vocab_size=16 seq_len=16 num_kv_pairs=2 power_a=0.01 passes=1 "
+                             "random_non_queries=0 seed=1"),
+          "1:", "vocab_size = 16");
+  refused(with_line(good, 1, "lotgrad-mqar v1 examples=3 vocab_size=64 seq_len=16 num_kv_pairs=2 power_a=x passes=1 "
+                             "random_non_queries=0 seed=1"),
+          "1:", "'power_a=x' has a bad value");
+  refused(with_line(good, 3, inputs + " 5\t" + targets), "3:", "inputs: has 17 ids, expected seq_len = 16");
+  refused(with_line(good, 2, inputs + "\t" + targets.substr(0, targets.rfind(' '))), "2:", "targets: has 15 ids");
+  refused(with_line(good, 2, inputs + " " + targets), "2:", "one tab");
+  refused(with_line(good, 2, "64" + inputs.substr(inputs.find(' ')) + "\t" + targets), "2:",
+          "input id 64 at position 0 is outside [0, vocab_size = 64)");
+  refused(with_line(good, 4, "-1" + inputs.substr(inputs.find(' ')) + "\t" + targets), "4:", "input id -1");
+  refused(with_line(good, 2, "x" + inputs.substr(inputs.find(' ')) + "\t" + targets), "2:",
+          "'x' at position 0 is not an integer");
+  refused(with_line(good, 2, inputs + "\t-7" + targets.substr(targets.find(' '))), "2:",
+          "target -7 at position 0 is neither -100 nor an id");
+  refused(with_line(good, 2, inputs + "\t64" + targets.substr(targets.find(' '))), "2:", "target 64");
+  refused(good.substr(0, good.rfind('\n', good.size() - 2) + 1), "1:", "examples = 3 but the file has 2");
+  refused("", "1:", "empty file");
+  write(train, good);
+  CHECK_NOTHROW(read_mqar(dir.path.string()));
+  // Headers of one set must agree; a missing file is named.
+  const std::string val = dir / "mqar_val.txt", val_good = slurp(val);
+  write(val, with_line(val_good, 1, line_of(val_good, 1).replace(line_of(val_good, 1).find("seed=1"), 6, "seed=2")));
+  check_refusal([&] { read_mqar(dir.path.string()); }, val + ":1:", "differ from those of " + train);
+  write(val, val_good);
+  fs::remove(dir / "mqar_test.txt");
+  check_refusal([&] { read_mqar(dir.path.string()); }, dir / "mqar_test.txt", "not found");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,4 +659,247 @@ TEST_CASE("icl regression: bad options are refused naming the option and value")
   check_refusal([&] { least_squares_risk(5, 6, 0.1); }, "k = 6");
   check_refusal([&] { least_squares_weights(p, 7); }, "k = 7");
   CHECK_NOTHROW(validate(ok));
+}
+
+TEST_CASE("icl regression: the heterogeneous noise design") {
+  CHECK(heterogeneous_noise(6) == std::vector<double>{0, 0, 0, 10, 10, 10});
+  CHECK(heterogeneous_noise(5, 2.5) == std::vector<double>{0, 0, 2.5, 2.5, 2.5});
+  CHECK(heterogeneous_noise(0).empty());
+  check_refusal([] { heterogeneous_noise(-1); }, "points = -1");
+  check_refusal([] { heterogeneous_noise(4, -1.0); }, "sigma = -1");
+  // Empirical noise y - w·x: exactly 0 on the first half, variance σ² = 100 on the second.
+  const IclRegressionOptions o{.dim = 4, .points = 20, .point_noise_std = heterogeneous_noise(20), .seed = 31};
+  double quiet = 0.0, sum = 0.0, sq = 0.0, count = 0.0;
+  for (const IclPrompt& p : generate_icl_regression(2000, o))
+    for (int64_t i = 0; i < p.points; ++i) {
+      const double xi = p.ys[(size_t)i] - predict(p, i, p.w);
+      CHECK(p.noise_var[(size_t)i] == (i < 10 ? 0.0 : 100.0));
+      if (i < 10) quiet = std::max(quiet, std::fabs(xi));
+      else sum += xi, sq += xi * xi, count += 1.0;
+    }
+  CHECK(quiet < 1e-12);
+  CHECK(std::fabs(sum / count) < 0.3);  // mean 0, standard error 10/sqrt(20000) ≈ 0.07
+  CHECK(sq / count - std::pow(sum / count, 2) == doctest::Approx(100.0).epsilon(0.05));
+}
+
+TEST_CASE("icl regression: curriculum restriction to the first points and active dimensions") {
+  const IclRegressionOptions o{.dim = 6, .points = 9, .seed = 12};
+  const IclRegressionOptions noisy{.dim = 6, .points = 9, .noise_std = 0.7, .seed = 12};
+  const auto ps = generate_icl_regression(3, o), ns = generate_icl_regression(3, noisy);
+  // Points only: a bit-exact prefix of the full prompt.
+  const IclPrompt q = restrict_prompt(ns[1], 5);
+  CHECK(q.points == 5);
+  CHECK(q.dim == 6);
+  CHECK(q.ys == std::vector<double>(ns[1].ys.begin(), ns[1].ys.begin() + 5));
+  CHECK(q.xs == std::vector<double>(ns[1].xs.begin(), ns[1].xs.begin() + 30));
+  CHECK(q.noise_var.size() == 5);
+  // Active dimensions: x zeroed beyond them, y = w·x exactly (noiseless) or with the same noise.
+  for (const auto* set : {&ps, &ns})
+    for (const IclPrompt& p : *set) {
+      const IclPrompt r = restrict_prompt(p, 7, 3);
+      for (int64_t i = 0; i < 7; ++i) {
+        for (int64_t a = 0; a < 6; ++a) CHECK(r.x(i)[a] == (a < 3 ? p.x(i)[a] : 0.0));
+        const double noise = p.ys[(size_t)i] - predict(p, i, p.w);
+        if (set == &ps) CHECK(r.ys[(size_t)i] == doctest::Approx(predict(r, i, r.w)).epsilon(1e-12));
+        else CHECK(r.ys[(size_t)i] - predict(r, i, r.w) == doctest::Approx(noise).epsilon(1e-12));
+      }
+    }
+  // The batch of the restricted prompts, (B, 2·points, d).
+  const IclBatch b = icl_batch(ps, {2, 0}, 4, 2);
+  CHECK(b.tokens.shape() == Shape{2, 8, 6});
+  CHECK(b.targets.shape() == Shape{2, 4});
+  const IclBatch direct = icl_batch({restrict_prompt(ps[2], 4, 2), restrict_prompt(ps[0], 4, 2)}, {0, 1});
+  for (int64_t i = 0; i < b.tokens.numel(); ++i) CHECK(b.tokens.data_ptr<float>()[i] == direct.tokens.data_ptr<float>()[i]);
+  for (int64_t i = 0; i < 8; ++i) CHECK(b.targets.data_ptr<float>()[i] == direct.targets.data_ptr<float>()[i]);
+  CHECK(b.tokens.data_ptr<float>()[2] == 0.0f);  // x_0, coordinate 2 >= active_dims
+  check_refusal([&] { restrict_prompt(ps[0], 0); }, "points = 0");
+  check_refusal([&] { restrict_prompt(ps[0], 10); }, "points = 10", "9");
+  check_refusal([&] { icl_batch(ps, {0}, 4, 7); }, "active_dims = 7", "dim = 6");
+}
+
+TEST_CASE("icl regression: prompts written and read back are bit-exact") {
+  TmpDir dir;
+  const std::string path = dir / "icl/prompts.txt";
+  IclRegressionOptions o{
+      .dim = 5, .points = 8, .x_std = 1.0 / std::sqrt(5.0), .point_noise_std = heterogeneous_noise(8), .seed = 3};
+  std::vector<IclPrompt> ps = generate_icl_regression(4, o);
+  o.dim = 3;
+  o.points = 2;
+  o.point_noise_std.clear();
+  ps.push_back(icl_prompt(o, 9));  // another shape in the same file
+  ps.back().xs[0] = -0.0, ps.back().xs[1] = 5e-324, ps.back().xs[2] = 1.7976931348623157e308, ps.back().ys[1] = 0.1;
+  write_icl_prompts(path, ps);
+  CHECK(!fs::exists(path + ".tmp." + std::to_string((long long)::getpid())));
+  const std::vector<IclPrompt> r = read_icl_prompts(path);
+  REQUIRE(r.size() == ps.size());
+  auto same_bits = [](const std::vector<double>& a, const std::vector<double>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+  };
+  for (size_t k = 0; k < ps.size(); ++k) {
+    CAPTURE(k);
+    CHECK(r[k].dim == ps[k].dim);
+    CHECK(r[k].points == ps[k].points);
+    CHECK(same_bits(r[k].xs, ps[k].xs));
+    CHECK(same_bits(r[k].ys, ps[k].ys));
+    CHECK(same_bits(r[k].w, ps[k].w));
+    CHECK(same_bits(r[k].noise_var, ps[k].noise_var));
+  }
+  CHECK(std::signbit(r.back().xs[0]));
+}
+
+TEST_CASE("icl regression: malformed prompt files are refused naming the file and line") {
+  TmpDir dir;
+  const std::string path = dir / "p.txt";
+  write_icl_prompts(path, generate_icl_regression(3, IclRegressionOptions{.dim = 2, .points = 3, .seed = 1}));
+  const std::string good = slurp(path), row = line_of(good, 3);
+  auto refused = [&](const std::string& bytes, const std::string& where, const std::string& why) {
+    write(path, bytes);
+    check_refusal([&] { read_icl_prompts(path); }, path + ":" + where, why);
+  };
+  refused(with_line(good, 1, "prompts=3"), "1:", "header must be 'lotgrad-icl-prompts v1 prompts=<count>'");
+  refused(with_line(good, 1, "lotgrad-icl-prompts v1 prompts=4"), "1:", "prompts = 4 but the file has 3");
+  refused(with_line(good, 3, row.substr(0, row.rfind('\t'))), "3:", "expected 5 tab-separated fields");
+  refused(with_line(good, 2, "2 0" + row.substr(row.find('\t'))), "2:", "'dim points' with both >= 1");
+  refused(with_line(good, 4, row + " 1.5"), "4:", "ys: has 4 numbers, expected 3");
+  refused(with_line(good, 3, row.substr(0, row.find('\t') + 1) + "zz " + row.substr(row.find('\t') + 1)), "3:",
+          "w: 'zz' (number 0) is not a finite number");
+  refused(with_line(good, 3, "2 3\t1 1\t0 -1 0" + row.substr(row.find('\t', row.find('\t', row.find('\t') + 1) + 1))),
+          "3:", "noise_var -1 of point 1 is negative");
+  refused(with_line(good, 2, "2 3\tinf 1" + row.substr(row.find('\t', row.find('\t') + 1))), "2:", "'inf'");
+  refused("", "1:", "header");
+  fs::remove(path);
+  check_refusal([&] { read_icl_prompts(path); }, path, "not found");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("chars: the 97-id vocabulary and its round trip") {
+  CHECK(kCharVocab == 97);
+  CHECK(char_id('\n') == 0);
+  CHECK(char_id(' ') == 1);
+  CHECK(char_id('A') == 'A' - 31);
+  CHECK(char_id('~') == 95);
+  for (int c : {9, 13, 0, 127, 0xC3, 0xFF})  // tab, CR, NUL, DEL, UTF-8 lead byte, 0xFF
+    CHECK(char_id((unsigned char)c) == kCharUnknown);
+  std::string printable = "\n";
+  for (int c = 32; c <= 126; ++c) printable += (char)c;
+  const std::vector<token_t> ids = encode_chars(printable);
+  for (size_t i = 0; i < ids.size(); ++i) CHECK(ids[i] == (token_t)i);  // every id 0..95 once, in order
+  CHECK(decode_chars(ids) == printable);
+  const std::string text = "Hello, world!\n  {x: [1 + 2] ~ y}\n";
+  CHECK(decode_chars(encode_chars(text)) == text);
+  CHECK(unknown_fraction(encode_chars(text)) == 0.0);
+  // Tab and each byte of a UTF-8 character are unknown.
+  const std::vector<token_t> u = encode_chars("a\tb\xC3\xA9");
+  CHECK(u == std::vector<token_t>{char_id('a'), kCharUnknown, char_id('b'), kCharUnknown, kCharUnknown});
+  CHECK(unknown_fraction(u) == doctest::Approx(0.6));
+  CHECK(decode_chars(u) == "a?b??");
+  CHECK(decode_chars(u, '#') == "a#b##");
+  CHECK_THROWS_AS(char_of(97), std::out_of_range);
+  CHECK_THROWS_AS(char_of(-1), std::out_of_range);
+}
+
+TEST_CASE("chars: text files are read; missing, empty and binary files are refused naming the file") {
+  TmpDir dir;
+  const std::string ok = dir / "ok.txt", utf8 = dir / "utf8.txt", empty = dir / "empty.txt", nul = dir / "nul.bin",
+                    noise = dir / "noise.bin";
+  write(ok, "line one\nline two\n");
+  CHECK(read_text_corpus(ok) == "line one\nline two\n");
+  std::string accents;
+  for (int i = 0; i < 50; ++i) accents += "d\xC3\xA9j\xC3\xA0 vu, na\xC3\xAFve \xE2\x82\xAC\n";  // UTF-8 is text
+  write(utf8, accents);
+  CHECK(read_text_corpus(utf8).size() == accents.size());
+  write(empty, "");
+  check_refusal([&] { read_text_corpus(empty); }, empty, "empty file");
+  check_refusal([&] { read_text_corpus(dir / "none.txt"); }, dir / "none.txt", "not found");
+  write(nul, std::string("ab\ncd\nef\0gh", 11));
+  check_refusal([&] { read_text_corpus(nul); }, nul + ":3:", "NUL byte at byte offset 8");
+  std::string bytes;  // pseudo-random bytes without a NUL
+  uint32_t x = 12345;
+  for (int i = 0; i < 4096; ++i) x = x * 1664525u + 1013904223u, bytes += (char)(1 + (x >> 24) % 255);
+  write(noise, bytes);
+  check_refusal([&] { read_text_corpus(noise); }, noise, "control bytes or invalid UTF-8");
+  check_refusal([&] { read_text_corpus(dir.path.string()); }, dir.path.string(), "directory");
+}
+
+TEST_CASE("chars: contiguous splits of shifted-by-one windows") {
+  std::vector<token_t> ids(1000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = (token_t)((i * 7 + i / 13) % kCharVocab);
+  const CharSplits s = char_lm_splits(ids, 8, 0.1, 0.1, "toy");
+  CHECK(s.train_chars == 800);
+  CHECK(s.val_chars == 100);
+  CHECK(s.test_chars == 100);
+  CHECK(s.train.size() == 99);  // (800 - 1) / 8 windows of 9 characters overlapping by one
+  CHECK(s.val.size() == 12);
+  CHECK(s.test.size() == 12);
+  CHECK(s.train.name == "toy/train");
+  CHECK(s.test.name == "toy/test");
+  const struct { const Dataset* d; size_t begin; } parts[3] = {{&s.train, 0}, {&s.val, 800}, {&s.test, 900}};
+  for (const auto& p : parts) {
+    CHECK(p.d->vocab_size == kCharVocab);
+    CHECK(p.d->num_classes == kCharVocab);
+    for (size_t k = 0; k < p.d->size(); ++k) {
+      const Example& e = (*p.d)[k];
+      REQUIRE(e.tokens.size() == 8);
+      REQUIRE(e.targets.size() == 8);
+      for (size_t j = 0; j < 8; ++j) {
+        CHECK(e.tokens[j] == ids[p.begin + 8 * k + j]);
+        CHECK(e.targets[j] == ids[p.begin + 8 * k + j + 1]);
+      }
+    }
+  }
+  // The windows of a split stay inside it: the last train target is before the val block.
+  CHECK(8 * 99 + 1 <= 800);
+  const Batch b = collate(s.val, {0, 11});
+  CHECK(b.targets.shape() == Shape{2, 8});
+  CHECK(b.targets.data_ptr<int64_t>()[8] == ids[800 + 88 + 1]);
+  // A fraction of 0 is an empty split; every position of a window is labelled.
+  const CharSplits no_val = char_lm_splits(ids, 8, 0.0, 0.05);
+  CHECK(no_val.val.empty());
+  CHECK(no_val.val_chars == 0);
+  CHECK(no_val.train_chars == 950);
+  CHECK(no_val.train.name == "chars/train");
+  for (const Example& e : no_val.test.examples)
+    for (token_t t : e.targets) CHECK(t != kIgnoreIndex);
+}
+
+TEST_CASE("chars: too short text and bad arguments are refused naming the sizes") {
+  const std::vector<token_t> ids = encode_chars(std::string(100, 'a'));
+  check_refusal([&] { char_lm_splits(ids, 8); }, "val split has 5 characters", "seq_len + 1 = 9");
+  check_refusal([&] { char_lm_splits(ids, 8); }, "train 90, val 5, test 5");
+  check_refusal([&] { char_lm_splits(ids, 100, 0.0, 0.0); }, "train split has 100 characters", "seq_len + 1 = 101");
+  CHECK(char_lm_splits(ids, 99, 0.0, 0.0).train.size() == 1);
+  check_refusal([&] { char_lm_splits(ids, 0); }, "seq_len = 0");
+  check_refusal([&] { char_lm_splits(ids, 4, -0.1); }, "val_frac = -0.1");
+  check_refusal([&] { char_lm_splits(ids, 4, 0.5, 0.5); }, "val_frac + test_frac = 0.5 + 0.5");
+  check_refusal([&] { char_lm_splits({1, 2, 97, 3}, 1, 0.0, 0.0); }, "id 97 at position 2");
+}
+
+TEST_CASE("chars: the Debian fortunes corpus, when installed") {
+  TmpDir dir;
+  check_refusal([&] { read_fortunes_corpus(dir.path.string()); },
+                "install the Debian package fortunes (apt-get install fortunes), or give --data FILE");
+  // A fake package folder: text files with .dat indexes, .u8 links, a stray file without index.
+  write(dir / "b", "beta\n%\n");
+  write(dir / "b.dat", std::string("\0\0\0\2", 4));
+  write(dir / "a", "alpha\n%\n");
+  write(dir / "a.dat", std::string("\0\0\0\2", 4));
+  write(dir / "notes", "no index\n");
+  fs::create_symlink("a", dir / "a.u8");
+  CHECK(fortunes_corpus_files(dir.path.string()) == std::vector<std::string>{dir / "a", dir / "b"});
+  CHECK(read_fortunes_corpus(dir.path.string()) == "alpha\n%\nbeta\n%\n");
+
+  const std::vector<std::string> files = fortunes_corpus_files();
+  if (files.empty()) return;  // package not installed
+  CHECK(std::is_sorted(files.begin(), files.end()));
+  size_t bytes = 0;
+  for (const std::string& f : files) {
+    CHECK(fs::exists(f + ".dat"));
+    CHECK(fs::path(f).extension() != ".u8");
+    bytes += fs::file_size(f);
+  }
+  const std::string corpus = read_fortunes_corpus();
+  CHECK(corpus.size() == bytes);
+  CHECK(bytes > 1000000);
+  CHECK(unknown_fraction(encode_chars(corpus)) < 0.05);
 }

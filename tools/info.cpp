@@ -72,6 +72,10 @@ json info_json() {
   j["openblas"] = openblas_get_config();
   j["mechanisms"] = json::array();
   for (const auto& s : nn::attention_registry()) j["mechanisms"].push_back(mechanism_json(s));
+  j["tasks"] = json::array();
+  for (const auto& t : models::task_specs())
+    j["tasks"].push_back({{"name", t.name}, {"summary", t.summary}, {"metric", t.metric},
+                          {"higher_is_better", t.higher_is_better}, {"causal_model", t.kind != models::TaskKind::classify}});
   return j;
 }
 
@@ -110,7 +114,7 @@ void print_mechanism(const json& m) {
 }  // namespace
 
 int cmd_info(int argc, char** argv) {
-  CLI::App app("The version, thread and BLAS settings, and every registered attention mechanism: its summary,\n"
+  CLI::App app("The version, thread and BLAS settings, the tasks, and every registered attention mechanism: its summary,\n"
                "capabilities, knobs (option, type and range, default), presets per task and parameters without\n"
                "weight decay. --json prints the same as one JSON object.",
                "lotgrad info");
@@ -128,6 +132,11 @@ int cmd_info(int argc, char** argv) {
   std::printf("threads: %s (OpenMP max %s, OpenBLAS %s)\n", text(j["threads"]["lotgrad"]).c_str(),
               text(j["threads"]["openmp_max"]).c_str(), text(j["threads"]["openblas"]).c_str());
   std::printf("OpenBLAS: %s\n", text(j["openblas"]).c_str());
+  std::printf("tasks (lotgrad train --task):\n");
+  for (const auto& t : j["tasks"])
+    std::printf("  %-15s %s; metric %s (%s is better)%s\n", text(t["name"]).c_str(), text(t["summary"]).c_str(),
+                text(t["metric"]).c_str(), t["higher_is_better"].get<bool>() ? "higher" : "lower",
+                t["causal_model"].get<bool>() ? "; a causal model" : "");
   std::printf("attention mechanisms:");
   for (const auto& m : j["mechanisms"]) std::printf(" %s", text(m["name"]).c_str());
   std::printf("\n");

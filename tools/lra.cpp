@@ -68,7 +68,7 @@ int cmd_lra(int argc, char** argv) {
   }
   std::printf("\nListOps (generated, lengths %lld-%lld), %lld steps, batch %lld, %d threads; majority class %.1f%%\n",
               (long long)base.min_len, (long long)base.max_len, (long long)base.steps, (long long)base.batch,
-              get_num_threads(), rows.empty() ? 0.0 : 100 * rows[0].r.majority_test);
+              get_num_threads(), rows.empty() ? 0.0 : 100 * rows[0].r.baseline_test);
   std::printf("| attention | best dev | test | ms/step | run time |\n|---|---|---|---|---|\n");
   for (auto& row : rows)
     std::printf("| %s | %.1f%% | %.1f%% | %.1f | %.0f s |\n", row.name.c_str(), 100 * row.r.dev_at_best,

@@ -45,7 +45,8 @@ struct Canvas {
         {'a', "000011101101011"}, {'c', "000111100100111"}, {'d', "001011101101011"}, {'e', "000111111100111"},
         {'l', "100100100100110"}, {'o', "000111101101111"}, {'p', "000111101111100"}, {'r', "000110101100100"},
         {'s', "000111110011111"}, {'t', "010111010010011"}, {'v', "000101101101010"}, {'i', "010000010010010"},
-        {'n', "000110101101101"}, {'k', "100101110101101"}, {' ', "000000000000000"}, {'/', "001001010100100"}};
+        {'n', "000110101101101"}, {'k', "100101110101101"}, {' ', "000000000000000"}, {'/', "001001010100100"},
+        {'b', "100100111101111"}, {'m', "000111111101101"}};
     for (size_t c = 0; c < s.size(); ++c) {
       auto it = font.find(s[c]);
       if (it == font.end()) continue;
@@ -94,26 +95,35 @@ void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
 }  // namespace
 
 int cmd_plot(int argc, char** argv) {
-  CLI::App app("Training loss (left) and train accuracy (blue) / dev accuracy (red) (right) against the step, from\n"
-               "a run's metrics.jsonl, as a PNG. A torn last line (a run still writing) is skipped. No --json.",
+  CLI::App app("Training loss (left) and the task's metric on train (blue) and dev (red) (right: accuracy, bits per\n"
+               "character or squared error) against the step, from a run's metrics.jsonl, as a PNG. A torn last line (a run\n"
+               "still writing) is skipped. No --json.",
                "lotgrad plot");
   std::string in, out = "curves.png";
   app.add_option("metrics", in, "the run's metrics.jsonl")->required()->check(CLI::ExistingFile);
   app.add_option("--out", out, "the PNG to write")->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  std::vector<std::pair<double, double>> loss, tacc, dacc;
-  for (const auto& r : models::read_metrics(in, /*tolerate_torn_tail=*/true)) {
+  const std::vector<models::MetricsRecord> records = models::read_metrics(in, /*tolerate_torn_tail=*/true);
+  std::string metric = "acc";  // the task's metric: the records name it "train_<metric>", "dev_<metric>"
+  for (const auto& r : records)
+    for (const auto& [k, v] : r.values)
+      if (k.rfind("dev_", 0) == 0) metric = k.substr(4);
+  std::vector<std::pair<double, double>> loss, tm, dm;
+  double lmax = 0, mmax = 0;
+  for (const auto& r : records) {
     const double step = (double)r.step;
     if (r.has("loss")) loss.push_back({step, r.values.at("loss")});
-    if (r.has("train_acc")) tacc.push_back({step, r.values.at("train_acc")});
-    if (r.has("dev_acc")) dacc.push_back({step, r.values.at("dev_acc")});
+    if (r.has("train_" + metric)) tm.push_back({step, r.values.at("train_" + metric)});
+    if (r.has("dev_" + metric)) dm.push_back({step, r.values.at("dev_" + metric)});
   }
-  if (loss.empty() && dacc.empty()) throw IOError(in + " holds no metrics");
-  double lmax = 0;
+  if (loss.empty() && dm.empty()) throw IOError(in + " holds no metrics");
   for (auto& p : loss) lmax = std::max(lmax, p.second);
+  for (const auto* s : {&tm, &dm})
+    for (auto& p : *s) mmax = std::max(mmax, p.second);
   Canvas c(1000, 400);
   panel(c, 70, 40, 380, 300, "loss", {{loss, 0x1f5fbf}}, 0.0, lmax * 1.05);
-  panel(c, 580, 40, 380, 300, "acc train / dev", {{tacc, 0x1f5fbf}, {dacc, 0xd03020}}, 0.0, 1.0);
+  panel(c, 580, 40, 380, 300, metric + " train / dev", {{tm, 0x1f5fbf}, {dm, 0xd03020}}, 0.0, metric == "acc" ? 1.0 : mmax * 1.05);
+  const auto& dacc = dm;
   if (!stbi_write_png(out.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("cannot write " + out);
   std::printf("wrote %s (%zu loss points, %zu dev evaluations)\n", out.c_str(), loss.size(), dacc.size());
   return 0;

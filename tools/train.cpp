@@ -6,6 +6,7 @@
 #include <iostream>
 #include <lotgrad/lotgrad.h>
 #include <lotgrad/models/run_config.h>
+#include <lotgrad/models/workload.h>
 
 #include "commands.h"
 #include "checks.h"
@@ -39,8 +40,9 @@ models::TrainConfig checkpoint_config(const std::string& ck, const std::map<std:
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
-  CLI::App app("Trains a classifier on an LRA task (read or generated) with progress, checkpoints and a metrics log;\n"
-               "ends with the dev and test accuracy of the best-on-dev checkpoint. No --json.",
+  CLI::App app("Trains a model on a task (read or generated): an LRA classifier, or a causal model for mqar,\n"
+               "icl-regression and lm; with progress, checkpoints and a metrics log. Ends with the dev and test metric of\n"
+               "the best-on-dev checkpoint beside the task's references. No --json.",
                "lotgrad train");
   RunOptions opts(app, {Role::data, Role::model, Role::run, Role::free}, models::TrainConfig{});
   models::TrainConfig c;
@@ -79,15 +81,18 @@ struct CheckpointCommand {
 }  // namespace
 
 int cmd_eval(int argc, char** argv) {
-  CLI::App app("Accuracy of a checkpoint on a split. The checkpoint stores its run's settings; an option given that\n"
+  CLI::App app("The task's metric (accuracy; lm: bits per character; icl-regression: squared error) of a checkpoint\n"
+               "on a split, beside the task's references. The checkpoint stores its run's settings; an option given that\n"
                "contradicts them is refused (--batch and --threads may differ). No --json.",
                "lotgrad eval");
   CheckpointCommand cmd(app, "test");
   models::TrainConfig c;
   after_parse(app, [&] { c = cmd.config(); });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const double acc = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout);
-  std::printf("%s accuracy of %s: %.4f\n", cmd.split.c_str(), cmd.checkpoint.c_str(), acc);
+  std::string refs;
+  const double v = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout, &refs);
+  std::printf("%s %s of %s: %.4f (%s)\n", cmd.split.c_str(), models::task_spec(c.task).metric.c_str(),
+              cmd.checkpoint.c_str(), v, refs.c_str());
   return 0;
 }
 

@@ -1,0 +1,52 @@
+#include "workload.h"
+
+#include "run_config.h"
+
+namespace lotgrad::models {
+
+const std::vector<TaskSpec>& task_specs() {
+  static const std::vector<TaskSpec> specs = {
+      {"listops", TaskKind::classify, "LRA ListOps: the value (0-9) of a nested list expression", "acc"},
+      {"pathfinder", TaskKind::classify, "LRA Pathfinder: are two dots joined by a dashed path (pixels as tokens)", "acc"},
+      {"image", TaskKind::classify, "LRA Image: CIFAR-10 (--data) or Fashion-MNIST pixels as a sequence", "acc"},
+      {"text", TaskKind::classify, "LRA Text: IMDb sentiment from bytes (--data)", "acc"},
+      {"retrieval", TaskKind::classify, "LRA Retrieval: do two AAN papers cite each other, from bytes (--data)", "acc"},
+      {"mqar", TaskKind::tokens, "multi-query associative recall (Zoology): the value of each queried key", "acc"},
+      {"icl-regression", TaskKind::regression, "in-context linear regression: predict y = w·x from earlier (x, y) pairs",
+       "mse", false},
+      {"lm", TaskKind::tokens, "character-level language modelling of a text (96 characters)", "bpc", false},
+  };
+  return specs;
+}
+
+const TaskSpec& task_spec(const std::string& name) {
+  std::string known;
+  for (const auto& t : task_specs()) {
+    if (t.name == name) return t;
+    known += (known.empty() ? "" : ", ") + t.name;
+  }
+  throw std::invalid_argument("unknown task \"" + name + "\" (" + known + ")");
+}
+
+bool is_causal_run(const TrainConfig& cfg) { return cfg.causal || task_spec(cfg.task).kind != TaskKind::classify; }
+
+nn::AttentionOptions attention_options(const TrainConfig& cfg) {
+  nn::AttentionOptions a;
+  a.name = cfg.attention;
+  a.n_heads = cfg.heads;
+  a.knobs = effective_knobs(cfg);
+  a.causal = is_causal_run(cfg);
+  return a;
+}
+
+std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& log, Generator& init_gen,
+                                        std::shared_ptr<Generator> dgen) {
+  switch (task_spec(cfg.task).kind) {
+    case TaskKind::classify: return make_classify_workload(cfg, log, init_gen, dgen);
+    case TaskKind::tokens: return make_tokens_workload(cfg, log, init_gen, dgen);
+    case TaskKind::regression: return make_regression_workload(cfg, log, init_gen, dgen);
+  }
+  throw std::logic_error("make_workload: unhandled task kind");
+}
+
+}  // namespace lotgrad::models

@@ -1,0 +1,63 @@
+// The LRA classifiers as a Workload: task.h's data, model and evaluation, a shuffled loader,
+// cross-entropy on the sequence label, accuracy.
+#include "../data/dataset.h"
+#include "../ops/loss.h"
+#include "task.h"
+#include "workload.h"
+
+namespace lotgrad::models {
+
+namespace {
+class ClassifyWorkload : public Workload {
+ public:
+  ClassifyWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen)
+      : cfg_(cfg), data_(load_task(cfg, log)), model_(build_model(cfg, data_, gen, dgen)), loader_(data_.train, options(cfg)) {}
+
+  nn::Module& module() override { return model_.module(); }
+  StepOutput train_step(int64_t) override {
+    data::Batch b = loader_.next();
+    if (zero_mask_on(cfg_)) mask_zero_tokens(b);
+    Tensor logits = model_.logits(b);
+    return {cross_entropy(logits, b.labels), (double)count_correct(logits, b.labels), (double)b.size(),
+            (double)b.real_tokens()};
+  }
+  double evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
+    return models::evaluate(model_, pick(split), cfg_.batch, max_batches, zero_mask_on(cfg_), progress);
+  }
+  std::map<std::string, std::string> data_state() const override {
+    return {{"loader_epoch", std::to_string(loader_.state().epoch)}, {"loader_index", std::to_string(loader_.state().index)}};
+  }
+  void set_data_state(const std::map<std::string, std::string>& md) override {
+    loader_.set_state({std::stoll(md.at("loader_epoch")), std::stoll(md.at("loader_index"))});
+  }
+  std::string references(const std::string& split) override {
+    return "majority class " + std::to_string(data::majority_rate(pick(split)));
+  }
+  double baseline(const std::string& split) override { return data::majority_rate(pick(split)); }
+  int64_t eval_examples(const std::string& split) const override { return (int64_t)pick(split).size(); }
+
+ private:
+  static data::LoaderOptions options(const TrainConfig& cfg) {
+    data::LoaderOptions lo;
+    lo.batch_size = cfg.batch;
+    lo.seed = (uint64_t)cfg.seed;
+    lo.drop_last = true;
+    lo.bucket_batches = cfg.bucket;
+    return lo;
+  }
+  const data::Dataset& pick(const std::string& split) const {
+    return split == "train" ? data_.train : split == "val" ? data_.val : data_.test;
+  }
+  TrainConfig cfg_;
+  TaskData data_;
+  Model model_;
+  data::DataLoader loader_;
+};
+}  // namespace
+
+std::unique_ptr<Workload> make_classify_workload(const TrainConfig& cfg, std::ostream& log, Generator& gen,
+                                                 std::shared_ptr<Generator> dgen) {
+  return std::make_unique<ClassifyWorkload>(cfg, log, gen, dgen);
+}
+
+}  // namespace lotgrad::models
