@@ -74,7 +74,7 @@ std::vector<ConfigField> declare() {
       {"zero-mask", Role::data, "LRA's token-0-is-padding mask: -1 on for pathfinder and image, 0 off, 1 on", &C::zero_mask,
        -1, 1},
       // ---- model
-      {"attention", Role::model, "the attention mechanism (`lotgrad info` lists them)", &C::attention, 0, 0,
+      {"attention", Role::model, "the attention mechanism (`lotgrad info` lists them; default: lotformer for the LRA tasks, softmax for mqar and lm, linear for icl-regression)", &C::attention, 0, 0,
        nn::attention_names()},
       {"no-preset", Role::model, "start the knobs from their defaults, not the mechanism's preset for the task",
        &C::use_preset, 0, 0, {}, true, true},
@@ -368,6 +368,7 @@ double parse_knob(const TrainConfig& c, const std::string& option, const std::st
 TrainConfig apply_given(TrainConfig c, const std::map<std::string, std::string>& given) {
   for (const auto& [opt, text] : given)
     if (const ConfigField* f = config_field(opt)) f->set(c, text);
+  if (!given.count("attention")) c.attention = task_spec(c.task).default_attention;
   for (const auto& [opt, text] : given)
     if (!config_field(opt)) c.knobs[knob_name(opt)] = parse_knob(c, opt, text);
   return c;

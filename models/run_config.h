@@ -70,7 +70,8 @@ TrainConfig merge_given(const TrainConfig& stored, const std::map<std::string, s
                         const std::vector<std::string>& ignore, const std::string& where);
 
 // The settings a user gave on top of defaults (train without --resume): `given` as in
-// merge_given; knobs are checked against the mechanism the result names.
+// merge_given; knobs are checked against the mechanism the result names. Without a given
+// "attention" the task's default mechanism (TaskSpec::default_attention) is taken.
 TrainConfig apply_given(TrainConfig base, const std::map<std::string, std::string>& given);
 
 // Every knob of every registered mechanism, one per name (a name shared by mechanisms is one

@@ -11,10 +11,11 @@ const std::vector<TaskSpec>& task_specs() {
       {"image", TaskKind::classify, "LRA Image: CIFAR-10 (--data) or Fashion-MNIST pixels as a sequence", "acc"},
       {"text", TaskKind::classify, "LRA Text: IMDb sentiment from bytes (--data)", "acc"},
       {"retrieval", TaskKind::classify, "LRA Retrieval: do two AAN papers cite each other, from bytes (--data)", "acc"},
-      {"mqar", TaskKind::tokens, "multi-query associative recall (Zoology): the value of each queried key", "acc"},
+      {"mqar", TaskKind::tokens, "multi-query associative recall (Zoology): the value of each queried key", "acc", true,
+       "softmax"},
       {"icl-regression", TaskKind::regression, "in-context linear regression: predict y = w·x from earlier (x, y) pairs",
-       "mse", false},
-      {"lm", TaskKind::tokens, "character-level language modelling of a text (96 characters)", "bpc", false},
+       "mse", false, "linear"},
+      {"lm", TaskKind::tokens, "character-level language modelling of a text (96 characters)", "bpc", false, "softmax"},
   };
   return specs;
 }

@@ -30,6 +30,7 @@ struct TaskSpec {
   std::string summary;  // one line for `lotgrad info` and --help
   std::string metric;   // what evaluation reports: "acc", "bpc" (bits per character), "mse"
   bool higher_is_better = true;
+  std::string default_attention = "lotformer";  // --attention when not given
 };
 // Every task, declared once.
 const std::vector<TaskSpec>& task_specs();

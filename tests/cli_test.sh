@@ -43,7 +43,7 @@ case "$case_name" in
     "$bin" train $tiny --attention softmax --steps 6 --batch 16 --eval-every 3 --out "$work/run" >"$work/out"
     python3 -m json.tool "$work/run/config.json" >/dev/null
     # eval needs only the checkpoint; a contradicting option names both values
-    "$bin" eval --checkpoint "$work/run/best.ckpt" | grep -q "test accuracy"
+    "$bin" eval --checkpoint "$work/run/best.ckpt" | grep -q "test acc of"
     "$bin" inspect --checkpoint "$work/run/best.ckpt" --count 3 | grep -q "entropy/log n"
     if "$bin" eval --checkpoint "$work/run/best.ckpt" --seed 7 2>"$work/err"; then echo "--seed 7 accepted"; exit 1; fi
     grep -q -- "--seed 7 contradicts .*seed is 1" "$work/err"
@@ -69,7 +69,7 @@ case "$case_name" in
     grep -q "resume with: lotgrad train --out $work/run --resume" "$work/out"
     test -s "$work/run/last.ckpt"
     if ls "$work/run" | grep -q tmp; then echo "temporary file left"; exit 1; fi
-    "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val accuracy"
+    "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val acc of"
     # a second Ctrl-C exits at once: here both arrive during a long dev evaluation (120,000 examples, seconds)
     "$bin" train --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 120000 --test-size 100 \
       --attention softmax --steps 5 --batch 16 --eval-every 1 --log-every 1 --threads 2 --out "$work/run2" >"$work/out2" 2>&1 &
@@ -100,7 +100,7 @@ case "$case_name" in
     grep -q "best-on-dev checkpoint" "$work/out"
     "$bin" eval --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 100 --test-size 100 \
       --attention softmax --checkpoint "$work/run/best.ckpt" --threads 2 >"$work/e"
-    grep -q "test accuracy" "$work/e"
+    grep -q "test acc of" "$work/e"
     # An option that contradicts the checkpoint's stored settings: the error names both values.
     if "$bin" eval --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 100 --test-size 100 \
       --attention softmax --pooling cls --checkpoint "$work/run/best.ckpt" 2>"$work/err"; then exit 1; fi
@@ -116,6 +116,42 @@ case "$case_name" in
     grep -q "pos 2d needs square images" "$work/err"
     if "$bin" train $tiny --init xavier 2>"$work/err"; then echo "--init xavier accepted"; exit 1; fi
     grep -q -- "--init" "$work/err" ;;
+  seq_tasks)
+    # mqar: generated and written, read back, eval; icl-regression with its references; lm on a text file
+    mq="--task mqar --vocab 64 --seq-len 32 --kv-pairs 4 --train-size 64 --val-size 16 --test-size 16 --d-model 16 --mlp 0"
+    "$bin" train $mq --attention linear --steps 4 --batch 8 --eval-every 2 --threads 2 --write-data "$work/mqd" \
+      --out "$work/mq" | tee "$work/out"
+    grep -q "dev acc" "$work/out"; test -s "$work/mqd/mqar_train.txt"
+    "$bin" train $mq --attention linear --steps 4 --batch 8 --eval-every 2 --threads 2 --data "$work/mqd" \
+      --out "$work/mq2" >/dev/null
+    "$bin" eval --checkpoint "$work/mq/best.ckpt" --threads 2 >"$work/o"; grep -q "test acc of" "$work/o"
+    "$bin" train --task icl-regression --layout paired --dim 4 --points 8 --val-size 16 --test-size 16 --pos none \
+      --norm 0 --mlp 0 --depth 1 --attention linear --steps 4 --batch 8 --eval-every 2 --threads 2 --out "$work/icl" \
+      >"$work/o"
+    grep -q "optimal one-step GD" "$work/o"
+    "$bin" eval --checkpoint "$work/icl/best.ckpt" --threads 2 >"$work/o"; grep -q "test mse of" "$work/o"
+    for i in $(seq 200); do echo "the quick brown fox $i jumps over the lazy dog"; done >"$work/text.txt"
+    "$bin" train --task lm --data "$work/text.txt" --seq-len 16 --attention linear --d-model 16 --steps 4 --batch 8 \
+      --eval-every 2 --threads 2 --out "$work/lm" >"$work/o"
+    grep -q "dev bpc" "$work/o"
+    "$bin" plot "$work/lm/metrics.jsonl" --out "$work/lm.png"; test -s "$work/lm.png"
+    # bad input: refused before any work (exit 2) or by the reader, naming the option or the file
+    expect_refusal() {
+      local text=$1; shift
+      set +e; "$@" >"$work/o" 2>"$work/err"; local rc=$?; set -e
+      [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] || { echo "exit $rc: $*"; cat "$work/err"; exit 1; }
+      grep -q -- "$text" "$work/err" || { echo "no '$text' in the message of: $*"; cat "$work/err"; exit 1; }
+    }
+    expect_refusal "--vocab 32 and --seq-len 64" "$bin" train --task mqar --vocab 32 --seq-len 64
+    expect_refusal "--kv-pairs 20 and --seq-len 64" "$bin" train --task mqar --kv-pairs 20 --seq-len 64
+    expect_refusal "--dim" "$bin" train --task icl-regression --dim 0
+    expect_refusal "no causal form" "$bin" train --task lm --attention lotformer
+    : >"$work/empty.txt"
+    expect_refusal "empty.txt" "$bin" train --task lm --data "$work/empty.txt" --out "$work/x1"
+    printf 'ab\0cd' >"$work/bin.txt"
+    expect_refusal "bin.txt" "$bin" train --task lm --data "$work/bin.txt" --out "$work/x2"
+    echo "short" >"$work/short.txt"
+    expect_refusal "short" "$bin" train --task lm --data "$work/short.txt" --out "$work/x3" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac
 echo "cli $case_name: ok"
