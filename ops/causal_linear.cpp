@@ -21,21 +21,34 @@ namespace {
 
 Tensor tr(const Tensor& x) { return x.transpose(-2, -1); }
 
+using Chunks = std::vector<std::pair<int64_t, int64_t>>;  // [start, start + len)
+
 // The chunks [start, start + len) of n positions.
-std::vector<std::pair<int64_t, int64_t>> chunks(int64_t n, int64_t C) {
-  std::vector<std::pair<int64_t, int64_t>> out;
+Chunks even_chunks(int64_t n, int64_t C) {
+  Chunks out;
   for (int64_t s = 0; s < n; s += C) out.push_back({s, std::min(C, n - s)});
   return out;
 }
 
-// Forward (no graph): Y_c = tril(Q_c K_cᵀ) V_c + Q_c S, then S += K_cᵀ V_c.
-Tensor prefix_kernel(const Tensor& q, const Tensor& k, const Tensor& v, int64_t C) {
+// g_c as (B, H, d, 1): scales the rows of a (B, H, d, e) state.
+Tensor decay_of(const Tensor& decay, size_t c) { return tr(decay.narrow(2, (int64_t)c, 1)); }
+
+// The past as chunk c sees it: g_c ⊙ S (S undefined: no past yet).
+Tensor decayed(const Tensor& S, const Tensor& decay, size_t c) {
+  if (!S.defined() || !decay.defined()) return S;
+  return mul(S, decay_of(decay, c));
+}
+
+// Forward (no graph): Y_c = tril(Q_c K_cᵀ) V_c + Q_c (g_c ⊙ S), then S = g_c ⊙ S + K_cᵀ V_c.
+Tensor prefix_kernel(const Tensor& q, const Tensor& k, const Tensor& v, const Chunks& cs, const Tensor& decay) {
   NoGradGuard ng;
   Tensor S;  // (B, H, d, e), the past
   std::vector<Tensor> ys;
-  for (auto [s, len] : chunks(q.size(2), C)) {
+  for (size_t c = 0; c < cs.size(); ++c) {
+    const auto [s, len] = cs[c];
     const Tensor Qc = q.narrow(2, s, len), Kc = k.narrow(2, s, len), Vc = v.narrow(2, s, len);
     Tensor Yc = matmul(mul(matmul(Qc, tr(Kc)), causal_mask(len, q.dtype())), Vc);  // (B, H, len, e)
+    S = decayed(S, decay, c);
     if (S.defined()) Yc = add(Yc, matmul(Qc, S));
     ys.push_back(Yc);
     const Tensor kv = matmul(tr(Kc), Vc);  // (B, H, d, e)
@@ -45,23 +58,26 @@ Tensor prefix_kernel(const Tensor& q, const Tensor& k, const Tensor& v, int64_t 
 }
 
 struct CausalLinearPrefixBackward : Node {
-  SavedTensor q, k, v;
-  int64_t chunk = 64;
+  SavedTensor q, k, v, decay;
+  Chunks cs;
   const char* name() const override { return "CausalLinearPrefixBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const Tensor Q = q.unpack(this), K = k.unpack(this), V = v.unpack(this), G = g[0];
-    const auto cs = chunks(Q.size(2), chunk);
+    const Tensor D = decay.defined() ? decay.unpack(this) : Tensor();
     std::vector<Tensor> dq(cs.size()), dk(cs.size()), dv(cs.size());
-    Tensor S;  // forward order: dQ_c = tril(G_c V_cᵀ) K_c + G_c Sᵀ
+    Tensor S;  // forward order: dQ_c = tril(G_c V_cᵀ) K_c + G_c (g_c ⊙ S)ᵀ
     for (size_t c = 0; c < cs.size(); ++c) {
       const auto [s, len] = cs[c];
       const Tensor Gc = G.narrow(2, s, len), Kc = K.narrow(2, s, len), Vc = V.narrow(2, s, len);
       dq[c] = matmul(mul(matmul(Gc, tr(Vc)), causal_mask(len, Q.dtype())), Kc);
+      S = decayed(S, D, c);
       if (S.defined()) dq[c] = add(dq[c], matmul(Gc, tr(S)));
       const Tensor kv = matmul(tr(Kc), Vc);
       S = S.defined() ? add(S, kv) : kv;
     }
-    Tensor M;  // reverse order: M = Σ_{later chunks} Q_iᵀ G_i (B, H, d, e)
+    // reverse order: M = d loss / d S_c (B, H, d, e); the state before chunk c gets
+    // g_c ⊙ (Q_cᵀ G_c + M), which is the M of chunk c - 1.
+    Tensor M;
     for (size_t c = cs.size(); c-- > 0;) {
       const auto [s, len] = cs[c];
       const Tensor Qc = Q.narrow(2, s, len), Kc = K.narrow(2, s, len), Vc = V.narrow(2, s, len), Gc = G.narrow(2, s, len);
@@ -72,31 +88,65 @@ struct CausalLinearPrefixBackward : Node {
         dk[c] = add(dk[c], matmul(Vc, tr(M)));
         dv[c] = add(dv[c], matmul(Kc, M));
       }
+      if (c == 0) break;
       const Tensor qg = matmul(tr(Qc), Gc);
-      M = M.defined() ? add(M, qg) : qg;
+      M = decayed(M.defined() ? add(M, qg) : qg, D, c);
     }
     return {needs_grad(0) ? cat(dq, 2) : Tensor(), needs_grad(1) ? cat(dk, 2) : Tensor(),
             needs_grad(2) ? cat(dv, 2) : Tensor()};
   }
-  void release() override { q.reset(); k.reset(); v.reset(); }
+  void release() override { q.reset(); k.reset(); v.reset(); decay.reset(); }
 };
-}  // namespace
 
-Tensor causal_linear_prefix(const Tensor& q, const Tensor& k, const Tensor& v, int64_t chunk) {
+void check_operands(const Tensor& q, const Tensor& k, const Tensor& v) {
   if (q.dim() != 4 || k.shape() != q.shape() || v.dim() != 4 || v.size(0) != q.size(0) || v.size(1) != q.size(1) ||
       v.size(2) != q.size(2) || q.dtype() != k.dtype() || q.dtype() != v.dtype())
     throw_shape("causal_linear_prefix", "expects q, k (B, H, n, d) and v (B, H, n, e) of one dtype",
                 {{"q", &q}, {"k", &k}, {"v", &v}});
-  if (chunk < 1) throw std::invalid_argument("causal_linear_prefix: chunk must be >= 1, got " + std::to_string(chunk));
-  Tensor out = prefix_kernel(q, k, v, chunk);
+}
+
+Tensor prefix(const Tensor& q, const Tensor& k, const Tensor& v, Chunks cs, const Tensor& decay) {
+  Tensor out = prefix_kernel(q, k, v, cs, decay);
   if (auto n = make_node<CausalLinearPrefixBackward>({q, k, v})) {
     n->q = save(q);
     n->k = save(k);
     n->v = save(v);
-    n->chunk = chunk;
+    if (decay.defined()) n->decay = save(decay);
+    n->cs = std::move(cs);
     set_history(out, n);
   }
   return out;
+}
+}  // namespace
+
+Tensor causal_linear_prefix(const Tensor& q, const Tensor& k, const Tensor& v, int64_t chunk) {
+  check_operands(q, k, v);
+  if (chunk < 1) throw std::invalid_argument("causal_linear_prefix: chunk must be >= 1, got " + std::to_string(chunk));
+  return prefix(q, k, v, even_chunks(q.size(2), chunk), Tensor());
+}
+
+Tensor causal_linear_prefix(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int64_t>& lengths,
+                            const Tensor& decay) {
+  check_operands(q, k, v);
+  Chunks cs;
+  int64_t s = 0;
+  for (int64_t len : lengths) {
+    if (len < 1) throw std::invalid_argument("causal_linear_prefix: chunk lengths must be >= 1, got " + std::to_string(len));
+    cs.push_back({s, len});
+    s += len;
+  }
+  if (s != q.size(2))
+    throw std::invalid_argument("causal_linear_prefix: chunk lengths sum to " + std::to_string(s) + ", not n = " +
+                                std::to_string(q.size(2)));
+  if (decay.defined()) {
+    if (decay.shape() != Shape{q.size(0), q.size(1), (int64_t)cs.size(), q.size(3)} || decay.dtype() != q.dtype())
+      throw_shape("causal_linear_prefix", "expects decay (B, H, n_chunks, d) of q's dtype, n_chunks = " +
+                                              std::to_string(cs.size()),
+                  {{"q", &q}, {"decay", &decay}});
+    if (decay.requires_grad())
+      throw std::invalid_argument("causal_linear_prefix: decay is a constant (no gradient flows to it); detach it");
+  }
+  return prefix(q, k, v, std::move(cs), decay);
 }
 
 }  // namespace lotgrad
