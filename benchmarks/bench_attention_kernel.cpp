@@ -1,5 +1,6 @@
 // Softmax attention, fused tiled kernel vs the composite reference: forward and
-// forward+backward time (median) and peak memory against n, at B=1, H=2, d=32 (f32).
+// forward+backward time (median) and peak memory against n, at B=1, H=2, d=32 (f32); full,
+// causal (--causal) or sliding-window (--window W, causal or symmetric) attention.
 //
 // Memory, per implementation and n, from one extra forward+backward after timing:
 //   peak_storage_mb  high-water mark of lotgrad tensor storage during the step (inputs,
@@ -14,6 +15,10 @@
 //   --n LIST        comma-separated sequence lengths (default 512,1024,2048,4096,8192,16384)
 //   --batch B --heads H --dim d   (defaults 1, 2, 32)
 //   --max-ref N     largest n for the reference path (default 8192; it holds (B, H, n, n))
+//   --causal        causal attention (query i sees keys j <= i)
+//   --window W      sliding-window attention: keys within W of the query (with --causal,
+//                   0 <= i - j < W; else |i - j| < W); 0 (the default): no window
+// GFLOP/s count only the (query, key) pairs inside the band (causal: about half of n²).
 #include <cstring>
 #include <fstream>
 
@@ -38,21 +43,52 @@ void reset_vmhwm() {
   if (f) f << "5";
 }
 
-// Naive double-precision output row i of head (b, h).
-std::vector<double> naive_row(const Tensor& q, const Tensor& k, const Tensor& v, int64_t bh, int64_t i) {
+// Which keys each query sees: all, causal, or a sliding window (window > 0).
+struct Band {
+  bool causal = false;
+  int64_t window = 0;
+  // The keys [lo, hi] of query i among m.
+  std::pair<int64_t, int64_t> keys(int64_t i, int64_t m) const {
+    int64_t lo = 0, hi = m - 1;
+    if (causal) hi = std::min(hi, i);
+    if (window > 0) {
+      lo = std::max<int64_t>(0, i - window + 1);
+      if (!causal) hi = std::min(hi, i + window - 1);
+    }
+    return {lo, hi};
+  }
+  // (query, key) pairs in the band for n queries and n keys.
+  double pairs(int64_t n) const {
+    double p = 0;
+    for (int64_t i = 0; i < n; ++i) p += (double)std::max<int64_t>(0, keys(i, n).second - keys(i, n).first + 1);
+    return p;
+  }
+  std::string tag() const {
+    std::string t = window > 0 ? " window=" + std::to_string(window) : "";
+    return causal ? t + " causal" : t;
+  }
+  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, bool fused) const {
+    if (window > 0) return sliding_window_attention(q, k, v, window, causal, Tensor(), NAN, fused);
+    return scaled_dot_product_attention(q, k, v, Tensor(), causal, NAN, fused);
+  }
+};
+
+// Naive double-precision output row i of head (b, h), over the keys of its band.
+std::vector<double> naive_row(const Tensor& q, const Tensor& k, const Tensor& v, const Band& band, int64_t bh, int64_t i) {
   const int64_t n = q.size(2), m = k.size(2), d = q.size(3);
   const float* qp = q.data_ptr<float>() + (bh * n + i) * d;
   const float* kp = k.data_ptr<float>() + bh * m * d;
   const float* vp = v.data_ptr<float>() + bh * m * d;
+  const auto [lo, hi] = band.keys(i, m);
   std::vector<double> s((size_t)m), o((size_t)d, 0.0);
   double mx = -INFINITY, l = 0;
-  for (int64_t j = 0; j < m; ++j) {
+  for (int64_t j = lo; j <= hi; ++j) {
     double a = 0;
     for (int64_t c = 0; c < d; ++c) a += (double)qp[c] * kp[j * d + c];
     s[(size_t)j] = a / std::sqrt((double)d);
     mx = std::max(mx, s[(size_t)j]);
   }
-  for (int64_t j = 0; j < m; ++j) {
+  for (int64_t j = lo; j <= hi; ++j) {
     const double p = std::exp(s[(size_t)j] - mx);
     l += p;
     for (int64_t c = 0; c < d; ++c) o[(size_t)c] += p * vp[j * d + c];
@@ -61,29 +97,35 @@ std::vector<double> naive_row(const Tensor& q, const Tensor& k, const Tensor& v,
   return o;
 }
 
-int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref);
+int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref,
+        const Band& band);
 }  // namespace
 
 int bench_attention_kernel_main(int argc, char** argv) {
   using namespace lotgrad::bench;
   CLI::App app("Softmax attention, the fused tiled kernel against the composite reference: forward and\n"
-               "forward+backward time (median) and peak memory against n (f32). Verified before timing: against the\n"
-               "reference for n <= 2048, else sampled rows against a naive double-precision computation.\n"
-               "--json: one JSON object per measurement.",
+               "forward+backward time (median) and peak memory against n (f32); full, causal or sliding-window.\n"
+               "Verified before timing: against the reference for n <= 2048, else sampled rows against a naive\n"
+               "double-precision computation. --json: one JSON object per measurement.",
                "lotgrad bench attention-kernel");
   AttentionShape shape;
   int64_t max_ref = 8192;
+  Band band;
   Options opt;
   shape.add_options(app, "dim");
   cli::add_number(app, "--max-ref", max_ref, 0, 1 << 20, "largest n for the reference path (it holds (B, H, n, n))");
+  app.add_flag("--causal", band.causal, "causal attention: query i sees keys j <= i");
+  cli::add_number(app, "--window", band.window, 0, 1 << 20,
+                  "sliding window: keys within W of the query (--causal: 0 <= i-j < W, else |i-j| < W); 0: none");
   add_harness_options(app, opt);
   return run_bench(app, argc, argv, [&] {
-    return run(opt, shape.lengths(opt.quick), shape.batch, shape.heads, shape.dim, max_ref);
+    return run(opt, shape.lengths(opt.quick), shape.batch, shape.heads, shape.dim, max_ref, band);
   });
 }
 
 namespace {
-int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref) {
+int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, int64_t H, int64_t d, int64_t max_ref,
+        const Band& band) {
   using namespace lotgrad::bench;
   bool ok = true;
   for (const int64_t n : ns) {
@@ -100,13 +142,14 @@ int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, in
     q.requires_grad_();
     k.requires_grad_();
     v.requires_grad_();
-    const double fwd_flops = 4.0 * B * H * n * n * d;  // q kᵀ and P v
-    const double bwd_flops = 8.0 * B * H * n * n * d;  // dV, dP, dQ, dK (recomputation not counted)
+    const double pairs = band.pairs(n);
+    const double fwd_flops = 4.0 * B * H * pairs * d;  // q kᵀ and P v
+    const double bwd_flops = 8.0 * B * H * pairs * d;  // dV, dP, dQ, dK (recomputation not counted)
 
     // Reference results for verification (small n only).
     std::vector<double> ref_out, ref_dq, ref_dk, ref_dv;
     if (n <= 2048) {
-      Tensor out = scaled_dot_product_attention(q, k, v, Tensor(), NAN, false);
+      Tensor out = band.attend(q, k, v, false);
       out.backward(dout);
       ref_out = out.to_vector();
       ref_dq = q.grad().to_vector();
@@ -122,9 +165,9 @@ int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, in
       if (!fused && n > max_ref) continue;
       const std::string impl = fused ? "fused" : "reference";
       const std::string tag = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " n=" + std::to_string(n) +
-                              " d=" + std::to_string(d);
+                              " d=" + std::to_string(d) + band.tag();
       Tensor out;
-      auto forward = [&] { out = scaled_dot_product_attention(q, k, v, Tensor(), NAN, fused); };
+      auto forward = [&] { out = band.attend(q, k, v, fused); };
       auto step = [&] {
         q.zero_grad();
         k.zero_grad();
@@ -137,7 +180,7 @@ int run(const bench::Options& opt, const std::vector<int64_t>& ns, int64_t B, in
         const std::vector<double> o = out.to_vector();
         for (int64_t bh : {int64_t(0), B * H - 1})
           for (int64_t i : {int64_t(0), n / 3, n - 1}) {
-            const std::vector<double> r = naive_row(q.detach(), k.detach(), v.detach(), bh, i);
+            const std::vector<double> r = naive_row(q.detach(), k.detach(), v.detach(), band, bh, i);
             std::vector<double> got(o.begin() + (bh * n + i) * d, o.begin() + (bh * n + i + 1) * d);
             if (std::string e = close(got, r, "sampled output row"); !e.empty()) return e;
           }

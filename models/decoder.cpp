@@ -3,6 +3,7 @@
 #include "../data/dataset.h"
 #include "../nn/init.h"
 #include "../ops/elementwise.h"
+#include "../ops/matmul.h"
 #include "../ops/shape.h"
 
 namespace lotgrad::models {
@@ -25,10 +26,12 @@ DecoderLM::DecoderLM(const DecoderConfig& cfg, Generator& gen, std::shared_ptr<G
   if (cfg.pos == "1d") pos = register_module("pos", std::make_shared<nn::LearnedPositionalEmbedding>(cfg.max_len, d, gen));
   blocks = register_module("blocks", std::make_shared<nn::TransformerEncoder>(cfg.blocks, gen, dgen));
   if (cfg.blocks.norm) final_ln = register_module("final_ln", std::make_shared<nn::LayerNorm>(d));
-  head = register_module("head", std::make_shared<nn::Linear>(d, cfg.vocab, gen));
+  if (!cfg.tie_embeddings) head = register_module("head", std::make_shared<nn::Linear>(d, cfg.vocab, gen));
   drop = register_module("drop", std::make_shared<nn::Dropout>(cfg.embed_dropout, dgen));
   if (cfg.init == "torch") nn::reset_linears_uniform_(*this, gen);
 }
+
+Tensor DecoderLM::logits(const Tensor& h) const { return head ? head->forward(h) : linear(h, embed->weight); }
 
 Tensor DecoderLM::hidden(const Tensor& tokens) {
   if (tokens.dim() != 2 || tokens.dtype() != kInt64)

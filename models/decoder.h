@@ -19,6 +19,9 @@ struct DecoderConfig {
   nn::EncoderConfig blocks;  // the causal blocks; blocks.norm also governs the final LayerNorm
   std::string init = "normal";  // Linear init: "normal" N(0, 0.02²) or "torch" (ClassifierConfig::init)
   double embed_dropout = 0.0;
+  // The head reuses the token embedding (logits = h Eᵀ, as GPT-2 and Zoology's models): a
+  // recalled token's embedding scores as that token from the start.
+  bool tie_embeddings = true;
 };
 
 // Decoder-only language model: token + position embeddings, causal blocks, final LayerNorm,
@@ -29,7 +32,7 @@ class DecoderLM : public nn::Module {
   // tokens (B, n) i64 -> hidden states (B, n, D) after the final LayerNorm.
   Tensor hidden(const Tensor& tokens);
   // (..., D) -> logits (..., vocab).
-  Tensor logits(const Tensor& hidden) const { return head->forward(hidden); }
+  Tensor logits(const Tensor& hidden) const;
   Tensor forward(const Tensor& tokens) { return logits(hidden(tokens)); }
   std::string type_name() const override { return "DecoderLM"; }
   DecoderConfig config;
@@ -37,7 +40,7 @@ class DecoderLM : public nn::Module {
   std::shared_ptr<nn::LearnedPositionalEmbedding> pos;  // null for pos "none"
   std::shared_ptr<nn::TransformerEncoder> blocks;
   std::shared_ptr<nn::LayerNorm> final_ln;              // null when blocks.norm is false
-  std::shared_ptr<nn::Linear> head;
+  std::shared_ptr<nn::Linear> head;  // null when the embedding is tied
   std::shared_ptr<nn::Dropout> drop;
 };
 

@@ -85,6 +85,8 @@ std::vector<ConfigField> declare() {
       {"d-model", Role::model, "model width", &C::d_model, 1, 65536},
       {"heads", Role::model, "attention heads (d-model must be a multiple)", &C::heads, 1, 4096},
       {"mlp", Role::model, "hidden width of each block's MLP (0: no MLP)", &C::mlp, 0, 1e6},
+      {"tie-embeddings", Role::model, "mqar, lm: 1: the output head is the token embedding (GPT-2, Zoology); 0: its own",
+       &C::tie_embeddings},
       {"norm", Role::model, "0: no LayerNorm in the blocks or before the head (keeps a one-layer model linear)", &C::norm},
       {"pos", Role::model, "1d: learned positions; 2d: learned row + column positions (square images); none", &C::pos, 0, 0,
        {"1d", "2d", "none"}},

@@ -50,6 +50,7 @@ struct TrainConfig {
   bool pack = true;             // drop masked tokens before the encoder (ClassifierConfig::pack)
   int64_t depth = 2, d_model = 64, heads = 2, mlp = 128;  // mlp 0: attention-only blocks
   bool norm = true;             // LayerNorms in the blocks (and the final one of sequence models)
+  bool tie_embeddings = true;   // mqar, lm: the output head is the token embedding (DecoderConfig)
   double dropout = 0.1;
   std::string pos = "1d";       // "2d": row + column positions for square images (pathfinder, image)
   // 1d: the position table covers this many tokens (0: the data's longest sequence). A curriculum

@@ -113,6 +113,7 @@ class TokensWorkload : public Workload {
     c.pos = cfg.pos;
     c.init = cfg.init;
     c.embed_dropout = cfg.dropout;
+    c.tie_embeddings = cfg.tie_embeddings;
     c.blocks.depth = cfg.depth;
     c.blocks.d_model = cfg.d_model;
     c.blocks.n_heads = cfg.heads;

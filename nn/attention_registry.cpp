@@ -19,7 +19,8 @@
   X(nystromformer)            \
   X(lotformer)                \
   X(sinkformer)               \
-  X(espformer)
+  X(espformer)                \
+  X(window)
 
 namespace lotgrad::nn {
 

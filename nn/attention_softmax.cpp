@@ -1,11 +1,10 @@
 // Softmax attention: softmax(q kᵀ / sqrt(d) + mask) v. Knob "fused" (default 1) picks the
 // tiled kernel (O(n·d) extra memory); 0 picks the composite reference (keeps the n×n map).
+// Causal (AttentionOptions::causal): query i sees keys j <= i; the fused kernel skips the key
+// tiles above the diagonal (about half the work).
 #include <cmath>
 
 #include "../ops/attention.h"
-#include "../ops/elementwise.h"
-#include "../ops/matmul.h"
-#include "../ops/softmax.h"
 #include "attention.h"
 
 namespace lotgrad::nn {
@@ -13,20 +12,20 @@ namespace lotgrad::nn {
 namespace {
 class SoftmaxAttention : public AttentionMechanism {
  public:
-  explicit SoftmaxAttention(const AttentionOptions& opt) : fused_(opt.get("fused") != 0.0) {}
-  std::string type_name() const override { return fused_ ? "SoftmaxAttention(fused)" : "SoftmaxAttention(reference)"; }
-  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
-    return scaled_dot_product_attention(q, k, v, mask, std::numeric_limits<double>::quiet_NaN(), fused_);
+  explicit SoftmaxAttention(const AttentionOptions& opt) : fused_(opt.get("fused") != 0.0), causal_(opt.causal) {}
+  std::string type_name() const override {
+    return std::string("SoftmaxAttention(") + (fused_ ? "fused" : "reference") + (causal_ ? ", causal)" : ")");
   }
+  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
+    return scaled_dot_product_attention(q, k, v, mask, causal_, std::numeric_limits<double>::quiet_NaN(), fused_);
+  }
+  // The reference path's map: rows with every key padded are zeros.
   Tensor attention_matrix(const Tensor& q, const Tensor& k, const Tensor& mask) override {
-    Tensor s = mul(matmul(q, k.transpose(-2, -1)), 1.0 / std::sqrt((double)q.size(-1)));  // (B, H, n, n)
-    if (mask.defined()) s = masked_fill(s, mask.unsqueeze(1).unsqueeze(1), -INFINITY);
-    Tensor p = softmax(s, -1);
-    return masked_fill(p, ne(p, p), 0.0);  // rows with every key padded: zeros
+    return attention_weights(q, k, mask, causal_);
   }
 
  private:
-  bool fused_ = true;
+  bool fused_ = true, causal_ = false;
 };
 }  // namespace
 
@@ -37,7 +36,7 @@ MechanismSpec softmax_mechanism() {
   s.knobs = {{.name = "fused", .type = KnobType::flag, .def = 1,
               .help = "1: the fused tiled kernel; 0: the composite reference that keeps the n×n map"}};
   s.presets["tiny"] = {};
-  s.caps = {.causal = false, .why_not_causal = "the causal kernel is not built yet"};
+  s.caps = {.causal = true};
   s.make = [](const AttentionOptions& o, Generator&) { return std::make_shared<SoftmaxAttention>(o); };
   return s;
 }

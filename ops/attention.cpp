@@ -7,7 +7,10 @@
 //  - forward: parallel over (b, h, query tile), online softmax over key tiles;
 //  - backward: D = rowsum(dO ∘ O), then per (b, h, chunk of query tiles), for each key tile,
 //    recompute P from the saved log-sum-exp and accumulate dV, dQ, dK (see below for how
-//    dK/dV avoid races).
+//    dK/dV avoid races);
+//  - the band (causal, sliding window): each query tile visits only the key tiles that hold a
+//    key of its rows' bands; of those, only the ones the band's edge crosses are masked
+//    element by element (see "the band" below).
 #include "attention.h"
 
 #include <algorithm>
@@ -18,6 +21,8 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -219,6 +224,13 @@ void tile_accum(const T* a, int64_t ars, int64_t acs, int rows, int kred, const 
 
 // ---- geometry, packing, masks -----------------------------------------------------------
 
+// The band: query i sees key j iff i - before <= j <= i + after. kNoLimit is no limit on that
+// side, small enough that adding an index cannot overflow.
+constexpr int64_t kNoLimit = int64_t(1) << 60;
+struct Band {
+  int64_t before = kNoLimit, after = kNoLimit;
+};
+
 // Sizes of one call. Rows are padded to whole tiles and the head dim to whole vectors; the
 // padding is zero (packed buffers are zero-initialised) and padded keys are masked.
 struct Geo {
@@ -226,12 +238,14 @@ struct Geo {
   int64_t dp, dv;        // padded head dim, vectors per row
   int64_t nI, nJ;        // query and key tiles
   int64_t n_pad, m_pad;  // nI·kBr, nJ·kBc
+  Band band;
   int64_t BH() const { return B * H; }
 };
 
 template <class T>
-Geo make_geo(const Tensor& q, const Tensor& k) {
+Geo make_geo(const Tensor& q, const Tensor& k, Band band) {
   Geo g;
+  g.band = band;
   g.B = q.size(0);
   g.H = q.size(1);
   g.n = q.size(2);
@@ -348,6 +362,58 @@ KeyMask<T> make_key_mask(const Tensor& mask, const Geo& g) {
   return km;
 }
 
+// ---- the band ----------------------------------------------------------------------------
+// A query tile I visits the key tiles [lo, hi] that hold a key of the band of one of its real
+// rows (rows i < n; the band's edges grow with i, so the first and the last row bound it).
+// A visited tile is either wholly inside the band for every real row (no band mask: the
+// causal case's tiles below the diagonal) or on its edge (masked element by element). Rows
+// past n in the last tile are tile padding: zero queries and zero upstream gradient, so what
+// they see changes no result.
+struct TileRange {
+  int64_t lo = 0, hi = -1;  // empty when lo > hi
+  int64_t count() const { return std::max<int64_t>(0, hi - lo + 1); }
+};
+
+TileRange key_tiles(const Geo& g, int64_t I) {
+  const int64_t r0 = I * kBr, r1 = std::min(g.n, r0 + kBr) - 1;
+  const int64_t j0 = std::max<int64_t>(0, r0 - g.band.before), j1 = std::min(g.m - 1, r1 + g.band.after);
+  if (j0 > j1) return {};
+  return {j0 / kBc, j1 / kBc};
+}
+
+// Every (real query, real key) pair of tile (I, J) is inside the band.
+bool tile_inside_band(const Geo& g, int64_t I, int64_t J) {
+  const int64_t r0 = I * kBr, r1 = std::min(g.n, r0 + kBr) - 1;
+  const int64_t c0 = J * kBc, c1 = std::min(g.m, c0 + kBc) - 1;
+  return c0 >= r1 - g.band.before && c1 <= r0 + g.band.after;
+}
+
+// Scores s (kBr × kBc) of tile (I, J) outside the band set to -inf: weight exactly 0.
+template <class T>
+void mask_band(const Geo& g, int64_t I, int64_t J, T* s) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  for (int i = 0; i < kBr; ++i) {
+    const int64_t row = I * kBr + i;
+    // the row's allowed columns within the tile: [a, e)
+    const int64_t a = std::clamp<int64_t>(row - g.band.before - J * kBc, 0, kBc);
+    const int64_t e = std::clamp<int64_t>(row + g.band.after - J * kBc + 1, a, kBc);
+    T* sr = s + i * kBc;
+    std::fill(sr, sr + a, kNegInf);
+    std::fill(sr + e, sr + kBc, kNegInf);
+  }
+}
+
+// Every query tile's key tiles, and the number of tile pairs of one head.
+std::vector<TileRange> all_key_tiles(const Geo& g, int64_t& pairs) {
+  std::vector<TileRange> r((size_t)g.nI);
+  pairs = 0;
+  for (int64_t I = 0; I < g.nI; ++I) {
+    r[(size_t)I] = key_tiles(g, I);
+    pairs += r[(size_t)I].count();
+  }
+  return r;
+}
+
 // Runs f(u, scratch) for every unit u in [0, n) with OpenMP's dynamic schedule (threads
 // from lotgrad's count): each unit writes only its own outputs, so the result does not
 // depend on which thread ran it (deterministic), and on a busy machine a descheduled thread
@@ -373,73 +439,84 @@ void for_each_unit(int64_t n, int64_t grain, Make make, F f) {
 int64_t unit_grain(int64_t unit_work) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(unit_work, 1)); }
 
 // =======================================================================================
-// forward: per (b, h, query tile), online softmax over the key tiles.
+// forward: per (b, h, query tile), online softmax over the key tiles of its band. Units run
+// from the last query tile to the first: with a causal band the last tiles visit the most
+// key tiles, and starting them first leaves the short ones to even out the end.
 // =======================================================================================
+// One key tile of the online softmax, row by row: adds the padding bias (when given), turns
+// the scores s (kBr × kBc) into weights 2^(s - running max) in place, and rescales the row's
+// sum l and accumulator acc (kBr × dp) where its running max mx moved.
 template <class T>
-void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, const KeyMask<T>& km, T* out,
-                       T* lse) {
+void online_softmax_tile(T* s, const T* bias, T* mx, T* l, T* acc, int64_t dp) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int W = S::W;
   constexpr T kInf = std::numeric_limits<T>::infinity();
+  for (int i = 0; i < kBr; ++i) {
+    T* sr = s + i * kBc;
+    if (bias)
+      for (int c = 0; c < kBc; c += W) S::store(sr + c, S::load(sr + c) + S::load(bias + c));
+    V vm = S::load(sr);
+    for (int c = W; c < kBc; c += W) vm = S::vmax(vm, S::load(sr + c));
+    const T m_new = std::max(mx[i], S::hmax(vm));
+    if (m_new == -kInf) {  // no unmasked key yet: weights 0 (avoids -inf - -inf)
+      std::fill(sr, sr + kBc, T(0));
+      continue;
+    }
+    const V shift = S::set1(m_new);
+    V sum = V{};
+    for (int c = 0; c < kBc; c += W) {
+      const V p = S::exp2(S::load(sr + c) - shift);
+      S::store(sr + c, p);
+      sum += p;
+    }
+    const T corr = m_new == mx[i] ? T(1) : std::exp2(mx[i] - m_new);  // 0 when mx was -inf
+    l[i] = l[i] * corr + S::hsum(sum);
+    mx[i] = m_new;
+    if (corr != T(1)) {
+      T* ar = acc + i * dp;
+      for (int64_t c = 0; c < dp; c += W) S::store(ar + c, S::load(ar + c) * corr);
+    }
+  }
+}
+
+template <class T>
+void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, const KeyMask<T>& km, T* out,
+                       T* lse) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
   const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ;
-  const int dv = (int)g.dv;
   struct Scratch {
     std::vector<T> s, acc, mx, l;
   };
   auto make = [&] { return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBr * dp)), std::vector<T>(kBr), std::vector<T>(kBr)}; };
-  for_each_unit(g.BH() * nI, unit_grain(kBr * g.m_pad * std::max<int64_t>(d, 1)), make, [&](int64_t u, Scratch& sc) {
-    std::vector<T>&s = sc.s, &acc = sc.acc, &mx = sc.mx, &l = sc.l;
-    {
-      const int64_t bh = u / nI, I = u % nI, b = bh / g.H;
-      const T* qI = qs + (bh * g.n_pad + I * kBr) * dp;
-      std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(mx.begin(), mx.end(), -kInf);
-      std::fill(l.begin(), l.end(), T(0));
-      for (int64_t J = 0; J < nJ; ++J) {
-        const uint8_t st = km.status[b * nJ + J];
-        if (st == kTileMasked) continue;
-        tile_scores<T>(qI, dp, kt + (bh * nJ + J) * d * kBc, (int)d, s.data());  // S = Qs Kᵀ
-        const T* bias = km.bias.data() + b * g.m_pad + J * kBc;
-        for (int i = 0; i < kBr; ++i) {
-          T* sr = s.data() + i * kBc;
-          if (st == kTilePartial)
-            for (int c = 0; c < kBc; c += W) S::store(sr + c, S::load(sr + c) + S::load(bias + c));
-          V vm = S::load(sr);
-          for (int c = W; c < kBc; c += W) vm = S::vmax(vm, S::load(sr + c));
-          const T m_new = std::max(mx[i], S::hmax(vm));
-          if (m_new == -kInf) {  // no unmasked key yet: weights 0 (avoids -inf - -inf)
-            std::fill(sr, sr + kBc, T(0));
-            continue;
-          }
-          const V shift = S::set1(m_new);
-          V sum = V{};
-          for (int c = 0; c < kBc; c += W) {
-            const V p = S::exp2(S::load(sr + c) - shift);
-            S::store(sr + c, p);
-            sum += p;
-          }
-          const T corr = m_new == mx[i] ? T(1) : std::exp2(mx[i] - m_new);  // 0 when mx was -inf
-          l[i] = l[i] * corr + S::hsum(sum);
-          mx[i] = m_new;
-          if (corr != T(1)) {
-            T* ar = acc.data() + i * dp;
-            for (int64_t c = 0; c < dp; c += W) S::store(ar + c, S::load(ar + c) * corr);
-          }
-        }
-        // acc += P V_J
-        tile_accum<T>(s.data(), kBc, 1, kBr, kBc, vr + (bh * g.m_pad + J * kBc) * dp, dp, acc.data(), dp, dv);
-      }
-      for (int i = 0; i < kBr; ++i) {
-        const int64_t row = I * kBr + i;
-        const bool live = l[i] > T(0);
-        if (lse) lse[bh * g.n_pad + row] = live ? mx[i] + std::log2(l[i]) : kInf;  // +inf: weights 0 in backward
-        if (row >= g.n) continue;
-        T* o = out + (bh * g.n + row) * d;
-        const T inv = live ? T(1) / l[i] : T(0);
-        const T* ar = acc.data() + i * dp;
-        for (int64_t c = 0; c < d; ++c) o[c] = ar[c] * inv;
-      }
+  int64_t pairs = 0;
+  const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
+  const int64_t unit_work = (pairs / std::max<int64_t>(nI, 1) + 1) * kBr * kBc * std::max<int64_t>(d, 1);
+  for_each_unit(g.BH() * nI, unit_grain(unit_work), make, [&](int64_t u, Scratch& sc) {
+    const int64_t bh = u % g.BH(), I = nI - 1 - u / g.BH(), b = bh / g.H;
+    const T* qI = qs + (bh * g.n_pad + I * kBr) * dp;
+    std::fill(sc.acc.begin(), sc.acc.end(), T(0));
+    std::fill(sc.mx.begin(), sc.mx.end(), -kInf);
+    std::fill(sc.l.begin(), sc.l.end(), T(0));
+    for (int64_t J = tiles[(size_t)I].lo; J <= tiles[(size_t)I].hi; ++J) {
+      const uint8_t st = km.status[b * nJ + J];
+      if (st == kTileMasked) continue;
+      tile_scores<T>(qI, dp, kt + (bh * nJ + J) * d * kBc, (int)d, sc.s.data());  // S = Qs Kᵀ
+      if (!tile_inside_band(g, I, J)) mask_band(g, I, J, sc.s.data());
+      const T* bias = st == kTilePartial ? km.bias.data() + b * g.m_pad + J * kBc : nullptr;
+      online_softmax_tile<T>(sc.s.data(), bias, sc.mx.data(), sc.l.data(), sc.acc.data(), dp);
+      // acc += P V_J
+      tile_accum<T>(sc.s.data(), kBc, 1, kBr, kBc, vr + (bh * g.m_pad + J * kBc) * dp, dp, sc.acc.data(), dp, (int)g.dv);
+    }
+    for (int i = 0; i < kBr; ++i) {
+      const int64_t row = I * kBr + i;
+      const bool live = sc.l[i] > T(0);
+      if (lse) lse[bh * g.n_pad + row] = live ? sc.mx[i] + std::log2(sc.l[i]) : kInf;  // +inf: weights 0 in backward
+      if (row >= g.n) continue;
+      T* o = out + (bh * g.n + row) * d;
+      const T inv = live ? T(1) / sc.l[i] : T(0);
+      const T* ar = sc.acc.data() + i * dp;
+      for (int64_t c = 0; c < d; ++c) o[c] = ar[c] * inv;
     }
   });
 }
@@ -454,70 +531,106 @@ void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, cons
 // every thread the same number of units (backward_chunks), so when B·H is a multiple of the
 // thread count (B=1, H=2 on 2 threads; LRA batches) each head is one unit: no partials and
 // no reduction at all; otherwise the partials cost O(chunks · m · d) memory and one pass.
+// With a band, a unit visits only its query tiles' key tiles, and chunks hold equal numbers
+// of tile pairs (chunk_bounds), not equal numbers of query tiles.
 // =======================================================================================
+// What the backward reads and writes: packed inputs (see fused_backward) and dQ.
 template <class T>
-void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, const T* kr, const T* vt,
-                        const T* dor, const T* D, const T* lse, const KeyMask<T>& km, T* dq, T* dk_part,
-                        T* dv_part) {
+struct BackwardArgs {
+  const T *qs, *kt, *kr, *vt, *dor, *D, *lse;
+  const KeyMask<T>* km;
+  T* dq;
+};
+template <class T>
+struct BackwardScratch {
+  std::vector<T> p, ds, dkacc, dvacc;  // (kBr × kBc) twice, (kBc × dp) twice
+};
+
+// One tile pair (query tile I, key tile J) of head bh: recompute P, then accumulate
+// dV_J += Pᵀ dO_I, dQ_I += dS K_J, dK_J += dSᵀ Qs_I into dQ and the scratch's dK/dV tiles.
+template <class T>
+void backward_tile_pair(const Geo& g, const BackwardArgs<T>& a, int64_t bh, int64_t I, int64_t J,
+                        BackwardScratch<T>& sc) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int W = S::W;
-  const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ, BH = g.BH();
+  const int64_t dp = g.dp, d = g.d, nJ = g.nJ, b = bh / g.H;
   const int dv = (int)g.dv;
-  const int64_t unit_work = (nI / chunks + 1) * kBr * g.m_pad * std::max<int64_t>(d, 1) * 2;
-  struct Scratch {
-    std::vector<T> p, ds, dkacc, dvacc;
-  };
+  const bool partial = a.km->status[b * nJ + J] == kTilePartial;
+  const T* bias = a.km->bias.data() + b * g.m_pad + J * kBc;
+  const int64_t r0 = bh * g.n_pad + I * kBr;
+  const T* qI = a.qs + r0 * dp;
+  const T* doI = a.dor + r0 * dp;
+  T* p = sc.p.data();
+  T* ds = sc.ds.data();
+  tile_scores<T>(qI, dp, a.kt + (bh * nJ + J) * d * kBc, (int)d, p);  // S = Qs Kᵀ
+  if (!tile_inside_band(g, I, J)) mask_band(g, I, J, p);
+  for (int i = 0; i < kBr; ++i) {  // P = exp(S + bias - lse)
+    T* pr = p + i * kBc;
+    const V sh = S::set1(a.lse[r0 + i]);
+    if (partial)
+      for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) + S::load(bias + cc) - sh));
+    else
+      for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) - sh));
+  }
+  // dV_J += Pᵀ dO_I
+  tile_accum<T>(p, 1, kBc, kBc, kBr, doI, dp, sc.dvacc.data(), dp, dv);
+  // dP = dO_I Vᵀ_J, then dS = P ∘ (dP − D)
+  tile_scores<T>(doI, dp, a.vt + (bh * nJ + J) * d * kBc, (int)d, ds);
+  for (int i = 0; i < kBr; ++i) {
+    T* dr = ds + i * kBc;
+    const T* pr = p + i * kBc;
+    const V Di = S::set1(a.D[r0 + i]);
+    for (int cc = 0; cc < kBc; cc += W) S::store(dr + cc, S::load(pr + cc) * (S::load(dr + cc) - Di));
+  }
+  // dQ_I += dS K_J (scaled at the end); dK_J += dSᵀ Qs_I (Qs carries the scale)
+  tile_accum<T>(ds, kBc, 1, kBr, kBc, a.kr + (bh * g.m_pad + J * kBc) * dp, dp, a.dq + r0 * dp, dp, dv);
+  tile_accum<T>(ds, 1, kBc, kBc, kBr, qI, dp, sc.dkacc.data(), dp, dv);
+}
+
+// Chunk c of each head covers query tiles [bounds[c], bounds[c + 1]), cut where the running
+// count of tile pairs passes c/chunks of the head's total: with a causal band the last query
+// tiles visit the most key tiles, and equal numbers of query tiles per chunk would leave the
+// last chunk with most of the work (3/4 of it with two chunks).
+std::vector<int64_t> chunk_bounds(const std::vector<TileRange>& tiles, int64_t pairs, int64_t chunks) {
+  std::vector<int64_t> bounds((size_t)chunks + 1, (int64_t)tiles.size());
+  bounds[0] = 0;
+  int64_t c = 1, seen = 0;
+  for (size_t I = 0; I < tiles.size() && c < chunks; ++I) {
+    seen += tiles[I].count();
+    while (c < chunks && seen * chunks >= pairs * c) bounds[(size_t)c++] = (int64_t)I + 1;
+  }
+  return bounds;
+}
+
+template <class T>
+void attention_backward(const Geo& g, int64_t chunks, const BackwardArgs<T>& a, T* dk_part, T* dv_part) {
+  const int64_t dp = g.dp, nJ = g.nJ, BH = g.BH();
+  int64_t pairs = 0;
+  const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
+  const std::vector<int64_t> bounds = chunk_bounds(tiles, pairs, chunks);
+  const int64_t unit_work = (pairs / chunks + 1) * kBr * kBc * std::max<int64_t>(g.d, 1) * 2;
   auto make = [&] {
-    return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBc * dp)),
-                   std::vector<T>((size_t)(kBc * dp))};
+    return BackwardScratch<T>{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)kBr * kBc),
+                              std::vector<T>((size_t)(kBc * dp)), std::vector<T>((size_t)(kBc * dp))};
   };
-  for_each_unit(BH * chunks, unit_grain(unit_work), make, [&](int64_t u, Scratch& sc) {
-    std::vector<T>&p = sc.p, &ds = sc.ds, &dkacc = sc.dkacc, &dvacc = sc.dvacc;
-    {
-      const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
-      const int64_t I0 = nI * c / chunks, I1 = nI * (c + 1) / chunks;
-      T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
-      T* dvp = dv_part + (c * BH + bh) * g.m_pad * dp;
-      for (int64_t J = 0; J < nJ; ++J) {
-        const uint8_t st = km.status[b * nJ + J];
-        if (st == kTileMasked) continue;  // partial rows stay zero
-        std::fill(dkacc.begin(), dkacc.end(), T(0));
-        std::fill(dvacc.begin(), dvacc.end(), T(0));
-        const T* bias = km.bias.data() + b * g.m_pad + J * kBc;
-        const T* ktJ = kt + (bh * nJ + J) * d * kBc;
-        const T* vtJ = vt + (bh * nJ + J) * d * kBc;
-        const T* krJ = kr + (bh * g.m_pad + J * kBc) * dp;
-        for (int64_t I = I0; I < I1; ++I) {
-          const int64_t r0 = bh * g.n_pad + I * kBr;
-          const T* qI = qs + r0 * dp;
-          const T* doI = dor + r0 * dp;
-          tile_scores<T>(qI, dp, ktJ, (int)d, p.data());  // S = Qs Kᵀ
-          for (int i = 0; i < kBr; ++i) {                  // P = exp(S + bias - lse)
-            T* pr = p.data() + i * kBc;
-            const V sh = S::set1(lse[r0 + i]);
-            if (st == kTilePartial)
-              for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) + S::load(bias + cc) - sh));
-            else
-              for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) - sh));
-          }
-          // dV_J += Pᵀ dO_I
-          tile_accum<T>(p.data(), 1, kBc, kBc, kBr, doI, dp, dvacc.data(), dp, dv);
-          // dP = dO_I Vᵀ_J, then dS = P ∘ (dP − D)
-          tile_scores<T>(doI, dp, vtJ, (int)d, ds.data());
-          for (int i = 0; i < kBr; ++i) {
-            T* dr = ds.data() + i * kBc;
-            const T* pr = p.data() + i * kBc;
-            const V Di = S::set1(D[r0 + i]);
-            for (int cc = 0; cc < kBc; cc += W) S::store(dr + cc, S::load(pr + cc) * (S::load(dr + cc) - Di));
-          }
-          // dQ_I += dS K_J (scaled at the end); dK_J += dSᵀ Qs_I (Qs carries the scale)
-          tile_accum<T>(ds.data(), kBc, 1, kBr, kBc, krJ, dp, dq + r0 * dp, dp, dv);
-          tile_accum<T>(ds.data(), 1, kBc, kBc, kBr, qI, dp, dkacc.data(), dp, dv);
-        }
-        std::copy(dkacc.begin(), dkacc.end(), dkp + J * kBc * dp);
-        std::copy(dvacc.begin(), dvacc.end(), dvp + J * kBc * dp);
-      }
+  for_each_unit(BH * chunks, unit_grain(unit_work), make, [&](int64_t u, BackwardScratch<T>& sc) {
+    const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
+    const int64_t I0 = bounds[(size_t)c], I1 = bounds[(size_t)c + 1];
+    T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
+    T* dvp = dv_part + (c * BH + bh) * g.m_pad * dp;
+    // The key tiles some query tile of the chunk visits; the partial rows of the others stay zero.
+    TileRange js{nJ, -1};
+    for (int64_t I = I0; I < I1; ++I)
+      if (tiles[(size_t)I].count() > 0) js = {std::min(js.lo, tiles[(size_t)I].lo), std::max(js.hi, tiles[(size_t)I].hi)};
+    for (int64_t J = js.lo; J <= js.hi; ++J) {
+      if (a.km->status[b * nJ + J] == kTileMasked) continue;
+      std::fill(sc.dkacc.begin(), sc.dkacc.end(), T(0));
+      std::fill(sc.dvacc.begin(), sc.dvacc.end(), T(0));
+      for (int64_t I = I0; I < I1; ++I)
+        if (tiles[(size_t)I].lo <= J && J <= tiles[(size_t)I].hi) backward_tile_pair(g, a, bh, I, J, sc);
+      std::copy(sc.dkacc.begin(), sc.dkacc.end(), dkp + J * kBc * dp);
+      std::copy(sc.dvacc.begin(), sc.dvacc.end(), dvp + J * kBc * dp);
     }
   });
 }
@@ -527,8 +640,8 @@ void attention_backward(const Geo& g, int64_t chunks, const T* qs, const T* kt, 
 // Returns out (B, H, n, d) and, if want_lse, lse (B, H, n_pad).
 template <class T>
 std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
-                                        double scale, bool want_lse) {
-  const Geo g = make_geo<T>(q, k);
+                                        Band band, double scale, bool want_lse) {
+  const Geo g = make_geo<T>(q, k, band);
   const DType dt = dtype_of<T>::value;
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
@@ -554,9 +667,9 @@ int64_t backward_chunks(const Geo& g) {
 }
 
 template <class T>
-std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Band band,
                                      double scale, const Tensor& out, const Tensor& lse, const Tensor& dout) {
-  const Geo g = make_geo<T>(q, k);
+  const Geo g = make_geo<T>(q, k, band);
   const DType dt = dtype_of<T>::value;
   const int64_t chunks = backward_chunks(g);
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
@@ -590,9 +703,9 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
   Tensor dqp = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor dkp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
   Tensor dvp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
-  attention_backward<T>(g, chunks, qs.data_ptr<T>(), kt.data_ptr<T>(), kr.data_ptr<T>(), vt.data_ptr<T>(),
-                        dor.data_ptr<T>(), Dt.data_ptr<T>(), lse.data_ptr<T>(), km, dqp.data_ptr<T>(),
-                        dkp.data_ptr<T>(), dvp.data_ptr<T>());
+  const BackwardArgs<T> args{qs.data_ptr<T>(), kt.data_ptr<T>(),  kr.data_ptr<T>(),  vt.data_ptr<T>(), dor.data_ptr<T>(),
+                             Dt.data_ptr<T>(), lse.data_ptr<T>(), &km, dqp.data_ptr<T>()};
+  attention_backward<T>(g, chunks, args, dkp.data_ptr<T>(), dvp.data_ptr<T>());
   Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
   Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
   Tensor dv = make_tensor({g.B, g.H, g.m, g.d}, dt);
@@ -605,6 +718,7 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
 
 struct FusedAttentionBackward : Node {
   SavedTensor q, k, v, mask, out, lse;
+  Band band;
   double scale = 1.0;
   const char* name() const override { return "FusedAttentionBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
@@ -612,7 +726,7 @@ struct FusedAttentionBackward : Node {
     const Tensor mm = mask.defined() ? mask.unpack(this) : Tensor();
     const Tensor oo = out.unpack(this), ll = lse.unpack(this);
     std::array<Tensor, 3> g = dispatch_float(qq.dtype(), name(), [&]<class T>() {
-      return fused_backward<T>(qq, kk, vv, mm, scale, oo, ll, grads[0]);
+      return fused_backward<T>(qq, kk, vv, mm, band, scale, oo, ll, grads[0]);
     });
     return {needs_grad(0) ? g[0] : Tensor(), needs_grad(1) ? g[1] : Tensor(), needs_grad(2) ? g[2] : Tensor()};
   }
@@ -626,16 +740,15 @@ struct FusedAttentionBackward : Node {
   }
 };
 
-void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
-  const char* op = "scaled_dot_product_attention";
-  if (!q.defined() || !k.defined() || !v.defined()) throw ShapeError(std::string(op) + ": q, k and v must be defined");
-  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
-    throw_shape(op, "q, k and v must be 4-d: q (B, H, n, d), k and v (B, H, m, d)", {{"q", &q}, {"k", &k}, {"v", &v}});
-  if (!is_floating(q.dtype()) || q.dtype() != k.dtype() || q.dtype() != v.dtype())
-    throw_dtype(op, "q, k and v must share one float dtype (f32 or f64)", {{"q", &q}, {"k", &k}, {"v", &v}});
-  if (k.shape() != v.shape() || q.size(0) != k.size(0) || q.size(1) != k.size(1) || q.size(3) != k.size(3))
-    throw_shape(op, "need q (B, H, n, d), k (B, H, m, d) and v (B, H, m, d) with the same B, H and d",
-                {{"q", &q}, {"k", &k}, {"v", &v}});
+// Errors name the op and every operand involved.
+void check_qk(const char* op, const Tensor& q, const Tensor& k, const Tensor& mask) {
+  if (!q.defined() || !k.defined()) throw ShapeError(std::string(op) + ": q and k must be defined");
+  if (q.dim() != 4 || k.dim() != 4)
+    throw_shape(op, "q and k must be 4-d: q (B, H, n, d), k (B, H, m, d)", {{"q", &q}, {"k", &k}});
+  if (!is_floating(q.dtype()) || q.dtype() != k.dtype())
+    throw_dtype(op, "q and k must share one float dtype (f32 or f64)", {{"q", &q}, {"k", &k}});
+  if (q.size(0) != k.size(0) || q.size(1) != k.size(1) || q.size(3) != k.size(3))
+    throw_shape(op, "need q (B, H, n, d) and k (B, H, m, d) with the same B, H and d", {{"q", &q}, {"k", &k}});
   if (mask.defined()) {
     if (mask.dtype() != kBool)
       throw_dtype(op, "key_padding_mask must be bool (true = padded key)", {{"q", &q}, {"k", &k}, {"key_padding_mask", &mask}});
@@ -644,10 +757,32 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   }
 }
 
-Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale) {
+void check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
+  if (!v.defined()) throw ShapeError(std::string(op) + ": q, k and v must be defined");
+  check_qk(op, q, k, mask);
+  if (v.shape() != k.shape())
+    throw_shape(op, "need q (B, H, n, d), k (B, H, m, d) and v (B, H, m, d): v and k differ",
+                {{"q", &q}, {"k", &k}, {"v", &v}});
+  if (v.dtype() != q.dtype())
+    throw_dtype(op, "q, k and v must share one float dtype (f32 or f64)", {{"q", &q}, {"k", &k}, {"v", &v}});
+}
+
+double default_scale(double scale, const Tensor& q) {
+  if (!std::isnan(scale)) return scale;
+  return q.size(3) > 0 ? 1.0 / std::sqrt((double)q.size(3)) : 1.0;
+}
+
+Band causal_band(bool is_causal) { return is_causal ? Band{kNoLimit, 0} : Band{}; }
+Band window_band(int64_t window, bool is_causal) {
+  const int64_t reach = std::min(window - 1, kNoLimit);
+  return {reach, is_causal ? 0 : reach};
+}
+
+Tensor fused_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Band band,
+                       double scale) {
   auto node = make_node<FusedAttentionBackward>({q, k, v});
-  auto [out, lse] = dispatch_float(q.dtype(), "scaled_dot_product_attention", [&]<class T>() {
-    return fused_forward<T>(q, k, v, mask, scale, node != nullptr);
+  auto [out, lse] = dispatch_float(q.dtype(), op, [&]<class T>() {
+    return fused_forward<T>(q, k, v, mask, band, scale, node != nullptr);
   });
   if (node) {
     node->q = save(q);
@@ -656,41 +791,69 @@ Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
     if (mask.defined()) node->mask = save(mask);
     node->out = save(out);
     node->lse = save(lse);
+    node->band = band;
     node->scale = scale;
     set_history(out, node);
   }
   return out;
 }
 
-// The composite: scores = q kᵀ · scale, padded keys filled with -inf, softmax, times v.
-// Rows whose keys are all padded would be softmax(-inf, ..., -inf) = NaN: for them the mask
-// is lifted before the softmax and their weights are zeroed after it (masked_fill passes no
-// gradient where it fills), so they output zeros and pass zero gradient.
-Tensor reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale) {
+// The composite's weights (B, H, n, m): scores q kᵀ · scale, padded keys and keys outside the
+// band at -inf, softmax. A row with no key left would be softmax(-inf, ..., -inf) = NaN: its
+// mask is lifted before the softmax and its weights are zeroed after it (masked_fill passes
+// no gradient where it fills), so it outputs zeros and passes zero gradient.
+Tensor reference_weights(const Tensor& q, const Tensor& k, const Tensor& mask, Band band, double scale) {
   Tensor s = mul(matmul(q, k.transpose(-2, -1)), scale);  // (B, H, n, m)
-  if (!mask.defined()) return matmul(softmax(s, -1), v);
-  const int64_t B = mask.size(0), m = mask.size(1);
-  const std::vector<double> mv = mask.to_vector();
-  std::vector<bool> eff((size_t)(B * m)), dead((size_t)B);
-  for (int64_t b = 0; b < B; ++b) {
-    bool all = true;
-    for (int64_t j = 0; j < m; ++j) all = all && mv[b * m + j] != 0.0;
-    dead[b] = all;
-    for (int64_t j = 0; j < m; ++j) eff[b * m + j] = !all && mv[b * m + j] != 0.0;
-  }
-  s = masked_fill(s, Tensor::from_vector(eff, {B, 1, 1, m}), -std::numeric_limits<double>::infinity());
-  Tensor p = masked_fill(softmax(s, -1), Tensor::from_vector(dead, {B, 1, 1, 1}), 0.0);
-  return matmul(p, v);
+  if (!mask.defined() && band.before == kNoLimit && band.after == kNoLimit) return softmax(s, -1);
+  const int64_t B = q.size(0), n = q.size(2), m = k.size(2);
+  const std::vector<double> mv = mask.defined() ? mask.to_vector() : std::vector<double>((size_t)(B * m), 0.0);
+  std::vector<bool> off((size_t)(B * n * m)), dead((size_t)(B * n));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < n; ++i) {
+      const size_t row = (size_t)((b * n + i) * m);
+      bool any = false;
+      for (int64_t j = 0; j < m; ++j) {
+        const bool o = mv[(size_t)(b * m + j)] != 0.0 || j < i - band.before || j > i + band.after;
+        off[row + (size_t)j] = o;
+        any = any || !o;
+      }
+      dead[(size_t)(b * n + i)] = !any;
+      if (!any) std::fill(off.begin() + (ptrdiff_t)row, off.begin() + (ptrdiff_t)(row + (size_t)m), false);
+    }
+  s = masked_fill(s, Tensor::from_vector(off, {B, 1, n, m}), -std::numeric_limits<double>::infinity());
+  return masked_fill(softmax(s, -1), Tensor::from_vector(dead, {B, 1, n, 1}), 0.0);
+}
+
+Tensor attend(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Band band,
+              double scale, bool fused) {
+  check_inputs(op, q, k, v, mask);
+  scale = default_scale(scale, q);
+  if (fused) return fused_attention(op, q, k, v, mask, band, scale);
+  return matmul(reference_weights(q, k, mask, band, scale), v);
 }
 
 }  // namespace
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const Tensor& key_padding_mask, double scale, bool fused) {
-  check_inputs(q, k, v, key_padding_mask);
-  if (std::isnan(scale)) scale = q.size(3) > 0 ? 1.0 / std::sqrt((double)q.size(3)) : 1.0;
-  if (fused) return fused_attention(q, k, v, key_padding_mask, scale);
-  return reference_attention(q, k, v, key_padding_mask, scale);
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_padding_mask,
+                                    bool is_causal, double scale, bool fused) {
+  return attend("scaled_dot_product_attention", q, k, v, key_padding_mask, causal_band(is_causal), scale, fused);
+}
+
+Tensor sliding_window_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window, bool is_causal,
+                                const Tensor& key_padding_mask, double scale, bool fused) {
+  if (window < 1)
+    throw std::invalid_argument("sliding_window_attention: window must be >= 1, got " + std::to_string(window));
+  return attend("sliding_window_attention", q, k, v, key_padding_mask, window_band(window, is_causal), scale, fused);
+}
+
+Tensor attention_weights(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask, bool is_causal,
+                         int64_t window, double scale) {
+  const char* op = "attention_weights";
+  if (window < 0)
+    throw std::invalid_argument(std::string(op) + ": window must be >= 1, or 0 for none, got " + std::to_string(window));
+  check_qk(op, q, k, key_padding_mask);
+  const Band band = window == 0 ? causal_band(is_causal) : window_band(window, is_causal);
+  return reference_weights(q, k, key_padding_mask, band, default_scale(scale, q));
 }
 
 }  // namespace lotgrad

@@ -1,7 +1,8 @@
 // The fused tiled softmax-attention kernel against the composite reference: outputs and
 // q/k/v gradients (f64 tight, f32 loose), masks with fully masked rows and batch entries,
 // n ≠ m, sizes that are not whole tiles, non-contiguous inputs, an f64 gradient check,
-// mask semantics, and determinism.
+// mask semantics, and determinism; the same for causal attention (is_causal), and its
+// causality. The sliding window is tested in test_window.cpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -20,13 +21,13 @@ struct Result {
 };
 
 // Output and q/k/v gradients for a seeded random upstream gradient.
-Result run(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& mask, bool fused, uint64_t seed = 99) {
+Result run(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& mask, bool fused, bool causal = false) {
   Tensor q = q0.detach(), k = k0.detach(), v = v0.detach();
   q.requires_grad_();
   k.requires_grad_();
   v.requires_grad_();
-  Tensor out = scaled_dot_product_attention(q, k, v, mask, std::nan(""), fused);
-  Generator g(seed);
+  Tensor out = scaled_dot_product_attention(q, k, v, mask, causal, std::nan(""), fused);
+  Generator g(99);
   out.backward(randn(out.shape(), g, out.dtype()));
   return {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(), v.grad().to_vector()};
 }
@@ -45,8 +46,8 @@ void check_close(const std::vector<double>& a, const std::vector<double>& b, dou
 }
 
 void check_fused_vs_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double atol,
-                              double rtol) {
-  const Result f = run(q, k, v, mask, true), r = run(q, k, v, mask, false);
+                              double rtol, bool causal = false) {
+  const Result f = run(q, k, v, mask, true, causal), r = run(q, k, v, mask, false, causal);
   check_close(f.out, r.out, atol, rtol, "output");
   check_close(f.dq, r.dq, atol, rtol, "dq");
   check_close(f.dk, r.dk, atol, rtol, "dk");
@@ -137,6 +138,7 @@ TEST_CASE("fused attention on non-contiguous inputs") {
     REQUIRE(!q.is_contiguous());
     Tensor mask = make_mask(B, m, [](int64_t b, int64_t j) { return (j * 7 + b) % 5 == 0; }).t().contiguous().t();
     check_fused_vs_reference(q, k, v, mask, atol, rtol);
+    check_fused_vs_reference(q, k, v, mask, atol, rtol, true);  // causal, n != m
     // Same values as the contiguous copies.
     const Result a = run(q, k, v, Tensor(), true), c = run(q.contiguous(), k.contiguous(), v.contiguous(), Tensor(), true);
     check_close(a.out, c.out, 0, 0, "non-contiguous output");
@@ -161,8 +163,8 @@ TEST_CASE("fused attention: f64 gradient checks") {
   Tensor x = leaf({1, 2, 6, 4}, 37);
   CHECK_GRAD([](const V& a) { return scaled_dot_product_attention(a[0], a[0], a[0]); }, {x});
   // An explicit scale; and the reference path itself.
-  CHECK_GRAD([](const V& a) { return scaled_dot_product_attention(a[0], a[1], a[2], Tensor(), 0.7); }, {q, k, v});
-  CHECK_GRAD([mask](const V& a) { return scaled_dot_product_attention(a[0], a[1], a[2], mask, std::nan(""), false); },
+  CHECK_GRAD([](const V& a) { return scaled_dot_product_attention(a[0], a[1], a[2], Tensor(), false, 0.7); }, {q, k, v});
+  CHECK_GRAD([mask](const V& a) { return scaled_dot_product_attention(a[0], a[1], a[2], mask, false, std::nan(""), false); },
              {q, k, v});
 }
 
@@ -210,11 +212,11 @@ TEST_CASE("padded keys get zero weight and their content does not matter") {
             }
     // Weights sum to one: with v = 1 every row outputs exactly 1 (up to rounding).
     Tensor ones = Tensor::ones({B, H, m, d}, kFloat64);
-    const std::vector<double> o1 = scaled_dot_product_attention(q, k, ones, mask, std::nan(""), fused).to_vector();
+    const std::vector<double> o1 = scaled_dot_product_attention(q, k, ones, mask, false, std::nan(""), fused).to_vector();
     for (double x : o1) CHECK(x == doctest::Approx(1.0).epsilon(1e-12));
     // Only key 0 unpadded: the output is v[0] exactly (one weight of 1).
     Tensor one = make_mask(B, m, [](int64_t, int64_t j) { return j != 0; });
-    const std::vector<double> o2 = scaled_dot_product_attention(q, k, v, one, std::nan(""), fused).to_vector();
+    const std::vector<double> o2 = scaled_dot_product_attention(q, k, v, one, false, std::nan(""), fused).to_vector();
     const std::vector<double> vv = v.to_vector();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
@@ -249,7 +251,7 @@ TEST_CASE("fused attention: no-grad forward, scale, and argument errors") {
   {
     NoGradGuard ng;
     Tensor a = scaled_dot_product_attention(q, k, v);
-    Tensor b = scaled_dot_product_attention(q, k, v, Tensor(), 0.5);  // explicit default scale (1/sqrt(4))
+    Tensor b = scaled_dot_product_attention(q, k, v, Tensor(), false, 0.5);  // explicit default scale (1/sqrt(4))
     check_close(a.to_vector(), b.to_vector(), 0, 0, "default scale");
     CHECK(a.shape() == Shape{1, 2, 10, 4});
   }
@@ -269,4 +271,131 @@ TEST_CASE("fused attention: no-grad forward, scale, and argument errors") {
   CHECK_THROWS_AS(scaled_dot_product_attention(q, k.to(kFloat32), v), DTypeError);
   CHECK_THROWS_AS(scaled_dot_product_attention(q, k, v, Tensor::zeros({1, 12}, kFloat64)), DTypeError);
   CHECK_THROWS_AS(scaled_dot_product_attention(q, k, v, Tensor::zeros({1, 11}, kBool)), ShapeError);
+}
+
+// ---- causal (is_causal): key tiles above the diagonal are skipped, diagonal tiles masked ----
+
+TEST_CASE("causal fused attention equals the reference: tile-boundary sizes, n != m, split heads") {
+  for (DType dt : {kFloat64, kFloat32}) {
+    const double atol = dt == kFloat64 ? 1e-11 : 2e-5, rtol = dt == kFloat64 ? 1e-9 : 1e-4;
+    INFO(dtype_name(dt));
+    for (int64_t n : {1, 63, 64, 65, 130}) {
+      INFO("n " << n);
+      check_fused_vs_reference(rnd({1, 2, n, 12}, 100 + n, dt), rnd({1, 2, n, 12}, 200 + n, dt),
+                               rnd({1, 2, n, 12}, 300 + n, dt), Tensor(), atol, rtol, true);
+    }
+    // n != m, top-left aligned: with m < n the last queries see every key.
+    check_fused_vs_reference(rnd({1, 2, 70, 20}, 1, dt), rnd({1, 2, 130, 20}, 2, dt), rnd({1, 2, 130, 20}, 3, dt),
+                             Tensor(), atol, rtol, true);
+    check_fused_vs_reference(rnd({1, 2, 130, 20}, 4, dt), rnd({1, 2, 70, 20}, 5, dt), rnd({1, 2, 70, 20}, 6, dt),
+                             Tensor(), atol, rtol, true);
+    // One head and three heads on two threads: each head's query tiles are cut into chunks
+    // of equal tile-pair counts whose dK/dV partial sums are added afterwards.
+    const int saved = get_num_threads();
+    set_num_threads(2);
+    check_fused_vs_reference(rnd({1, 1, 260, 16}, 7, dt), rnd({1, 1, 260, 16}, 8, dt), rnd({1, 1, 260, 16}, 9, dt),
+                             Tensor(), atol, rtol, true);
+    check_fused_vs_reference(rnd({1, 3, 200, 16}, 10, dt, 2.0), rnd({1, 3, 200, 16}, 11, dt),
+                             rnd({1, 3, 200, 16}, 12, dt), Tensor(), atol, rtol, true);
+    set_num_threads(saved);
+  }
+}
+
+TEST_CASE("causal with key padding: rows whose visible keys are all padded give zeros and zero gradient") {
+  const int64_t B = 3, H = 2, n = 130, d = 8;
+  Generator g(13);
+  const std::vector<double> u = rand({B, n}, g, kFloat64).to_vector();
+  // b = 0: random pads; b = 1: the first 70 keys padded, so queries 0..69 (across a tile edge)
+  // see only padded keys; b = 2: a padded tail.
+  Tensor mask = make_mask(B, n, [&](int64_t b, int64_t j) {
+    return b == 0 ? u[(size_t)j] < 0.4 : b == 1 ? j < 70 : j >= 100;
+  });
+  for (DType dt : {kFloat64, kFloat32}) {
+    INFO(dtype_name(dt));
+    const double atol = dt == kFloat64 ? 1e-11 : 2e-5, rtol = dt == kFloat64 ? 1e-9 : 1e-4;
+    Tensor q = rnd({B, H, n, d}, 14, dt), k = rnd({B, H, n, d}, 15, dt), v = rnd({B, H, n, d}, 16, dt);
+    check_fused_vs_reference(q, k, v, mask, atol, rtol, true);
+    const Result f = run(q, k, v, mask, true, true);
+    bool zero = true;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < 70; ++i)
+        for (int64_t c = 0; c < d; ++c) {
+          const size_t o = (size_t)(((1 * H + h) * n + i) * d + c);
+          zero = zero && f.out[o] == 0.0 && f.dq[o] == 0.0 && f.dk[o] == 0.0 && f.dv[o] == 0.0;
+        }
+    CHECK(zero);
+  }
+}
+
+TEST_CASE("causal: outputs up to t ignore later tokens, and later tokens get zero gradient from them") {
+  const int64_t B = 2, H = 2, n = 130, d = 8, t = 70;  // t inside the second query tile
+  Tensor q = rnd({B, H, n, d}, 71), k = rnd({B, H, n, d}, 72), v = rnd({B, H, n, d}, 73);
+  // Later tokens replaced by large values (they would dominate any softmax that saw them).
+  auto later_changed = [&](const Tensor& x, uint64_t seed) {
+    Tensor y = x.clone();
+    y.narrow(2, t + 1, n - t - 1).copy_(rnd({B, H, n - t - 1, d}, seed, kFloat64, 50.0));
+    return y;
+  };
+  for (bool fused : {true, false}) {
+    INFO("fused " << fused);
+    const Tensor a = scaled_dot_product_attention(q, k, v, Tensor(), true, std::nan(""), fused);
+    const Tensor b = scaled_dot_product_attention(later_changed(q, 74), later_changed(k, 75), later_changed(v, 76),
+                                                  Tensor(), true, std::nan(""), fused);
+    CHECK(max_abs_diff(a.narrow(2, 0, t + 1), b.narrow(2, 0, t + 1)) == 0.0);
+    CHECK(max_abs_diff(a.narrow(2, t + 1, n - t - 1), b.narrow(2, t + 1, n - t - 1)) > 1e-3);  // the test can fail
+    // d(outputs 0..t) / d(later q, k, v) = 0 exactly.
+    Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
+    Tensor out = scaled_dot_product_attention(qg, kg, vg, Tensor(), true, std::nan(""), fused);
+    Generator gr(77);
+    sum(mul(out.narrow(2, 0, t + 1), randn({B, H, t + 1, d}, gr, kFloat64))).backward();
+    const Tensor zeros = Tensor::zeros({B, H, n - t - 1, d}, kFloat64);
+    for (const Tensor* x : {&qg, &kg, &vg}) CHECK(max_abs_diff(x->grad().narrow(2, t + 1, n - t - 1), zeros) == 0.0);
+    CHECK(max_abs_diff(kg.grad().narrow(2, 0, t + 1), Tensor::zeros({B, H, t + 1, d}, kFloat64)) > 1e-6);
+  }
+}
+
+TEST_CASE("causal fused attention: f64 gradient checks") {
+  auto f = [](const Tensor& mask) {
+    return [mask](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], mask, true); };
+  };
+  Tensor q = leaf({2, 2, 6, 3}, 81), k = leaf({2, 2, 6, 3}, 82), v = leaf({2, 2, 6, 3}, 83);
+  CHECK_GRAD(f(Tensor()), {q, k, v});
+  // b = 1: keys 0, 1 padded, so queries 0, 1 see no key (zeros, zero gradient).
+  Tensor mask = make_mask(2, 6, [](int64_t b, int64_t j) { return b == 0 ? j == 3 : j < 2; });
+  CHECK_GRAD(f(mask), {q, k, v});
+  // n != m both ways.
+  Tensor k7 = leaf({2, 2, 7, 3}, 84), v7 = leaf({2, 2, 7, 3}, 85), q4 = leaf({2, 2, 4, 3}, 86);
+  CHECK_GRAD(f(Tensor()), {q, k7, v7});
+  CHECK_GRAD(f(Tensor()), {q4, k, v});
+  // Views (every other element of the last dim), and one tensor as q, k and v.
+  Tensor qn = noncontig_leaf({2, 2, 6, 3}, 87), kn = noncontig_leaf({2, 2, 6, 3}, 88), vn = noncontig_leaf({2, 2, 6, 3}, 89);
+  CHECK_GRAD(f(mask), {qn, kn, vn});
+  Tensor x = leaf({1, 2, 6, 4}, 90);
+  CHECK_GRAD([](const V& a) { return scaled_dot_product_attention(a[0], a[0], a[0], Tensor(), true); }, {x});
+  // Across a tile edge (n = 66: two query tiles, the second's diagonal tile holds 2 rows).
+  GradcheckOptions go;
+  go.max_checks_per_input = 40;
+  Tensor qt = leaf({1, 1, 66, 2}, 91), kt = leaf({1, 1, 66, 2}, 92), vt = leaf({1, 1, 66, 2}, 93);
+  CHECK_GRAD(f(Tensor()), {qt, kt, vt}, go);
+  // The reference path itself.
+  CHECK_GRAD([mask](const V& a) { return scaled_dot_product_attention(a[0], a[1], a[2], mask, true, std::nan(""), false); },
+             {q, k, v});
+}
+
+TEST_CASE("causal fused attention is deterministic, 1 and 2 threads agree") {
+  const int saved = get_num_threads();
+  Tensor q = rnd({1, 3, 300, 32}, 95, kFloat32), k = rnd({1, 3, 300, 32}, 96, kFloat32), v = rnd({1, 3, 300, 32}, 97, kFloat32);
+  Tensor mask = make_mask(1, 300, [](int64_t, int64_t j) { return j % 9 == 4; });
+  set_num_threads(2);
+  const Result a = run(q, k, v, mask, true, true), b = run(q, k, v, mask, true, true);
+  set_num_threads(1);
+  const Result c = run(q, k, v, mask, true, true);
+  set_num_threads(saved);
+  check_close(a.out, b.out, 0, 0, "same threads: output bits");
+  check_close(a.dq, b.dq, 0, 0, "same threads: dq bits");
+  check_close(a.dk, b.dk, 0, 0, "same threads: dk bits");
+  check_close(a.dv, b.dv, 0, 0, "same threads: dv bits");
+  check_close(a.out, c.out, 0, 0, "1 vs 2 threads: output (per-row, so bit-identical)");
+  check_close(a.dk, c.dk, 1e-6, 1e-5, "1 vs 2 threads: dk");
+  check_close(a.dv, c.dv, 1e-6, 1e-5, "1 vs 2 threads: dv");
 }

@@ -62,7 +62,14 @@ TEST_CASE("every declared numeric option with 0, -1 and a non-number: accepted i
   // the ones the issue found: a value-taking option without its value, 0 and -1 where they make no sense
   CHECK(train_args({"--steps", "3", "--lr"}).rc == 2);
   for (const char* opt : {"--eval-every", "--checkpoint-every", "--mlp", "--depth", "--d-model", "--batch", "--steps"})
-    for (const char* v : {"0", "-1"}) CHECK(train_args({opt, v}).rc == 2);
+    for (const char* v : {"-1"}) CHECK(train_args({opt, v}).rc == 2);
+  for (const char* opt : {"--eval-every", "--checkpoint-every", "--depth", "--d-model", "--batch", "--steps"})
+    CHECK(train_args({opt, "0"}).rc == 2);
+  // --mlp 0 (no MLP) is for the sequence tasks; the LRA classifier refuses it by name
+  CHECK(train_args({"--mlp", "0"}).error.find("--mlp 0") != std::string::npos);
+  const Outcome mq = train_args({"--task", "mqar", "--mlp", "0"});
+  CHECK((mq.rc == -1 && mq.error.empty()));
+  CHECK(mq.cfg.attention == "softmax");  // the task's declared default mechanism
   CHECK(train_args({"--clip", "-1"}).rc == 2);
   CHECK(train_args({"--threads", "100000"}).rc == 2);
   CHECK(train_args({"--seed", "1.5"}).rc == 2);

@@ -332,7 +332,7 @@ TEST_CASE("mqar: as a Dataset, in splits, and through collate") {
   CHECK(mqar_split_seed(9, 1) != mqar_split_seed(9, 2));
 }
 
-TEST_CASE("mqar: write then read gives the same splits; no temporary file is left") {
+TEST_CASE("mqar: write then read gives the same splits and leaves no temporary file is left") {
   TmpDir dir;
   const MqarOptions o{.vocab_size = 96, .seq_len = 24, .num_kv_pairs = 3, .power_a = 0.1, .random_non_queries = true,
                       .seed = 0xfedcba9876543210ULL};
@@ -799,7 +799,7 @@ TEST_CASE("chars: the 97-id vocabulary and its round trip") {
   CHECK_THROWS_AS(char_of(-1), std::out_of_range);
 }
 
-TEST_CASE("chars: text files are read; missing, empty and binary files are refused naming the file") {
+TEST_CASE("chars: text files are read, and missing, empty and binary files are refused naming the file") {
   TmpDir dir;
   const std::string ok = dir / "ok.txt", utf8 = dir / "utf8.txt", empty = dir / "empty.txt", nul = dir / "nul.bin",
                     noise = dir / "noise.bin";

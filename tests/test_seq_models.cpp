@@ -115,12 +115,17 @@ TEST_CASE("labelled_logits: the head runs on labelled rows only, same loss and g
   CHECK(ll.logits.shape() == Shape{6, 9});
   Tensor sparse = cross_entropy(ll.logits, ll.labels);
   sparse.backward();
-  const Tensor g_sparse = lm.head->weight.grad().clone();
+  const Tensor g_sparse = lm.embed->weight.grad().clone();  // the tied head: embedding and output
   lm.zero_grad();
   Tensor dense = cross_entropy(lm.forward(tok).reshape({30, 9}), targets.reshape({30}), data::kIgnoreIndex);
   dense.backward();
   CHECK(sparse.item() == doctest::Approx(dense.item()).epsilon(1e-6));
-  CHECK(max_abs_diff(g_sparse, lm.head->weight.grad()) < 1e-6);
+  CHECK(max_abs_diff(g_sparse, lm.embed->weight.grad()) < 1e-6);
+  CHECK_FALSE(lm.head);
+  cfg.tie_embeddings = false;
+  models::DecoderLM untied(cfg, g);
+  REQUIRE(untied.head);
+  CHECK(untied.forward(tok).shape() == Shape{3, 10, 9});
   // Every position labelled: no gather.
   const Tensor all = randint(0, 9, {3, 10}, g);
   CHECK(models::labelled_logits(lm, lm.hidden(tok), all).logits.shape() == Shape{30, 9});

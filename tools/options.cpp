@@ -142,8 +142,7 @@ MechanismOptions::MechanismOptions(CLI::App& app, const std::string& default_att
 
 std::map<std::string, double> MechanismOptions::knobs(const std::string& mechanism) const {
   models::TrainConfig c;
-  c.attention = mechanism;
-  std::map<std::string, std::string> given;
+  std::map<std::string, std::string> given = {{"attention", mechanism}};
   for (const auto& [opt, o] : opts_)
     if (o->count() > 0) given[opt] = text_.at(opt);
   return nn::resolve_knobs(nn::mechanism_spec(mechanism), models::apply_given(c, given).knobs);
