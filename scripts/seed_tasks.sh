@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The seed papers' tasks at CPU size (README "Seed tasks: results"): each experiment is a list of
+# `lotgrad train` runs, one run directory each under $RUNS. Resumable: a finished run (its
+# result.txt) is skipped, an interrupted one continues from last.ckpt with --resume, so the
+# script can be stopped and started again. At the end it prints one table per experiment.
+#
+#   scripts/seed_tasks.sh mqar|mqar64|mqar256|icl|lm|all   [table: only print the tables]
+#
+# Environment: LOTGRAD (the program, default build/lotgrad), RUNS (default runs/seed),
+# JOBS runs at a time (default 1) with THREADS threads each (default 2), MECHS (the MQAR
+# mechanisms), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
+set -euo pipefail
+bin=${LOTGRAD:-build/lotgrad}
+runs=${RUNS:-runs/seed}
+jobs=${JOBS:-1}
+threads=${THREADS:-2}
+what=${1:-all}
+table_only=${2:-}
+export OMP_WAIT_POLICY=PASSIVE  # parallel runs share the cores: idle threads must not spin
+
+# run NAME ARGS...: one training run into $runs/NAME (skipped when finished, resumed when cut).
+run() {
+  local name=$1; shift
+  local dir=$runs/$name
+  [ -f "$dir/result.txt" ] && return 0
+  mkdir -p "$dir"
+  local mode=(--overwrite)
+  [ -f "$dir/last.ckpt" ] && mode=(--resume)
+  if "$bin" train "$@" --threads "$threads" --out "$dir" "${mode[@]}" >"$dir/log.txt" 2>&1; then
+    grep "best-on-dev checkpoint" "$dir/log.txt" >"$dir/result.txt"
+  else
+    echo "run $name failed: see $dir/log.txt" >&2
+  fi
+}
+export -f run
+export bin runs threads
+
+# The jobs (one `run ...` line each) through xargs, $jobs at a time.
+launch() { if [ -n "$table_only" ]; then cat >/dev/null; else tr '\n' '\0' | xargs -0 -P "$jobs" -I{} bash -c '{}'; fi; }
+
+# The test figure of a finished run ("test acc 0.998" -> 0.998), or "-" while it is not.
+figure() {
+  local f=$runs/$1/result.txt
+  [ -f "$f" ] && sed -E "s/.*test $2 ([0-9.e+-]+).*/\1/" "$f" || echo "-"
+}
+
+# ---- MQAR (Zoology): 2 attention-only causal layers, 1 head, learned positions, tied
+# embeddings, V = 2L; the sliding window sees L/4 tokens. Batch 64 (L = 64) or 16 (L = 256).
+mqar_jobs() {
+  local L=$1 steps=$2
+  for N in $3; do for d in 64 128; do for m in ${MECHS:-softmax linear performer window}; do
+    local knob=""; [ "$m" = window ] && knob="--window $((L / 4))"
+    echo "run mqar-L$L-N$N-d$d-$m --task mqar --vocab $((2 * L)) --seq-len $L --kv-pairs $N --train-size 20000" \
+         "--val-size 500 --test-size 1000 --d-model $d --heads 1 --mlp 0 --depth 2 --dropout 0 --attention $m $knob" \
+         "--steps $steps --batch $((L == 64 ? 64 : 16)) --lr 3e-3 --warmup 0.05 --eval-every $((steps >= 6 ? steps / 6 : 1))" \
+         "--checkpoint-every $((steps >= 6 ? steps / 6 : 1))"
+  done; done; done
+}
+mqar_table() {
+  local L=$1
+  printf "\nMQAR, L = %s, V = %s: test accuracy over queried positions\n" "$L" $((2 * L))
+  printf "%-8s %-6s" "N_kv" "d"; for m in ${MECHS:-softmax linear performer window}; do printf " %-10s" "$m"; done; echo
+  for N in $2; do for d in 64 128; do
+    printf "%-8s %-6s" "$N" "$d"
+    for m in ${MECHS:-softmax linear performer window}; do printf " %-10s" "$(figure mqar-L$L-N$N-d$d-$m acc)"; done; echo
+  done; done
+}
+
+# ---- In-context linear regression, one plain linear-attention layer (Li, Rawat & Oymak):
+# paired tokens, no positions, no LayerNorm, d = 8, n = 32; iid noiseless and heterogeneous.
+icl_jobs() {
+  for design in iid hetero; do
+    echo "run icl-$design --task icl-regression --design $design --layout paired --dim 8 --points 32 --val-size 2000" \
+         "--test-size 20000 --attention linear --depth 1 --heads 1 --d-model 16 --mlp 0 --norm 0 --pos none --init torch" \
+         "--dropout 0 --steps ${ICL_STEPS:-6000} --batch 64 --lr 1e-2 --warmup 0.05 --eval-every 1000"
+  done
+}
+icl_table() {
+  printf "\nIn-context regression, d = 8, n = 32, one linear-attention layer: test risk E(ŷ - xᵀw)²\n"
+  for design in iid hetero; do
+    local f=$runs/icl-$design/result.txt
+    printf "%-7s model %-10s  %s\n" "$design" "$(figure icl-$design mse)" \
+      "$([ -f "$f" ] && sed -E 's/.*\((min-norm[^)]*)\).*/\1/' "$f")"
+  done
+}
+
+# ---- Character-level LM on Debian's fortunes: 2 layers, d 128, context 256.
+lm_jobs() {
+  for m in softmax window linear; do
+    local knob=""; [ "$m" = window ] && knob="--window 64"
+    echo "run lm-$m --task lm --seq-len 256 --attention $m $knob --depth 2 --d-model 128 --heads 2 --mlp 512" \
+         "--dropout 0.1 --steps ${LM_STEPS:-2000} --batch 16 --lr 2e-3 --warmup 0.05 --eval-every 500 --eval-batches 16"
+  done
+}
+lm_table() {
+  printf "\nCharacter-level LM (fortunes), context 256: test bits per character, tokens/s in training\n"
+  for m in softmax window linear; do
+    local f=$runs/lm-$m/result.txt
+    printf "%-8s %-8s %s\n" "$m" "$(figure lm-$m bpc)" "$([ -f "$f" ] && sed -E 's/.* ([0-9.]+) tokens\/s.*/\1 tokens\/s/' "$f")"
+  done
+}
+
+case "$what" in
+  mqar64) mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16" | launch; mqar_table 64 "4 8 16" ;;
+  mqar256) mqar_jobs 256 "${STEPS_256:-2500}" "16 64" | launch; mqar_table 256 "16 64" ;;
+  mqar) { mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; } | launch
+        mqar_table 64 "4 8 16"; mqar_table 256 "16 64" ;;
+  icl) icl_jobs | launch; icl_table ;;
+  lm) lm_jobs | launch; lm_table ;;
+  all) { icl_jobs; lm_jobs; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; } | launch
+       icl_table; lm_table; mqar_table 64 "4 8 16"; mqar_table 256 "16 64" ;;
+  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|icl|lm|all [table]" >&2; exit 2 ;;
+esac
