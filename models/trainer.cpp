@@ -307,7 +307,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
 }
 
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, const std::string& split, std::ostream& log,
-                           std::string* references) {
+                           std::string* references, std::string* breakdown) {
   if (split != "test" && split != "val" && split != "train")
     throw std::invalid_argument("eval: --split must be train, val or test, got \"" + split + "\"");
   validate(cfg);
@@ -316,6 +316,7 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, cons
   std::unique_ptr<Workload> work = make_workload(cfg, log, g, std::make_shared<Generator>(0));  // dropout is off in eval
   load_weights(work->module(), load_checkpoint(path), path);
   if (references) *references = work->references(split);
+  if (breakdown) *breakdown = work->breakdown(split);
   return work->evaluate(split, 0);
 }
 

@@ -109,8 +109,9 @@ std::string resumable_checkpoint(const std::string& out_dir);
 
 // The task's metric (task_spec(cfg.task).metric) of a checkpointed model on a split ("train",
 // "val" or "test"): `lotgrad eval`. references: the split's reference figures, when given.
+// breakdown: the task's per-position figures (Workload::breakdown), when given.
 double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint, const std::string& split,
-                           std::ostream& log, std::string* references = nullptr);
+                           std::ostream& log, std::string* references = nullptr, std::string* breakdown = nullptr);
 
 // What a trained model's attention does on real examples (`lotgrad inspect`): per layer and
 // head, averaged over `count` examples of a split (one at a time, unpadded), the largest

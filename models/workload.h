@@ -63,6 +63,9 @@ class Workload {
   // "least squares 0.00, optimal one-step GD 1.76"), the first of them as a number (baseline).
   virtual std::string references(const std::string& split) = 0;
   virtual double baseline(const std::string& split) = 0;
+  // A breakdown of the metric that `lotgrad eval` prints below it (icl-regression, interleaved:
+  // the squared error at each position beside least squares'); empty when the task has none.
+  virtual std::string breakdown(const std::string& split) { return ""; }
   // Batches per evaluation of a split (sizes the progress display).
   virtual int64_t eval_examples(const std::string& split) const = 0;
 };

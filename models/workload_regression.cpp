@@ -13,6 +13,7 @@
 
 #include "../core/autograd.h"
 #include "../data/icl_regression.h"
+#include "../ops/elementwise.h"
 #include "../ops/loss.h"
 #include "decoder.h"
 #include "workload.h"
@@ -72,6 +73,7 @@ class RegressionWorkload : public Workload {
   }
   std::string references(const std::string& split) override;
   double baseline(const std::string& split) override;  // least squares on the split's prompts
+  std::string breakdown(const std::string& split) override;
   int64_t eval_examples(const std::string& split) const override { return (int64_t)pick(split).size(); }
 
  private:
@@ -189,6 +191,36 @@ std::string RegressionWorkload::references(const std::string& split) {
     for (double s : context_noise(cfg_.points)) var.push_back(s * s);
     std::snprintf(b, sizeof b, ", optimal one-step GD %.4f, optimal weighted one-step GD %.4f",
                   data::pgd_risk(cfg_.dim, std::vector<double>(var.size(), 1.0), var), data::h3_optimal_risk(cfg_.dim, var));
+    out += b;
+  }
+  return out;
+}
+// Interleaved: the squared error of the read-out at x_k (k examples before it), per k, beside
+// min-norm least squares from the same k examples (max(d - k, 0) in expectation, noiseless).
+std::string RegressionWorkload::breakdown(const std::string& split) {
+  if (paired_) return "";
+  NoGradGuard ng;
+  model_.eval();
+  const auto& d = pick(split);
+  const int64_t P = d[0].points;
+  std::vector<double> model_err((size_t)P, 0.0), ls_err((size_t)P, 0.0);
+  for (size_t first = 0; first < d.size(); first += (size_t)cfg_.batch) {
+    const std::vector<data::IclPrompt> part(d.begin() + (int64_t)first, d.begin() + (int64_t)std::min(d.size(), first + (size_t)cfg_.batch));
+    Tensor pred, target;
+    forward(part, pred, target);
+    const std::vector<double> e = mul(sub(pred, target), sub(pred, target)).to_vector();  // (b, P)
+    for (size_t i = 0; i < e.size(); ++i) model_err[i % (size_t)P] += e[i];
+    for (const auto& p : part) {
+      const std::vector<double> pr = data::least_squares_predictions(p);
+      for (int64_t k = 0; k < P; ++k) ls_err[(size_t)k] += std::pow(pr[(size_t)k] - p.ys[(size_t)k], 2);
+    }
+  }
+  model_.train();
+  std::string out = "examples before   squared error   least squares\n";
+  char b[96];
+  for (int64_t k = 0; k < P; ++k) {
+    std::snprintf(b, sizeof b, "%15lld   %13.4f   %13.4f\n", (long long)k, model_err[(size_t)k] / (double)d.size(),
+                  ls_err[(size_t)k] / (double)d.size());
     out += b;
   }
   return out;

@@ -89,10 +89,10 @@ int cmd_eval(int argc, char** argv) {
   models::TrainConfig c;
   after_parse(app, [&] { c = cmd.config(); });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  std::string refs;
-  const double v = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout, &refs);
-  std::printf("%s %s of %s: %.4f (%s)\n", cmd.split.c_str(), models::task_spec(c.task).metric.c_str(),
-              cmd.checkpoint.c_str(), v, refs.c_str());
+  std::string refs, per;
+  const double v = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout, &refs, &per);
+  std::printf("%s %s of %s: %.4f (%s)\n%s", cmd.split.c_str(), models::task_spec(c.task).metric.c_str(),
+              cmd.checkpoint.c_str(), v, refs.c_str(), per.c_str());
   return 0;
 }
 
