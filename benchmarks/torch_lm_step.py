@@ -7,9 +7,9 @@
 Optional: needs Debian's python3-torch (`apt-get install python3-torch`; run it with
 /usr/bin/python3). Never used by the build or the tests. The model is lotgrad's DecoderLM
 (models/decoder.h) as `bench step --task lm` builds it: token embedding (97 ids) tied to the
-output head, learned positions, pre-LN blocks with a fused QKV projection, causal softmax
-attention (F.scaled_dot_product_attention with is_causal) or causal sliding-window attention
-(an explicit band mask, which is what PyTorch offers for it), a GELU MLP, a final LayerNorm,
+output head, learned positions, pre-LN blocks with a fused QKV projection, causal softmax or
+causal sliding-window attention as a boolean band mask (F.scaled_dot_product_attention where
+PyTorch has it, >= 2.0; the explicit masked softmax in Debian 12's 1.13), a GELU MLP, a final LayerNorm,
 cross-entropy at every position; no dropout; AdamW, gradient clipping at 5. Prints ms per
 step (median), tokens/s and the process's peak RSS.
 """
@@ -37,10 +37,11 @@ class Block(nn.Module):
     def forward(self, x):
         B, n, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, n, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        if self.mask is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, n, dh)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        if hasattr(F, "scaled_dot_product_attention"):  # PyTorch >= 2.0: its fused kernels
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)  # (B, H, n, dh)
+        else:  # PyTorch 1.13 (Debian 12): the explicit masked softmax
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            o = torch.softmax(s.masked_fill(~self.mask, float("-inf")), -1) @ v
         x = x + self.out(o.permute(0, 2, 1, 3).reshape(B, n, D))
         return x + self.mlp(self.ln2(x)) if self.mlp is not None else x
 
@@ -76,10 +77,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    mask = None
-    if args.attention == "window":
-        i = torch.arange(args.seq_len)
-        mask = (i[:, None] - i[None, :] >= 0) & (i[:, None] - i[None, :] < args.window)  # (n, n) bool, True = attend
+    i = torch.arange(args.seq_len)
+    width = args.window if args.attention == "window" else args.seq_len
+    mask = (i[:, None] - i[None, :] >= 0) & (i[:, None] - i[None, :] < width)  # (n, n) bool, True = attend
     model = DecoderLM(args, mask)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.0)
     tokens = torch.randint(0, VOCAB, (args.batch, args.seq_len))
