@@ -223,6 +223,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                 (is_causal_run(cfg) ? " (causal)" : "") + ", " + std::to_string(get_num_threads()) + " threads, batch " +
                 std::to_string(cfg.batch) + ", " + std::to_string(cfg.steps) + " steps");
   const std::string& mname = task.metric;
+  const std::string dev_refs = work->references("val");  // printed beside every evaluation
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
@@ -276,7 +277,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
         run.save_best(st);
       }
       progress.line("eval step " + std::to_string(st.step) + ": dev " + mname + " " + std::to_string(dev) + " (best " +
-                    std::to_string(st.best_dev) + " at step " + std::to_string(st.best_step) + ")");
+                    std::to_string(st.best_dev) + " at step " + std::to_string(st.best_step) + "; " + dev_refs + ")");
       metrics.write({st.step, {{"dev_" + mname, dev}, {"best_dev", st.best_dev}}});
     }
     if (st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps) run.save_last(st);
