@@ -1,8 +1,11 @@
 // Internal helpers shared by the data/ sources: a counter-based random stream and file I/O
 // that reports errors as IOError naming the file (and line).
 #pragma once
+#include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/error.h"
@@ -49,5 +52,29 @@ std::vector<std::string> split_ws(const std::string& s);  // on runs of spaces/t
 // Strict integer parse of the whole string (optional surrounding spaces); false on failure.
 bool parse_int(const std::string& s, int64_t& out);
 bool parse_double(const std::string& s, double& out);
+
+// Parses the space-separated fields of text with std::from_chars into out. Returns the index of
+// the first field that is not a whole T or that ok(value) rejects (bad: its text; out holds
+// the fields before it), or -1 when every field parsed.
+template <class T, class Ok>
+int64_t parse_spaced(std::string_view text, std::vector<T>& out, std::string_view& bad, Ok ok) {
+  out.clear();
+  for (size_t i = 0; i < text.size();) {
+    if (text[i] == ' ') {
+      ++i;
+      continue;
+    }
+    const size_t e = std::min(text.find(' ', i), text.size());
+    T v{};
+    const auto r = std::from_chars(text.data() + i, text.data() + e, v);
+    if (r.ec != std::errc() || r.ptr != text.data() + e || !ok(v)) {
+      bad = text.substr(i, e - i);
+      return (int64_t)out.size();
+    }
+    out.push_back(v);
+    i = e;
+  }
+  return -1;
+}
 
 }  // namespace lotgrad::data::detail

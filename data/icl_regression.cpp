@@ -243,22 +243,12 @@ void append_numbers(std::string& out, const double* v, size_t n) {
 
 // Parses exactly n space-separated finite numbers of `text` into out; "" or why it failed.
 std::string parse_numbers(std::string_view text, size_t n, std::vector<double>& out) {
-  out.clear();
-  size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && text[i] == ' ') ++i;
-    if (i == text.size()) break;
-    size_t e = text.find(' ', i);
-    if (e == std::string_view::npos) e = text.size();
-    double v = 0.0;
-    const auto r = std::from_chars(text.data() + i, text.data() + e, v);
-    if (r.ec != std::errc() || r.ptr != text.data() + e || !std::isfinite(v)) {
-      std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
-      why.append(text.substr(i, e - i));
-      return why + "' (number " + std::to_string(out.size()) + ") is not a finite number";
-    }
-    out.push_back(v);
-    i = e;
+  std::string_view bad;
+  const int64_t at = detail::parse_spaced(text, out, bad, [](double v) { return std::isfinite(v); });
+  if (at >= 0) {
+    std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
+    why.append(bad);
+    return why + "' (number " + std::to_string(at) + ") is not a finite number";
   }
   if (out.size() != n) return "has " + std::to_string(out.size()) + " numbers, expected " + std::to_string(n);
   return "";

@@ -270,22 +270,12 @@ MqarOptions parse_header(const std::string& path, const std::string& line, int64
 
 // Parses L space-separated integers of `text` into out; "" or the reason it failed.
 std::string parse_ids(std::string_view text, int64_t L, std::vector<token_t>& out) {
-  out.clear();
-  size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && text[i] == ' ') ++i;
-    if (i == text.size()) break;
-    size_t e = text.find(' ', i);
-    if (e == std::string_view::npos) e = text.size();
-    token_t v = 0;
-    const auto r = std::from_chars(text.data() + i, text.data() + e, v);
-    if (r.ec != std::errc() || r.ptr != text.data() + e) {
-      std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
-      why.append(text.substr(i, e - i));
-      return why + "' at position " + std::to_string(out.size()) + " is not an integer";
-    }
-    out.push_back(v);
-    i = e;
+  std::string_view bad;
+  const int64_t at = detail::parse_spaced(text, out, bad, [](token_t) { return true; });
+  if (at >= 0) {
+    std::string why = "'";  // appended, not "'" + string: GCC 12 gives a false -Wrestrict there
+    why.append(bad);
+    return why + "' at position " + std::to_string(at) + " is not an integer";
   }
   if ((int64_t)out.size() != L) return "has " + std::to_string(out.size()) + " ids, expected seq_len = " + std::to_string(L);
   return "";

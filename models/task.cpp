@@ -136,14 +136,8 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
                                   cfg.task + " sequence (" + std::to_string(c.max_len - 1) + " tokens)");
     c.max_len = cfg.max_positions + 1;
   }
-  c.encoder.depth = cfg.depth;
-  c.encoder.d_model = cfg.d_model;
-  c.encoder.n_heads = cfg.heads;
-  c.encoder.mlp_hidden = cfg.mlp;
-  c.encoder.dropout = cfg.dropout;
+  c.encoder = encoder_config(cfg);
   c.embed_dropout = cfg.dropout;
-  c.encoder.norm = cfg.norm;
-  c.encoder.attention = {attention_options(cfg)};
   Model m;
   if (t.train.paired) m.dual = std::make_shared<DualEncoderClassifier>(c, gen, dgen);
   else m.single = std::make_shared<SequenceClassifier>(c, gen, dgen);

@@ -40,6 +40,34 @@ nn::AttentionOptions attention_options(const TrainConfig& cfg) {
   return a;
 }
 
+nn::EncoderConfig encoder_config(const TrainConfig& cfg) {
+  nn::EncoderConfig e;
+  e.depth = cfg.depth;
+  e.d_model = cfg.d_model;
+  e.n_heads = cfg.heads;
+  e.mlp_hidden = cfg.mlp;
+  e.dropout = cfg.dropout;
+  e.norm = cfg.norm;
+  e.attention = {attention_options(cfg)};
+  return e;
+}
+
+data::LoaderOptions loader_options(const TrainConfig& cfg) {
+  data::LoaderOptions lo;
+  lo.batch_size = cfg.batch;
+  lo.seed = (uint64_t)cfg.seed;
+  lo.drop_last = true;
+  return lo;
+}
+
+std::map<std::string, std::string> loader_state(const data::DataLoader& loader) {
+  return {{"loader_epoch", std::to_string(loader.state().epoch)}, {"loader_index", std::to_string(loader.state().index)}};
+}
+
+void set_loader_state(data::DataLoader& loader, const std::map<std::string, std::string>& md) {
+  loader.set_state({std::stoll(md.at("loader_epoch")), std::stoll(md.at("loader_index"))});
+}
+
 std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& log, Generator& init_gen,
                                         std::shared_ptr<Generator> dgen) {
   switch (task_spec(cfg.task).kind) {

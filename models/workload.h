@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "../core/random.h"
+#include "../data/dataset.h"
 #include "../nn/module.h"
+#include "../nn/transformer.h"
 #include "trainer.h"
 
 namespace lotgrad::models {
@@ -77,6 +79,14 @@ std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& lo
 
 // The attention settings of every layer (mechanism, heads, effective knobs, causal).
 nn::AttentionOptions attention_options(const TrainConfig& cfg);
+// The blocks every task's model stacks: depth, width, heads, MLP, dropout, norm, attention.
+nn::EncoderConfig encoder_config(const TrainConfig& cfg);
+// The training loader of the dataset tasks (shuffled by the seed, whole batches; the LRA
+// classifiers add --bucket) and its
+// position as checkpoint metadata (Workload::data_state).
+data::LoaderOptions loader_options(const TrainConfig& cfg);
+std::map<std::string, std::string> loader_state(const data::DataLoader& loader);
+void set_loader_state(data::DataLoader& loader, const std::map<std::string, std::string>& md);
 
 // Per kind (workload_*.cpp).
 std::unique_ptr<Workload> make_classify_workload(const TrainConfig&, std::ostream&, Generator&, std::shared_ptr<Generator>);

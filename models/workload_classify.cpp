@@ -11,7 +11,7 @@ namespace {
 class ClassifyWorkload : public Workload {
  public:
   ClassifyWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen)
-      : cfg_(cfg), data_(load_task(cfg, log)), model_(build_model(cfg, data_, gen, dgen)), loader_(data_.train, options(cfg)) {}
+      : cfg_(cfg), data_(load_task(cfg, log)), model_(build_model(cfg, data_, gen, dgen)), loader_(data_.train, bucketed(cfg)) {}
 
   nn::Module& module() override { return model_.module(); }
   StepOutput train_step(int64_t) override {
@@ -24,12 +24,8 @@ class ClassifyWorkload : public Workload {
   double evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
     return models::evaluate(model_, pick(split), cfg_.batch, max_batches, zero_mask_on(cfg_), progress);
   }
-  std::map<std::string, std::string> data_state() const override {
-    return {{"loader_epoch", std::to_string(loader_.state().epoch)}, {"loader_index", std::to_string(loader_.state().index)}};
-  }
-  void set_data_state(const std::map<std::string, std::string>& md) override {
-    loader_.set_state({std::stoll(md.at("loader_epoch")), std::stoll(md.at("loader_index"))});
-  }
+  std::map<std::string, std::string> data_state() const override { return loader_state(loader_); }
+  void set_data_state(const std::map<std::string, std::string>& md) override { set_loader_state(loader_, md); }
   std::string references(const std::string& split) override {
     return "majority class " + std::to_string(data::majority_rate(pick(split)));
   }
@@ -37,11 +33,9 @@ class ClassifyWorkload : public Workload {
   int64_t eval_examples(const std::string& split) const override { return (int64_t)pick(split).size(); }
 
  private:
-  static data::LoaderOptions options(const TrainConfig& cfg) {
-    data::LoaderOptions lo;
-    lo.batch_size = cfg.batch;
-    lo.seed = (uint64_t)cfg.seed;
-    lo.drop_last = true;
+  // Length bucketing pays only where sequence lengths vary (the LRA tasks).
+  static data::LoaderOptions bucketed(const TrainConfig& cfg) {
+    data::LoaderOptions lo = loader_options(cfg);
     lo.bucket_batches = cfg.bucket;
     return lo;
   }

@@ -126,13 +126,7 @@ class RegressionWorkload : public Workload {
     c.max_len = paired_ ? cfg.points + 1 : 2 * cfg.points;
     c.pos = cfg.pos;
     c.init = cfg.init;
-    c.blocks.depth = cfg.depth;
-    c.blocks.d_model = cfg.d_model;
-    c.blocks.n_heads = cfg.heads;
-    c.blocks.mlp_hidden = cfg.mlp;
-    c.blocks.dropout = cfg.dropout;
-    c.blocks.norm = cfg.norm;
-    c.blocks.attention = {attention_options(cfg)};
+    c.blocks = encoder_config(cfg);
     return c;
   }
   const std::vector<data::IclPrompt>& pick(const std::string& split) const {

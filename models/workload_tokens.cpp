@@ -63,7 +63,7 @@ class TokensWorkload : public Workload {
         bits_(cfg.task == "lm"),
         data_(bits_ ? load_lm(cfg, log) : load_mqar(cfg, log)),
         model_(config(cfg, data_), gen, dgen),
-        loader_(data_.train, options(cfg)) {}
+        loader_(data_.train, loader_options(cfg)) {}
 
   nn::Module& module() override { return model_; }
   StepOutput train_step(int64_t) override {
@@ -90,12 +90,8 @@ class TokensWorkload : public Workload {
     model_.train();
     return count > 0 ? sum / count : 0.0;
   }
-  std::map<std::string, std::string> data_state() const override {
-    return {{"loader_epoch", std::to_string(loader_.state().epoch)}, {"loader_index", std::to_string(loader_.state().index)}};
-  }
-  void set_data_state(const std::map<std::string, std::string>& md) override {
-    loader_.set_state({std::stoll(md.at("loader_epoch")), std::stoll(md.at("loader_index"))});
-  }
+  std::map<std::string, std::string> data_state() const override { return loader_state(loader_); }
+  void set_data_state(const std::map<std::string, std::string>& md) override { set_loader_state(loader_, md); }
   // MQAR: one of the context's N_kv values at random; LM: a uniform guess over the vocabulary.
   double baseline(const std::string&) override {
     return bits_ ? std::log2((double)data::kCharVocab) : 1.0 / (double)cfg_.kv_pairs;
@@ -114,21 +110,8 @@ class TokensWorkload : public Workload {
     c.init = cfg.init;
     c.embed_dropout = cfg.dropout;
     c.tie_embeddings = cfg.tie_embeddings;
-    c.blocks.depth = cfg.depth;
-    c.blocks.d_model = cfg.d_model;
-    c.blocks.n_heads = cfg.heads;
-    c.blocks.mlp_hidden = cfg.mlp;
-    c.blocks.dropout = cfg.dropout;
-    c.blocks.norm = cfg.norm;
-    c.blocks.attention = {attention_options(cfg)};
+    c.blocks = encoder_config(cfg);
     return c;
-  }
-  static data::LoaderOptions options(const TrainConfig& cfg) {
-    data::LoaderOptions lo;
-    lo.batch_size = cfg.batch;
-    lo.seed = (uint64_t)cfg.seed;
-    lo.drop_last = true;
-    return lo;
   }
   const data::Dataset& pick(const std::string& split) const {
     return split == "train" ? data_.train : split == "val" ? data_.val : data_.test;
