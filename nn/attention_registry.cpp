@@ -20,7 +20,11 @@
   X(lotformer)                \
   X(sinkformer)               \
   X(espformer)                \
-  X(window)
+  X(window)                   \
+  /* X(deltanet) */           \
+  /* X(h3) */                 \
+  /* X(zeros) */              \
+  /* X(fem) */
 
 namespace lotgrad::nn {
 
