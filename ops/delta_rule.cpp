@@ -100,19 +100,23 @@ void gemm_block_tail(const T* A, int64_t ars, int64_t acs, const T* B, int64_t l
 
 // C (m, n), row stride ldc, = alpha·A·B (+ C when acc). A(i, p) = A[i·ars + p·acs] (so a
 // transposed operand is just swapped strides), B row-major (k, n) with row stride ldb.
+// lower_out: only C(i, j) with j <= i is wanted (the rest may be left unwritten or written):
+// a row block stops at its last row's diagonal, rounded up to whole vectors.
 template <class T>
 void gemm(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
-          T* C, int64_t ldc, bool acc, Tri tri = Tri::full) {
-  constexpr int W = Vec<T>::W, NV = 4;
+          T* C, int64_t ldc, bool acc, Tri tri = Tri::full, bool lower_out = false) {
+  constexpr int W = Vec<T>::W;
   auto rows = [&]<int R>(int64_t i0) {
     const int64_t p0 = tri == Tri::upper ? std::min(i0, k) : 0;
     const int64_t p1 = tri == Tri::lower ? std::min(k, i0 + R) : k;
+    const int64_t nc = lower_out ? std::min(n, (i0 + R + W - 1) / W * W) : n;
     const T* Ai = A + i0 * ars;
     T* Ci = C + i0 * ldc;
     int64_t j = 0;
-    for (; j + NV * W <= n; j += NV * W) gemm_block<T, R, NV>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc);
-    for (; j + W <= n; j += W) gemm_block<T, R, 1>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc);
-    if (j < n) gemm_block_tail<T, R>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc, n - j);
+    for (; j + 4 * W <= nc; j += 4 * W) gemm_block<T, R, 4>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc);
+    for (; j + 2 * W <= nc; j += 2 * W) gemm_block<T, R, 2>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc);
+    for (; j + W <= nc; j += W) gemm_block<T, R, 1>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc);
+    if (j < nc) gemm_block_tail<T, R>(Ai, ars, acs, B + j, ldb, Ci + j, ldc, p0, p1, alpha, acc, nc - j);
   };
   int64_t i = 0;
   for (; i + 4 <= m; i += 4) rows.template operator()<4>(i);
@@ -186,8 +190,8 @@ template <class T>
 void chunk_core(const T* Q, const T* K, const T* V, const T* b, const T* M, int64_t c, const Dims& d, Scratch<T>& s) {
   const int64_t C = d.C, dk = d.dk, dv = d.dv;
   transpose(c, dk, K, dk, s.Kt.data(), C);
-  gemm<T>(c, c, dk, 1, K, dk, 1, s.Kt.data(), C, s.A.data(), C, false);
-  gemm<T>(c, c, dk, 1, Q, dk, 1, s.Kt.data(), C, s.P.data(), C, false);
+  gemm<T>(c, c, dk, 1, K, dk, 1, s.Kt.data(), C, s.A.data(), C, false, Tri::full, /*lower_out=*/true);
+  gemm<T>(c, c, dk, 1, Q, dk, 1, s.Kt.data(), C, s.P.data(), C, false, Tri::full, /*lower_out=*/true);
   for (int64_t t = 0; t < c; ++t)
     for (int64_t i = 0; i < c; ++i) {
       s.L[t * C + i] = i < t ? b[t] * s.A[t * C + i] : T(0);
@@ -238,7 +242,7 @@ void backward_head(const T* q, const T* k, const T* v, const T* beta, const T* s
     gemm<T>(c, dv, c, 1, s.P.data(), 1, C, dO, dv, dU, dv, false, Tri::upper);
     gemm<T>(c, dv, dk, 1, K, dk, 1, G, dv, dU, dv, true);
     // dP = tril(dO Uᵀ); dQ = dO Mᵀ + dP K; dK = dPᵀ Q + U Gᵀ
-    gemm<T>(c, c, dv, 1, dO, dv, 1, Ut, C, dP, C, false);
+    gemm<T>(c, c, dv, 1, dO, dv, 1, Ut, C, dP, C, false, Tri::full, /*lower_out=*/true);
     for (int64_t t = 0; t < c; ++t) std::fill(dP + t * C + t + 1, dP + t * C + c, T(0));
     gemm<T>(c, dk, dv, 1, dO, dv, 1, Mt, dk, dQ, dk, false);
     gemm<T>(c, dk, c, 1, dP, C, 1, K, dk, dQ, dk, true, Tri::lower);
@@ -256,7 +260,7 @@ void backward_head(const T* q, const T* k, const T* v, const T* beta, const T* s
     }
     gemm<T>(c, dk, dv, -1, dR, dv, 1, Mt, dk, dK, dk, true);  // dK −= dR Mᵀ
     // dL = −strict-tril(dY Uᵀ): dβ_t += Σ_{i<t} dL_ti A_ti; D = diag(β) dL; dK += (D + Dᵀ) K
-    gemm<T>(c, c, dv, -1, dU, dv, 1, Ut, C, D, C, false);
+    gemm<T>(c, c, dv, -1, dU, dv, 1, Ut, C, D, C, false, Tri::full, /*lower_out=*/true);
     for (int64_t t = 0; t < c; ++t) {
       T acc = 0;
       for (int64_t i = 0; i < t; ++i) {
