@@ -171,6 +171,16 @@ TEST_CASE("delta_rule: the backward keeps the chunk states, not one per step") {
   CHECK(storage_bytes_in_use() == before);  // the graph went with the output
 }
 
+TEST_CASE("delta_rule: an empty sequence and a chunk longer than the sequence") {
+  const Operands e = operands(1, 2, 0, 4, 3, 62);
+  const V r = run([](const V& x) { return chunked(x, 64); }, e.all());
+  CHECK(r[0].shape() == Shape{1, 2, 0, 3});
+  CHECK(r[1].shape() == Shape{1, 2, 0, 4});
+  const Operands o = operands(1, 1, 5, 4, 3, 63);
+  CHECK(delta_rule_state_bytes(o.q, o.v, 65536) == 4 * 3 * 8);  // one chunk, and no 65536² work buffer
+  check_chunked_vs_recurrent(o, 65536, 1e-10, true);
+}
+
 TEST_CASE("delta_rule: bad operands are refused with the op, the rule and every shape") {
   const Operands o = operands(1, 2, 5, 4, 3, 61);
   auto message = [](const std::function<void()>& f) {
