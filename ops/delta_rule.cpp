@@ -6,7 +6,7 @@
 //   A = K Kᵀ,  L = strict-tril(diag(β) A),  R = V − K M
 //   (I + L) U = diag(β) R                       (forward substitution, blocked)
 //   P = tril(Q Kᵀ) (diagonal included),  O = Q M + P U,  M_out = M + Kᵀ U.
-// Backward of one chunk, from dO and G = dL/dM_out (derived by hand from the lines above):
+// Backward of one chunk, from dO and G = ∂loss/∂M_out (derived by hand from the lines above):
 //   dU = Pᵀ dO + K G,  dP = tril(dO Uᵀ),  dQ = dO Mᵀ + dP K,  dK = dPᵀ Q + U Gᵀ
 //   dY = (I + L)⁻ᵀ dU  (backward substitution),  dL = −strict-tril(dY Uᵀ)
 //   dβ_t = r_t·dY_t + Σ_{i<t} dL_ti A_ti,  dR = diag(β) dY = dV,  dK −= dR Mᵀ
@@ -17,10 +17,10 @@
 //
 // All products go through one small GEMM (gemm below: register-blocked, vectorised along the
 // output row with GCC vector extensions, any strides for the left operand so Aᵀ B needs no
-// copy). No BLAS: the parallel loop over heads is outside (BLAS is never called from a
-// parallel region, core/parallel.h), and the blocks are 64×64-sized, where a call's packing
-// overhead is a large part of the work. Each head is computed by one thread in a fixed order:
-// results do not depend on the thread count.
+// copy; products whose upper triangle is never read stop at the diagonal). No BLAS: the
+// parallel loop over heads is outside, and BLAS is never called from a parallel region
+// (core/parallel.h). Each head is computed by one thread in a fixed order: results do not
+// depend on the thread count.
 #include "delta_rule.h"
 
 #include <algorithm>
