@@ -17,9 +17,10 @@
 //   models add positions themselves) and attention dropout.
 // - β_c = softplus(β_raw,c) + 1e-6, β_raw initialised to 1.8 (knob beta_init), no weight decay.
 //   Values are clipped to ±cap/β (knob value_cap, 40) so that |βv| ≤ cap: exp(βv − M) ≥
-//   exp(−2·cap) never underflows in f32 while cap ≤ 43, which also keeps a causal F exactly
-//   causal (M is shared by all positions; without the cap a large later value could flush an
-//   earlier exp to 0). The clipped values feed μ as well (as in the public code).
+//   exp(−2·cap) stays a normal float (cap ≤ 43 in f32, ≤ 350 in f64), which also keeps a
+//   causal F causal: M is one max per channel over all positions, and without the cap a large
+//   later value could flush every earlier exp to 0 (F would read the floor log(tiny)/β). The
+//   clipped values feed μ as well (as in the public code).
 // - One run of the prior on [v̂, exp(βv̂ − M)] (value width 2d) gives μ and Z̃ together.
 // - Softmax prior: the fused kernel scaled_dot_product_attention (no n×n tensor; the key
 //   padding mask is applied inside the softmax: a zeroed key would get logit 0, not −inf; causal
@@ -207,8 +208,8 @@ Tensor FreeEnergyMixer::attention_matrix_block(const Tensor& x, const Tensor& ma
 namespace {
 MechanismSpec fem_spec(FemPrior prior) {
   MechanismSpec s;
-  s.knobs = {{.name = "value_cap", .type = KnobType::real, .def = 40, .lo = 1e-3, .hi = 700,
-              .help = "values are clipped to ±value_cap/β so |β·v| <= value_cap (keep <= 43 in f32)"},
+  s.knobs = {{.name = "value_cap", .type = KnobType::real, .def = 40, .lo = 1e-3, .hi = 350,
+              .help = "values are clipped to ±value_cap/β so |β·v| <= value_cap (<= 43 for f32, 350 for f64)"},
              {.name = "beta_init", .type = KnobType::real, .def = 1.8, .lo = -50, .hi = 50,
               .help = "initial beta_raw: the inverse temperature is softplus(beta_raw) + 1e-6 per channel"}};
   if (prior == FemPrior::linear)

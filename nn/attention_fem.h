@@ -23,7 +23,8 @@ struct FreeEnergyReads {
 // padded) or undefined. F is evaluated stably with one run of the prior on [v̂, exp(βv̂ − M)]
 // (M: the detached max of βv̂ over the valid positions, per (b, h, c)):
 //   F = (logaddexp(log Z̃, log tiny − M) + M)/β,  Z̃ = Σ_i p_t(i) exp(βv̂_i − M).
-// cap = +inf: no clipping. chunk: the linear prior's causal chunk length. Padded keys get zero
+// cap = +inf: no clipping (then |βv| must stay below ~350 in f64, ~43 in f32, for every
+// exp(βv̂ − M) to stay a normal float; see attention_fem.cpp). chunk: the linear prior's causal chunk length. Padded keys get zero
 // weight; a row with no key to see (every key padded) reads μ = 0 and F = log(tiny)/β
 // (finite). Differentiable with respect to q, k, v and beta.
 FreeEnergyReads free_energy_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
