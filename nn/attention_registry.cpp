@@ -24,7 +24,8 @@
   X(deltanet)                 \
   /* X(h3) */                 \
   /* X(zeros) */              \
-  /* X(fem) */
+  X(fem)                      \
+  X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */
 
 namespace lotgrad::nn {
 

@@ -234,8 +234,9 @@ struct Band {
 // Sizes of one call. Rows are padded to whole tiles and the head dim to whole vectors; the
 // padding is zero (packed buffers are zero-initialised) and padded keys are masked.
 struct Geo {
-  int64_t B, H, n, m, d;
+  int64_t B, H, n, m, d, e;  // e: the value width (d for q and k)
   int64_t dp, dv;        // padded head dim, vectors per row
+  int64_t ep, ev;        // the same for the values
   int64_t nI, nJ;        // query and key tiles
   int64_t n_pad, m_pad;  // nI·kBr, nJ·kBc
   Band band;
@@ -243,7 +244,7 @@ struct Geo {
 };
 
 template <class T>
-Geo make_geo(const Tensor& q, const Tensor& k, Band band) {
+Geo make_geo(const Tensor& q, const Tensor& k, const Tensor& v, Band band) {
   Geo g;
   g.band = band;
   g.B = q.size(0);
@@ -254,6 +255,9 @@ Geo make_geo(const Tensor& q, const Tensor& k, Band band) {
   constexpr int W = Simd<T>::W;
   g.dv = (g.d + W - 1) / W;
   g.dp = g.dv * W;
+  g.e = v.size(3);
+  g.ev = (g.e + W - 1) / W;
+  g.ep = g.ev * W;
   g.nI = (g.n + kBr - 1) / kBr;
   g.nJ = (g.m + kBc - 1) / kBc;
   g.n_pad = g.nI * kBr;
@@ -278,14 +282,15 @@ void run_jobs(const std::vector<Job>& jobs, int64_t grain) {
     }
   });
 }
-int64_t row_grain(const Geo& g) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.d, 1)); }
+int64_t row_grain(const Geo& g) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>({g.d, g.e, 1})); }
 
-// dst (BH, rows_pad, dp) ← src (B, H, rows, d) (any strides) · mul; one item per row.
+// dst (BH, rows_pad, wp) ← src (B, H, rows, w) (any strides) · mul; one item per row. The width
+// is g.d (q, k) or g.e (v, dO), padded to g.dp or g.ep.
 template <class T>
-Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* dst) {
+Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, int64_t w, int64_t wp, T mul, T* dst) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
-  const int64_t d = g.d, dp = g.dp, H = g.H;
+  const int64_t d = w, dp = wp, H = g.H;
   return {g.BH() * rows, [=](int64_t r) {
             const int64_t bh = r / rows, i = r % rows;
             const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
@@ -297,13 +302,13 @@ Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, T
           }};
 }
 
-// dst (BH, nJ, d, kBc) ← src (B, H, m, d): every key tile stored transposed, so score tiles
+// dst (BH, nJ, w, kBc) ← src (B, H, m, w): every key tile stored transposed, so score tiles
 // can be built with loads along the keys. One item per tile.
 template <class T>
-Job pack_tiles_t(const Tensor& src, const Geo& g, T* dst) {
+Job pack_tiles_t(const Tensor& src, const Geo& g, int64_t w, T* dst) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
-  const int64_t d = g.d, H = g.H, m = g.m, nJ = g.nJ;
+  const int64_t d = w, H = g.H, m = g.m, nJ = g.nJ;
   return {g.BH() * nJ, [=](int64_t u) {
             const int64_t bh = u / nJ, J = u % nJ;
             T* o = dst + u * d * kBc;
@@ -314,10 +319,11 @@ Job pack_tiles_t(const Tensor& src, const Geo& g, T* dst) {
           }};
 }
 
-// out (B, H, rows, d) contiguous ← mul · Σ_c parts[c] (BH, rows_pad, dp), summed in order.
+// out (B, H, rows, w) contiguous ← mul · Σ_c parts[c] (BH, rows_pad, wp), summed in order.
 template <class T>
-Job unpack_rows(const T* parts, int64_t nparts, const Geo& g, int64_t rows, int64_t rows_pad, T mul, T* out) {
-  const int64_t d = g.d, dp = g.dp, part_stride = g.BH() * rows_pad * dp;
+Job unpack_rows(const T* parts, int64_t nparts, const Geo& g, int64_t rows, int64_t rows_pad, int64_t w, int64_t wp, T mul,
+                T* out) {
+  const int64_t d = w, dp = wp, part_stride = g.BH() * rows_pad * dp;
   return {g.BH() * rows, [=](int64_t r) {
             const int64_t bh = r / rows, i = r % rows;
             const T* src = parts + (bh * rows_pad + i) * dp;
@@ -484,14 +490,14 @@ template <class T>
 void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, const KeyMask<T>& km, T* out,
                        T* lse) {
   constexpr T kInf = std::numeric_limits<T>::infinity();
-  const int64_t dp = g.dp, d = g.d, nI = g.nI, nJ = g.nJ;
+  const int64_t dp = g.dp, d = g.d, ep = g.ep, e = g.e, nI = g.nI, nJ = g.nJ;
   struct Scratch {
     std::vector<T> s, acc, mx, l;
   };
-  auto make = [&] { return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBr * dp)), std::vector<T>(kBr), std::vector<T>(kBr)}; };
+  auto make = [&] { return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBr * ep)), std::vector<T>(kBr), std::vector<T>(kBr)}; };
   int64_t pairs = 0;
   const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
-  const int64_t unit_work = (pairs / std::max<int64_t>(nI, 1) + 1) * kBr * kBc * std::max<int64_t>(d, 1);
+  const int64_t unit_work = (pairs / std::max<int64_t>(nI, 1) + 1) * kBr * kBc * std::max<int64_t>(d + e, 1);
   for_each_unit(g.BH() * nI, unit_grain(unit_work), make, [&](int64_t u, Scratch& sc) {
     const int64_t bh = u % g.BH(), I = nI - 1 - u / g.BH(), b = bh / g.H;
     const T* qI = qs + (bh * g.n_pad + I * kBr) * dp;
@@ -504,19 +510,19 @@ void attention_forward(const Geo& g, const T* qs, const T* kt, const T* vr, cons
       tile_scores<T>(qI, dp, kt + (bh * nJ + J) * d * kBc, (int)d, sc.s.data());  // S = Qs Kᵀ
       if (!tile_inside_band(g, I, J)) mask_band(g, I, J, sc.s.data());
       const T* bias = st == kTilePartial ? km.bias.data() + b * g.m_pad + J * kBc : nullptr;
-      online_softmax_tile<T>(sc.s.data(), bias, sc.mx.data(), sc.l.data(), sc.acc.data(), dp);
+      online_softmax_tile<T>(sc.s.data(), bias, sc.mx.data(), sc.l.data(), sc.acc.data(), ep);
       // acc += P V_J
-      tile_accum<T>(sc.s.data(), kBc, 1, kBr, kBc, vr + (bh * g.m_pad + J * kBc) * dp, dp, sc.acc.data(), dp, (int)g.dv);
+      tile_accum<T>(sc.s.data(), kBc, 1, kBr, kBc, vr + (bh * g.m_pad + J * kBc) * ep, ep, sc.acc.data(), ep, (int)g.ev);
     }
     for (int i = 0; i < kBr; ++i) {
       const int64_t row = I * kBr + i;
       const bool live = sc.l[i] > T(0);
       if (lse) lse[bh * g.n_pad + row] = live ? sc.mx[i] + std::log2(sc.l[i]) : kInf;  // +inf: weights 0 in backward
       if (row >= g.n) continue;
-      T* o = out + (bh * g.n + row) * d;
+      T* o = out + (bh * g.n + row) * e;
       const T inv = live ? T(1) / sc.l[i] : T(0);
-      const T* ar = sc.acc.data() + i * dp;
-      for (int64_t c = 0; c < d; ++c) o[c] = ar[c] * inv;
+      const T* ar = sc.acc.data() + i * ep;
+      for (int64_t c = 0; c < e; ++c) o[c] = ar[c] * inv;
     }
   });
 }
@@ -543,7 +549,7 @@ struct BackwardArgs {
 };
 template <class T>
 struct BackwardScratch {
-  std::vector<T> p, ds, dkacc, dvacc;  // (kBr × kBc) twice, (kBc × dp) twice
+  std::vector<T> p, ds, dkacc, dvacc;  // (kBr × kBc) twice, (kBc × dp), (kBc × ep)
 };
 
 // One tile pair (query tile I, key tile J) of head bh: recompute P, then accumulate
@@ -554,13 +560,13 @@ void backward_tile_pair(const Geo& g, const BackwardArgs<T>& a, int64_t bh, int6
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int W = S::W;
-  const int64_t dp = g.dp, d = g.d, nJ = g.nJ, b = bh / g.H;
+  const int64_t dp = g.dp, d = g.d, ep = g.ep, e = g.e, nJ = g.nJ, b = bh / g.H;
   const int dv = (int)g.dv;
   const bool partial = a.km->status[b * nJ + J] == kTilePartial;
   const T* bias = a.km->bias.data() + b * g.m_pad + J * kBc;
   const int64_t r0 = bh * g.n_pad + I * kBr;
   const T* qI = a.qs + r0 * dp;
-  const T* doI = a.dor + r0 * dp;
+  const T* doI = a.dor + r0 * ep;
   T* p = sc.p.data();
   T* ds = sc.ds.data();
   tile_scores<T>(qI, dp, a.kt + (bh * nJ + J) * d * kBc, (int)d, p);  // S = Qs Kᵀ
@@ -574,9 +580,9 @@ void backward_tile_pair(const Geo& g, const BackwardArgs<T>& a, int64_t bh, int6
       for (int cc = 0; cc < kBc; cc += W) S::store(pr + cc, S::exp2(S::load(pr + cc) - sh));
   }
   // dV_J += Pᵀ dO_I
-  tile_accum<T>(p, 1, kBc, kBc, kBr, doI, dp, sc.dvacc.data(), dp, dv);
+  tile_accum<T>(p, 1, kBc, kBc, kBr, doI, ep, sc.dvacc.data(), ep, (int)g.ev);
   // dP = dO_I Vᵀ_J, then dS = P ∘ (dP − D)
-  tile_scores<T>(doI, dp, a.vt + (bh * nJ + J) * d * kBc, (int)d, ds);
+  tile_scores<T>(doI, ep, a.vt + (bh * nJ + J) * e * kBc, (int)e, ds);
   for (int i = 0; i < kBr; ++i) {
     T* dr = ds + i * kBc;
     const T* pr = p + i * kBc;
@@ -605,20 +611,20 @@ std::vector<int64_t> chunk_bounds(const std::vector<TileRange>& tiles, int64_t p
 
 template <class T>
 void attention_backward(const Geo& g, int64_t chunks, const BackwardArgs<T>& a, T* dk_part, T* dv_part) {
-  const int64_t dp = g.dp, nJ = g.nJ, BH = g.BH();
+  const int64_t dp = g.dp, ep = g.ep, nJ = g.nJ, BH = g.BH();
   int64_t pairs = 0;
   const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
   const std::vector<int64_t> bounds = chunk_bounds(tiles, pairs, chunks);
-  const int64_t unit_work = (pairs / chunks + 1) * kBr * kBc * std::max<int64_t>(g.d, 1) * 2;
+  const int64_t unit_work = (pairs / chunks + 1) * kBr * kBc * std::max<int64_t>(g.d + g.e, 1) * 2;
   auto make = [&] {
     return BackwardScratch<T>{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)kBr * kBc),
-                              std::vector<T>((size_t)(kBc * dp)), std::vector<T>((size_t)(kBc * dp))};
+                              std::vector<T>((size_t)(kBc * dp)), std::vector<T>((size_t)(kBc * ep))};
   };
   for_each_unit(BH * chunks, unit_grain(unit_work), make, [&](int64_t u, BackwardScratch<T>& sc) {
     const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
     const int64_t I0 = bounds[(size_t)c], I1 = bounds[(size_t)c + 1];
     T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
-    T* dvp = dv_part + (c * BH + bh) * g.m_pad * dp;
+    T* dvp = dv_part + (c * BH + bh) * g.m_pad * ep;
     // The key tiles some query tile of the chunk visits; the partial rows of the others stay zero.
     TileRange js{nJ, -1};
     for (int64_t I = I0; I < I1; ++I)
@@ -630,7 +636,7 @@ void attention_backward(const Geo& g, int64_t chunks, const BackwardArgs<T>& a, 
       for (int64_t I = I0; I < I1; ++I)
         if (tiles[(size_t)I].lo <= J && J <= tiles[(size_t)I].hi) backward_tile_pair(g, a, bh, I, J, sc);
       std::copy(sc.dkacc.begin(), sc.dkacc.end(), dkp + J * kBc * dp);
-      std::copy(sc.dvacc.begin(), sc.dvacc.end(), dvp + J * kBc * dp);
+      std::copy(sc.dvacc.begin(), sc.dvacc.end(), dvp + J * kBc * ep);
     }
   });
 }
@@ -641,16 +647,17 @@ void attention_backward(const Geo& g, int64_t chunks, const BackwardArgs<T>& a, 
 template <class T>
 std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                                         Band band, double scale, bool want_lse) {
-  const Geo g = make_geo<T>(q, k, band);
+  const Geo g = make_geo<T>(q, k, v, band);
   const DType dt = dtype_of<T>::value;
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
-  Tensor vr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
-  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>()),
-            pack_tiles_t<T>(k, g, kt.data_ptr<T>()), pack_rows<T>(v, g, g.m, g.m_pad, T(1), vr.data_ptr<T>())},
+  Tensor vr = make_tensor({g.BH(), g.m_pad, g.ep}, dt);
+  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, g.d, g.dp, (T)(scale * kLog2e), qs.data_ptr<T>()),
+            pack_tiles_t<T>(k, g, g.d, kt.data_ptr<T>()),
+            pack_rows<T>(v, g, g.m, g.m_pad, g.e, g.ep, T(1), vr.data_ptr<T>())},
            row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
-  Tensor out = make_tensor({g.B, g.H, g.n, g.d}, dt);
+  Tensor out = make_tensor({g.B, g.H, g.n, g.e}, dt);
   Tensor lse = make_tensor({g.B, g.H, g.n_pad}, dt);
   attention_forward<T>(g, qs.data_ptr<T>(), kt.data_ptr<T>(), vr.data_ptr<T>(), km, out.data_ptr<T>(),
                        lse.data_ptr<T>());
@@ -669,14 +676,14 @@ int64_t backward_chunks(const Geo& g) {
 template <class T>
 std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Band band,
                                      double scale, const Tensor& out, const Tensor& lse, const Tensor& dout) {
-  const Geo g = make_geo<T>(q, k, band);
+  const Geo g = make_geo<T>(q, k, v, band);
   const DType dt = dtype_of<T>::value;
   const int64_t chunks = backward_chunks(g);
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
   Tensor kr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
-  Tensor vt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
-  Tensor dor = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor vt = make_tensor({g.BH(), g.nJ, g.e, kBc}, dt);
+  Tensor dor = make_tensor({g.BH(), g.n_pad, g.ep}, dt);
   // D_i = rowsum(dO ∘ O)_i  (= rowsum(dP ∘ P)_i); padded rows stay 0.
   Tensor Dt = make_tensor({g.BH(), g.n_pad}, dt);
   Job djob;
@@ -685,7 +692,7 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
     const T* o = out.data_ptr<T>();
     const T* d0 = dout.data_ptr<T>();
     const Shape st = dout.strides();
-    const int64_t n = g.n, d = g.d, H = g.H, n_pad = g.n_pad;
+    const int64_t n = g.n, d = g.e, H = g.H, n_pad = g.n_pad;
     djob = {g.BH() * n, [=](int64_t r) {
               const int64_t bh = r / n, i = r % n;
               const T* orow = o + r * d;
@@ -695,23 +702,24 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
               D[bh * n_pad + i] = s;
             }};
   }
-  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, (T)(scale * kLog2e), qs.data_ptr<T>()), pack_tiles_t<T>(k, g, kt.data_ptr<T>()),
-            pack_rows<T>(k, g, g.m, g.m_pad, T(1), kr.data_ptr<T>()), pack_tiles_t<T>(v, g, vt.data_ptr<T>()),
-            pack_rows<T>(dout, g, g.n, g.n_pad, T(1), dor.data_ptr<T>()), djob},
+  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, g.d, g.dp, (T)(scale * kLog2e), qs.data_ptr<T>()),
+            pack_tiles_t<T>(k, g, g.d, kt.data_ptr<T>()), pack_rows<T>(k, g, g.m, g.m_pad, g.d, g.dp, T(1), kr.data_ptr<T>()),
+            pack_tiles_t<T>(v, g, g.e, vt.data_ptr<T>()),
+            pack_rows<T>(dout, g, g.n, g.n_pad, g.e, g.ep, T(1), dor.data_ptr<T>()), djob},
            row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
   Tensor dqp = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor dkp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
-  Tensor dvp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
+  Tensor dvp = make_tensor({chunks, g.BH(), g.m_pad, g.ep}, dt);
   const BackwardArgs<T> args{qs.data_ptr<T>(), kt.data_ptr<T>(),  kr.data_ptr<T>(),  vt.data_ptr<T>(), dor.data_ptr<T>(),
                              Dt.data_ptr<T>(), lse.data_ptr<T>(), &km, dqp.data_ptr<T>()};
   attention_backward<T>(g, chunks, args, dkp.data_ptr<T>(), dvp.data_ptr<T>());
   Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
   Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
-  Tensor dv = make_tensor({g.B, g.H, g.m, g.d}, dt);
-  run_jobs({unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, (T)scale, dq.data_ptr<T>()),
-            unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, (T)kLn2, dk.data_ptr<T>()),
-            unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, T(1), dv.data_ptr<T>())},
+  Tensor dv = make_tensor({g.B, g.H, g.m, g.e}, dt);
+  run_jobs({unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, g.d, g.dp, (T)scale, dq.data_ptr<T>()),
+            unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.d, g.dp, (T)kLn2, dk.data_ptr<T>()),
+            unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.e, g.ep, T(1), dv.data_ptr<T>())},
            std::max<int64_t>(1, row_grain(g) / chunks));
   return {dq, dk, dv};
 }
@@ -760,8 +768,8 @@ void check_qk(const char* op, const Tensor& q, const Tensor& k, const Tensor& ma
 void check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
   if (!v.defined()) throw ShapeError(std::string(op) + ": q, k and v must be defined");
   check_qk(op, q, k, mask);
-  if (v.shape() != k.shape())
-    throw_shape(op, "need q (B, H, n, d), k (B, H, m, d) and v (B, H, m, d): v and k differ",
+  if (v.dim() != 4 || v.size(0) != k.size(0) || v.size(1) != k.size(1) || v.size(2) != k.size(2))
+    throw_shape(op, "need q (B, H, n, d), k (B, H, m, d) and v (B, H, m, e): v's B, H, m differ from k's",
                 {{"q", &q}, {"k", &k}, {"v", &v}});
   if (v.dtype() != q.dtype())
     throw_dtype(op, "q, k and v must share one float dtype (f32 or f64)", {{"q", &q}, {"k", &k}, {"v", &v}});

@@ -18,8 +18,9 @@
 
 namespace lotgrad {
 
-// q (B, H, n, d), k (B, H, m, d), v (B, H, m, d): one float dtype (f32 or f64), any strides.
-// Returns (B, H, n, d), differentiable with respect to q, k and v.
+// q (B, H, n, d), k (B, H, m, d), v (B, H, m, e): one float dtype (f32 or f64), any strides;
+// the value width e may differ from d (the Free Energy Mixer reads values [v, exp(βv − M)] of
+// width 2d in one pass). Returns (B, H, n, e), differentiable with respect to q, k and v.
 //
 // key_padding_mask: optional bool (B, m); TRUE MEANS PADDED, i.e. key j of batch b is ignored
 // (the convention of PyTorch's nn.MultiheadAttention key_padding_mask; note that

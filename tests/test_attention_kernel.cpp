@@ -2,7 +2,8 @@
 // q/k/v gradients (f64 tight, f32 loose), masks with fully masked rows and batch entries,
 // n ≠ m, sizes that are not whole tiles, non-contiguous inputs, an f64 gradient check,
 // mask semantics, and determinism; the same for causal attention (is_causal), and its
-// causality. The sliding window is tested in test_window.cpp.
+// causality; values of a width of their own (e != d). The sliding window is tested in
+// test_window.cpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -398,4 +399,40 @@ TEST_CASE("causal fused attention is deterministic, 1 and 2 threads agree") {
   check_close(a.out, c.out, 0, 0, "1 vs 2 threads: output (per-row, so bit-identical)");
   check_close(a.dk, c.dk, 1e-6, 1e-5, "1 vs 2 threads: dk");
   check_close(a.dv, c.dv, 1e-6, 1e-5, "1 vs 2 threads: dv");
+}
+
+// ---- values of their own width: v (B, H, m, e), e != d ----
+
+TEST_CASE("fused attention with a value width e != d equals the reference: masks, causal, split heads, gradients") {
+  for (DType dt : {kFloat64, kFloat32}) {
+    const double atol = dt == kFloat64 ? 1e-11 : 2e-5, rtol = dt == kFloat64 ? 1e-9 : 1e-4;
+    INFO(dtype_name(dt));
+    const int64_t B = 2, H = 2, n = 70, m = 130, d = 20;
+    Generator g(81);
+    Tensor u = rand({B, m}, g, kFloat64);
+    const std::vector<double> uv = u.to_vector();
+    Tensor mask = make_mask(B, m, [&](int64_t b, int64_t j) { return b == 0 ? uv[(size_t)j] < 0.3 : j >= 100; });
+    for (int64_t e : {int64_t(1), int64_t(3), 2 * d, int64_t(100)}) {  // narrower than a vector, twice d (FEM), several vector chunks
+      INFO("e " << e);
+      Tensor q = rnd({B, H, n, d}, 82 + e, dt), k = rnd({B, H, m, d}, 83 + e, dt), v = rnd({B, H, m, e}, 84 + e, dt);
+      check_fused_vs_reference(q, k, v, Tensor(), atol, rtol);
+      check_fused_vs_reference(q, k, v, mask, atol, rtol);
+      check_fused_vs_reference(q, k.narrow(2, 0, n), v.narrow(2, 0, n), mask.narrow(1, 0, n), atol, rtol, true);
+      CHECK(scaled_dot_product_attention(q, k, v).shape() == Shape{B, H, n, e});
+    }
+    // One head on two threads: the dV partial sums of the query-tile chunks have width e.
+    const int saved = get_num_threads();
+    set_num_threads(2);
+    check_fused_vs_reference(rnd({1, 1, 150, 8}, 91, dt), rnd({1, 1, 150, 8}, 92, dt), rnd({1, 1, 150, 24}, 93, dt),
+                             Tensor(), atol, rtol, true);
+    set_num_threads(saved);
+  }
+  Tensor q = leaf({2, 2, 5, 3}, 94), k = leaf({2, 2, 7, 3}, 95), v = leaf({2, 2, 7, 5}, 96);
+  Tensor mask = make_mask(2, 7, [](int64_t b, int64_t j) { return b == 0 ? j % 3 == 1 : j >= 4; });
+  CHECK_GRAD([&](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], mask); }, {q, k, v});
+  const Tensor mask5 = mask.narrow(1, 0, 5);
+  CHECK_GRAD([&](const V& x) { return scaled_dot_product_attention(x[0], x[1], x[2], mask5, true); },
+             {q, k.narrow(2, 0, 5).detach().requires_grad_(), v.narrow(2, 0, 5).detach().requires_grad_()});
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, k, v.narrow(2, 0, 6)), doctest::Contains("v's B, H, m differ"),
+                       ShapeError);
 }
