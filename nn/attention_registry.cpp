@@ -23,7 +23,7 @@
   X(window)                   \
   /* X(deltanet) */           \
   /* X(h3) */                 \
-  /* X(zeros) */              \
+  X(zeros)                    \
   /* X(fem) */
 
 namespace lotgrad::nn {
