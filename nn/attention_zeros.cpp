@@ -17,10 +17,11 @@
 // i.e. ONE unnormalised causal linear attention with 3d-wide features
 //    φ_q = [α q; β q; γ q], φ_k = [e^{s−c} k; s k; k],
 // through causal_linear_prefix (ops/causal_linear.h) with a running (3d, d) state per head.
-// The stabiliser c is a running maximum of s, one per chunk (see plan_chunks): the F rows of the
-// state are rescaled by e^{c_prev − c} as a chunk begins, so every e^{s−c} <= 1 and no early
-// prefix underflows (one global shift, the maximum over the whole sequence, would leave the
-// early E_t at e^{s − max} = 0 once s rises by ~100 along an f32 sequence).
+// The stabiliser c is a running maximum of s, one per chunk (see plan_chunks), detached: E and
+// the F rows of the state are rescaled together by e^{c_prev − c} as a chunk begins (c cancels in
+// F_t/E_t, so dropping its gradient is exact), every e^{s−c} <= 1 and no early prefix underflows
+// (one global shift, the maximum over the whole sequence, leaves the early E_t at e^{s − max} = 0
+// once s rises by ~100 along an f32 sequence: tests/test_zeros.cpp shows it).
 // Padding: pads are left out of every sum (ū, E, P, F, G, H) and t counts the valid keys, so a
 // sequence's outputs do not depend on where pads are inserted.
 // Two-sided (not causal, LRA): every query sees every valid token: the same formulas with the
@@ -146,7 +147,8 @@ ZeroSInputs ZeroSAttention::inputs(const Tensor& x, const Tensor& mask) const {
   const DType dt = x.dtype();
   ZeroSInputs p;
   const Tensor valid2 = mask.defined() ? logical_not(mask).to(dt) : Tensor::ones({B, n}, dt);  // (B, n)
-  p.valid = valid2.reshape({B, 1, n, 1});
+  const Tensor valid = valid2.reshape({B, 1, n, 1});
+  if (mask.defined()) p.valid = valid;
   auto [q, k, v] = linear_qkv_heads(x, qkv->weight, qkv->bias, H_);
   if (rope_) {
     Tensor rank;  // each token's rank among the valid ones (a pad: its previous valid token's)
@@ -162,8 +164,8 @@ ZeroSInputs ZeroSAttention::inputs(const Tensor& x, const Tensor& mask) const {
   p.v = v;
   // radial logits: ū over the valid tokens seen so far (all of them when two-sided)
   const Tensor u = linear(x, w_u->weight).reshape({B, n, H_, d_}).permute({0, 2, 1, 3});  // (B, H, n, d)
-  const Tensor uv = mul(u, p.valid);
-  const Tensor seen = causal_ ? cumsum(p.valid, 2) : sum(p.valid, {2}, true);  // (B, 1, n or 1, 1)
+  const Tensor uv = mask.defined() ? mul(u, valid) : u;
+  const Tensor seen = causal_ ? cumsum(valid, 2) : sum(valid, {2}, true);  // (B, 1, n or 1, 1)
   const Tensor usum = causal_ ? cumsum(uv, 2) : sum(uv, {2}, true);
   const Tensor tau = exp(log_tau.to(dt)).reshape({1, H_, 1, 1});
   const Tensor ubar = div(add(mul(tau, mu.to(dt).reshape({1, H_, 1, d_})), usum), add(tau, seen));
@@ -180,17 +182,24 @@ ZeroSInputs ZeroSAttention::inputs(const Tensor& x, const Tensor& mask) const {
 namespace {
 // What both forms derive from the inputs.
 struct Derived {
-  Tensor valid;  // (B, 1, n, 1)
-  Tensor sm;     // s with pads -inf
-  Tensor s0;     // s with pads 0
+  bool masked = false;  // some token is a pad (else the multiplications by valid are skipped)
+  Tensor valid;         // (B, 1, n, 1), ones when in.valid is undefined
+  Tensor sm;            // s with pads -inf
+  Tensor s0;            // s with pads 0
 };
 Derived derive(const ZeroSInputs& in) {
-  const int64_t B = in.s.size(0), n = in.s.size(2);
-  if (!in.q.defined() || in.q.dim() != 4 || in.s.dim() != 4 || in.s.size(3) != 1 || in.s.size(2) != in.q.size(2))
+  if (!in.q.defined() || !in.s.defined() || in.q.dim() != 4 || in.s.dim() != 4 || in.s.size(3) != 1 ||
+      in.s.size(2) != in.q.size(2))
     throw_shape("zeros attention", "q, k, v must be (B, H, n, d) and s (B, H, n, 1)",
                 {{"q", &in.q}, {"k", &in.k}, {"v", &in.v}, {"s", &in.s}});
+  const int64_t B = in.s.size(0), n = in.s.size(2);
   Derived d;
-  d.valid = in.valid.defined() ? in.valid : Tensor::ones({B, 1, n, 1}, in.s.dtype());
+  d.masked = in.valid.defined();
+  d.valid = d.masked ? in.valid : Tensor::ones({B, 1, n, 1}, in.s.dtype());
+  if (!d.masked) {
+    d.sm = d.s0 = in.s;
+    return d;
+  }
   Tensor pad;
   {
     NoGradGuard ng;
@@ -209,8 +218,9 @@ Tensor query_features(const ZeroSInputs& in, const Tensor& E, const Tensor& P, c
   if (in.g0.defined()) gamma = add(gamma, div(in.g0, count));
   return cat({mul(alpha, in.q), mul(beta, in.q), mul(gamma, in.q)}, -1);  // (B, H, n, 3d)
 }
-Tensor key_features(const Tensor& k, const Tensor& ek, const Tensor& s0, const Tensor& valid) {
-  const Tensor kv = mul(k, valid);
+Tensor key_features(const Tensor& k, const Tensor& ek, const Derived& dv) {
+  const Tensor kv = dv.masked ? mul(k, dv.valid) : k;
+  const Tensor& s0 = dv.s0;
   return cat({mul(ek, k), mul(s0, kv), kv}, -1);  // (B, H, n, 3d), 0 at pads
 }
 
@@ -226,7 +236,7 @@ Tensor causal_form(const ZeroSInputs& in, int64_t chunk) {
   const Tensor P = cumsum(dv.s0, 2);
   const Tensor count = clamp(cumsum(dv.valid, 2), 1.0);  // (B, 1, n, 1)
   const Tensor phi_q = query_features(in, E, P, count);
-  const Tensor phi_k = key_features(in.k, ek, dv.s0, dv.valid);
+  const Tensor phi_k = key_features(in.k, ek, dv);
   // only the F rows of the state carry the stabiliser
   const Tensor decay = cat({plan.decay.expand({B, H, nc, d}), Tensor::ones({B, H, nc, 2 * d}, dt)}, -1);
   return causal_linear_prefix(phi_q, phi_k, in.v, plan.lengths, decay);
@@ -244,7 +254,7 @@ Tensor two_sided_form(const ZeroSInputs& in) {
   const Tensor E = sum(ek, {2}, true), P = sum(dv.s0, {2}, true);    // (B, H, 1, 1); E >= 1 with a valid token
   const Tensor count = clamp(sum(dv.valid, {2}, true), 1.0);         // (B, 1, 1, 1): n_valid
   const Tensor phi_q = query_features(in, E, P, count);
-  const Tensor phi_k = key_features(in.k, ek, dv.s0, dv.valid);
+  const Tensor phi_k = key_features(in.k, ek, dv);
   return matmul(phi_q, matmul(phi_k.transpose(-2, -1), in.v));  // (B, H, n, 3d) (B, H, 3d, d)
 }
 }  // namespace

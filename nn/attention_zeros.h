@@ -49,9 +49,9 @@ class ZeroSAttention : public AttentionMechanism {
 
   std::shared_ptr<Linear> qkv;  // D -> 3D: [q | k | v], each head-major
   std::shared_ptr<Linear> w_u;  // D -> D, no bias: the radial features u (head-major)
-  std::shared_ptr<Linear> w_g;  // D -> 2H or 3H: [σ¹ | σʰ | σ⁰] pre-activations (head-major)
-  Tensor mu;                    // (H, d): the prior mean of u
-  Tensor log_tau;               // (H): log of the prior's weight τ, in tokens
+  std::shared_ptr<Linear> w_g;  // D -> 2H, or 3H with the zero-order gate: [σ¹ | σʰ | σ⁰] pre-activations
+  Tensor mu;                    // (H, d): the prior mean of u (0 at init)
+  Tensor log_tau;               // (H): log of the prior's weight τ, in tokens (τ = 1 at init)
 
  private:
   int64_t H_, d_, chunk_;

@@ -297,6 +297,10 @@ TEST_CASE("zeros: padding: pads anywhere change nothing, t = n_valid, same as th
     const ZeroSWeights w = m->weights(x, mask);
     const Tensor support = gt(abs(w.delta1.select(0, 1).select(0, 0)), 0.0).to(kFloat64);  // (n, n)
     if (!causal) CHECK(sum(support.select(0, 1)).item() == doctest::Approx(5.0));
+    // a batch row with every token padded: finite (MultiHeadAttention zeroes its rows)
+    std::vector<std::pair<int64_t, int64_t>> all;
+    for (int64_t j = 0; j < n; ++j) all.push_back({1, j});
+    CHECK(max_abs(m->forward_block(x2, mask_of(2, n, all))) < 1e3);
   }
 }
 
