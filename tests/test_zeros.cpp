@@ -205,7 +205,7 @@ TEST_CASE("zeros: the linear-time forms equal the plain-loop zero-sum weights, a
       }
 }
 
-TEST_CASE("zeros: delta1 and deltah rows sum to 0; w rows to 0, or to the zero-order gate; signed weights") {
+TEST_CASE("zeros: delta1 and deltah rows sum to 0, w rows to 0 or to the zero-order gate, signed weights") {
   const int64_t B = 2, n = 7, D = 8;
   const Tensor mask = mask_of(B, n, {{1, 2}, {1, 6}});
   Generator g(12);
