@@ -23,7 +23,7 @@
   X(window)                   \
   X(deltanet)                 \
   /* X(h3) */                 \
-  /* X(zeros) */              \
+  X(zeros)                    \
   X(fem)                      \
   X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */
 
