@@ -22,7 +22,7 @@
   X(espformer)                \
   X(window)                   \
   /* X(deltanet) */           \
-  /* X(h3) */                 \
+  X(h3)                       \
   /* X(zeros) */              \
   /* X(fem) */
 
