@@ -10,7 +10,7 @@
 // C̃ = C (e^{ΔA} − 1)/A (B folded into C), Δ = exp(log_dt), ssm_state/2 complex modes per head,
 // computed in real arithmetic (magnitude exp(ℓ Δ Re A), phase ℓ Δ Im A) with autograd ops so the
 // gradient reaches a, b, log_dt and C. Init S4D-Lin (a = log ½, b = π m), log_dt ~ U[log 1e-3, log 1e-1].
-// filter "free": a learned per-head filter f[0, filter_len) in place of K (and D): the one-layer
+// long_filter "free": a learned per-head filter f[0, filter_len) in place of K (and D): the one-layer
 // H3 of Li, Rawat & Oymak (arXiv:2407.10005), weighted preconditioned GD; initialised f ≡ 1, so with
 // shift_taps 1 (no shift) it starts as plain causal linear attention Σ_j (q_t·k_j) v_j.
 // The read-out never forms Y: y_t = Σ_j f[t − j] (q_t·k̄_j) v_j is a Toeplitz-weighted causal linear
@@ -74,7 +74,7 @@ class H3Attention : public AttentionMechanism {
  public:
   H3Attention(const AttentionOptions& o, Generator& gen)
       : H_(o.n_heads), d_(o.d_head), causal_(o.causal), taps_((int64_t)o.get("shift_taps")),
-        modes_((int64_t)o.get("ssm_state") / 2), free_(o.get("filter") == 1), filter_len_((int64_t)o.get("filter_len")),
+        modes_((int64_t)o.get("ssm_state") / 2), free_(o.get("long_filter") == 1), filter_len_((int64_t)o.get("filter_len")),
         algo_(o.get("conv") == 1 ? ConvAlgo::direct : o.get("conv") == 2 ? ConvAlgo::fft : ConvAlgo::automatic) {
     const int64_t D = H_ * d_;
     qkv = register_module("qkv", std::make_shared<Linear>(D, 3 * D, gen));
@@ -198,12 +198,12 @@ MechanismSpec h3_mechanism() {
   s.knobs = {{.name = "shift_taps", .type = KnobType::integer, .def = 4, .lo = 1, .hi = 4096,
               .help = "taps of the learned causal shift filter on k, lag 0 included (1: no shift, k̄ = k)"},
              {.name = "ssm_state", .type = KnobType::integer, .def = 64, .lo = 2, .hi = 4096,
-              .help = "S4D state size per head: ssm_state/2 complex modes (filter ssm)"},
-             {.name = "filter", .type = KnobType::choice, .def = 0,
+              .help = "S4D state size per head: ssm_state/2 complex modes (long_filter ssm)"},
+             {.name = "long_filter", .type = KnobType::choice, .def = 0,
               .help = "long filter: the S4D kernel, or a free learned filter per head (starts at 1)",
               .choices = {"ssm", "free"}},
              {.name = "filter_len", .type = KnobType::integer, .def = 256, .lo = 1, .hi = 1 << 20,
-              .help = "filter free: lags of the free filter (beyond it 0)"},
+              .help = "long_filter free: lags of the free filter (beyond it 0)"},
              {.name = "conv", .type = KnobType::choice, .def = 0,
               .help = "long convolution: chosen by size, the tiled direct form, or FFT",
               .choices = {"auto", "direct", "fft"}}};
@@ -211,7 +211,7 @@ MechanismSpec h3_mechanism() {
   // Zoology's MQAR configs: d_state = L, short filter on k.
   s.presets["mqar"] = {{"shift_taps", 4}, {"ssm_state", 64}};
   // The one-layer model of Li, Rawat & Oymak: no shift, a free filter over every lag.
-  s.presets["icl-regression"] = {{"shift_taps", 1}, {"filter", 1}, {"filter_len", 1024}};
+  s.presets["icl-regression"] = {{"shift_taps", 1}, {"long_filter", 1}, {"filter_len", 1024}};
   s.no_decay = {"log_a", "a_imag", "log_dt", "filter"};
   s.caps = {.causal = true, .linear_time = true, .block_input = true};
   s.make = [](const AttentionOptions& o, Generator& gen) { return std::make_shared<H3Attention>(o, gen); };

@@ -336,9 +336,9 @@ TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, f
   for (const auto& knobs : std::vector<std::map<std::string, double>>{
            {{"shift_taps", 3}, {"ssm_state", 4}, {"conv", 1}},
            {{"shift_taps", 3}, {"ssm_state", 4}, {"conv", 2}},
-           {{"shift_taps", 2}, {"filter", 1}, {"filter_len", 5}}}) {
+           {{"shift_taps", 2}, {"long_filter", 1}, {"filter_len", 5}}}) {
     for (bool causal : {true, false}) {
-      INFO("filter " << knobs.count("filter") << " conv " << (knobs.count("conv") ? knobs.at("conv") : 0) << " causal " << causal);
+      INFO("filter " << knobs.count("long_filter") << " conv " << (knobs.count("conv") ? knobs.at("conv") : 0) << " causal " << causal);
       Generator g(1);
       nn::MultiHeadAttention mha(D, h3_opts(knobs, causal, 2, 3), g);
       nn::reset_linears_uniform_(mha, g);
@@ -384,7 +384,7 @@ TEST_CASE("h3: knobs reach the layer; the S4D kernel starts stable and decaying;
   CHECK(param(*m, "log_a").shape() == Shape{2, 32});
   CHECK(param(*m, "shift").shape() == Shape{6, 4});
   for (double ldt : param(*m, "log_dt").to_vector()) CHECK((ldt >= std::log(1e-3) && ldt <= std::log(1e-1)));
-  auto f = nn::make_attention(h3_opts({{"filter", 1}, {"filter_len", 9}, {"shift_taps", 1}}), g);
+  auto f = nn::make_attention(h3_opts({{"long_filter", 1}, {"filter_len", 9}, {"shift_taps", 1}}), g);
   CHECK(param(*f, "filter").shape() == Shape{2, 9});
   CHECK(f->named_parameters().size() == 3);  // qkv weight and bias, the filter: no shift
   CHECK(m->type_name().find("ssm 64") != std::string::npos);
