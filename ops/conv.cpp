@@ -78,29 +78,49 @@ using fft::Plan;
 // term wraps around into the first n outputs (nor, in the backward, into lags 0..Kp-1).
 int64_t fft_size(int64_t n, int64_t Kp) { return fft::next_pow2(n + Kp - 1); }
 
-// z[t] = x[b0, t, c] + i x[b1, t, c] for t < n (b1 = -1: no second row), 0 up to N.
+// Channels go through the transforms in blocks of kBlock: loading and storing a block reads
+// and writes runs of kBlock contiguous values per position (channels are the inner dim; one
+// channel at a time would touch a new cache line, or page, for every value when C is large).
+// Fewer per block when there are few channels, so that every thread gets some (each channel
+// is computed alone: the blocking changes no value).
+int64_t channel_block(int64_t C) {
+  return std::clamp<int64_t>((C + get_num_threads() - 1) / get_num_threads(), 1, 16);
+}
+
+// z[cc][t] = x[b0, t, c0 + cc] + i x[b1, t, c0 + cc] for t < n (b1 = -1: no second row), 0 up to N.
 template <class T>
-void load_pair(std::complex<T>* z, const T* x, int64_t b0, int64_t b1, int64_t c, int64_t n, int64_t C, int64_t N) {
-  for (int64_t t = 0; t < n; ++t)
-    z[t] = {x[(b0 * n + t) * C + c], b1 >= 0 ? x[(b1 * n + t) * C + c] : T(0)};
-  std::fill(z + n, z + N, std::complex<T>(0));
+void load_pair(std::complex<T>* z, const T* x, int64_t b0, int64_t b1, int64_t c0, int64_t cb, int64_t n, int64_t C,
+               int64_t N) {
+  for (int64_t t = 0; t < n; ++t) {
+    const T* r0 = x + (b0 * n + t) * C + c0;
+    const T* r1 = b1 >= 0 ? x + (b1 * n + t) * C + c0 : nullptr;
+    for (int64_t cc = 0; cc < cb; ++cc) z[cc * N + t] = {r0[cc], r1 ? r1[cc] : T(0)};
+  }
+  for (int64_t cc = 0; cc < cb; ++cc) std::fill(z + cc * N + n, z + (cc + 1) * N, std::complex<T>(0));
 }
 
 template <class T>
-void store_pair(const std::complex<T>* z, T* y, int64_t b0, int64_t b1, int64_t c, int64_t n, int64_t C) {
+void store_pair(const std::complex<T>* z, T* y, int64_t b0, int64_t b1, int64_t c0, int64_t cb, int64_t n, int64_t C,
+                int64_t N) {
   for (int64_t t = 0; t < n; ++t) {
-    y[(b0 * n + t) * C + c] = z[t].real();
-    if (b1 >= 0) y[(b1 * n + t) * C + c] = z[t].imag();
+    T* r0 = y + (b0 * n + t) * C + c0;
+    for (int64_t cc = 0; cc < cb; ++cc) r0[cc] = z[cc * N + t].real();
+    if (b1 < 0) continue;
+    T* r1 = y + (b1 * n + t) * C + c0;
+    for (int64_t cc = 0; cc < cb; ++cc) r1[cc] = z[cc * N + t].imag();
   }
 }
 
-// The spectrum of channel c's kernel (w (C, K) contiguous), its first Kp taps zero-padded to N.
+// The spectra of channels c0..c0+cb-1's kernels (w (C, K) contiguous), the first Kp taps zero-padded to N.
 template <class T>
-void kernel_spectrum(std::complex<T>* W, const T* w, int64_t c, int64_t K, int64_t Kp, const Plan<T>& plan) {
+void kernel_spectra(std::complex<T>* W, const T* w, int64_t c0, int64_t cb, int64_t K, int64_t Kp, const Plan<T>& plan) {
   const int64_t N = plan.size();
-  for (int64_t m = 0; m < Kp; ++m) W[m] = {w[c * K + m], T(0)};
-  std::fill(W + Kp, W + N, std::complex<T>(0));
-  plan.forward(W);
+  for (int64_t cc = 0; cc < cb; ++cc) {
+    std::complex<T>* Wc = W + cc * N;
+    for (int64_t m = 0; m < Kp; ++m) Wc[m] = {w[(c0 + cc) * K + m], T(0)};
+    std::fill(Wc + Kp, Wc + N, std::complex<T>(0));
+    plan.forward(Wc);
+  }
 }
 
 // a[k] *= b[k] (conj_b: conj(b[k])), by hand (std::complex's product checks for NaN).
@@ -116,31 +136,54 @@ void mul_spectrum(std::complex<T>* a, const std::complex<T>* b, int64_t N, bool 
   }
 }
 
-// y = x * w (no bias): per channel, the kernel's spectrum once, then batch rows two at a time.
+// y = x * w (no bias): per block of channels, the kernels' spectra once, then batch rows two at a time.
 template <class T>
 void fft_conv_forward(const T* x, const T* w, T* y, int64_t B, int64_t n, int64_t C, int64_t K) {
   const int64_t Kp = std::min(K, n), N = fft_size(n, Kp);
   const Plan<T> plan(N);
-  parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<std::complex<T>> W((size_t)N), Z((size_t)N);
-    for (int64_t c = c0; c < c1; ++c) {
-      kernel_spectrum(W.data(), w, c, K, Kp, plan);
+  const int64_t kBlock = channel_block(C);
+  parallel_for(0, (C + kBlock - 1) / kBlock, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<std::complex<T>> W((size_t)(kBlock * N)), Z((size_t)(kBlock * N));
+    for (int64_t blk = k0; blk < k1; ++blk) {
+      const int64_t c0 = blk * kBlock, cb = std::min(kBlock, C - c0);
+      kernel_spectra(W.data(), w, c0, cb, K, Kp, plan);
       for (int64_t b = 0; b < B; b += 2) {
         const int64_t b1 = b + 1 < B ? b + 1 : -1;
-        load_pair(Z.data(), x, b, b1, c, n, C, N);
-        plan.forward(Z.data());
-        mul_spectrum(Z.data(), W.data(), N, false);
-        plan.inverse(Z.data());
-        store_pair(Z.data(), y, b, b1, c, n, C);
+        load_pair(Z.data(), x, b, b1, c0, cb, n, C, N);
+        for (int64_t cc = 0; cc < cb; ++cc) {
+          std::complex<T>* z = Z.data() + cc * N;
+          plan.forward(z);
+          mul_spectrum(z, W.data() + cc * N, N, false);
+          plan.inverse(z);
+        }
+        store_pair(Z.data(), y, b, b1, c0, cb, n, C, N);
       }
     }
   });
 }
 
+// R[k] += U_g[k] conj U_x[k] (+ the same for V) for the two rows packed in G, X (one channel):
+// two rows share one transform z = u + i v, whose spectra separate as
+// U[k] = (Z[k] + conj Z[N-k]) / 2, V[k] = (Z[k] - conj Z[N-k]) / 2i.
+template <class T>
+void accumulate_cross(std::complex<double>* R, const std::complex<T>* G, const std::complex<T>* X, int64_t N, bool two) {
+  for (int64_t k = 0; k < N; ++k) {
+    const int64_t kk = (N - k) & (N - 1);
+    const double gr = G[k].real(), gi = G[k].imag(), hr = G[kk].real(), hi = G[kk].imag();
+    const double xr = X[k].real(), xi = X[k].imag(), yr = X[kk].real(), yi = X[kk].imag();
+    double ur = 0.5 * (gr + hr), ui = 0.5 * (gi - hi), vr = 0.5 * (xr + yr), vi = 0.5 * (xi - yi);
+    double re = ur * vr + ui * vi, im = ui * vr - ur * vi;
+    if (two) {
+      ur = 0.5 * (gi + hi), ui = 0.5 * (hr - gr), vr = 0.5 * (xi + yi), vi = 0.5 * (yr - xr);
+      re += ur * vr + ui * vi;
+      im += ui * vr - ur * vi;
+    }
+    R[k] += std::complex<double>(re, im);
+  }
+}
+
 // dx = g correlated with w (spectrum G·conj W); dw[c, m] = Σ_b Σ_t g[b, t, c] x[b, t - m, c]
 // for m < Kp (spectrum Σ_b G_b·conj X_b, summed in double in batch order; acc (C, Kp)).
-// Two rows share one transform z = u + i v; their spectra separate as
-// U[k] = (Z[k] + conj Z[N-k]) / 2, V[k] = (Z[k] - conj Z[N-k]) / 2i.
 template <class T>
 void fft_conv_backward(const T* g, const T* x, const T* w, T* dx, double* acc, int64_t B, int64_t n, int64_t C,
                        int64_t K) {
@@ -148,43 +191,42 @@ void fft_conv_backward(const T* g, const T* x, const T* w, T* dx, double* acc, i
   const Plan<T> plan(N);
   const Plan<double> plan_d(N);
   using Cd = std::complex<double>;
-  parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<std::complex<T>> W((size_t)N), G((size_t)N), X((size_t)N), D((size_t)N);
-    std::vector<Cd> R((size_t)N);
-    for (int64_t c = c0; c < c1; ++c) {
-      if (dx) kernel_spectrum(W.data(), w, c, K, Kp, plan);
+  const int64_t kBlock = channel_block(C);
+  parallel_for(0, (C + kBlock - 1) / kBlock, 1, [&](int64_t k0, int64_t k1) {
+    const size_t sz = (size_t)(kBlock * N);
+    std::vector<std::complex<T>> W(dx ? sz : 0), G(sz), X(acc ? sz : 0), D(dx ? sz : 0);
+    std::vector<Cd> R(acc ? sz : 0);
+    for (int64_t blk = k0; blk < k1; ++blk) {
+      const int64_t c0 = blk * kBlock, cb = std::min(kBlock, C - c0);
+      if (dx) kernel_spectra(W.data(), w, c0, cb, K, Kp, plan);
       std::fill(R.begin(), R.end(), Cd(0));
       for (int64_t b = 0; b < B; b += 2) {
         const int64_t b1 = b + 1 < B ? b + 1 : -1;
-        load_pair(G.data(), g, b, b1, c, n, C, N);
-        plan.forward(G.data());
-        if (dx) {
-          std::copy(G.begin(), G.end(), D.begin());
-          mul_spectrum(D.data(), W.data(), N, true);
-          plan.inverse(D.data());
-          store_pair(D.data(), dx, b, b1, c, n, C);
-        }
-        if (!acc) continue;
-        load_pair(X.data(), x, b, b1, c, n, C, N);
-        plan.forward(X.data());
-        for (int64_t k = 0; k < N; ++k) {
-          const int64_t kk = (N - k) & (N - 1);
-          const double gr = G[k].real(), gi = G[k].imag(), hr = G[kk].real(), hi = G[kk].imag();
-          const double xr = X[k].real(), xi = X[k].imag(), yr = X[kk].real(), yi = X[kk].imag();
-          // row b: U = (Z[k] + conj Z[N-k]) / 2 for g and x; R += U_g conj U_x
-          double ur = 0.5 * (gr + hr), ui = 0.5 * (gi - hi), vr = 0.5 * (xr + yr), vi = 0.5 * (xi - yi);
-          double re = ur * vr + ui * vi, im = ui * vr - ur * vi;
-          if (b1 >= 0) {  // row b1: V = (Z[k] - conj Z[N-k]) / 2i
-            ur = 0.5 * (gi + hi), ui = 0.5 * (hr - gr), vr = 0.5 * (xi + yi), vi = 0.5 * (yr - xr);
-            re += ur * vr + ui * vi;
-            im += ui * vr - ur * vi;
+        load_pair(G.data(), g, b, b1, c0, cb, n, C, N);
+        if (acc) load_pair(X.data(), x, b, b1, c0, cb, n, C, N);
+        for (int64_t cc = 0; cc < cb; ++cc) {
+          std::complex<T>* gz = G.data() + cc * N;
+          plan.forward(gz);
+          if (dx) {
+            std::complex<T>* d = D.data() + cc * N;
+            std::copy(gz, gz + N, d);
+            mul_spectrum(d, W.data() + cc * N, N, true);
+            plan.inverse(d);
           }
-          R[k] += Cd(re, im);
+          if (acc) {
+            std::complex<T>* xz = X.data() + cc * N;
+            plan.forward(xz);
+            accumulate_cross(R.data() + cc * N, gz, xz, N, b1 >= 0);
+          }
         }
+        if (dx) store_pair(D.data(), dx, b, b1, c0, cb, n, C, N);
       }
       if (!acc) continue;
-      plan_d.inverse(R.data());
-      for (int64_t m = 0; m < Kp; ++m) acc[c * Kp + m] = R[m].real();
+      for (int64_t cc = 0; cc < cb; ++cc) {
+        Cd* r = R.data() + cc * N;
+        plan_d.inverse(r);
+        for (int64_t m = 0; m < Kp; ++m) acc[(c0 + cc) * Kp + m] = r[m].real();
+      }
     }
   });
 }
@@ -253,7 +295,12 @@ struct CausalConv1dBackward : Node {
 
 }  // namespace
 
-bool conv_uses_fft(int64_t n, int64_t K) { return std::min(K, n) > kConvFftMinTaps; }
+bool conv_uses_fft(int64_t n, int64_t K) {
+  const int64_t Kp = std::min(K, n);
+  int64_t log2N = 0;
+  for (int64_t N = n > 0 ? fft_size(n, Kp) : 1; N > 1; N >>= 1) ++log2N;
+  return Kp > kConvFftTapsPerLog * log2N;
+}
 
 Tensor causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, ConvAlgo algo) {
   if (x.dim() != 3 || weight.dim() != 2 || weight.size(0) != x.size(2) || weight.size(1) < 1 || x.dtype() != weight.dtype() ||

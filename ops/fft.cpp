@@ -1,5 +1,6 @@
 #include "fft.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -26,11 +27,14 @@ Plan<T>::Plan(int64_t N) : N_(N) {
       if (i >> b & 1) r |= uint32_t{1} << (bits - 1 - b);
     rev_[(size_t)i] = r;
   }
-  tw_.resize((size_t)(N / 2));
-  for (int64_t k = 0; k < N / 2; ++k) {
-    const double a = -2.0 * M_PI * (double)k / (double)N;
-    tw_[(size_t)k] = {(T)std::cos(a), (T)std::sin(a)};
-  }
+  // Per pass (len = 4, 8, ..., N) its half = len/2 twiddles e^{-2πi j/len}, stored one pass after
+  // the other from offset half (so each pass reads them contiguously).
+  tw_.assign((size_t)std::max<int64_t>(N, 1), std::complex<T>(0));
+  for (int64_t half = 2; half < N; half <<= 1)
+    for (int64_t j = 0; j < half; ++j) {
+      const double a = -M_PI * (double)j / (double)half;
+      tw_[(size_t)(half + j)] = {(T)std::cos(a), (T)std::sin(a)};
+    }
 }
 
 template <class T>
@@ -39,21 +43,28 @@ void Plan<T>::run(std::complex<T>* a, bool conj_twiddles) const {
     if (i < (int64_t)rev_[(size_t)i]) std::swap(a[i], a[rev_[(size_t)i]]);
   // Real arithmetic by hand: std::complex's operator* checks for NaN/inf (slow, not vectorised).
   T* p = reinterpret_cast<T*>(a);
-  const T* w = reinterpret_cast<const T*>(tw_.data());
+  for (int64_t i = 0; i + 1 < N_; i += 2) {  // len 2: twiddle 1
+    const T ur = p[2 * i], ui = p[2 * i + 1], vr = p[2 * i + 2], vi = p[2 * i + 3];
+    p[2 * i] = ur + vr;
+    p[2 * i + 1] = ui + vi;
+    p[2 * i + 2] = ur - vr;
+    p[2 * i + 3] = ui - vi;
+  }
   const T s = conj_twiddles ? T(-1) : T(1);
-  for (int64_t len = 2; len <= N_; len <<= 1) {
-    const int64_t half = len / 2, step = N_ / len;
-    for (int64_t i = 0; i < N_; i += len)
+  for (int64_t half = 2; half < N_; half <<= 1) {
+    const T* w = reinterpret_cast<const T*>(tw_.data() + half);
+    for (int64_t i = 0; i < N_; i += 2 * half) {
+      T* __restrict u = p + 2 * i;
+      T* __restrict v = p + 2 * (i + half);
       for (int64_t j = 0; j < half; ++j) {
-        const T wr = w[2 * j * step], wi = s * w[2 * j * step + 1];
-        T* u = p + 2 * (i + j);
-        T* v = p + 2 * (i + j + half);
-        const T vr = v[0] * wr - v[1] * wi, vi = v[0] * wi + v[1] * wr;
-        v[0] = u[0] - vr;
-        v[1] = u[1] - vi;
-        u[0] += vr;
-        u[1] += vi;
+        const T wr = w[2 * j], wi = s * w[2 * j + 1];
+        const T vr = v[2 * j] * wr - v[2 * j + 1] * wi, vi = v[2 * j] * wi + v[2 * j + 1] * wr;
+        v[2 * j] = u[2 * j] - vr;
+        v[2 * j + 1] = u[2 * j + 1] - vi;
+        u[2 * j] += vr;
+        u[2 * j + 1] += vi;
       }
+    }
   }
 }
 

@@ -25,7 +25,7 @@ class Plan {
   void run(std::complex<T>* a, bool conj_twiddles) const;
   int64_t N_;
   std::vector<uint32_t> rev_;          // bit reversal of 0..N-1
-  std::vector<std::complex<T>> tw_;    // e^{-2πi k/N}, k < N/2
+  std::vector<std::complex<T>> tw_;    // pass with half h: e^{-2πi j/(2h)} at h + j, j < h
 };
 
 extern template class Plan<float>;

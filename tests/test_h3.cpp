@@ -139,8 +139,9 @@ TEST_CASE("causal_conv1d: the FFT form equals the direct form and a naive loop, 
   CHECK(max_diff(causal_conv1d(x, w, Tensor(), ConvAlgo::fft), yd) < 1e-4 * std::max(1.0, max_abs(yd)));
   // automatic: by the number of taps that meet an input
   CHECK_FALSE(conv_uses_fft(1000, 4));
-  CHECK_FALSE(conv_uses_fft(kConvFftMinTaps, 1000));
-  CHECK(conv_uses_fft(1000, 1000));
+  CHECK_FALSE(conv_uses_fft(100, 1000));    // 100 taps meet an input, N = 256: 100 <= 16·8
+  CHECK(conv_uses_fft(1000, 1000));          // N = 2048: 1000 > 16·11
+  CHECK_FALSE(conv_uses_fft(4096, 200));     // N = 8192: 200 <= 16·13
 }
 
 TEST_CASE("causal_conv1d FFT form: gradient checks, a view input, the same bits on 1 and 2 threads") {
