@@ -264,7 +264,7 @@ Tensor h3_naive(const nn::Module& mech, const Tensor& x, int64_t H, int64_t d, i
 }
 }  // namespace
 
-TEST_CASE("h3: S4D long convolution, direct = FFT = the diagonal SSM recurrence; the map times v is the output") {
+TEST_CASE("h3: S4D long convolution, direct = FFT = the diagonal SSM recurrence, and the map times v is the output") {
   const int64_t H = 2, d = 3, D = H * d;
   for (auto [n, taps] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {9, 3}, {40, 4}, {70, 2}}) {
     INFO("n " << n << " shift_taps " << taps);
@@ -379,7 +379,7 @@ TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, f
   }
 }
 
-TEST_CASE("h3: knobs reach the layer; the S4D kernel starts stable and decaying; refusals") {
+TEST_CASE("h3: knobs reach the layer, long f32 sequences, refusals") {
   Generator g(2);
   auto m = nn::make_attention(h3_opts({{"ssm_state", 64}, {"shift_taps", 4}}), g);
   CHECK(param(*m, "log_a").shape() == Shape{2, 32});
