@@ -53,8 +53,9 @@ int bench_attention_main(int argc, char** argv) {
   using namespace lotgrad;
   using namespace lotgrad::bench;
   CLI::App app("Forward and forward+backward time and peak memory of any registered mechanism (--attention NAME and\n"
-               "its knobs, lotgrad info) on random q, k, v (B, H, n, d), f32. Verified before timing: finite outputs\n"
-               "and gradients; for LOTFormer (exact column sums), the mean over tokens of the output equals the mean\n"
+               "its knobs, lotgrad info) on random q, k, v (B, H, n, d), f32 (a block-input mechanism such as DeltaNet\n"
+               "or H3: on a random block input x (B, n, H·d)). --causal: the causal form. Verified before timing: finite\n"
+               "outputs and gradients; for LOTFormer (exact column sums), the mean over tokens of the output equals the mean\n"
                "of v. --json: one JSON object per measurement.",
                "lotgrad bench attention");
   cli::MechanismOptions mechanism(app, "softmax");
@@ -120,9 +121,13 @@ int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std:
   Generator gen(0);
   auto mech = nn::make_attention(ao, gen);
   if (!opt.json) std::printf("# mechanism %s, B=%lld H=%lld d=%lld\n", mech->type_name().c_str(), (long long)B, (long long)H, (long long)d);
+  // A block-input mechanism (DeltaNet, H3, ...) owns its projections: it gets the block input
+  // x (B, n, H·d) and its input gradient is checked; the others get q, k, v.
+  const bool block = nn::mechanism_spec(ao.name).caps.block_input;
   for (int64_t n : ns) {
     Generator g(n);
     Tensor q = randn({B, H, n, d}, g), k = randn({B, H, n, d}, g), v = randn({B, H, n, d}, g);
+    Tensor x = block ? randn({B, n, H * d}, g) : Tensor();
     Tensor gy = randn({B, H, n, d}, g);
     Tensor out;
     auto verify = [&]() -> std::string {
@@ -138,29 +143,34 @@ int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std:
       }
       return "";
     };
-    const std::string name = ao.name + " n=" + std::to_string(n);
+    auto run = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& xx) {
+      return block ? mech->forward_block(xx, Tensor()) : mech->forward(qq, kk, vv, Tensor());
+    };
+    const std::string name = ao.name + (ao.causal ? " causal" : "") + " n=" + std::to_string(n);
     // forward (no graph)
     reset_storage_peak();
     int64_t base = storage_bytes_in_use();
-    Measurement mf = h.measure(name, "fwd", [&] { NoGradGuard ng; out = mech->forward(q, k, v, Tensor()); }, verify, 0, 0);
+    Measurement mf = h.measure(name, "fwd", [&] { NoGradGuard ng; out = run(q, k, v, x); }, verify, 0, 0);
     mf.extra.push_back({"peak_MB", (storage_bytes_peak() - base) / 1048576.0});
     mf.tags.push_back({"mechanism", mech->type_name()});
     h.emit(mf);
     // forward + backward
     Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
+    Tensor xg = block ? x.detach().requires_grad_() : Tensor();
     out = Tensor();
     reset_storage_peak();
     base = storage_bytes_in_use();
     Measurement mb = h.measure(name, "fwd+bwd", [&] {
-      qg.zero_grad(); kg.zero_grad(); vg.zero_grad();
+      for (Tensor* t : {&qg, &kg, &vg, &xg})
+        if (t->defined()) t->zero_grad();
       mech->zero_grad();
-      Tensor y = mech->forward(qg, kg, vg, Tensor());
+      Tensor y = run(qg, kg, vg, xg);
       y.backward(gy);
       out = y.detach();
     }, [&]() -> std::string {
       std::string e = verify();
-      if (e.empty()) e = check_finite(qg.grad(), "dq");
-      if (e.empty()) e = check_finite(vg.grad(), "dv");
+      if (e.empty()) e = block ? check_finite(xg.grad(), "dx") : check_finite(qg.grad(), "dq");
+      if (e.empty() && !block) e = check_finite(vg.grad(), "dv");
       return e;
     }, 0, 0);
     mb.extra.push_back({"peak_MB", (storage_bytes_peak() - base) / 1048576.0});

@@ -74,6 +74,7 @@ class RegressionWorkload : public Workload {
   std::string references(const std::string& split) override;
   double baseline(const std::string& split) override;  // least squares on the split's prompts
   std::string breakdown(const std::string& split) override;
+  std::string sample_weights() const;
   int64_t eval_examples(const std::string& split) const override { return (int64_t)pick(split).size(); }
 
  private:
@@ -192,7 +193,7 @@ std::string RegressionWorkload::references(const std::string& split) {
 // Interleaved: the squared error of the read-out at x_k (k examples before it), per k, beside
 // min-norm least squares from the same k examples (max(d - k, 0) in expectation, noiseless).
 std::string RegressionWorkload::breakdown(const std::string& split) {
-  if (paired_) return "";
+  if (paired_) return sample_weights();
   NoGradGuard ng;
   model_.eval();
   const auto& d = pick(split);
@@ -215,6 +216,48 @@ std::string RegressionWorkload::breakdown(const std::string& split) {
   for (int64_t k = 0; k < P; ++k) {
     std::snprintf(b, sizeof b, "%15lld   %13.4f   %13.4f\n", (long long)k, model_err[(size_t)k] / (double)d.size(),
                   ls_err[(size_t)k] / (double)d.size());
+    out += b;
+  }
+  return out;
+}
+// Paired, one layer with a time filter (H3): the weight its filter gives each in-context
+// point (point i sits n + 1 − i tokens before the query), per head, beside the optimal
+// weighted one-step GD's ω_i ∝ 1/(d + 1 + σ_i²); both scaled to sum to 1 over the points.
+std::string RegressionWorkload::sample_weights() const {
+  const auto& layers = model_.blocks->layers;
+  if (layers.size() != 1) return "";
+  const int64_t n = cfg_.points;
+  const Tensor f = layers[0]->attn->mechanism->time_filter(n + 1);  // (H, n + 1)
+  if (!f.defined()) return "";
+  const std::vector<double> noise = context_noise(n);
+  std::vector<double> opt((size_t)n);
+  for (int64_t i = 0; i < n; ++i) opt[(size_t)i] = 1.0 / ((double)cfg_.dim + 1.0 + noise[(size_t)i] * noise[(size_t)i]);
+  auto scaled = [](std::vector<double> w) {
+    double s = 0;
+    for (double x : w) s += x;
+    for (double& x : w) x = s != 0 ? x / s : 0.0;
+    return w;
+  };
+  opt = scaled(opt);
+  const int64_t H = f.size(0);
+  std::vector<std::vector<double>> heads;
+  for (int64_t h = 0; h < H; ++h) {
+    std::vector<double> w((size_t)n);
+    for (int64_t i = 0; i < n; ++i) w[(size_t)i] = f.at({h, n - i});  // point i + 1, lag n − i
+    heads.push_back(scaled(w));
+  }
+  std::string out = "point";
+  for (int64_t h = 0; h < H; ++h) out += "   filter head " + std::to_string(h);
+  out += "   optimal 1/(d+1+sigma^2)\n";
+  char b[64];
+  for (int64_t i = 0; i < n; ++i) {
+    std::snprintf(b, sizeof b, "%5lld", (long long)(i + 1));
+    out += b;
+    for (int64_t h = 0; h < H; ++h) {
+      std::snprintf(b, sizeof b, "   %13.5f", heads[(size_t)h][(size_t)i]);
+      out += b;
+    }
+    std::snprintf(b, sizeof b, "   %23.5f\n", opt[(size_t)i]);
     out += b;
   }
   return out;

@@ -115,6 +115,10 @@ class AttentionMechanism : public Module {
   // Per head, an upper bound on any attention weight for an example with n_valid tokens
   // (LOTFormer: 1/(n·min b)); empty when the mechanism has none.
   virtual std::vector<double> weight_bound(int64_t n_valid) const { return {}; }
+  // Per head, the weight the mechanism gives a token ℓ positions back, ℓ = 0 .. n−1, as (H, n)
+  // (H3: its long-convolution kernel, which weights the in-context samples); undefined when
+  // the mechanism has no such filter.
+  virtual Tensor time_filter(int64_t n) const { return Tensor(); }
   // Optional fold. A mechanism that sees queries and keys only through q·Mᵀ and k·Mᵀ for a
   // small per-head M (H, r, d), r < d, returns M (dtype dt, with its history); then
   // MultiHeadAttention projects x straight to those r columns per head, x·(M_h W_q,h)ᵀ + M_h b_q,h

@@ -21,7 +21,7 @@
   X(sinkformer)               \
   X(espformer)                \
   X(window)                   \
-  /* X(deltanet) */           \
+  X(deltanet)                 \
   X(h3)                       \
   /* X(zeros) */              \
   /* X(fem) */

@@ -4,11 +4,14 @@
 # result.txt) is skipped, an interrupted one continues from last.ckpt with --resume, so the
 # script can be stopped and started again. At the end it prints one table per experiment.
 #
-#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|all   [table: only print the tables]
+#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent|all   [table: only print the tables]
 #
 # Environment: LOTGRAD (the program, default build/lotgrad), RUNS (default runs/seed),
 # JOBS runs at a time (default 1) with THREADS threads each (default 2), MECHS (the MQAR
-# mechanisms), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
+# mechanisms), LM_MECHS (the LM's), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
+# `recurrent`: the linear-recurrent family (DeltaNet, H3, ZeroS, Free Energy Mixer) beside
+# softmax and linear attention on MQAR (L = 64, N_kv 8 and 16), the heterogeneous in-context
+# regression (one H3 layer against one linear-attention layer) and the character-level LM.
 set -euo pipefail
 bin=${LOTGRAD:-build/lotgrad}
 runs=${RUNS:-runs/seed}
@@ -86,13 +89,14 @@ mqar_long_table() {
 
 # ---- In-context linear regression, one plain linear-attention layer (Li, Rawat & Oymak):
 # paired tokens, no positions, no LayerNorm, d = 8, n = 32; iid noiseless and heterogeneous.
-icl_jobs() {
-  for design in iid hetero; do
-    echo "run icl-$design --task icl-regression --design $design --layout paired --dim 8 --points 32 --val-size 2000" \
-         "--test-size 20000 --attention linear --depth 1 --heads 1 --d-model 16 --mlp 0 --norm 0 --pos none --init torch" \
-         "--dropout 0 --steps ${ICL_STEPS:-6000} --batch 64 --lr 1e-2 --warmup 0.05 --eval-every 1000"
-  done
+# icl_run NAME DESIGN MECHANISM: the one-layer model with that mechanism (its icl-regression
+# preset: plain linear attention; H3 with a free filter and no shift, as the study's model).
+icl_run() {
+  echo "run $1 --task icl-regression --design $2 --layout paired --dim 8 --points 32 --val-size 2000" \
+       "--test-size 20000 --attention $3 --depth 1 --heads 1 --d-model 16 --mlp 0 --norm 0 --pos none --init torch" \
+       "--dropout 0 --steps ${ICL_STEPS:-6000} --batch 64 --lr 1e-2 --warmup 0.05 --eval-every 1000"
 }
+icl_jobs() { for design in iid hetero; do icl_run "icl-$design" $design linear; done; }
 icl_table() {
   printf "\nIn-context regression, d = 8, n = 32, one linear-attention layer: test risk E(ŷ - xᵀw)²\n"
   for design in iid hetero; do
@@ -104,7 +108,7 @@ icl_table() {
 
 # ---- Character-level LM on Debian's fortunes: 2 layers, d 128, context 256.
 lm_jobs() {
-  for m in softmax window linear; do
+  for m in ${LM_MECHS:-softmax window linear}; do
     local knob=""; [ "$m" = window ] && knob="--window 64"
     echo "run lm-$m --task lm --seq-len 256 --attention $m $knob --depth 2 --d-model 128 --heads 2 --mlp 512" \
          "--dropout 0.1 --steps ${LM_STEPS:-2000} --batch 16 --lr 2e-3 --warmup 0.05 --eval-every 500 --eval-batches 16"
@@ -112,13 +116,25 @@ lm_jobs() {
 }
 lm_table() {
   printf "\nCharacter-level LM (fortunes), context 256: test bits per character, tokens/s in training\n"
-  for m in softmax window linear; do
+  for m in ${LM_MECHS:-softmax window linear}; do
     local f=$runs/lm-$m/result.txt
     printf "%-8s %-8s %s\n" "$m" "$(figure lm-$m bpc)" "$([ -f "$f" ] && sed -E 's/.* ([0-9.]+) tokens\/s.*/\1 tokens\/s/' "$f")"
   done
 }
 
+# ---- The linear-recurrent family (README "Linear-recurrent mechanisms").
+rec_mechs="softmax linear deltanet h3 zeros fem"
+rec_icl_table() {
+  printf "\nIn-context regression, heterogeneous noise, d = 8, n = 32, one layer: test risk\n"
+  printf "linear %s   h3 %s   (optimal one-step GD 5.19, optimal weighted one-step GD 2.74)\n" \
+    "$(figure icl-hetero mse)" "$(figure icl-hetero-h3 mse)"
+}
+
 case "$what" in
+  recurrent)
+    { icl_run icl-hetero hetero linear; icl_run icl-hetero-h3 hetero h3
+      MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16"; LM_MECHS=$rec_mechs lm_jobs; } | launch
+    rec_icl_table; MECHS=$rec_mechs mqar_table 64 "8 16"; LM_MECHS=$rec_mechs lm_table ;;
   mqar64) mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16" | launch; mqar_table 64 "4 8 16" ;;
   mqar256) mqar_jobs 256 "${STEPS_256:-2500}" "16 64" | launch; mqar_table 256 "16 64" ;;
   mqar) { mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; } | launch
@@ -128,5 +144,5 @@ case "$what" in
   lm) lm_jobs | launch; lm_table ;;
   all) { icl_jobs; lm_jobs; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; } | launch
        icl_table; lm_table; mqar_table 64 "4 8 16"; mqar_table 256 "16 64" ;;
-  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|all [table]" >&2; exit 2 ;;
+  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent|all [table]" >&2; exit 2 ;;
 esac

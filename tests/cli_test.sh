@@ -132,7 +132,8 @@ case "$case_name" in
     "$bin" eval --checkpoint "$work/icl/best.ckpt" --threads 2 >"$work/o"; grep -q "test mse of" "$work/o"
     "$bin" train --task icl-regression --dim 4 --points 6 --val-size 16 --test-size 16 --depth 1 --d-model 16 --steps 2 \
       --batch 8 --eval-every 2 --threads 2 --out "$work/icl2" --quiet
-    "$bin" eval --checkpoint "$work/icl2/best.ckpt" --threads 2 >"$work/o"; grep -q "examples before" "$work/o"
+    "$bin" eval --checkpoint "$work/icl2/best.ckpt" --threads 2 --plot "$work/icl2.png" >"$work/o"
+    grep -q "examples before" "$work/o"; grep -q "wrote .*1 = squared error, 2 = least squares" "$work/o"; test -s "$work/icl2.png"
     for i in $(seq 200); do echo "the quick brown fox $i jumps over the lazy dog"; done >"$work/text.txt"
     "$bin" train --task lm --data "$work/text.txt" --seq-len 16 --attention linear --d-model 16 --steps 4 --batch 8 \
       --eval-every 2 --threads 2 --out "$work/lm" >"$work/o"
@@ -145,6 +146,7 @@ case "$case_name" in
       [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] || { echo "exit $rc: $*"; cat "$work/err"; exit 1; }
       grep -q -- "$text" "$work/err" || { echo "no '$text' in the message of: $*"; cat "$work/err"; exit 1; }
     }
+    expect_refusal "no breakdown to plot" "$bin" eval --checkpoint "$work/icl/best.ckpt" --threads 2 --plot "$work/x.png"
     expect_refusal "--vocab 32 and --seq-len 64" "$bin" train --task mqar --vocab 32 --seq-len 64
     expect_refusal "--kv-pairs 20 and --seq-len 64" "$bin" train --task mqar --kv-pairs 20 --seq-len 64
     expect_refusal "--dim" "$bin" train --task icl-regression --dim 0

@@ -95,7 +95,7 @@ Tensor running_sum_map(const Tensor& x) {
 Tensor mask_of(const std::vector<bool>& m, int64_t B, int64_t n) { return Tensor::from_vector(m, {B, n}); }
 }  // namespace
 
-TEST_CASE("run_directions: valid tokens only, in order and reversed, any padding pattern; the map moves with them") {
+TEST_CASE("run_directions: valid tokens only, in order and reversed, any padding pattern, and the map moves with them") {
   const int64_t B = 2, n = 6;
   Tensor x = leaf({B, n, 2}, 9);
   // row 0: left padding (pads at 0, 1); row 1: scattered (pads at 1, 4)

@@ -1,5 +1,6 @@
 // The lotgrad command-line program's subcommands. Each takes the arguments after its name.
 #pragma once
+#include <string>
 
 namespace lotgrad::cli {
 int cmd_demo(int argc, char** argv);
@@ -11,6 +12,9 @@ int cmd_inspect(int argc, char** argv);
 int cmd_lra(int argc, char** argv);
 int cmd_plot(int argc, char** argv);
 int cmd_maps(int argc, char** argv);
+// A PNG of a whitespace table (a header whose column names are separated by two or more
+// spaces, then numeric rows): every column against the first, coloured, numbered in a legend.
+void plot_table(const std::string& table, const std::string& path);
 }  // namespace lotgrad::cli
 
 // Benchmarks (benchmarks/), linked from the lotgrad_bench library.

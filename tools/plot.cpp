@@ -9,6 +9,7 @@
 #include <lotgrad/lotgrad.h>
 #include <lotgrad/models/metrics_log.h>
 #include <map>
+#include <sstream>
 
 #include "commands.h"
 #include "options.h"
@@ -46,7 +47,10 @@ struct Canvas {
         {'l', "100100100100110"}, {'o', "000111101101111"}, {'p', "000111101111100"}, {'r', "000110101100100"},
         {'s', "000111110011111"}, {'t', "010111010010011"}, {'v', "000101101101010"}, {'i', "010000010010010"},
         {'n', "000110101101101"}, {'k', "100101110101101"}, {' ', "000000000000000"}, {'/', "001001010100100"},
-        {'b', "100100111101111"}, {'m', "000111111101101"}};
+        {'b', "100100111101111"}, {'m', "000111111101101"}, {'x', "000101010101000"}, {'f', "011010111010010"},
+        {'h', "100100111101101"}, {'u', "000101101101111"}, {'y', "101101111001111"}, {'w', "000101101111111"},
+        {'g', "111100101101111"}, {'(', "001010010010001"}, {')', "100010010010100"}, {'+', "000010111010000"},
+        {'^', "010101000000000"}};
     for (size_t c = 0; c < s.size(); ++c) {
       auto it = font.find(s[c]);
       if (it == font.end()) continue;
@@ -67,7 +71,8 @@ std::string num(double v) {
 
 // Draws series (x, y) into the panel [x0, x0+pw) × [y0, y0+ph) with shared axes.
 void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
-           const std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>>& series, double ylo, double yhi) {
+           const std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>>& series, double ylo, double yhi,
+           const std::string& xlabel = "step") {
   double xmax = 1;
   for (auto& s : series)
     for (auto& p : s.first) xmax = std::max(xmax, p.first);
@@ -82,7 +87,7 @@ void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
   c.text(x0 - 52, y0 + ph - 5, num(ylo), 0x000000);
   c.text(x0 + pw - 40, y0 + ph + 8, num(xmax), 0x000000);
   c.text(x0, y0 + ph + 8, "0", 0x000000);
-  c.text(x0 + pw / 2 - 16, y0 + ph + 8, "step", 0x000000);
+  c.text(x0 + pw / 2 - 16, y0 + ph + 8, xlabel, 0x000000);
   c.text(x0 + 8, y0 - 16, title, 0x000000);
   for (auto& [pts, rgb] : series)
     for (size_t i = 1; i < pts.size(); ++i) {
@@ -92,7 +97,54 @@ void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
     }
 }
 
+// Splits a table's header at runs of two or more spaces (column names may hold one space).
+std::vector<std::string> header_names(const std::string& line) {
+  std::vector<std::string> names;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && line[i] == ' ') ++i;
+    size_t j = i;
+    while (j < line.size() && !(line[j] == ' ' && j + 1 < line.size() && line[j + 1] == ' ')) ++j;
+    if (j > i) names.push_back(line.substr(i, j - i));
+    i = j;
+  }
+  return names;
+}
 }  // namespace
+
+void plot_table(const std::string& table, const std::string& path) {
+  std::istringstream in(table);
+  std::string line;
+  std::getline(in, line);
+  const std::vector<std::string> names = header_names(line);
+  std::vector<std::vector<std::pair<double, double>>> cols(names.size() > 1 ? names.size() - 1 : 0);
+  double ylo = 0, yhi = 0;
+  while (std::getline(in, line)) {
+    std::istringstream row(line);
+    double x, y;
+    if (!(row >> x)) continue;
+    for (auto& col : cols)
+      if (row >> y) {
+        col.push_back({x, y});
+        ylo = std::min(ylo, y);
+        yhi = std::max(yhi, y);
+      }
+  }
+  if (cols.empty() || cols[0].empty()) throw std::invalid_argument("plot: the table has no numeric rows to plot");
+  static const uint32_t colours[] = {0x1f5fbf, 0xd03020, 0x20a040, 0x9040c0, 0xe08000, 0x404040};
+  std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>> series;
+  for (size_t k = 0; k < cols.size(); ++k) series.push_back({cols[k], colours[k % 6]});
+  Canvas c(700, 420);
+  panel(c, 70, 40, 600, 300, "", series, ylo, yhi * 1.05, names[0]);
+  for (size_t k = 0; k < cols.size(); ++k) {  // legend: a swatch per column; names in the caption below
+    c.line(80 + 100 * (int)k, 385, 110 + 100 * (int)k, 385, colours[k % 6], 3);
+    c.text(115 + 100 * (int)k, 380, std::to_string(k + 1), 0x000000);
+  }
+  if (!stbi_write_png(path.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("cannot write " + path);
+  std::printf("wrote %s:", path.c_str());
+  for (size_t k = 0; k < cols.size(); ++k) std::printf(" %zu = %s%s", k + 1, names[k + 1].c_str(), k + 2 < names.size() ? "," : "");
+  std::printf(" against %s\n", names[0].c_str());
+}
 
 int cmd_plot(int argc, char** argv) {
   CLI::App app("Training loss (left) and the task's metric on train (blue) and dev (red) (right: accuracy, bits per\n"

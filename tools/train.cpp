@@ -86,6 +86,10 @@ int cmd_eval(int argc, char** argv) {
                "contradicts them is refused (--batch and --threads may differ). No --json.",
                "lotgrad eval");
   CheckpointCommand cmd(app, "test");
+  std::string plot;
+  app.add_option("--plot", plot,
+                 "write the breakdown below the metric as a PNG (icl-regression: error per position, or an H3 layer's "
+                 "filter weight per in-context point beside the optimal weights)");
   models::TrainConfig c;
   after_parse(app, [&] { c = cmd.config(); });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
@@ -93,6 +97,10 @@ int cmd_eval(int argc, char** argv) {
   const double v = models::evaluate_checkpoint(c, cmd.checkpoint, cmd.split, std::cout, &refs, &per);
   std::printf("%s %s of %s: %.4f (%s)\n%s", cmd.split.c_str(), models::task_spec(c.task).metric.c_str(),
               cmd.checkpoint.c_str(), v, refs.c_str(), per.c_str());
+  if (!plot.empty()) {
+    if (per.empty()) throw std::invalid_argument("eval: --plot " + plot + ": this task and model have no breakdown to plot");
+    plot_table(per, plot);
+  }
   return 0;
 }
 
