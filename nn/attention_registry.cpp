@@ -22,7 +22,7 @@
   X(espformer)                \
   X(window)                   \
   X(deltanet)                 \
-  /* X(h3) */                 \
+  X(h3)                       \
   X(zeros)                    \
   X(fem)                      \
   X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */
