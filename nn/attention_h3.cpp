@@ -124,6 +124,14 @@ class H3Attention : public AttentionMechanism {
     return run_directions_matrix(x, mask, causal_, [this](const Tensor& xc) { return core_matrix(xc); });
   }
 
+  // The study's view (AttentionMechanism::time_filter): the weight of lag 0..n−1, (H, n), lags
+  // beyond a free filter's length 0.
+  Tensor time_filter(int64_t n) const override {
+    NoGradGuard ng;
+    const Tensor f = lag_filter(n, kFloat64);
+    if (f.size(1) >= n) return f.narrow(1, 0, n).contiguous();
+    return pad(f, {0, n - f.size(1)});
+  }
   // The per-head filter over lags 0..n-1 (SSM) or 0..filter_len-1 (free): (H, L).
   Tensor lag_filter(int64_t n, DType dt) const {
     if (free_) return filter.to(dt);

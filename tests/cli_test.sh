@@ -130,6 +130,13 @@ case "$case_name" in
       >"$work/o"
     grep -q "optimal one-step GD" "$work/o"
     "$bin" eval --checkpoint "$work/icl/best.ckpt" --threads 2 >"$work/o"; grep -q "test mse of" "$work/o"
+    # one H3 layer (free filter): eval lists its weight per in-context point beside the optimal ones
+    "$bin" train --task icl-regression --layout paired --design hetero --dim 4 --points 8 --val-size 16 --test-size 16 \
+      --pos none --norm 0 --mlp 0 --depth 1 --heads 1 --d-model 8 --attention h3 --steps 4 --batch 8 --eval-every 2 \
+      --threads 2 --out "$work/iclh3" --quiet
+    "$bin" eval --checkpoint "$work/iclh3/best.ckpt" --threads 2 --plot "$work/h3.png" >"$work/o"
+    grep -q "filter head 0   optimal 1/(d+1+sigma^2)" "$work/o"; test -s "$work/h3.png"
+    [ "$(grep -cE '^ +[0-9]+ +[0-9.-]+ +[0-9.]+$' "$work/o")" -eq 8 ]  # a row per point
     "$bin" train --task icl-regression --dim 4 --points 6 --val-size 16 --test-size 16 --depth 1 --d-model 16 --steps 2 \
       --batch 8 --eval-every 2 --threads 2 --out "$work/icl2" --quiet
     "$bin" eval --checkpoint "$work/icl2/best.ckpt" --threads 2 --plot "$work/icl2.png" >"$work/o"
