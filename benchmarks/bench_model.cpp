@@ -21,19 +21,6 @@ int bench_step_main(int argc, char** argv);
 namespace lotgrad::bench {
 namespace {
 
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0;
-}
-
-std::string check_finite(const Tensor& t, const char* what) {
-  for (double x : t.to_vector())
-    if (!std::isfinite(x)) return std::string(what) + " has a non-finite value";
-  return "";
-}
 
 int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std::vector<int64_t>& ns, int64_t B);
 // A model and the loss of one fixed random batch: what `bench step` times.

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -55,6 +56,22 @@ inline void add_harness_options(CLI::App& app, Options& o) {
   cli::add_threads(app, o.threads)->default_str("")->group(g);
   app.add_option("--filter", o.filter, "only measurements whose name contains TEXT")->group(g);
   app.add_flag("--quick", o.quick, "smaller shapes (a smoke test, for CI)")->group(g);
+}
+
+// The process's peak resident memory (VmHWM), MB.
+inline double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+// "" when every value of t is finite, else "<what> has a non-finite value".
+inline std::string check_finite(const Tensor& t, const char* what) {
+  for (double x : t.to_vector())
+    if (!std::isfinite(x)) return std::string(what) + " has a non-finite value";
+  return "";
 }
 
 // A comma-separated list of whole numbers, each in [lo, hi] (--n 512,1024,2048).

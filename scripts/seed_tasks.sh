@@ -4,14 +4,15 @@
 # result.txt) is skipped, an interrupted one continues from last.ckpt with --resume, so the
 # script can be stopped and started again. At the end it prints one table per experiment.
 #
-#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent|all   [table: only print the tables]
+#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-lm]|all   [table: only print the tables]
 #
 # Environment: LOTGRAD (the program, default build/lotgrad), RUNS (default runs/seed),
 # JOBS runs at a time (default 1) with THREADS threads each (default 2), MECHS (the MQAR
-# mechanisms), LM_MECHS (the LM's), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
+# mechanisms), DS (the MQAR model widths, default "64 128"), LM_MECHS (the LM's), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
 # `recurrent`: the linear-recurrent family (DeltaNet, H3, ZeroS, Free Energy Mixer) beside
-# softmax and linear attention on MQAR (L = 64, N_kv 8 and 16), the heterogeneous in-context
-# regression (one H3 layer against one linear-attention layer) and the character-level LM.
+# softmax and linear attention: the heterogeneous in-context regression (one H3 layer against
+# one linear-attention layer; -icl), MQAR at L = 64 with N_kv 8 and 16 (-mqar) and at L = 256
+# with N_kv 64 (-mqar256), and the character-level LM (-lm).
 set -euo pipefail
 bin=${LOTGRAD:-build/lotgrad}
 runs=${RUNS:-runs/seed}
@@ -51,7 +52,7 @@ figure() {
 # embeddings, V = 2L; the sliding window sees L/4 tokens. Batch 64 (L = 64) or 16 (L = 256).
 mqar_jobs() {
   local L=$1 steps=$2
-  for N in $3; do for d in 64 128; do for m in ${MECHS:-softmax linear performer window}; do
+  for N in $3; do for d in ${DS:-64 128}; do for m in ${MECHS:-softmax linear performer window}; do
     local knob=""; [ "$m" = window ] && knob="--window $((L / 4))"
     echo "run mqar-L$L-N$N-d$d-$m --task mqar --vocab $((2 * L)) --seq-len $L --kv-pairs $N --train-size 20000" \
          "--val-size 500 --test-size 1000 --d-model $d --heads 1 --mlp 0 --depth 2 --dropout 0 --attention $m $knob" \
@@ -63,7 +64,7 @@ mqar_table() {
   local L=$1
   printf "\nMQAR, L = %s, V = %s: test accuracy over queried positions\n" "$L" $((2 * L))
   printf "%-8s %-6s" "N_kv" "d"; for m in ${MECHS:-softmax linear performer window}; do printf " %-10s" "$m"; done; echo
-  for N in $2; do for d in 64 128; do
+  for N in $2; do for d in ${DS:-64 128}; do
     printf "%-8s %-6s" "$N" "$d"
     for m in ${MECHS:-softmax linear performer window}; do printf " %-10s" "$(figure mqar-L$L-N$N-d$d-$m acc)"; done; echo
   done; done
@@ -92,9 +93,10 @@ mqar_long_table() {
 # icl_run NAME DESIGN MECHANISM: the one-layer model with that mechanism (its icl-regression
 # preset: plain linear attention; H3 with a free filter and no shift, as the study's model).
 icl_run() {
+  local steps=${4:-${ICL_STEPS:-6000}}
   echo "run $1 --task icl-regression --design $2 --layout paired --dim 8 --points 32 --val-size 2000" \
        "--test-size 20000 --attention $3 --depth 1 --heads 1 --d-model 16 --mlp 0 --norm 0 --pos none --init torch" \
-       "--dropout 0 --steps ${ICL_STEPS:-6000} --batch 64 --lr 1e-2 --warmup 0.05 --eval-every 1000"
+       "--dropout 0 --steps $steps --batch 64 --lr 1e-2 --warmup 0.05 --eval-every $((steps / 10))"
 }
 icl_jobs() { for design in iid hetero; do icl_run "icl-$design" $design linear; done; }
 icl_table() {
@@ -124,17 +126,24 @@ lm_table() {
 
 # ---- The linear-recurrent family (README "Linear-recurrent mechanisms").
 rec_mechs="softmax linear deltanet h3 zeros fem"
+# 20,000 steps: at 6,000 the H3 layer has learned its filter's weighting but not yet the
+# preconditioner (test risk 7.3, above linear attention's 5.4).
+rec_icl_jobs() { for m in linear h3; do icl_run rec-icl-$m hetero $m "${ICL_STEPS:-20000}"; done; }
 rec_icl_table() {
   printf "\nIn-context regression, heterogeneous noise, d = 8, n = 32, one layer: test risk\n"
   printf "linear %s   h3 %s   (optimal one-step GD 5.19, optimal weighted one-step GD 2.74)\n" \
-    "$(figure icl-hetero mse)" "$(figure icl-hetero-h3 mse)"
+    "$(figure rec-icl-linear mse)" "$(figure rec-icl-h3 mse)"
+  if [ -z "$table_only" ] && [ -f "$runs/rec-icl-h3/best.ckpt" ]; then  # the learned filter against 1/(d+1+σ²)
+    "$bin" eval --checkpoint "$runs/rec-icl-h3/best.ckpt" --threads "$threads" --plot "$runs/rec-icl-h3/filter.png" | tail -n +2
+  fi
 }
 
 case "$what" in
-  recurrent)
-    { icl_run icl-hetero hetero linear; icl_run icl-hetero-h3 hetero h3
-      MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16"; LM_MECHS=$rec_mechs lm_jobs; } | launch
-    rec_icl_table; MECHS=$rec_mechs mqar_table 64 "8 16"; LM_MECHS=$rec_mechs lm_table ;;
+  recurrent-icl) rec_icl_jobs | launch; rec_icl_table ;;
+  recurrent-mqar) MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16" | launch; MECHS=$rec_mechs mqar_table 64 "8 16" ;;
+  recurrent-mqar256) MECHS=$rec_mechs mqar_jobs 256 "${STEPS_256:-2500}" "64" | launch; MECHS=$rec_mechs mqar_table 256 "64" ;;
+  recurrent-lm) LM_MECHS=$rec_mechs lm_jobs | launch; LM_MECHS=$rec_mechs lm_table ;;
+  recurrent) for part in icl mqar mqar256 lm; do "$0" "recurrent-$part" $table_only; done ;;
   mqar64) mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16" | launch; mqar_table 64 "4 8 16" ;;
   mqar256) mqar_jobs 256 "${STEPS_256:-2500}" "16 64" | launch; mqar_table 256 "16 64" ;;
   mqar) { mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; } | launch
@@ -144,5 +153,5 @@ case "$what" in
   lm) lm_jobs | launch; lm_table ;;
   all) { icl_jobs; lm_jobs; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; } | launch
        icl_table; lm_table; mqar_table 64 "4 8 16"; mqar_table 256 "16 64" ;;
-  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent|all [table]" >&2; exit 2 ;;
+  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-lm]|all [table]" >&2; exit 2 ;;
 esac

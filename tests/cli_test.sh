@@ -89,7 +89,12 @@ case "$case_name" in
     "$bin" bench attention --attention lotformer --n 128 --runs 1 --warmup 0 --json >"$work/a.json"
     grep -q '"verified":true' "$work/a.json"
     "$bin" bench step --attention linear --batch 2 --seq-len 64 --runs 1 --warmup 0 --json >"$work/s.json"
-    grep -q '"tokens_per_s"' "$work/s.json" ;;
+    grep -q '"tokens_per_s"' "$work/s.json"
+    # a block-input mechanism (its own projections) causal, and the delta_rule op against its recurrence
+    "$bin" bench attention --attention deltanet --causal --n 96 --runs 1 --warmup 0 --json >"$work/d.json"
+    grep -q '"verified":true' "$work/d.json"; grep -q 'deltanet causal n=96' "$work/d.json"
+    "$bin" bench delta-rule --quick --batch 1 --heads 2 --runs 1 --warmup 0 --json >"$work/r.json"
+    grep -q '"verified":true' "$work/r.json"; if grep -q '"verified":false' "$work/r.json"; then exit 1; fi ;;
   probe)
     "$bin" probe --attention lotformer --n 32 --pad 4 --out "$work/a.npy" | tee "$work/out"
     test -s "$work/a.npy"

@@ -29,6 +29,7 @@ commands:
   bench attention   any mechanism (--attention NAME --n 512,1024,...): fwd and fwd+bwd time, peak memory
   bench attention-kernel   softmax attention: fused kernel vs reference, time and peak memory
   bench step        one LRA training step (forward, backward, AdamW): ms/step, tokens/s, peak memory
+  bench delta-rule  DeltaNet's delta_rule op alone (the sizes of benchmarks/torch_deltanet.py)
   bench sinkhorn    the Sinkhorn op: forward / backward time and peak memory
 
 common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS); --json where a command's help says so
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
     if (cmd == "maps") return cmd_maps(argc - 2, argv + 2);
     if (cmd == "bench") {
       if (argc < 3 || !std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h")) {
-        std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step\n"
+        std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule\n"
                    "(lotgrad bench NAME --help for its options)\n", argc < 3 ? stderr : stdout);
         return argc < 3 ? 2 : 0;
       }
@@ -70,8 +71,9 @@ int main(int argc, char** argv) {
       if (which == "attention") return bench_attention_main(argc - 3, argv + 3);
       if (which == "attention-kernel") return bench_attention_kernel_main(argc - 3, argv + 3);
       if (which == "step") return bench_step_main(argc - 3, argv + 3);
+      if (which == "delta-rule") return bench_delta_rule_main(argc - 3, argv + 3);
       if (which == "sinkhorn") return bench_sinkhorn_main(argc - 3, argv + 3);
-      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, attention-kernel, sinkhorn, step)\n", which.c_str());
+      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule)\n", which.c_str());
       return 2;
     }
     std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
