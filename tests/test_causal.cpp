@@ -19,14 +19,6 @@ namespace {
 Tensor prefix_reference(const Tensor& q, const Tensor& k, const Tensor& v) {
   return matmul(mul(matmul(q, k.transpose(-2, -1)), causal_mask(q.size(2), kFloat64)), v);
 }
-// d loss / d inputs (the inputs' .grad is cleared first).
-V grad(const Tensor& loss, const V& inputs) {
-  for (const auto& t : inputs) t.zero_grad();
-  loss.backward();
-  V out;
-  for (const auto& t : inputs) out.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype()));
-  return out;
-}
 nn::AttentionOptions causal_opts(const std::string& name, std::map<std::string, double> knobs = {}) {
   nn::AttentionOptions o;
   o.name = name;
@@ -84,7 +76,7 @@ void check_causality(nn::MultiHeadAttention& mha, const Tensor& x, int64_t t) {
   CHECK(max_diff(y.narrow(1, 0, t + 1), y2.narrow(1, 0, t + 1)) < 1e-12);
   CHECK(max_diff(y.narrow(1, t + 1, late), y2.narrow(1, t + 1, late)) > 1e-3);
   const Tensor R = randn({B, t + 1, D}, g, kFloat64);
-  const Tensor gx = grad(sum(mul(mha.forward(x).narrow(1, 0, t + 1), R)), {x})[0];
+  const Tensor gx = input_grads(sum(mul(mha.forward(x).narrow(1, 0, t + 1), R)), {x})[0];
   CHECK(max_abs(gx.narrow(1, t + 1, late)) == 0.0);
   CHECK(max_abs(gx.narrow(1, 0, t + 1)) > 1e-6);
 }
@@ -127,13 +119,13 @@ TEST_CASE("causal_linear_prefix equals the masked composite, values and gradient
   Tensor r = randn({2, 2, n, 4}, gr).to(kFloat64);
   V ref_g = [&] {
     Tensor l = sum(mul(prefix_reference(q, k, v), r));
-    return grad(l, {q, k, v});
+    return input_grads(l, {q, k, v});
   }();
   for (int64_t C : {1, 2, 3, 7, 64}) {  // 2, 3: chunks that do not divide n
     INFO("chunk " << C);
     const Tensor y = causal_linear_prefix(q, k, v, C);
     CHECK(max_diff(y, ref) < 1e-12);
-    const V g = grad(sum(mul(causal_linear_prefix(q, k, v, C), r)), {q, k, v});
+    const V g = input_grads(sum(mul(causal_linear_prefix(q, k, v, C), r)), {q, k, v});
     for (size_t i = 0; i < 3; ++i) CHECK(max_diff(g[i], ref_g[i]) < 1e-12);
     CHECK_GRAD([&](const V& x) { return causal_linear_prefix(x[0], x[1], x[2], C); }, {q, k, v});
   }
@@ -196,7 +188,7 @@ TEST_CASE("causal linear attention: the masked explicit form, causality of value
     x2.narrow(1, t + 1, n - t - 1).copy_(mul(randn({B, n - t - 1, 8}, g).to(kFloat64), 5.0));
     const Tensor y = mha.forward(x), y2 = mha.forward(x2);
     CHECK(max_diff(y.narrow(1, 0, t + 1), y2.narrow(1, 0, t + 1)) == 0.0);
-    const V gx = grad(sum(mha.forward(x).narrow(1, 0, t + 1)), {x});
+    const V gx = input_grads(sum(mha.forward(x).narrow(1, 0, t + 1)), {x});
     CHECK(max_diff(gx[0].narrow(1, t + 1, n - t - 1), Tensor::zeros({B, n - t - 1, 8}, kFloat64)) == 0.0);
     GradcheckOptions go;
     go.max_checks_per_input = 24;

@@ -15,19 +15,6 @@ using namespace lotgrad::testing;
 using V = std::vector<Tensor>;
 
 namespace {
-// The gradients of loss with respect to inputs (zeros where none flows).
-V grad(const Tensor& loss, const V& inputs) {
-  for (const auto& t : inputs) t.zero_grad();
-  loss.backward();
-  V out;
-  for (const auto& t : inputs) out.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype()));
-  return out;
-}
-double max_diff(const Tensor& a, const Tensor& b) {
-  double m = 0;
-  for (double v : sub(a, b).to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
-  return m;
-}
 // y[:, t] = bias + Σ_m w[:, m] x[:, t − m], from pad and narrow.
 Tensor conv_reference(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t n = x.size(1), K = w.size(1);
@@ -42,13 +29,13 @@ TEST_CASE("causal_conv1d equals the composite in values and gradients, any kerne
   for (auto [n, K] : std::vector<std::pair<int64_t, int64_t>>{{7, 1}, {7, 4}, {7, 7}, {5, 9}, {33, 4}}) {
     INFO("n " << n << " K " << K);
     Tensor x = leaf({2, n, 3}, 1), w = leaf({3, K}, 2), b = leaf({3}, 3);
-    CHECK(max_diff(causal_conv1d(x, w, b), conv_reference(x, w, b)) < 1e-12);
-    CHECK(max_diff(causal_conv1d(x, w), conv_reference(x, w, Tensor())) < 1e-12);
+    CHECK(max_abs_diff(causal_conv1d(x, w, b), conv_reference(x, w, b)) < 1e-12);
+    CHECK(max_abs_diff(causal_conv1d(x, w), conv_reference(x, w, Tensor())) < 1e-12);
     Generator gr(4);
     const Tensor R = randn({2, n, 3}, gr, kFloat64);
-    const V g = grad(sum(mul(causal_conv1d(x, w, b), R)), {x, w, b});
-    const V gref = grad(sum(mul(conv_reference(x, w, b), R)), {x, w, b});
-    for (size_t i = 0; i < 3; ++i) CHECK(max_diff(g[i], gref[i]) < 1e-12);
+    const V g = input_grads(sum(mul(causal_conv1d(x, w, b), R)), {x, w, b});
+    const V gref = input_grads(sum(mul(conv_reference(x, w, b), R)), {x, w, b});
+    for (size_t i = 0; i < 3; ++i) CHECK(max_abs_diff(g[i], gref[i]) < 1e-12);
     GradcheckOptions o;
     o.max_checks_per_input = 30;
     CHECK_GRAD([&](const V& v) { return causal_conv1d(v[0], v[1], v[2]); }, {x, w, b}, o);
@@ -66,13 +53,13 @@ TEST_CASE("causal_conv1d: a view as input, a tensor used twice, causality, threa
   Tensor x = base.detach().transpose(1, 2).contiguous();
   Tensor x2 = x.clone();
   x2.narrow(1, 4, 2).copy_(Tensor::ones({2, 2, 3}, kFloat64));
-  CHECK(max_diff(causal_conv1d(x, w.detach()).narrow(1, 0, 4), causal_conv1d(x2, w.detach()).narrow(1, 0, 4)) == 0.0);
+  CHECK(max_abs_diff(causal_conv1d(x, w.detach()).narrow(1, 0, 4), causal_conv1d(x2, w.detach()).narrow(1, 0, 4)) == 0.0);
   // the same bits on 1 and 2 threads, weight gradient included
   const int nt = get_num_threads();
   Tensor big = leaf({2, 300, 64}, 7), wb = leaf({64, 4}, 8);
   auto run = [&](int t) {
     set_num_threads(t);
-    const V g = grad(sum(mul(causal_conv1d(big, wb), big)), {big, wb});
+    const V g = input_grads(sum(mul(causal_conv1d(big, wb), big)), {big, wb});
     return std::make_pair(g[0].to_vector(), g[1].to_vector());
   };
   CHECK(run(1) == run(2));
@@ -110,9 +97,9 @@ TEST_CASE("run_directions: valid tokens only, in order and reversed, any padding
     for (int64_t p : valid[(size_t)b]) {
       INFO("row " << b << " position " << p);
       prefix = add(prefix, X.select(0, b).select(0, p));
-      CHECK(max_diff(yc.select(0, b).select(0, 0).select(0, p), prefix) < 1e-12);  // Σ valid <= p
+      CHECK(max_abs_diff(yc.select(0, b).select(0, 0).select(0, p), prefix) < 1e-12);  // Σ valid <= p
       // forward Σ_{<= p} plus reversed Σ_{>= p}: the total plus x_p
-      CHECK(max_diff(yb.select(0, b).select(0, 0).select(0, p), add(total, X.select(0, b).select(0, p))) < 1e-12);
+      CHECK(max_abs_diff(yb.select(0, b).select(0, 0).select(0, p), add(total, X.select(0, b).select(0, p))) < 1e-12);
     }
   }
   // pads change no valid output, in either form
@@ -122,7 +109,7 @@ TEST_CASE("run_directions: valid tokens only, in order and reversed, any padding
   for (bool causal : {true, false}) {
     const Tensor a = nn::run_directions(X, mask, causal, running_sum), c = nn::run_directions(x2, mask, causal, running_sum);
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t p : valid[(size_t)b]) CHECK(max_diff(a.select(0, b).select(1, p), c.select(0, b).select(1, p)) == 0.0);
+      for (int64_t p : valid[(size_t)b]) CHECK(max_abs_diff(a.select(0, b).select(1, p), c.select(0, b).select(1, p)) == 0.0);
   }
   // the map: valid rows weigh valid columns only; two-sided = 1 everywhere valid, 2 on the diagonal
   const Tensor A = nn::run_directions_matrix(X, mask, false, running_sum_map);
@@ -135,8 +122,8 @@ TEST_CASE("run_directions: valid tokens only, in order and reversed, any padding
         CHECK(Ac.at({b, 0, i, j}) == (vj && j <= i ? 1.0 : 0.0));
       }
   // no mask: the plain causal core, and gradients through both directions
-  CHECK(max_diff(nn::run_directions(X, Tensor(), true, running_sum), running_sum(X)) == 0.0);
-  CHECK(max_diff(nn::run_directions(X, mask_of(std::vector<bool>(12, false), B, n), false, running_sum),
+  CHECK(max_abs_diff(nn::run_directions(X, Tensor(), true, running_sum), running_sum(X)) == 0.0);
+  CHECK(max_abs_diff(nn::run_directions(X, mask_of(std::vector<bool>(12, false), B, n), false, running_sum),
                  nn::run_directions(X, Tensor(), false, running_sum)) == 0.0);
   CHECK_GRAD([&](const V& v) { return nn::run_directions(v[0], mask, false, running_sum); }, {x});
 }

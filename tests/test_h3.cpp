@@ -25,20 +25,7 @@ using V = std::vector<Tensor>;
 using cd = std::complex<double>;
 
 namespace {
-V grad(const Tensor& loss, const V& inputs) {
-  for (const auto& t : inputs) t.zero_grad();
-  loss.backward();
-  V out;
-  for (const auto& t : inputs) out.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype()));
-  return out;
-}
-double max_diff(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return INFINITY;
-  double m = 0;
-  for (double v : sub(a, b).to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
-  return m;
-}
-double max_abs(const Tensor& a) { return max_diff(a, mul(a, 0.0)); }
+double max_abs(const Tensor& a) { return max_abs_diff(a, mul(a, 0.0)); }
 
 // y[b, t, c] = bias[c] + Σ_{m <= t, m < K} w[c, m] x[b, t − m, c], loops.
 Tensor conv_naive(const Tensor& x, const Tensor& w, const Tensor& bias) {
@@ -122,21 +109,21 @@ TEST_CASE("causal_conv1d: the FFT form equals the direct form and a naive loop, 
     INFO("B " << B << " n " << n << " C " << C << " K " << K);
     Tensor x = leaf({B, n, C}, 1), w = leaf({C, K}, 2), b = leaf({C}, 3);
     const Tensor yd = causal_conv1d(x, w, b, ConvAlgo::direct), yf = causal_conv1d(x, w, b, ConvAlgo::fft);
-    CHECK(max_diff(yf, conv_naive(x, w, b)) < 1e-10);
-    CHECK(max_diff(yd, conv_naive(x, w, b)) < 1e-10);
-    CHECK(max_diff(causal_conv1d(x, w, Tensor(), ConvAlgo::fft), conv_naive(x, w, Tensor())) < 1e-10);
+    CHECK(max_abs_diff(yf, conv_naive(x, w, b)) < 1e-10);
+    CHECK(max_abs_diff(yd, conv_naive(x, w, b)) < 1e-10);
+    CHECK(max_abs_diff(causal_conv1d(x, w, Tensor(), ConvAlgo::fft), conv_naive(x, w, Tensor())) < 1e-10);
     Generator gr(4);
     const Tensor R = randn({B, n, C}, gr, kFloat64);
-    const V gd = grad(sum(mul(causal_conv1d(x, w, b, ConvAlgo::direct), R)), {x, w, b});
-    const V gf = grad(sum(mul(causal_conv1d(x, w, b, ConvAlgo::fft), R)), {x, w, b});
-    for (size_t i = 0; i < 3; ++i) CHECK(max_diff(gf[i], gd[i]) < 1e-10);
+    const V gd = input_grads(sum(mul(causal_conv1d(x, w, b, ConvAlgo::direct), R)), {x, w, b});
+    const V gf = input_grads(sum(mul(causal_conv1d(x, w, b, ConvAlgo::fft), R)), {x, w, b});
+    for (size_t i = 0; i < 3; ++i) CHECK(max_abs_diff(gf[i], gd[i]) < 1e-10);
     if (K > n) CHECK(max_abs(gf[1].narrow(1, n, K - n)) == 0.0);  // taps no input meets
   }
   // f32: the FFT form within float rounding of the direct form
   Generator g(5);
   const Tensor x = randn({2, 300, 3}, g), w = randn({3, 200}, g);
   const Tensor yd = causal_conv1d(x, w, Tensor(), ConvAlgo::direct);
-  CHECK(max_diff(causal_conv1d(x, w, Tensor(), ConvAlgo::fft), yd) < 1e-4 * std::max(1.0, max_abs(yd)));
+  CHECK(max_abs_diff(causal_conv1d(x, w, Tensor(), ConvAlgo::fft), yd) < 1e-4 * std::max(1.0, max_abs(yd)));
   // automatic: by the number of taps that meet an input
   CHECK_FALSE(conv_uses_fft(1000, 4));
   CHECK_FALSE(conv_uses_fft(100, 1000));    // 100 taps meet an input, N = 256: 100 <= 16·8
@@ -163,7 +150,7 @@ TEST_CASE("causal_conv1d FFT form: gradient checks, a view input, the same bits 
   auto run = [&](int t) {
     set_num_threads(t);
     const Tensor y = causal_conv1d(big, wb, Tensor(), ConvAlgo::fft);
-    const V g = grad(sum(mul(y, big)), {big, wb});
+    const V g = input_grads(sum(mul(y, big)), {big, wb});
     return std::make_tuple(y.to_vector(), g[0].to_vector(), g[1].to_vector());
   };
   CHECK(run(1) == run(2));
@@ -181,17 +168,17 @@ TEST_CASE("toeplitz_causal_linear: tiled direct and FFT forms equal the explicit
     const Tensor ref = toeplitz_reference(q, k, v, f);
     const Tensor yd = toeplitz_causal_linear(q, k, v, f, ConvAlgo::direct, tile);
     const Tensor yf = toeplitz_causal_linear(q, k, v, f, ConvAlgo::fft);
-    CHECK(max_diff(yd, ref) < 1e-10);
-    CHECK(max_diff(yf, ref) < 1e-10);
+    CHECK(max_abs_diff(yd, ref) < 1e-10);
+    CHECK(max_abs_diff(yf, ref) < 1e-10);
     Generator gr(25);
     const Tensor R = randn(ref.shape(), gr, kFloat64);
-    const V gref = grad(sum(mul(toeplitz_reference(q, k, v, f), R)), {q, k, v, f});
-    const V gd = grad(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::direct, tile), R)), {q, k, v, f});
-    const V gf = grad(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::fft), R)), {q, k, v, f});
+    const V gref = input_grads(sum(mul(toeplitz_reference(q, k, v, f), R)), {q, k, v, f});
+    const V gd = input_grads(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::direct, tile), R)), {q, k, v, f});
+    const V gf = input_grads(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::fft), R)), {q, k, v, f});
     for (size_t i = 0; i < 4; ++i) {
       INFO("input " << i);
-      CHECK(max_diff(gd[i], gref[i]) < 1e-10);
-      CHECK(max_diff(gf[i], gref[i]) < 1e-10);
+      CHECK(max_abs_diff(gd[i], gref[i]) < 1e-10);
+      CHECK(max_abs_diff(gf[i], gref[i]) < 1e-10);
     }
   }
   GradcheckOptions o;
@@ -203,7 +190,7 @@ TEST_CASE("toeplitz_causal_linear: tiled direct and FFT forms equal the explicit
   const int nt = get_num_threads();
   auto run = [&](int t) {
     set_num_threads(t);
-    return grad(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::direct, 4), 1.5)), {q, k, v, f})[3].to_vector();
+    return input_grads(sum(mul(toeplitz_causal_linear(q, k, v, f, ConvAlgo::direct, 4), 1.5)), {q, k, v, f})[3].to_vector();
   };
   CHECK(run(1) == run(2));
   set_num_threads(nt);
@@ -288,12 +275,12 @@ TEST_CASE("h3: S4D long convolution, direct = FFT = the diagonal SSM recurrence,
     const Tensor x = randn({2, n, D}, g3, kFloat64);
     const Tensor ref = h3_naive(*direct, x, H, d, taps);
     CHECK(max_abs(ref) > 1e-3);
-    CHECK(max_diff(direct->forward_block(x, Tensor()), ref) < 1e-10);
-    CHECK(max_diff(fft->forward_block(x, Tensor()), ref) < 1e-10);
+    CHECK(max_abs_diff(direct->forward_block(x, Tensor()), ref) < 1e-10);
+    CHECK(max_abs_diff(fft->forward_block(x, Tensor()), ref) < 1e-10);
     // A v = output, v the layer's own values
     const Tensor v = add(matmul(x, param(*direct, "qkv.weight").narrow(0, 2 * D, D).t()),
                          param(*direct, "qkv.bias").narrow(0, 2 * D, D)).view({2, n, H, d}).permute({0, 2, 1, 3});
-    CHECK(max_diff(matmul(direct->attention_matrix_block(x, Tensor()), v), ref) < 1e-10);
+    CHECK(max_abs_diff(matmul(direct->attention_matrix_block(x, Tensor()), v), ref) < 1e-10);
   }
 }
 
@@ -319,10 +306,10 @@ TEST_CASE("h3: free filter f ≡ 1 without shift is plain causal linear attentio
   const Tensor x = randn({2, n, D}, gx, kFloat64);
   const Tensor y = h3.forward(x);
   CHECK(max_abs(y) > 1e-3);
-  CHECK(max_diff(y, lin.forward(x)) < 1e-10);
+  CHECK(max_abs_diff(y, lin.forward(x)) < 1e-10);
   // a filter not ≡ 1 weights the lags: no longer linear attention
   param(h3, "mechanism.filter").narrow(1, 1, 1).fill_(0.5);
-  CHECK(max_diff(h3.forward(x), lin.forward(x)) > 1e-3);
+  CHECK(max_abs_diff(h3.forward(x), lin.forward(x)) > 1e-3);
 }
 
 TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, free), causality, padding, two-sided") {
@@ -357,11 +344,11 @@ TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, f
       x2.select(0, 0).narrow(0, 5, 2).fill_(7.0);
       x2.select(0, 1).narrow(0, 0, 1).fill_(-9.0);
       const Tensor keep = logical_not(mask).to(kFloat64).unsqueeze(-1);
-      CHECK(max_diff(mul(mha.forward(x0, mask), keep), mul(mha.forward(x2, mask), keep)) < 1e-12);
+      CHECK(max_abs_diff(mul(mha.forward(x0, mask), keep), mul(mha.forward(x2, mask), keep)) < 1e-12);
       if (causal) {  // changing x after t changes nothing at or before t
         Tensor x3 = x0.clone();
         x3.narrow(1, 4, 3).fill_(3.0);
-        CHECK(max_diff(mha.forward(x0).narrow(1, 0, 4), mha.forward(x3).narrow(1, 0, 4)) < 1e-12);
+        CHECK(max_abs_diff(mha.forward(x0).narrow(1, 0, 4), mha.forward(x3).narrow(1, 0, 4)) < 1e-12);
       } else {  // two-sided: the causal core forward plus the causal core on the reversed sequence
         Generator g2(1);
         auto o = h3_opts(knobs, true, 2, 3);
@@ -373,7 +360,7 @@ TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, f
         const Tensor r = Tensor::from_vector(rev, {n});
         const Tensor two = add(causal_mech->forward_block(x0, Tensor()),
                                index_select(causal_mech->forward_block(index_select(x0, 1, r), Tensor()), 2, r));
-        CHECK(max_diff(mha.mechanism->forward_block(x0, Tensor()), two) < 1e-12);
+        CHECK(max_abs_diff(mha.mechanism->forward_block(x0, Tensor()), two) < 1e-12);
       }
     }
   }

@@ -107,13 +107,23 @@ inline GradcheckResult gradcheck(const Fn& f, std::vector<Tensor> inputs, Gradch
   return res;
 }
 
-// Largest |a - b| over two tensors of the same number of elements (any dtype, any layout).
+// Largest |a - b| over two tensors of the same number of elements (any dtype, any layout);
+// +inf when the sizes differ or a difference is not finite (a NaN must not pass as small).
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   std::vector<double> x = a.to_vector(), y = b.to_vector();
   if (x.size() != y.size()) return INFINITY;
   double d = 0;
-  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
+  for (size_t i = 0; i < x.size(); ++i) d = std::isfinite(x[i] - y[i]) ? std::max(d, std::abs(x[i] - y[i])) : INFINITY;
   return d;
+}
+
+// d loss / d inputs (each input's .grad is cleared first; zeros where no gradient flows).
+inline std::vector<Tensor> input_grads(const Tensor& loss, const std::vector<Tensor>& inputs) {
+  for (const auto& t : inputs) t.zero_grad();
+  loss.backward();
+  std::vector<Tensor> out;
+  for (const auto& t : inputs) out.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype()));
+  return out;
 }
 
 // A seeded f64 leaf that requires grad.
