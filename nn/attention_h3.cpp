@@ -221,7 +221,9 @@ MechanismSpec h3_mechanism() {
   // The one-layer model of Li, Rawat & Oymak: no shift, a free filter over every lag.
   s.presets["icl-regression"] = {{"shift_taps", 1}, {"long_filter", 1}, {"filter_len", 1024}};
   s.no_decay = {"log_a", "a_imag", "log_dt", "filter"};
-  s.caps = {.causal = true, .linear_time = true, .block_input = true};
+  // Not linear_time: a long filter over every lag costs O(n·min(n, L)·d) tiled or O(d²·n log n)
+  // by FFT (docs/benchmarks.md: 15× from n = 8,192 to 65,536); memory is linear either way.
+  s.caps = {.causal = true, .linear_time = false, .block_input = true};
   s.make = [](const AttentionOptions& o, Generator& gen) { return std::make_shared<H3Attention>(o, gen); };
   return s;
 }
