@@ -4,7 +4,7 @@
 # result.txt) is skipped, an interrupted one continues from last.ckpt with --resume, so the
 # script can be stopped and started again. At the end it prints one table per experiment.
 #
-#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-lm]|all   [table: only print the tables]
+#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-mqar256-long|-lm]|all   [table: only print the tables]
 #
 # Environment: LOTGRAD (the program, default build/lotgrad), RUNS (default runs/seed),
 # JOBS runs at a time (default 1) with THREADS threads each (default 2), MECHS (the MQAR
@@ -142,6 +142,14 @@ case "$what" in
   recurrent-icl) rec_icl_jobs | launch; rec_icl_table ;;
   recurrent-mqar) MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16" | launch; MECHS=$rec_mechs mqar_table 64 "8 16" ;;
   recurrent-mqar256) MECHS=$rec_mechs mqar_jobs 256 "${STEPS_256:-2500}" "64" | launch; MECHS=$rec_mechs mqar_table 256 "64" ;;
+  recurrent-mqar256-long)  # the L = 256, N_kv = 64 runs with an 8,000-step schedule
+    for m in ${MECHS:-deltanet softmax linear}; do
+      echo "run long256-$m --task mqar --vocab 512 --seq-len 256 --kv-pairs 64 --train-size 20000 --val-size 500" \
+           "--test-size 1000 --d-model 64 --heads 1 --mlp 0 --depth 2 --dropout 0 --attention $m --steps 8000" \
+           "--batch 16 --lr 3e-3 --warmup 0.05 --eval-every 1000"
+    done | launch
+    printf "\nMQAR, L = 256, N_kv = 64, d 64, 8,000 steps: test accuracy\n"
+    for m in ${MECHS:-deltanet softmax linear}; do printf "%-10s %s\n" "$m" "$(figure long256-$m acc)"; done ;;
   recurrent-lm) LM_MECHS=$rec_mechs lm_jobs | launch; LM_MECHS=$rec_mechs lm_table ;;
   recurrent) for part in icl mqar mqar256 lm; do "$0" "recurrent-$part" $table_only; done ;;
   mqar64) mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16" | launch; mqar_table 64 "4 8 16" ;;
@@ -153,5 +161,5 @@ case "$what" in
   lm) lm_jobs | launch; lm_table ;;
   all) { icl_jobs; lm_jobs; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; } | launch
        icl_table; lm_table; mqar_table 64 "4 8 16"; mqar_table 256 "16 64" ;;
-  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-lm]|all [table]" >&2; exit 2 ;;
+  *) echo "usage: scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-mqar256-long|-lm]|all [table]" >&2; exit 2 ;;
 esac

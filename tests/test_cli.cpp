@@ -1,6 +1,7 @@
 // tools/: the declared command line. Every declared setting and every knob of every mechanism
 // is an option; bad values are refused by name before any work, never by a signal.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -146,7 +147,7 @@ TEST_CASE("every command and benchmark: each numeric option refuses a non-number
   c.batch = 8;
   c.quiet = true;
   c.overwrite = true;
-  c.out_dir = (std::filesystem::temp_directory_path() / "lotgrad_test_cli_run").string();
+  c.out_dir = (std::filesystem::temp_directory_path() / ("lotgrad_test_cli_run_" + std::to_string(::getpid()))).string();
   std::ostringstream log;
   models::train(c, log);
   const std::string ck = c.out_dir + "/best.ckpt", metrics = c.out_dir + "/metrics.jsonl";

@@ -4,6 +4,7 @@
 // training runs of mqar, icl-regression and lm that learn, resume bit for bit and refuse bad
 // settings clearly.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -15,7 +16,7 @@ namespace fs = std::filesystem;
 
 namespace {
 std::string tmpdir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("lotgrad_test_seq_" + name);
+  fs::path p = fs::temp_directory_path() / ("lotgrad_test_seq_" + std::to_string(::getpid()) + "_" + name);  // per process: concurrent suites do not collide
   fs::remove_all(p);
   return p.string();
 }

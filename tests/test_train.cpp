@@ -1,6 +1,7 @@
 // The training loop: a tiny run learns, a killed run resumes with bit-identical losses,
 // checkpoints are atomic and usable, and the metrics log is JSON lines.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -44,7 +45,7 @@ void set_steps(models::TrainConfig& c, int64_t steps, int64_t every) {
   c.checkpoint_every = every;
 }
 std::string tmpdir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("lotgrad_test_train_" + name);
+  fs::path p = fs::temp_directory_path() / ("lotgrad_test_train_" + std::to_string(::getpid()) + "_" + name);  // per process: concurrent suites do not collide
   fs::remove_all(p);
   return p.string();
 }
