@@ -25,7 +25,11 @@
   X(h3)                       \
   X(zeros)                    \
   X(fem)                      \
-  X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */
+  X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */ \
+  /* X(qtvit) */                \
+  /* X(inline) */               \
+  /* X(btt) */                  \
+  /* X(mlr) */
 
 namespace lotgrad::nn {
 
