@@ -60,6 +60,9 @@ std::vector<ConfigField> declare() {
       {"dim", Role::data, "icl-regression: dimension d of x", &C::dim, 1, 4096},
       {"points", Role::data, "icl-regression: in-context examples n per prompt", &C::points, 1, 1e5},
       {"noise", Role::data, "icl-regression: label noise σ (design iid)", &C::noise, 0, 1e6},
+      {"x-std", Role::data,
+       "icl-regression: std of each x coordinate (Garg et al.: 1; 0: 1/sqrt(dim), Kuang et al., so that Var(y) = 1)",
+       &C::x_std, 0, 1e6},
       {"design", Role::data, "icl-regression: iid (noise σ everywhere) or hetero (first half noiseless, second half σ = 10)",
        &C::design, 0, 0, {"iid", "hetero"}},
       {"layout", Role::data,
@@ -262,6 +265,9 @@ void validate_sequence_task(const TrainConfig& c) {
     if (c.curriculum > 0 && !c.data_dir.empty())
       throw std::invalid_argument("--curriculum " + num((double)c.curriculum) + " and --data " + c.data_dir +
                                   ": a curriculum draws its prompts as it goes; read prompts have fixed sizes");
+    if (c.layout == "paired" && c.x_std != 1)
+      throw std::invalid_argument("--layout paired and --x-std " + num(c.x_std) +
+                                  ": the paired layout's closed-form risks assume x ~ N(0, I) (--x-std 1)");
     if (c.design == "hetero" && c.noise != 0)
       throw std::invalid_argument("--design hetero and --noise " + num(c.noise) +
                                   ": the heterogeneous design sets the noise itself (half noiseless, half σ = 10)");

@@ -33,6 +33,7 @@ struct TrainConfig {
   int64_t dim = 8;              // icl-regression d
   int64_t points = 32;          // icl-regression: in-context examples n per prompt
   double noise = 0.0;           // icl-regression label noise σ (design iid)
+  double x_std = 1.0;           // icl-regression: std of each x coordinate (0: 1/sqrt(dim))
   std::string design = "iid";   // icl-regression: iid (noise σ) or hetero (first half noiseless, second σ = 10)
   std::string layout = "interleaved";  // icl-regression: interleaved x, y tokens (Garg) or paired [x; y] + a query
   int64_t curriculum = 0;       // icl-regression: every N steps one more dim and two more points (0: off)

@@ -22,6 +22,8 @@ namespace lotgrad::models {
 
 namespace {
 constexpr int64_t kValFirst = int64_t(1) << 40, kTestFirst = int64_t(1) << 41;  // stream offsets
+// --x-std, 0 meaning 1/sqrt(d) (Kuang et al.: Var(y) = 1 whatever d).
+double x_std(const TrainConfig& cfg) { return cfg.x_std > 0 ? cfg.x_std : 1.0 / std::sqrt((double)cfg.dim); }
 
 class RegressionWorkload : public Workload {
  public:
@@ -36,7 +38,8 @@ class RegressionWorkload : public Workload {
     }
     if (!cfg.quiet)
       log << "data: icl-regression" << (cfg.data_dir.empty() ? " (generated; training prompts drawn fresh each step)" : " from " + cfg.data_dir)
-          << ": d " << cfg.dim << ", " << cfg.points << " examples per prompt, design " << cfg.design << ", layout "
+          << ": d " << cfg.dim << ", " << cfg.points << " examples per prompt, x std "
+          << x_std(cfg) << ", design " << cfg.design << ", layout "
           << cfg.layout << "; val " << val_.size() << ", test " << test_.size() << " prompts\n";
   }
 
@@ -86,6 +89,7 @@ class RegressionWorkload : public Workload {
     o.active_dims = dims < cfg_.dim ? dims : 0;
     o.points = points + (paired_ ? 1 : 0);
     o.seed = (uint64_t)cfg_.seed;
+    o.x_std = x_std(cfg_);
     o.point_noise_std = context_noise(points);
     if (paired_) o.point_noise_std.push_back(0.0);
     return o;

@@ -138,7 +138,35 @@ rec_icl_table() {
   fi
 }
 
+# ---- The softmax-side family (README "Structured and Taylor/injective attention"): BTT and MLR
+# scores, QT-ViT and InLine.
+# High-dimensional in-context regression (Kuang et al., arXiv 2509.07963): d 16, 32 points,
+# x ~ N(0, I/16), no noise, Garg's interleaved layout; 4 causal layers of d 64, MLP 256, learned
+# positions; the curriculum (dims 4 -> 16, points 8 -> 32) ends at 6% of the steps.
+# struct_icl_run NAME MECHANISM HEADS
+struct_icl_run() {
+  local steps=${ICL_STEPS:-15000}
+  echo "run $1 --task icl-regression --dim 16 --points 32 --x-std 0 --layout interleaved --attention $2 --heads $3" \
+       "--depth 4 --d-model 64 --mlp 256 --dropout 0 --curriculum $((steps * 6 / 100 / 12)) --dims-start 4" \
+       "--points-start 8 --val-size 1000 --test-size 2000 --steps $steps --batch 64 --lr 1e-3 --warmup 0.05" \
+       "--weight-decay 0 --eval-every $((steps / 10))"
+}
+struct_icl_specs="softmax-h8:softmax:8 softmax-h2:softmax:2 btt-h8:btt:8"
+struct_icl_jobs() { for s in ${STRUCT_ICL:-$struct_icl_specs}; do IFS=: read -r n m h <<<"$s"; struct_icl_run "sicl-$n" "$m" "$h"; done; }
+struct_icl_table() {
+  printf "\nHigh-dimensional in-context regression, d 16, 32 points, 4 layers, d 64: test squared error\n"
+  for s in ${STRUCT_ICL:-$struct_icl_specs}; do
+    IFS=: read -r n m h <<<"$s"
+    local f=$runs/sicl-$n/result.txt
+    printf "%-12s %-10s %s\n" "$n" "$(figure sicl-$n mse)" "$([ -f "$f" ] && sed -E 's/.*\((min-norm[^)]*)\).*/\1/' "$f")"
+    if [ -z "$table_only" ] && [ -f "$runs/sicl-$n/best.ckpt" ] && [ ! -f "$runs/sicl-$n/points.txt" ]; then
+      "$bin" eval --checkpoint "$runs/sicl-$n/best.ckpt" --threads "$threads" --plot "$runs/sicl-$n/points.png" >"$runs/sicl-$n/points.txt"
+    fi
+  done
+}
+
 case "$what" in
+  structured-icl) struct_icl_jobs | launch; struct_icl_table ;;
   recurrent-icl) rec_icl_jobs | launch; rec_icl_table ;;
   recurrent-mqar) MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16" | launch; MECHS=$rec_mechs mqar_table 64 "8 16" ;;
   recurrent-mqar256) MECHS=$rec_mechs mqar_jobs 256 "${STEPS_256:-2500}" "64" | launch; MECHS=$rec_mechs mqar_table 256 "64" ;;

@@ -297,6 +297,26 @@ TEST_CASE("the sequence tasks learn: lm well below the uniform guess, icl-regres
   }
 }
 
+// --x-std scales every x of the same draws, so y and the least-squares error on the same prompts
+// scale exactly: --x-std 0 (1/sqrt(d) = 0.5 at d 4) gives a quarter of --x-std 1's.
+TEST_CASE("icl regression: --x-std scales the inputs, 0 meaning 1/sqrt(d)") {
+  std::ostringstream log;
+  auto least_squares = [&](double x_std) {
+    models::TrainConfig c = tiny_seq("icl-regression", tmpdir("xstd"));
+    c.steps = 1;
+    c.eval_every = 1;
+    c.dim = 4;
+    c.points = 3;  // fewer points than d: least squares cannot be exact
+    c.x_std = x_std;
+    c.overwrite = true;
+    return models::train(c, log).baseline_test;
+  };
+  const double one = least_squares(1.0), zero = least_squares(0.0), half = least_squares(0.5);
+  CHECK(one > 0.5);
+  CHECK(zero == doctest::Approx(one / 4).epsilon(1e-5));
+  CHECK(half == doctest::Approx(zero).epsilon(1e-12));
+}
+
 TEST_CASE("sequence tasks refuse bad settings, naming the option and the values") {
   auto refused = [](models::TrainConfig c, const std::string& what) {
     INFO(what);
@@ -326,6 +346,10 @@ TEST_CASE("sequence tasks refuse bad settings, naming the option and the values"
   i.curriculum = 5;
   i.data_dir = "/nowhere";
   refused(i, "--curriculum 5 and --data /nowhere");
+  models::TrainConfig ip = tiny_seq("icl-regression", tmpdir("refuse_ip"));
+  ip.layout = "paired";
+  ip.x_std = 0.25;
+  refused(ip, "--layout paired and --x-std 0.25");
   // d < 1 and a bad text file are refused by the declared range and by the reader
   CHECK_THROWS_WITH_AS(models::config_field("dim")->set(i, "0"), doctest::Contains("--dim"), std::invalid_argument);
   std::ostringstream log;
