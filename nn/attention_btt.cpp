@@ -79,14 +79,15 @@ Tensor btt_project(const Tensor& x, const Tensor& R, const Tensor& L, int64_t H)
                 "needs D = c·d' = a·b and ranks that agree: R (c, d', H·b·s), L (H·b, a, c·s) for x (B, n, D), H = " +
                     std::to_string(H),
                 operands);
-  // (c, N, d') x (c, d', H·b·s) -> (c, N, H·b·s): the R core, one GEMM per γ
-  const Tensor z = matmul(x.reshape({N, c, dp}).permute({1, 0, 2}), R);
-  // regrouped per (h, β): (H·b, N, c·s), entry (γ, σ) of token t = z[γ, t, (h, β, σ)]
-  const Tensor zt = z.view({c, N, H * b, s}).permute({2, 1, 0, 3}).reshape({H * b, N, c * s});
-  // (H·b, N, c·s) x (H·b, c·s, a) -> (H·b, N, a): the L core, one GEMM per (h, β)
-  const Tensor y = matmul(zt, L.transpose(1, 2));
-  // (h, β, t, α) -> (B, H, n, α·b + β)
-  return y.view({H, b, B, n, a}).permute({2, 0, 3, 4, 1}).reshape({B, H, n, D});
+  // R with its columns regrouped (σ, h, β): (c, d', s·H·b), a copy of the (small) core
+  const Tensor Rs = R.view({c, dp, H * b, s}).permute({0, 1, 3, 2}).reshape({c, dp, s * H * b});
+  // (c, s·H·b, d') x (c, d', N) -> z (c, s·H·b, N), one GEMM per γ: tokens along the rows, so
+  // that for each (h, β) the rows (γ, σ) are evenly spaced (stride H·b·N) and L needs no regroup
+  const Tensor z = matmul(Rs.transpose(1, 2), x.reshape({N, c, dp}).permute({1, 2, 0}));
+  // (H·b, a, c·s) x (H·b, c·s, N) -> (H·b, a, N), one GEMM per (h, β), z read in place
+  const Tensor y = matmul(L, z.view({c * s, H * b, N}).permute({1, 0, 2}));
+  // (h, β, α, t) -> (B, H, n, α·b + β)
+  return y.view({H, b, a, B, n}).permute({3, 0, 4, 2, 1}).reshape({B, H, n, D});
 }
 
 BttAttention::BttAttention(const AttentionOptions& o, Generator& gen)
