@@ -196,7 +196,7 @@ std::string refusal(const std::function<void()>& f) {
 }
 }  // namespace
 
-TEST_CASE("btt_split: the split closest to square; a D without one is refused, naming D and the mechanism") {
+TEST_CASE("btt_split: the split closest to square, a D without one is refused, naming D and the mechanism") {
   const std::vector<std::array<int64_t, 3>> cases = {{4, 2, 2},  {6, 2, 3},  {8, 2, 4},   {12, 3, 4},  {16, 4, 4},
                                                      {32, 4, 8}, {64, 8, 8}, {96, 8, 12}, {256, 16, 16}};
   for (const auto& [D, a, b] : cases) {
@@ -254,7 +254,7 @@ TEST_CASE("btt_project equals the dense W_h of the index formula times x") {
   CHECK(e.find("R (3, 4, 8)") != std::string::npos);
 }
 
-TEST_CASE("btt_project and the RMS cap: gradient checks; the cap acts only above its scale") {
+TEST_CASE("btt_project and the RMS cap: gradient checks, the cap acts only above its scale") {
   GradcheckOptions go;
   go.max_checks_per_input = 30;
   const Tensor x = noncontig_leaf({2, 3, 12}, 1), R = leaf({3, 4, 2 * 4 * 2}, 2), L = leaf({2 * 4, 3, 3 * 2}, 3);
@@ -273,7 +273,7 @@ TEST_CASE("btt_project and the RMS cap: gradient checks; the cap acts only above
   CHECK(nn::btt_cap_scale(16, 4) == doctest::Approx(2.0 / 16));
 }
 
-TEST_CASE("btt ranks: W_h has rank D at s = 1; each (a × d') block has rank min(s, a, d'); W_Q W_Kᵀ has rank d") {
+TEST_CASE("btt ranks: W_h has rank D at s = 1, each (a × d') block has rank min(s, a, d'), W_Q W_Kᵀ has rank d") {
   struct Case {
     int64_t H, d, s;
   };
@@ -381,7 +381,7 @@ TEST_CASE("btt through MultiHeadAttention: gradient checks of every parameter, c
     }
 }
 
-TEST_CASE("btt: pads change no valid output; causal outputs do not see later tokens") {
+TEST_CASE("btt: pads change no valid output, causal outputs do not see later tokens") {
   const int64_t D = 12, n = 9;
   Generator gx(3);
   const Tensor x0 = randn({2, n, D}, gx, kFloat64);
