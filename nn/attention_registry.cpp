@@ -28,7 +28,7 @@
   X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */ \
   /* X(qtvit) */                \
   /* X(inline) */               \
-  /* X(btt) */                  \
+  X(btt)                        \
   /* X(mlr) */
 
 namespace lotgrad::nn {
