@@ -47,6 +47,7 @@ static_assert(kBr == kBc, "MLR tiles: query and key tiles must cover the same po
 struct Levels {
   int L = 0;
   std::vector<int64_t> off;  // level l holds dims [off[l], off[l + 1]); off[L] = d
+  std::vector<double> col;   // (d): the scale c_l of each dim's level
   int64_t len = 0;           // positions per row of blk: n rounded up to whole tiles
   std::vector<int64_t> blk;  // (B, L, len): non-decreasing along positions; past n, position n-1's
   const int64_t* ids(int64_t b, int l) const { return blk.data() + (b * L + l) * len; }
@@ -54,12 +55,15 @@ struct Levels {
 
 // Position p of a token: the number of valid tokens before it (a pad takes the next valid
 // token's, or the last one's when none follows). blk_l(p) = floor(p · 2^l / N), N as documented in mlr_attention.h.
-Levels make_levels(const std::vector<int64_t>& ranks, const Tensor& mask, int64_t B, int64_t n, bool causal,
-                   int64_t span) {
+Levels make_levels(const std::vector<int64_t>& ranks, const std::vector<double>& scales, const Tensor& mask, int64_t B,
+                   int64_t n, bool causal, int64_t span) {
   Levels lv;
   lv.L = (int)ranks.size();
   lv.off.assign(ranks.size() + 1, 0);
-  for (size_t l = 0; l < ranks.size(); ++l) lv.off[l + 1] = lv.off[l] + ranks[l];
+  for (size_t l = 0; l < ranks.size(); ++l) {
+    lv.off[l + 1] = lv.off[l] + ranks[l];
+    lv.col.insert(lv.col.end(), (size_t)ranks[l], scales[l]);
+  }
   lv.len = std::max<int64_t>(1, (n + kBr - 1) / kBr) * kBr;
   lv.blk.assign((size_t)(B * lv.L * lv.len), 0);
   const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
@@ -100,6 +104,7 @@ int shared_depth(const Levels& lv, int64_t b, int64_t I, int64_t J) {
 // there was one.
 template <class F>
 bool for_each_shared_block(const int64_t* ri, const int64_t* cj, F f) {
+  if (ri[kBr - 1] < cj[0] || cj[kBc - 1] < ri[0]) return false;  // the usual case: disjoint ranges
   bool any = false;
   int i = 0, j = 0;
   while (i < kBr && j < kBc) {
@@ -334,10 +339,37 @@ void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& 
 }
 
 // =======================================================================================
-// drivers: q arrives with the level scales folded in, so the kernel's scale is 1 (log2 e in
-// the packed q, as in ops/attention.cpp).
+// drivers: the level scales and log2 e are folded into the packed q (pack_q).
 // =======================================================================================
 Band mlr_band(bool causal) { return causal ? Band{kNoLimit, 0} : Band{}; }
+
+// The prefix trick's folding: packed q rows (BH, n_pad, dp) = q · c_(level of the dim) · log2 e.
+template <class T>
+Job pack_q(const Tensor& q, const Geo& g, const std::vector<double>& col, T* dst) {
+  const T* s0 = q.data_ptr<T>();
+  const Shape st = q.strides();
+  std::vector<T> mul(col.size());
+  for (size_t c = 0; c < col.size(); ++c) mul[c] = (T)(col[c] * kLog2e);
+  const int64_t n = g.n, n_pad = g.n_pad, d = g.d, dp = g.dp, H = g.H;
+  return {g.BH() * n, [=](int64_t r) {
+            const int64_t bh = r / n, i = r % n;
+            const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
+            T* o = dst + (bh * n_pad + i) * dp;
+            for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul[(size_t)c];
+          }};
+}
+// dq (B, H, n, d) contiguous = packed dS K rows · c_(level of the dim).
+template <class T>
+Job unpack_dq(const T* dqp, const Geo& g, const std::vector<double>& col, T* dq) {
+  std::vector<T> mul(col.begin(), col.end());
+  const int64_t n = g.n, n_pad = g.n_pad, d = g.d, dp = g.dp;
+  return {g.BH() * n, [=](int64_t r) {
+            const int64_t bh = r / n, i = r % n;
+            const T* src = dqp + (bh * n_pad + i) * dp;
+            T* o = dq + r * d;
+            for (int64_t c = 0; c < d; ++c) o[c] = src[c] * mul[(size_t)c];
+          }};
+}
 
 // Returns out (B, H, n, e) and, if want_lse, lse (B, H, n_pad).
 template <class T>
@@ -348,7 +380,7 @@ std::pair<Tensor, Tensor> mlr_fused_forward(const Tensor& q, const Tensor& k, co
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
   Tensor vr = make_tensor({g.BH(), g.m_pad, g.ep}, dt);
-  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, g.d, g.dp, (T)kLog2e, qs.data_ptr<T>()),
+  run_jobs({pack_q<T>(q, g, lv.col, qs.data_ptr<T>()),
             pack_tiles_t<T>(k, g, g.d, kt.data_ptr<T>()),
             pack_rows<T>(v, g, g.m, g.m_pad, g.e, g.ep, T(1), vr.data_ptr<T>())},
            row_grain(g));
@@ -390,7 +422,7 @@ std::array<Tensor, 3> mlr_fused_backward(const Tensor& q, const Tensor& k, const
               D[bh * n_pad + i] = s;
             }};
   }
-  run_jobs({pack_rows<T>(q, g, g.n, g.n_pad, g.d, g.dp, (T)kLog2e, qs.data_ptr<T>()),
+  run_jobs({pack_q<T>(q, g, lv.col, qs.data_ptr<T>()),
             pack_tiles_t<T>(k, g, g.d, kt.data_ptr<T>()), pack_rows<T>(k, g, g.m, g.m_pad, g.d, g.dp, T(1), kr.data_ptr<T>()),
             pack_tiles_t<T>(v, g, g.e, vt.data_ptr<T>()),
             pack_rows<T>(dout, g, g.n, g.n_pad, g.e, g.ep, T(1), dor.data_ptr<T>()), djob},
@@ -405,8 +437,8 @@ std::array<Tensor, 3> mlr_fused_backward(const Tensor& q, const Tensor& k, const
   Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
   Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
   Tensor dv = make_tensor({g.B, g.H, g.m, g.e}, dt);
-  // dS is the gradient of the natural-log scores: dQ = dS K, dK = dSᵀ Q = ln 2 · dSᵀ Qs.
-  run_jobs({unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, g.d, g.dp, T(1), dq.data_ptr<T>()),
+  // dS is the gradient of the natural-log scores: dQ = dS K · c, dK = dSᵀ (Q · c) = ln 2 · dSᵀ Qs.
+  run_jobs({unpack_dq<T>(dqp.data_ptr<T>(), g, lv.col, dq.data_ptr<T>()),
             unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.d, g.dp, (T)kLn2, dk.data_ptr<T>()),
             unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.e, g.ep, T(1), dv.data_ptr<T>())},
            std::max<int64_t>(1, row_grain(g) / chunks));
@@ -438,7 +470,6 @@ struct MlrAttentionBackward : Node {
   }
 };
 
-// q with the level scales folded in.
 Tensor fused_mlr(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, Levels levels,
                  bool causal) {
   auto node = make_node<MlrAttentionBackward>({q, k, v});
@@ -466,7 +497,7 @@ Tensor fused_mlr(const char* op, const Tensor& q, const Tensor& k, const Tensor&
 Tensor reference_weights(const Tensor& q, const Tensor& k, const Tensor& mask, const std::vector<int64_t>& ranks,
                          const std::vector<double>& scales, bool causal, int64_t span) {
   const int64_t B = q.size(0), n = q.size(2);
-  const Levels lv = make_levels(ranks, mask, B, n, causal, span);
+  const Levels lv = make_levels(ranks, scales, mask, B, n, causal, span);
   Tensor s;
   for (int l = 0; l < lv.L; ++l) {
     const int64_t o = lv.off[(size_t)l], r = ranks[(size_t)l];
@@ -525,8 +556,8 @@ std::vector<double> check_levels(const char* op, const Tensor& q, const Tensor& 
   }
   if (total != d) throw std::invalid_argument(o + ": " + of + ": they sum to " + std::to_string(total) + ", not " + std::to_string(d));
   if (span < 0) throw std::invalid_argument(o + ": span must be >= 0, got " + std::to_string(span));
-  const int64_t limit = std::max<int64_t>(1, span > 0 ? span : n);
-  if (L - 1 >= 62 || (int64_t(1) << (L - 1)) > limit)
+  const int64_t limit = span > 0 ? span : n;  // an empty sequence has nothing to cut
+  if (limit > 0 && (L - 1 >= 62 || (int64_t(1) << (L - 1)) > limit))
     throw std::invalid_argument(o + ": " + std::to_string(L) + " levels (" + of + ") cut the sequence into 2^" +
                                 std::to_string(L - 1) + " blocks at the deepest level, more than " +
                                 (span > 0 ? "span = " + std::to_string(span) : "n = " + std::to_string(n)) + " positions");
@@ -551,12 +582,8 @@ Tensor mlr_attention(const Tensor& q, const Tensor& k, const Tensor& v, const st
   check_inputs(op, q, k, v, key_padding_mask);
   const std::vector<double> c = check_levels(op, q, k, ranks, scales, span);
   if (!fused) return matmul(reference_weights(q, k, key_padding_mask, ranks, c, is_causal, span), v);
-  // The prefix trick: c_l folded into q's dims of level l.
-  std::vector<double> col;
-  for (size_t l = 0; l < ranks.size(); ++l) col.insert(col.end(), (size_t)ranks[l], c[l]);
-  const Tensor qc = mul(q, Tensor::from_vector(col, {q.size(3)}).to(q.dtype()));
-  return fused_mlr(op, qc, k, v, key_padding_mask,
-                   make_levels(ranks, key_padding_mask, q.size(0), q.size(2), is_causal, span), is_causal);
+  return fused_mlr(op, q, k, v, key_padding_mask, make_levels(ranks, c, key_padding_mask, q.size(0), q.size(2), is_causal, span),
+                   is_causal);
 }
 
 Tensor mlr_attention_weights(const Tensor& q, const Tensor& k, const std::vector<int64_t>& ranks,

@@ -22,15 +22,17 @@
 //     output depend on how many tokens follow it; with n, what a valid token sees depends only
 //     on earlier tokens (and n), and end padding changes nothing.
 // Padded tokens sit between their valid neighbours (a pad takes the position of the next valid
-// token, or of the last one when none follows); as keys they get zero weight. Padded queries are computed like any other (zero them
-// downstream).
+// token, or of the last one when none follows); as keys they get zero weight. Padded queries
+// are computed like any other (zero them downstream).
 //
 // The prefix trick: with c_l folded into q, S_ij is the dot product of q_i and k_j over their
 // first R_{L(i,j)} dims, L(i,j) the deepest level whose block i and j share. The fused kernel
 // uses it per (query tile, key tile): the inner product runs over R_L for the deepest level L
 // every pair of the tile shares, plus each deeper level's dims only on the pairs that share it
-// (tiles that straddle a block boundary). Scores cost Σ_l n²·r_l/2^l instead of n²·d (the
-// exponentials and the value products, n²·e, do not shrink); dQ and dK shrink the same way.
+// (tiles that straddle a block boundary). Scores cost Σ_l n²·r_l/2^l instead of n²·d, and dQ
+// and dK shrink the same way; the exponentials and the value products (n²·e: out, dV, dP) do
+// not. At d = e = 64 (f32) the score product is about half of the softmax kernel's forward
+// time, so ranks 32|16|8|8 (Σ r_l/2^l = 43 of 64) run at about 0.85 of softmax's time.
 // No n×n memory, forward or backward.
 #pragma once
 #include <cstdint>
@@ -43,7 +45,8 @@ namespace lotgrad {
 // q, k (B, H, n, d), v (B, H, n, e): one float dtype (f32 or f64), any strides; q and k must
 // have the same length (one sequence). Returns (B, H, n, e), differentiable in q, k and v.
 // ranks: r_0, ..., r_{L-1}, each >= 1, summing to d, with 2^(L-1) <= n (and <= span when span
-// > 0): the deepest level's blocks hold at least one position each.
+// > 0; an empty sequence takes any L): the deepest level's blocks hold at least one position
+// each.
 // key_padding_mask: optional bool (B, n), TRUE MEANS PADDED (as scaled_dot_product_attention).
 // A query row with no key to see (causal, only pads before it) outputs zeros.
 // is_causal: query i sees keys j <= i only.

@@ -423,4 +423,7 @@ TEST_CASE("mlr errors name the op and the values") {
                        ShapeError);
   CHECK_THROWS_WITH_AS(mlr_attention_weights(q, k, {4, 2, 1}), doctest::Contains("mlr_attention_weights: ranks 4|2|1"),
                        std::invalid_argument);
+  // an empty sequence has nothing to cut: any number of levels, an empty output
+  const Tensor q0 = Tensor::zeros({2, 2, 0, 8}, kFloat64), v0 = Tensor::zeros({2, 2, 0, 3}, kFloat64);
+  for (bool fused : {true, false}) CHECK(mlr_attention(q0, q0, v0, {4, 2, 1, 1}, Tensor(), false, {}, 0, fused).shape() == Shape{2, 2, 0, 3});
 }
