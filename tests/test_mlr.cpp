@@ -188,7 +188,7 @@ TEST_CASE("mlr reference equals the element-by-element definition") {
 }
 
 TEST_CASE("mlr fused equals the reference at tile-boundary sizes, causal and not, every padding, several splits") {
-  const int64_t B = 2, H = 2, e = 5;
+  const int64_t B = 2, H = 1, e = 5;  // several heads: the other cases
   // d 8 (whole f64 vectors at AVX-512), d 11 (a partial vector in dQ and dK)
   const std::vector<Ranks> splits{{8}, {4, 2, 1, 1}, {3, 3, 2}, {1, 1, 1, 1, 1, 1, 1, 1}, {5, 3, 2, 1}};
   for (int64_t n : {1, 5, 63, 64, 65, 100, 130})
@@ -197,9 +197,10 @@ TEST_CASE("mlr fused equals the reference at tile-boundary sizes, causal and not
       int64_t d = 0;
       for (int64_t r : ranks) d += r;
       const Tensor q = rnd({B, H, n, d}, 10 + n), k = rnd({B, H, n, d}, 20 + n), v = rnd({B, H, n, e}, 30 + n);
+      const bool all = n == 65 || n == 130;  // left and right padding at two sizes; inner everywhere
       for (bool causal : {false, true})
-        for (const char* style : {"none", "right", "left", "inner"})
-          check_fused_vs_reference(q, k, v, {ranks, pads(style, B, n), causal});
+        for (const char* style : {"none", "inner", "right", "left"})
+          if (all || style[0] == 'n' || style[0] == 'i') check_fused_vs_reference(q, k, v, {ranks, pads(style, B, n), causal});
     }
   // fixed spans: pairs in different level-0 blocks score 0, and blocks cross tiles anywhere
   const Tensor q = rnd({B, H, 150, 8}, 41), k = rnd({B, H, 150, 8}, 42), v = rnd({B, H, 150, e}, 43);
@@ -261,7 +262,7 @@ TEST_CASE("mlr causal: later keys and values change nothing, and get no gradient
   }
 }
 
-TEST_CASE("mlr padding: pads change nothing; not causal, an example's output is its own (blocks cut its valid length)") {
+TEST_CASE("mlr padding: pads change nothing, and not causal an example's output is its own (blocks cut its valid length)") {
   const int64_t B = 2, H = 2, n = 130, d = 8, e = 4;
   const Ranks ranks{4, 2, 1, 1};
   const Tensor q = rnd({B, H, n, d}, 71), k = rnd({B, H, n, d}, 72), v = rnd({B, H, n, e}, 73);
@@ -341,15 +342,15 @@ TEST_CASE("mlr fused is deterministic for a fixed thread count") {
 
 TEST_CASE("mlr gradient checks: the op (fused and reference) and the mechanism") {
   GradcheckOptions go;
-  go.max_checks_per_input = 30;
+  go.max_checks_per_input = 16;
   const int64_t n = 70;  // two tiles; level blocks cross the tile boundary
-  Tensor q = leaf({2, 2, n, 6}, 101, 0.7), k = leaf({2, 2, n, 6}, 102, 0.7), v = leaf({2, 2, n, 3}, 103);
+  Tensor q = leaf({2, 1, n, 6}, 101, 0.7), k = leaf({2, 1, n, 6}, 102, 0.7), v = leaf({2, 1, n, 3}, 103);
   const Tensor mask = pads("inner", 2, n);
-  for (bool causal : {false, true})
-    for (bool fused : {true, false}) {
-      INFO("causal " << causal << " fused " << fused);
-      CHECK_GRAD([&](const V& x) { return mlr_attention(x[0], x[1], x[2], {3, 2, 1}, mask, causal, {}, 0, fused); }, {q, k, v}, go);
-    }
+  for (bool causal : {false, true}) {
+    INFO("causal " << causal);
+    CHECK_GRAD([&](const V& x) { return mlr_attention(x[0], x[1], x[2], {3, 2, 1}, mask, causal); }, {q, k, v}, go);
+  }
+  CHECK_GRAD([&](const V& x) { return mlr_attention(x[0], x[1], x[2], {3, 2, 1}, mask, false, {}, 0, false); }, {q, k, v}, go);
   CHECK_GRAD([&](const V& x) { return mlr_attention(x[0], x[1], x[2], {3, 2, 1}, Tensor(), true, {}, 24); }, {q, k, v}, go);
   // one tensor as q and k
   CHECK_GRAD([&](const V& x) { return mlr_attention(x[0], x[0], x[1], {3, 2, 1}, mask); }, {q, v}, go);
@@ -364,8 +365,8 @@ TEST_CASE("mlr gradient checks: the op (fused and reference) and the mechanism")
     Generator g(5);
     nn::MultiHeadAttention mha(16, o, g);
     mha.to_(kFloat64);
-    Tensor x = leaf({2, 70, 16}, 104, 0.5);
-    const Tensor m = pads("left", 2, 70);
+    Tensor x = leaf({2, 20, 16}, 104, 0.5);
+    const Tensor m = pads("left", 2, 20);
     CHECK_GRAD([&](const V& in) { return mha.forward(in[0], m); }, {x, mha.qkv->weight, mha.out_proj->weight}, go);
   }
 }
