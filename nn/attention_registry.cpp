@@ -29,7 +29,7 @@
   /* X(qtvit) */                \
   /* X(inline) */               \
   X(btt)                        \
-  /* X(mlr) */
+  X(mlr)
 
 namespace lotgrad::nn {
 
