@@ -135,9 +135,14 @@ Tensor qtvit_exact_features(const Tensor& x) {
 
 Tensor qtvit_compact_features(const Tensor& x, const Tensor& alpha, const Tensor& gamma, const Tensor& beta2, bool unit) {
   const double d = (double)x.size(-1), h = 1.0 / std::sqrt(2.0);
-  const Tensor xt = unit ? mul(x, pow(add(sum(pow(x, 4.0), {-1}, true), kNormEps), -0.25)) : x;  // x/‖x‖₄
-  std::vector<Tensor> parts{mul(mul(xt, xt), mul(alpha, h))};
-  if (beta2.defined()) parts.push_back(mul(xt, mul(sqrt(beta2), std::pow(4.0 / d, 0.25) * h)));
+  const Tensor x2 = mul(x, x);
+  // unit: x̃² = x²/‖x²‖₂ and x̃ = x/‖x²‖₂^{1/2}, i.e. x/‖x‖₄ (no pow over the (n, d) values)
+  const Tensor r2 = unit ? rsqrt(add(sum(mul(x2, x2), {-1}, true), kNormEps)) : Tensor();  // (..., 1)
+  std::vector<Tensor> parts{mul(unit ? mul(x2, r2) : x2, mul(alpha, h))};
+  if (beta2.defined()) {
+    const Tensor c = mul(sqrt(beta2), std::pow(4.0 / d, 0.25) * h);
+    parts.push_back(unit ? mul(x, mul(sqrt(r2), c)) : mul(x, c));
+  }
   Shape one = x.shape();
   one.back() = 1;
   parts.push_back(mul(Tensor::ones(one, x.dtype()), mul(gamma, h)));  // γ/√2
