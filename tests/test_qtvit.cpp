@@ -12,6 +12,7 @@
 #include <lotgrad/ops/triu_outer.h>
 
 #include "support/gradcheck.h"
+#include "support/same_bits.h"
 
 using namespace lotgrad;
 using namespace lotgrad::nn;
@@ -155,6 +156,25 @@ TEST_CASE("triu_outer: the packed upper triangle, its Gram matrix equals the ful
   CHECK_THROWS_AS(triu_outer(Tensor::scalar(1.0, kFloat64)), ShapeError);
   CHECK_THROWS_AS(triu_outer(Tensor::arange(6).reshape({2, 3})), DTypeError);
   CHECK_THROWS_AS(triu_outer(a, std::nan("")), std::invalid_argument);
+}
+
+TEST_CASE("triu_outer is deterministic: the same bits at 1 and 2 threads, forward and backward, with rows split across threads") {
+  Generator g(8);
+  const Tensor x0 = randn({2000, 33}, g), R = randn({2000, 33 * 34 / 2}, g);  // 1.1M outputs: split across threads
+  auto run = [&](int threads) {
+    const int prev = get_num_threads();
+    set_num_threads(threads);
+    Tensor x = x0.detach();
+    x.requires_grad_();
+    const Tensor y = triu_outer(x);
+    y.backward(R);
+    set_num_threads(prev);
+    return std::make_pair(y.detach(), x.grad());
+  };
+  const auto [y1, g1] = run(1);
+  const auto [y2, g2] = run(2);
+  CHECK(same_bits(y1, y2));
+  CHECK(same_bits(g1, g2));
 }
 
 TEST_CASE("qtvit exact kernel: 1 + s + s²/2 to 1e-12 with (d+1)(d+2)/2 + 1 features, >= 1/2, 1/2 at s = -1") {
