@@ -322,7 +322,7 @@ TEST_CASE("qtvit padding: pad contents change nothing, the output is the unpadde
   CHECK(max_abs_diff(m->forward(q, k, v0, Tensor()).narrow(2, 0, 1), mul(mean_valid, 5.0 / 7.0)) < 1e-6);
 }
 
-TEST_CASE("qtvit shortcut: out = attention + GELU(LayerNorm(v)) per head; the study matrix leaves it out") {
+TEST_CASE("qtvit shortcut: out = attention + GELU(LayerNorm(v)) per head, the study matrix leaves it out") {
   const int64_t B = 2, H = 2, n = 6, d = 4;
   const Tensor q = rnd({B, H, n, d}, 71), k = rnd({B, H, n, d}, 72), v = rnd({B, H, n, d}, 73);
   const Tensor mask = make_mask(B, n, {{1, 4}, {1, 5}});
