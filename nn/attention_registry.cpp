@@ -26,7 +26,7 @@
   X(zeros)                    \
   X(fem)                      \
   X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */ \
-  /* X(qtvit) */                \
+  X(qtvit)                    \
   /* X(inline) */               \
   X(btt)                        \
   X(mlr)
