@@ -28,8 +28,8 @@ InLineInputs inline_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
 // o = w v (B, H, n, e) in O(n·d·e), with the InLine weights over the keys query i sees (N_i of
 // them: every valid key, or the valid keys j <= i when causal), s = d^{-1/2}:
 //   w_ij = (s/N_i)(φ(q_i)·φ(k_j) − φ(q_i)·k̄_i) + 1/N_i,   k̄_i = the mean of φ(k) over those keys.
-// Causal: one unnormalised causal linear attention (ops/causal_linear.h, `chunk` positions per
-// chunk) with (d + 1)-wide features; otherwise a (d, e) product per head.
+// Causal: the chunked causal prefix product (ops/causal_linear.h, `chunk` positions per chunk)
+// of (s/t) φ(q), φ(k), v plus a cumulative sum of v; otherwise a (d, e) product per head.
 Tensor inline_linear_form(const InLineInputs& in, bool causal, int64_t chunk = 64);
 // The weights w (B, H, n, n) from their definition, 0 where query i does not see key j. O(n²).
 Tensor inline_weights(const InLineInputs& in, bool causal);
