@@ -47,6 +47,7 @@
 #include "nn/attention_zeros.h"
 #include "nn/attention_btt.h"
 #include "nn/attention_qtvit.h"
+#include "nn/attention_inline.h"
 #include "models/classifier.h"
 #include "models/decoder.h"
 #include "data/chars.h"

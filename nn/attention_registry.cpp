@@ -27,7 +27,7 @@
   X(fem)                      \
   X(fem_linear) /* also in nn/attention_fem.cpp: the same mixer over the linear prior */ \
   X(qtvit)                    \
-  /* X(inline) */               \
+  X(inline)                     \
   X(btt)                        \
   X(mlr)
 
