@@ -300,9 +300,14 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                   " s in all");
   }
   char s[256];
-  std::snprintf(s, sizeof s, "%s %s: best dev %s %.4f (step %lld), test %.4f, %.1f ms/step", cfg.task.c_str(),
-                cfg.attention.c_str(), mname.c_str(), res.dev_at_best, (long long)res.best_step, res.test_at_best,
-                res.ms_per_step);
+  if (st.step >= cfg.steps)
+    std::snprintf(s, sizeof s, "%s %s: best dev %s %.4f (step %lld), test %.4f, %.1f ms/step", cfg.task.c_str(),
+                  cfg.attention.c_str(), mname.c_str(), res.dev_at_best, (long long)res.best_step, res.test_at_best,
+                  res.ms_per_step);
+  else  // stopped early: the best dev seen so far, and no test figure (the run is not finished)
+    std::snprintf(s, sizeof s, "%s %s: stopped at step %lld of %lld, best dev %s %.4f so far (step %lld), %.1f ms/step",
+                  cfg.task.c_str(), cfg.attention.c_str(), (long long)st.step, (long long)cfg.steps, mname.c_str(),
+                  res.best_dev, (long long)res.best_step, res.ms_per_step);
   res.summary = s;
   return res;
 }

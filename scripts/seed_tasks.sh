@@ -167,7 +167,24 @@ struct_icl_table() {
   done
 }
 
+# Fashion-MNIST (the LRA Image stand-in, Debian's dataset-fashion-mnist): the kernels that try to
+# stay close to softmax (QT-ViT, InLine) beside softmax and linear attention, the image task's
+# defaults, IMAGE_STEPS steps.
+struct_image_jobs() {
+  for m in ${IMAGE_MECHS:-softmax linear qtvit inline}; do
+    echo "run image-$m --task image --attention $m --steps ${IMAGE_STEPS:-600} --eval-every 300 --eval-batches 16"
+  done
+}
+struct_image_table() {
+  printf "\nFashion-MNIST (32x32 pixel tokens), %s steps: test accuracy, ms/step\n" "${IMAGE_STEPS:-600}"
+  for m in ${IMAGE_MECHS:-softmax linear qtvit inline}; do
+    local f=$runs/image-$m/result.txt
+    printf "%-8s %-8s %s\n" "$m" "$(figure image-$m acc)" "$([ -f "$f" ] && sed -E 's/.*; ([0-9.]+) ms\/step.*/\1 ms\/step/' "$f")"
+  done
+}
+
 case "$what" in
+  structured-image) struct_image_jobs | launch; struct_image_table ;;
   structured-icl) struct_icl_jobs | launch; struct_icl_table ;;
   recurrent-icl) rec_icl_jobs | launch; rec_icl_table ;;
   recurrent-mqar) MECHS=$rec_mechs mqar_jobs 64 "${STEPS_64:-2000}" "8 16" | launch; MECHS=$rec_mechs mqar_table 64 "8 16" ;;

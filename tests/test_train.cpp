@@ -178,6 +178,9 @@ TEST_CASE("a killed run resumes with bit-identical losses") {
     part.stop_after = 7;  // "killed" after step 7: the last checkpoint is at step 4
     models::TrainResult first = models::train(part, log);
     CHECK(first.steps_done == 7);
+    // a stopped run reports its best dev so far, and no test figure
+    CHECK(first.summary.find("stopped at step 7 of 12, best dev") != std::string::npos);
+    CHECK(first.summary.find("test") == std::string::npos);
     for (int i = 0; i < 7; ++i) CHECK(first.losses[i] == ref.losses[i]);
     part.stop_after = 0;
     part.resume = true;
