@@ -66,6 +66,22 @@ bool should_record(const std::vector<Tensor>& inputs) {
   return false;
 }
 
+Node::~Node() {
+  // Take over every input node that no one else holds; each is destroyed after its own inputs
+  // were taken over in turn, so no destructor runs inside another one.
+  std::vector<std::shared_ptr<Node>> owned;
+  auto take = [&owned](std::vector<Edge>& edges) {
+    for (Edge& e : edges)
+      if (e.fn && e.fn.use_count() == 1) owned.push_back(std::move(e.fn));
+  };
+  take(next);
+  while (!owned.empty()) {
+    std::shared_ptr<Node> n = std::move(owned.back());
+    owned.pop_back();
+    take(n->next);
+  }  // n is freed here with no input node left that only it held
+}
+
 void collect_edges(Node& n, const std::vector<Tensor>& inputs) {
   n.seq = g_seq.fetch_add(1, std::memory_order_relaxed);
   n.next.resize(inputs.size());

@@ -81,7 +81,9 @@ struct Node {
   uint32_t num_outputs = 1;
   bool released = false;
 
-  virtual ~Node() = default;
+  // Frees the nodes only this one holds iteratively, not by nested destructors: a chain of
+  // millions of ops would otherwise overflow the stack when its last tensor dies.
+  virtual ~Node();
   virtual const char* name() const = 0;
   // grads[i] is the gradient of output i (undefined if none reached it). Returns one
   // gradient per input (undefined where needs_grad(i) is false).
