@@ -55,12 +55,6 @@ Tensor tail_pad(int64_t B, int64_t n, int64_t pad) {
   for (int64_t j = n - pad; j < n; ++j) m[(size_t)(n + j)] = true;
   return Tensor::from_vector(m, {B, n});
 }
-// Largest |x|, +inf when an entry is not finite (a NaN must not pass as small).
-double max_abs(const Tensor& x) {
-  double m = 0;
-  for (double v : x.to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
-  return m;
-}
 double max_diff(const Tensor& a, const Tensor& b) { return max_abs(sub(a, b)); }
 
 // The generic causal checks, on x (B, n, D) through multi-head attention:

@@ -53,11 +53,6 @@ Tensor chunked(const V& x, int64_t C) { return delta_rule(x[0], x[1], x[2], x[3]
 Tensor recurrent(const V& x) { return delta_rule_recurrent(x[0], x[1], x[2], x[3]); }
 
 // Largest |x|, +inf when an entry is not finite.
-double max_abs(const Tensor& x) {
-  double m = 0;
-  for (double v : x.to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
-  return m;
-}
 
 void check_chunked_vs_recurrent(const Operands& o, int64_t C, double tol, bool grads) {
   INFO("n " << o.q.size(2) << ", dk " << o.q.size(3) << ", dv " << o.v.size(3) << ", chunk " << C);

@@ -25,7 +25,6 @@ using V = std::vector<Tensor>;
 using cd = std::complex<double>;
 
 namespace {
-double max_abs(const Tensor& a) { return max_abs_diff(a, mul(a, 0.0)); }
 
 // y[b, t, c] = bias[c] + Σ_{m <= t, m < K} w[c, m] x[b, t − m, c], loops.
 Tensor conv_naive(const Tensor& x, const Tensor& w, const Tensor& bias) {

@@ -18,12 +18,6 @@ using namespace lotgrad::testing;
 using V = std::vector<Tensor>;
 
 namespace {
-// Largest |x|, +inf when an entry is not finite (a NaN must not pass as small).
-double max_abs(const Tensor& x) {
-  double m = 0;
-  for (double v : x.to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
-  return m;
-}
 double max_diff(const Tensor& a, const Tensor& b) { return max_abs(sub(a, b)); }
 
 // An InLine layer in f64, D = 8, H = 2, with uniform(±1/√D) projections (larger than the default

@@ -122,7 +122,6 @@ double max_diff(const Tensor& a, const Tensor& b) {
     m = std::isfinite(x[i]) && std::isfinite(y[i]) ? std::max(m, std::abs(x[i] - y[i])) : INFINITY;
   return m;
 }
-double max_abs(const Tensor& a) { return max_diff(a, Tensor::zeros(a.shape(), a.dtype())); }
 
 void check_fused_vs_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Setting& s, double tol = 1e-10) {
   std::string r;

@@ -107,6 +107,13 @@ inline GradcheckResult gradcheck(const Fn& f, std::vector<Tensor> inputs, Gradch
   return res;
 }
 
+// Largest |x| over a tensor; +inf when an entry is not finite (a NaN must not pass as small).
+inline double max_abs(const Tensor& x) {
+  double m = 0;
+  for (double v : x.to_vector()) m = std::isfinite(v) ? std::max(m, std::abs(v)) : INFINITY;
+  return m;
+}
+
 // Largest |a - b| over two tensors of the same number of elements (any dtype, any layout);
 // +inf when the sizes differ or a difference is not finite (a NaN must not pass as small).
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
