@@ -96,7 +96,14 @@ struct TrainResult {
 std::string run_dir(const TrainConfig& cfg);
 
 // Trains the run cfg describes (validate(cfg) first; run_config.h). A fresh run refuses an
-// --out that holds checkpoints unless cfg.overwrite; cfg.resume continues from last.ckpt.
+// --out that holds checkpoints unless cfg.overwrite (which removes them); cfg.resume
+// continues from last.ckpt (or prev.ckpt: resumable_checkpoint). The run holds an flock on
+// <out>/lock from start to end: a second run on the directory is refused, naming the holder
+// (pid, host, start time). A fresh run writes last.ckpt at step 0, so any run that started
+// can be resumed; every later save keeps the one before as prev.ckpt. Temporary files left
+// by a save cut by a kill are removed at the start. The checkpoint also holds the open
+// progress window, so a resumed run's metrics.jsonl matches an uninterrupted one's (but for
+// tokens_per_s), and --resume cuts the log back to the checkpoint's step.
 // SIGINT or SIGTERM during training stop it after the current step with last.ckpt written
 // and the command that resumes printed; a second signal exits at once.
 TrainResult train(const TrainConfig& cfg, std::ostream& log);
@@ -105,7 +112,9 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log);
 // none (a checkpoint written before runs stored their settings).
 TrainConfig stored_config(const std::string& checkpoint);
 bool stores_config(const std::string& checkpoint);
-// The run directory's last.ckpt, which --resume continues; throws when there is none.
+// The checkpoint --resume continues: the run directory's last.ckpt when it reads back whole
+// (CRC-checked), else prev.ckpt (the last checkpoint before it); throws when neither does
+// (std::invalid_argument "nothing to resume" when the run has no checkpoint at all).
 std::string resumable_checkpoint(const std::string& out_dir);
 
 // The task's metric (task_spec(cfg.task).metric) of a checkpointed model on a split ("train",
