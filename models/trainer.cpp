@@ -69,8 +69,28 @@ class StopSignals {
 // Running sums over the steps since the last progress report (checkpointed: a resumed run
 // logs the same lines as an uninterrupted one).
 struct Window {
-  double loss = 0, metric = 0, seen = 0, tokens = 0, seconds = 0;
+  double loss = 0, metric = 0, seen = 0;
   int64_t steps = 0;
+  // Timing, of the window's steps that this process ran (not checkpointed: no bits of a
+  // checkpoint depend on the clock).
+  double tokens = 0, seconds = 0;
+  int64_t timed_steps = 0;
+};
+
+// A write past a file-size limit (ulimit -f) fails with EFBIG, an error naming the file,
+// instead of SIGXFSZ killing the process.
+class IgnoreFileSizeSignal {
+ public:
+  IgnoreFileSizeSignal() {
+    struct sigaction ign = {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGXFSZ, &ign, &old_);
+  }
+  ~IgnoreFileSizeSignal() { sigaction(SIGXFSZ, &old_, nullptr); }
+
+ private:
+  struct sigaction old_ = {};
 };
 
 // ---- the run's state: what last.ckpt holds besides the tensors
@@ -254,8 +274,6 @@ class Run {
                {"window_loss", full(w.loss)},
                {"window_metric", full(w.metric)},
                {"window_seen", full(w.seen)},
-               {"window_tokens", full(w.tokens)},
-               {"window_seconds", full(w.seconds)},
                {"window_steps", std::to_string(w.steps)}});
     save_checkpoint(files_.last, ts, md, files_.prev);
   }
@@ -300,7 +318,6 @@ class Run {
     dgen_.set_state(integer("dropout_seed"), integer("dropout_counter"));
     RunState st{(int64_t)integer("step"), (int64_t)integer("best_step"), number("best_dev")};
     st.window = {number("window_loss", false), number("window_metric", false), number("window_seen", false),
-                 number("window_tokens", false), number("window_seconds", false),
                  (int64_t)number("window_steps", false)};
     return st;
   }
@@ -319,7 +336,8 @@ std::string step_line(const TrainConfig& cfg, const std::string& metric, int64_t
   char line[256];
   std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  %s %.4g  lr %.2e  %.0f tok/s  %.0f ms/step  ETA %s",
                 (long long)step, (long long)cfg.steps, w.loss / (double)w.steps, metric.c_str(), w.metric / w.seen, lr,
-                w.tokens / std::max(w.seconds, 1e-9), 1e3 * w.seconds / (double)w.steps, format_duration(eta_s).c_str());
+                w.tokens / std::max(w.seconds, 1e-9), 1e3 * w.seconds / (double)std::max<int64_t>(w.timed_steps, 1),
+                format_duration(eta_s).c_str());
   return line;
 }
 
@@ -337,6 +355,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   if (cfg.resume) resumable_checkpoint(cfg.out_dir);  // before the lock: a mistyped --out creates nothing
   fs::create_directories(cfg.out_dir);
   const RunLock lock(files);  // held to the end of the run
+  const IgnoreFileSizeSignal no_sigxfsz;
   check_run_dir(cfg, files);
   const std::vector<std::string> stale = remove_stale_temporaries(files);
   if (cfg.threads > 0) set_num_threads((int)cfg.threads);
@@ -353,8 +372,12 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   Run run(cfg, *work, opt, sched, *dgen);
   const bool tty = &log == &std::cout && isatty(fileno(stdout));
   Progress progress(log, tty, cfg.quiet);
-  if (!lock.warning().empty()) progress.line(lock.warning());
-  for (const std::string& name : stale) progress.line("removed " + files.dir + "/" + name + " (a save cut by a kill)");
+  auto notice = [&](const std::string& text) {  // shown even with --quiet: what happened to the run's files
+    if (cfg.quiet) log << text << "\n" << std::flush;
+    else progress.line(text);
+  };
+  if (!lock.warning().empty()) notice(lock.warning());
+  for (const std::string& name : stale) notice("removed " + files.dir + "/" + name + " (a save cut by a kill)");
   TrainResult res;
   RunState st;
   if (cfg.resume) {
@@ -365,8 +388,9 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
       fs::rename(files.last, files.last + ".corrupt");
       why = "; it is kept as " + files.last + ".corrupt";
     }
-    progress.line("resumed from " + rp.path + " at step " + std::to_string(st.step) +
-                  (rp.note.empty() ? "" : ": " + rp.note + why));
+    const std::string took = "resumed from " + rp.path + " at step " + std::to_string(st.step);
+    if (rp.note.empty()) progress.line(took);
+    else notice(took + ": " + rp.note + why);
   } else {
     for (const std::string& old : {files.last, files.prev, files.best, files.last + ".corrupt"}) fs::remove(old);  // --overwrite
     if (!cfg.init_from.empty()) {
@@ -425,6 +449,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     w.tokens += so.tokens;
     w.seconds += dt;
     ++w.steps;
+    ++w.timed_steps;
     total_step_s += dt;
     total_tokens += so.tokens;
     if (st.step % log_every == 0 || st.step == cfg.steps) {
