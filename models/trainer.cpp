@@ -157,37 +157,41 @@ class RunLock {
   std::string warning_;
 };
 
-// The checkpoint --resume continues: last.ckpt when it reads back (whole, CRC-checked), else
-// prev.ckpt; note says why it is not last.ckpt. Throws when neither is usable.
+// The checkpoint --resume continues, read: last.ckpt when it reads back (whole, CRC-checked),
+// else prev.ckpt; note says why it is not last.ckpt. Throws when neither is usable.
 struct ResumePoint {
   std::string path, note;
   bool last_corrupt = false;  // last.ckpt exists but does not read back
+  Checkpoint ck;
 };
+void check_resumable(const RunFiles& f) {  // cheap: before anything is created or read
+  if (!fs::exists(f.last) && !fs::exists(f.prev))
+    throw std::invalid_argument("--resume: nothing to resume: " + f.last + " does not exist");
+}
 ResumePoint resume_point(const std::string& out_dir) {
   const RunFiles f(out_dir);
-  std::string why;
-  bool corrupt = false;
+  check_resumable(f);
+  ResumePoint rp;
   if (!fs::exists(f.last)) {
-    why = f.last + " does not exist (a save was cut between its renames)";
+    rp.note = f.last + " does not exist (a save was cut between its renames)";
   } else {
     try {
-      load_checkpoint(f.last);
-      return {f.last, "", false};
+      rp.ck = load_checkpoint(f.last);
+      rp.path = f.last;
+      return rp;
     } catch (const IOError& e) {
-      why = e.what();
-      corrupt = true;
+      rp.note = e.what();
+      rp.last_corrupt = true;
     }
   }
-  if (!fs::exists(f.prev)) {
-    if (!corrupt) throw std::invalid_argument("--resume: nothing to resume: " + f.last + " does not exist");
-    throw IOError("--resume: " + why + ", and there is no " + f.prev + " to fall back on");
-  }
+  if (!fs::exists(f.prev)) throw IOError("--resume: " + rp.note + ", and there is no " + f.prev + " to fall back on");
   try {
-    load_checkpoint(f.prev);
+    rp.ck = load_checkpoint(f.prev);
   } catch (const IOError& e) {
-    throw IOError("--resume: no usable checkpoint in " + out_dir + ": " + why + "; and " + e.what());
+    throw IOError("--resume: no usable checkpoint in " + out_dir + ": " + rp.note + "; and " + e.what());
   }
-  return {f.prev, why, corrupt};
+  rp.path = f.prev;
+  return rp;
 }
 
 // Temporary files of saves cut by a kill (<file>.tmp.<pid>, core/io.h). Only the run that
@@ -212,7 +216,7 @@ std::vector<std::string> remove_stale_temporaries(const RunFiles& f) {
 // A fresh run never replaces an earlier one's checkpoints by accident; --resume needs one.
 void check_run_dir(const TrainConfig& cfg, const RunFiles& f) {
   if (cfg.resume) {
-    resumable_checkpoint(cfg.out_dir);
+    check_resumable(f);
     return;
   }
   if (!cfg.overwrite && (fs::exists(f.last) || fs::exists(f.prev) || fs::exists(f.best)))
@@ -281,9 +285,8 @@ class Run {
     save_checkpoint(files_.best, prefixed(w_.module().state_dict(), "model."),
                     {{"config", config_to_json(cfg_)}, {"step", std::to_string(s.step)}, {"best_dev", full(s.best_dev)}});
   }
-  // The state of the checkpoint at path (resume_point: last.ckpt or prev.ckpt).
-  RunState restore(const std::string& path) {
-    const Checkpoint ck = load_checkpoint(path);
+  // The state of the checkpoint ck read from path (resume_point: last.ckpt or prev.ckpt).
+  RunState restore(const Checkpoint& ck, const std::string& path) {
     if (!ck.metadata.count("config"))
       throw std::invalid_argument("train --resume: " + path + " stores no run configuration (an older lotgrad)");
     check_same_run(cfg_, config_from_json(ck.metadata.at("config"), path), path);
@@ -352,7 +355,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   cfg.out_dir = run_dir(cfg_in);
   validate(cfg);
   const RunFiles files(cfg.out_dir);
-  if (cfg.resume) resumable_checkpoint(cfg.out_dir);  // before the lock: a mistyped --out creates nothing
+  if (cfg.resume) check_resumable(files);  // before the lock: a mistyped --out creates nothing
   fs::create_directories(cfg.out_dir);
   const RunLock lock(files);  // held to the end of the run
   const IgnoreFileSizeSignal no_sigxfsz;
@@ -382,7 +385,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   RunState st;
   if (cfg.resume) {
     const ResumePoint rp = resume_point(cfg.out_dir);
-    st = run.restore(rp.path);
+    st = run.restore(rp.ck, rp.path);
     std::string why;
     if (rp.last_corrupt) {  // set aside, so that the next save does not keep it as prev.ckpt
       fs::rename(files.last, files.last + ".corrupt");
