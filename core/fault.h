@@ -11,8 +11,8 @@
 //               the two renames (prev.ckpt holds the old last.ckpt, last.ckpt is missing)
 //   metrics     a metrics.jsonl line: kill after half the line; ENOSPC after half the line
 //   step        a training step: kill before it runs
-// Both variables are read once, at the first event; unset (the normal case) costs one
-// branch per event. A malformed value is an std::invalid_argument naming the variable.
+// Both variables are read once, at the first event; unset (the normal case), an event costs
+// a test of a flag. A malformed value is an std::invalid_argument naming the variable.
 #pragma once
 
 namespace lotgrad::fault {
