@@ -403,14 +403,6 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   }
   write_file_atomic(files.config, config_to_json(cfg));
   MetricsLog metrics(files.metrics, /*fresh=*/!cfg.resume, st.step);
-  Window w = st.window;
-  // last.ckpt after the metrics lines through its step have reached the disk.
-  auto save_last = [&] {
-    metrics.sync();
-    st.window = w;
-    run.save_last(st);
-  };
-  if (!cfg.resume) save_last();  // step 0: a run killed before its first periodic checkpoint resumes too
   const int64_t log_every = cfg.log_every > 0 ? cfg.log_every : std::max<int64_t>(1, cfg.steps / 50);
   progress.line("model: " + std::to_string(mod.num_parameters()) + " parameters, attention " + describe_mechanism(cfg) +
                 (is_causal_run(cfg) ? " (causal)" : "") + ", " + std::to_string(get_num_threads()) + " threads, batch " +
@@ -420,6 +412,15 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
+  Window w;
+  w = st.window;  // a resumed run's open window: its metrics lines are those of a run never stopped
+  // last.ckpt, once the metrics lines through its step have reached the disk.
+  auto save_last = [&] {
+    metrics.sync();
+    st.window = w;
+    run.save_last(st);
+  };
+  if (!cfg.resume) save_last();  // step 0: a run killed before its first periodic checkpoint resumes too
   int64_t ran = 0;
   const auto t_start = std::chrono::steady_clock::now();
   double total_step_s = 0, total_tokens = 0;
