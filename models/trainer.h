@@ -96,16 +96,17 @@ struct TrainResult {
 std::string run_dir(const TrainConfig& cfg);
 
 // Trains the run cfg describes (validate(cfg) first; run_config.h). A fresh run refuses an
-// --out that holds checkpoints unless cfg.overwrite (which removes them); cfg.resume
-// continues from last.ckpt (or prev.ckpt: resumable_checkpoint). The run holds an flock on
-// <out>/lock from start to end: a second run on the directory is refused, naming the holder
-// (pid, host, start time). A fresh run writes last.ckpt at step 0, so any run that started
-// can be resumed; every later save keeps the one before as prev.ckpt. Temporary files left
-// by a save cut by a kill are removed at the start. The checkpoint also holds the open
-// progress window, so a resumed run's metrics.jsonl matches an uninterrupted one's (but for
-// tokens_per_s), and --resume cuts the log back to the checkpoint's step.
+// --out that holds checkpoints unless cfg.overwrite; cfg.resume continues from last.ckpt.
 // SIGINT or SIGTERM during training stop it after the current step with last.ckpt written
 // and the command that resumes printed; a second signal exits at once.
+// The run directory survives faults: the run holds an flock on <out>/lock from start to end,
+// so a second run on the directory is refused, naming the holder (pid, host, start time). A
+// fresh run writes last.ckpt at step 0 (any run that started can be resumed) and each later
+// save keeps the one before as prev.ckpt, which --resume takes when last.ckpt is missing or
+// corrupt (resumable_checkpoint). --overwrite removes the earlier run's checkpoints first.
+// Temporary files of a save cut by a kill are removed at the start. A checkpoint holds the
+// open progress window, so a resumed run's metrics.jsonl is an uninterrupted one's (but for
+// tokens_per_s); --resume cuts the log back to the checkpoint's step.
 TrainResult train(const TrainConfig& cfg, std::ostream& log);
 
 // The configuration stored in a checkpoint (run_config.h); throws naming the file when it has
