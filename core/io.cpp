@@ -132,11 +132,17 @@ void atomic_write(const std::string& op, const std::string& path, const std::fun
     FILE* g = f;
     f = nullptr;
     if (std::fclose(g) != 0) io_fail(op, path, "close failed: " + errno_str());
-    if (!keep_as.empty() && std::rename(path.c_str(), keep_as.c_str()) != 0 && errno != ENOENT)
-      io_fail(op, path, "cannot rename it to " + keep_as + ": " + errno_str());
-    if (!keep_as.empty() && fault::at("rotate") == fault::Action::kill) fault::kill_now();
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      io_fail(op, path, "cannot rename " + tmp + " over it: " + errno_str());
+    bool kept = false;
+    if (!keep_as.empty()) {
+      kept = std::rename(path.c_str(), keep_as.c_str()) == 0;
+      if (!kept && errno != ENOENT) io_fail(op, path, "cannot rename it to " + keep_as + ": " + errno_str());
+      if (fault::at("rotate") == fault::Action::kill) fault::kill_now();
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      const std::string why = errno_str();
+      if (kept) (void)std::rename(keep_as.c_str(), path.c_str());  // put the previous file back
+      io_fail(op, path, "cannot rename " + tmp + " over it: " + why);
+    }
   } catch (...) {
     if (f) std::fclose(f);
     std::remove(tmp.c_str());
