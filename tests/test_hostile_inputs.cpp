@@ -1,0 +1,257 @@
+// Readers of untrusted bytes (.npy, checkpoints, IDX/gzip, PNG, Pathfinder metadata) and the
+// shape arithmetic under them: every reproducer here is built by the test itself. A hostile
+// input must give an exception naming the file (and line or byte offset) and the values
+// involved: no signal, no overflowed shape, no allocation out of proportion to the input.
+#include <doctest/doctest.h>
+#include <lotgrad/data/image.h>
+#include <lotgrad/data/pathfinder.h>
+#include <lotgrad/lotgrad.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace lotgrad;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TmpDir {
+  fs::path path;
+  TmpDir() {
+    static int counter = 0;
+    path = fs::temp_directory_path() / ("lotgrad_test_hostile_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TmpDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+void write(const std::string& path, const std::string& bytes) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), (std::streamsize)bytes.size());
+}
+bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
+// The message of the exception of type E that f throws; a test failure if f throws nothing
+// or something else.
+template <class E, class F> std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("wrong exception type: " << e.what());
+    return "";
+  }
+  FAIL("nothing thrown");
+  return "";
+}
+template <class F> std::string io_error(F&& f) { return error_of<IOError>(f); }
+
+// Peak resident memory of this process (VmHWM, bytes), reset first where the kernel allows
+// it, so the difference across a call bounds what the call touched.
+int64_t peak_rss_reset() {
+  std::ofstream("/proc/self/clear_refs") << "5";
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+int64_t peak_rss() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+template <class T> std::string le(T v) { return std::string(reinterpret_cast<const char*>(&v), sizeof(T)); }
+std::string be32(uint32_t v) { return {(char)(v >> 24), (char)(v >> 16), (char)(v >> 8), (char)v}; }
+
+// A .npy (format 1.0) with the given header dict and raw data bytes.
+std::string npy(const std::string& dict, const std::string& data = "") {
+  std::string h = dict;
+  while ((10 + h.size() + 1) % 64) h += ' ';
+  h += '\n';
+  return std::string("\x93NUMPY\x01\x00", 8) + le<uint16_t>((uint16_t)h.size()) + h + data;
+}
+
+// One checkpoint tensor entry in the version-1 layout (io.h), data given raw.
+std::string ckpt_entry(const std::string& name, uint8_t code, const Shape& shape, uint64_t nbytes,
+                       const std::string& data = "") {
+  std::string e = le<uint32_t>((uint32_t)name.size()) + name + le<uint8_t>(code) + le<uint8_t>((uint8_t)shape.size());
+  for (int64_t d : shape) e += le<int64_t>(d);
+  return e + le<uint64_t>(nbytes) + data;
+}
+// A checkpoint with a correct header, payload size and CRC around the given payload.
+std::string ckpt(const std::string& payload) {
+  std::string b = std::string("LOTGCKPT") + le<uint32_t>(1) + le<uint32_t>(0) + le<uint64_t>(payload.size()) + payload;
+  return b + le<uint32_t>(lotgrad::crc32(b.data(), b.size()));
+}
+
+std::string idx_header(std::vector<uint32_t> dims) {
+  std::string s = {0, 0, 8, (char)dims.size()};
+  for (uint32_t d : dims) s += be32(d);
+  return s;
+}
+// One gzip member holding bytes (gzip readers decode concatenated members as one stream).
+std::string gzip_member(const std::string& bytes) {
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, 16 + 15, 9, Z_DEFAULT_STRATEGY) == Z_OK);
+  std::string out(deflateBound(&z, bytes.size()), '\0');
+  z.next_in = (Bytef*)bytes.data();
+  z.avail_in = (uInt)bytes.size();
+  z.next_out = (Bytef*)out.data();
+  z.avail_out = (uInt)out.size();
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+// prefix followed by n zero bytes, deflated in one stream (gzip or zlib framing) without
+// holding the zeros in memory.
+std::string deflate_zeros(const std::string& prefix, size_t n, bool gzip) {
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 1, Z_DEFLATED, gzip ? 16 + 15 : 15, 9, Z_DEFAULT_STRATEGY) == Z_OK);
+  const std::string zeros(1 << 20, '\0');
+  std::string out;
+  char buf[1 << 16];
+  auto feed = [&](const char* p, size_t k, int flush) {
+    z.next_in = (Bytef*)p;
+    z.avail_in = (uInt)k;
+    do {
+      z.next_out = (Bytef*)buf;
+      z.avail_out = sizeof buf;
+      deflate(&z, flush);
+      out.append(buf, sizeof buf - z.avail_out);
+    } while (z.avail_out == 0);
+  };
+  feed(prefix.data(), prefix.size(), Z_NO_FLUSH);
+  for (size_t left = n; left > 0;) {
+    const size_t k = std::min(left, zeros.size());
+    feed(zeros.data(), k, Z_NO_FLUSH);
+    left -= k;
+  }
+  feed(nullptr, 0, Z_FINISH);
+  deflateEnd(&z);
+  return out;
+}
+std::string zlib_compress(const std::string& bytes) {
+  uLongf n = compressBound(bytes.size());
+  std::string out(n, '\0');
+  REQUIRE(compress2((Bytef*)out.data(), &n, (const Bytef*)bytes.data(), bytes.size(), 9) == Z_OK);
+  out.resize(n);
+  return out;
+}
+
+// ---- a minimal PNG writer, for files stb_image_write cannot make ---------------------------
+std::string png_chunk(const std::string& type, const std::string& data) {
+  const std::string td = type + data;
+  return be32((uint32_t)data.size()) + td + be32(lotgrad::crc32(td.data(), td.size()));
+}
+std::string png_ihdr(uint32_t w, uint32_t h, int depth, int ctype, int interlace = 0) {
+  return png_chunk("IHDR", be32(w) + be32(h) + std::string{(char)depth, (char)ctype, 0, 0, (char)interlace});
+}
+const std::string kPngSig("\x89PNG\r\n\x1a\n", 8);
+
+int png_channels(int ctype) { return ctype == 2 ? 3 : ctype == 4 ? 2 : ctype == 6 ? 4 : 1; }
+// Filter-0 scanlines of a w x h image (Adam7 passes when interlaced) whose samples are
+// sample(x, y, channel) masked to depth bits.
+template <class F> std::string png_raw(int w, int h, int depth, int ctype, bool interlace, F sample) {
+  static const int pass[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4}, {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+  const int C = png_channels(ctype);
+  std::string raw;
+  for (int p = 0; p < (interlace ? 7 : 1); ++p) {
+    const int x0 = interlace ? pass[p][0] : 0, y0 = interlace ? pass[p][1] : 0;
+    const int dx = interlace ? pass[p][2] : 1, dy = interlace ? pass[p][3] : 1;
+    if (x0 >= w || y0 >= h) continue;
+    for (int y = y0; y < h; y += dy) {
+      raw += '\0';
+      uint32_t acc = 0;
+      int bits = 0;
+      for (int x = x0; x < w; x += dx)
+        for (int c = 0; c < C; ++c) {
+          const uint32_t v = (uint32_t)sample(x, y, c) & ((1u << depth) - 1);
+          if (depth == 16) {
+            raw += (char)(v >> 8);
+            raw += (char)v;
+            continue;
+          }
+          acc = acc << depth | v;
+          bits += depth;
+          if (bits == 8) {
+            raw += (char)acc;
+            acc = 0;
+            bits = 0;
+          }
+        }
+      if (bits) raw += (char)(acc << (8 - bits));
+    }
+  }
+  return raw;
+}
+std::string png_file(int w, int h, int depth, int ctype, bool interlace, const std::string& raw) {
+  std::string s = kPngSig + png_ihdr((uint32_t)w, (uint32_t)h, depth, ctype, interlace);
+  if (ctype == 3) {
+    std::string pal;
+    for (int i = 0; i < 256; ++i) pal += std::string{(char)i, (char)i, (char)i};
+    s += png_chunk("PLTE", pal);
+  }
+  return s + png_chunk("IDAT", zlib_compress(raw)) + png_chunk("IEND", "");
+}
+
+}  // namespace
+
+// ---- shapes: element counts and strides --------------------------------------------------
+
+TEST_CASE("shape arithmetic: sizes that multiply past int64 throw instead of wrapping") {
+  const int64_t big = int64_t(1) << 62;
+  // The shape: numel used to be 0 (a zero dimension) and the strides wrapped.
+  for (const Shape& s : {Shape{big, 4, 0}, Shape{2, big, 4, 0}, Shape{big, 4}, Shape{3, big, 2}}) {
+    INFO(shape_str(s));
+    const std::string m = error_of<ShapeError>([&] { shape_numel(s); });
+    CHECK(contains(m, shape_str(s)));
+    CHECK(contains(error_of<ShapeError>([&] { contiguous_strides(s); }), shape_str(s)));
+    CHECK(contains(error_of<ShapeError>([&] { Tensor::empty(s); }), shape_str(s)));
+    CHECK(contains(error_of<ShapeError>([&] { Tensor::zeros(s, kFloat64); }), shape_str(s)));
+  }
+  // Elements fit but bytes do not: 2^62 f64 elements are 2^65 bytes (the size_t product wrapped
+  // to 0 and a 64-byte storage was handed out for them).
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::empty({big}, kFloat64); }), "(4611686018427387904)"));
+  CHECK(contains(error_of<ShapeError>([&] { shape_numel({3, -2}); }), "(3, -2)"));
+  // Views cannot make such a shape either.
+  const std::string ex = error_of<ShapeError>([&] { Tensor::scalar(1.0).expand({big, 4}); });
+  CHECK(contains(ex, "expand"));
+  CHECK(contains(ex, "(4611686018427387904, 4)"));
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::empty({0}).reshape({big, 4, 0}); }), "(4611686018427387904, 4, 0)"));
+  // Large but representable shapes still work, empty ones included.
+  CHECK(shape_numel({big, 1}) == big);
+  CHECK(shape_numel({int64_t(1) << 31, int64_t(1) << 31, 0}) == 0);
+  CHECK(contiguous_strides({int64_t(1) << 31, int64_t(1) << 31, 0}) == Shape{int64_t(1) << 31, 1, 1});
+  CHECK(Tensor::empty({big, 0}).numel() == 0);
+  CHECK(shape_numel({}) == 1);
+}
+
+// ---- .npy ---------------------------------------------------------------------------------
+
+// ---- checkpoints ----------------------------------------------------------------------------
+
+// ---- IDX and gzip --------------------------------------------------------------------------
+
+// ---- PNG ----------------------------------------------------------------------------------
+
+// ---- Pathfinder metadata ----------------------------------------------------------------------
+
