@@ -247,7 +247,67 @@ TEST_CASE("shape arithmetic: sizes that multiply past int64 throw instead of wra
 
 // ---- .npy ---------------------------------------------------------------------------------
 
+TEST_CASE("npy: a shape that overflows behind a zero dimension names the file and the shape") {
+  TmpDir t;
+  const std::string p = t / "huge.npy";
+  write(p, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4, 0), }"));
+  std::string m = io_error([&] { load_npy(p); });
+  CHECK(contains(m, p));
+  CHECK(contains(m, "(4611686018427387904, 4, 0)"));
+  // Sizes that fit in int64 but not in bytes at 8 per element, behind a zero.
+  write(p, npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952, 0), }"));
+  m = io_error([&] { load_npy(p); });
+  CHECK(contains(m, "(2305843009213693952, 0)"));
+  CHECK(contains(m, "<f8"));
+  // The largest representable empty array still loads.
+  write(p, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1152921504606846976, 0), }"));
+  CHECK(load_npy(p).shape() == Shape{int64_t(1) << 60, 0});
+}
+
+TEST_CASE("npy: a long header is quoted in errors only in part") {
+  const std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x" + std::string(60000, 'y') + "': 1}";
+  const std::string m = io_error([&] { npy_from_bytes(npy(dict), "long.npy"); });
+  CHECK(contains(m, "long.npy"));
+  CHECK(contains(m, "unexpected key"));
+  CHECK(m.size() < 2000);
+}
+
 // ---- checkpoints ----------------------------------------------------------------------------
+
+TEST_CASE("checkpoint: an overflowing shape with a valid CRC names the file, tensor and shape") {
+  TmpDir t;
+  const std::string p = t / "huge.ckpt";
+  const Shape bad{int64_t(1) << 62, 4, 0};
+  write(p, ckpt(le<uint32_t>(0) + le<uint32_t>(1) + ckpt_entry("w", 0, bad, 0)));
+  const std::string m = io_error([&] { load_checkpoint(p); });
+  CHECK(contains(m, p));
+  CHECK(contains(m, "'w'"));
+  CHECK(contains(m, "(4611686018427387904, 4, 0)"));
+  // A negative dimension, and one that fits as elements but not as bytes.
+  CHECK(contains(io_error([&] { checkpoint_from_bytes(ckpt(le<uint32_t>(0) + le<uint32_t>(1) + ckpt_entry("v", 1, {3, -1}, 0)), "neg"); }),
+                 "(3, -1)"));
+  CHECK(contains(io_error([&] {
+                   checkpoint_from_bytes(ckpt(le<uint32_t>(0) + le<uint32_t>(1) + ckpt_entry("v", 1, {int64_t(1) << 61, 0}, 0)), "b");
+                 }),
+                 "(2305843009213693952, 0)"));
+  // A sane empty tensor beside them still loads.
+  const Checkpoint ok = checkpoint_from_bytes(ckpt(le<uint32_t>(0) + le<uint32_t>(1) + ckpt_entry("e", 0, {5, 0}, 0)));
+  CHECK(ok.at("e").shape() == Shape{5, 0});
+}
+
+TEST_CASE("checkpoint: counts that cannot fit in the file are rejected before the loop") {
+  // 2^32 - 1 metadata entries promised in a 4-byte payload.
+  std::string m = io_error([&] { checkpoint_from_bytes(ckpt(le<uint32_t>(0xFFFFFFFFu) + le<uint32_t>(0)), "cnt"); });
+  CHECK(contains(m, "cnt"));
+  CHECK(contains(m, "4294967295"));
+  CHECK(contains(m, "metadata"));
+  m = io_error([&] { checkpoint_from_bytes(ckpt(le<uint32_t>(0) + le<uint32_t>(100000)), "cnt"); });
+  CHECK(contains(m, "100000"));
+  CHECK(contains(m, "tensor"));
+  // Duplicate metadata keys name the key.
+  const std::string kv = le<uint32_t>(1) + "k" + le<uint32_t>(1) + "v";
+  CHECK(contains(io_error([&] { checkpoint_from_bytes(ckpt(le<uint32_t>(2) + kv + kv + le<uint32_t>(0)), "dup"); }), "'k'"));
+}
 
 // ---- IDX and gzip --------------------------------------------------------------------------
 
