@@ -311,7 +311,151 @@ TEST_CASE("checkpoint: counts that cannot fit in the file are rejected before th
 
 // ---- IDX and gzip --------------------------------------------------------------------------
 
+TEST_CASE("idx: dimensions whose product overflows or exceeds the data are rejected") {
+  TmpDir t;
+  // The issue's header: (2^20, 2^20, 2^24) = 2^64 bytes wrapped to 0 and matched an empty body.
+  const std::vector<uint32_t> dims{1u << 20, 1u << 20, 1u << 24};
+  for (const std::string& name : {std::string("wrap"), std::string("wrap.gz")}) {
+    const std::string p = t / name;
+    write(p, name.ends_with(".gz") ? gzip_member(idx_header(dims)) : idx_header(dims));
+    const std::string m = io_error([&] { data::read_idx(p); });
+    CHECK(contains(m, p));
+    CHECK(contains(m, "(1048576, 1048576, 16777216)"));
+    CHECK(contains(io_error([&] { data::read_idx_dataset(p, p); }), p));
+  }
+  // No overflow, but far more than the file holds: caught from the header alone.
+  const std::string p = t / "big";
+  write(p, idx_header({1u << 20, 1u << 20, 1u << 10}) + "abc");
+  std::string m = io_error([&] { data::read_idx(p); });
+  CHECK(contains(m, "1125899906842624"));  // 2^50, what the header says
+  CHECK(contains(m, "3"));                 // what the file has
+  write(p + ".gz", gzip_member(idx_header({1u << 20, 1u << 20, 1u << 10}) + "abc"));
+  m = io_error([&] { data::read_idx(p + ".gz"); });
+  CHECK(contains(m, "1125899906842624"));
+  // A zero dimension does not excuse the others: their product must still fit in int64.
+  write(p, idx_header({0, 0xFFFFFFFFu, 0xFFFFFFFFu}));
+  CHECK(contains(io_error([&] { data::read_idx(p); }), "(0, 4294967295, 4294967295)"));
+  write(p, idx_header({0, 0xFFFFFFFFu, 2}));
+  CHECK(data::read_idx(p).data.empty());
+}
+
+TEST_CASE("idx: a gzip bomb behind a small header is cut off at the header's size") {
+  TmpDir t;
+  // 784 bytes promised, then 256 MiB of zeros (about 256 KiB on disk), and a second gzip
+  // member after it (readers decode concatenated members as one stream).
+  const std::string file = deflate_zeros(idx_header({1, 28, 28}), size_t(256) << 20, true) + gzip_member("x");
+  const std::string p = t / "bomb.gz";
+  write(p, file);
+  const int64_t before = peak_rss_reset();
+  const std::string m = io_error([&] { data::read_idx(p); });
+  const int64_t grew = peak_rss() - before;
+  CHECK(contains(m, p));
+  CHECK(contains(m, "784"));
+  CHECK(contains(m, "(1, 28, 28)"));
+  MESSAGE("peak RSS grew by " << grew / 1024 << " KiB reading a " << file.size() / 1024 << " KiB gzip of 256 MiB");
+  CHECK(grew < (int64_t(32) << 20));
+  // The same file with the true size in its header is read whole (the bound is the header's).
+  write(p, deflate_zeros(idx_header({4, 1024, 1024}), size_t(4) << 20, true));
+  CHECK(data::read_idx(p).data.size() == size_t(4) << 20);
+  // Too short, and a plain file with trailing bytes: both sizes named.
+  write(p, gzip_member(idx_header({2, 3}) + "12345"));
+  CHECK(contains(io_error([&] { data::read_idx(p); }), "has 5 bytes, header says 6"));
+  write(t / "plain", idx_header({2, 3}) + "1234567");
+  CHECK(contains(io_error([&] { data::read_idx(t / "plain"); }), "has 7 bytes, header says 6"));
+}
+
 // ---- PNG ----------------------------------------------------------------------------------
+
+TEST_CASE("png: other image formats stb knows are rejected by name") {
+  TmpDir t;
+  // Binary PGM, BMP, and a GIF header: stb decodes the first two.
+  const std::string pgm = std::string("P5\n2 2\n255\n") + std::string{1, 2, 3, 4};
+  std::string bmp = "BM" + le<uint32_t>(58) + le<uint32_t>(0) + le<uint32_t>(54) + le<uint32_t>(40) + le<int32_t>(1) +
+                    le<int32_t>(1) + le<uint16_t>(1) + le<uint16_t>(24) + le<uint32_t>(0) + le<uint32_t>(4) +
+                    le<int32_t>(2835) + le<int32_t>(2835) + le<uint32_t>(0) + le<uint32_t>(0) + std::string{9, 9, 9, 0};
+  for (const auto& [name, bytes] : {std::pair<std::string, std::string>{"a.pgm", pgm}, {"b.bmp", bmp}, {"c.png", pgm}}) {
+    INFO(name);
+    write(t / name, bytes);
+    const std::string m = io_error([&] { int w, h; data::read_png_gray(t / name, &w, &h); });
+    CHECK(contains(m, t / name));
+    CHECK(contains(m, "not a PNG"));
+  }
+  write(t / "short.png", kPngSig.substr(0, 5));
+  CHECK(contains(io_error([&] { data::read_png_gray(t / "short.png", nullptr, nullptr); }), "not a PNG"));
+}
+
+TEST_CASE("png: every colour type, bit depth and interlacing still decodes") {
+  TmpDir t;
+  const std::vector<std::pair<int, int>> kinds{{0, 1}, {0, 2}, {0, 4}, {0, 8}, {0, 16}, {2, 8}, {2, 16}, {3, 1},
+                                                {3, 2}, {3, 4}, {3, 8}, {4, 8}, {4, 16}, {6, 8}, {6, 16}};
+  for (const auto& [ctype, depth] : kinds)
+    for (int interlace = 0; interlace < 2; ++interlace)
+      for (const auto& [w, h] : {std::pair{1, 1}, std::pair{5, 3}, std::pair{9, 10}, std::pair{3, 17}}) {
+        INFO("colour type " << ctype << " depth " << depth << " interlace " << interlace << " " << w << "x" << h);
+        auto sample = [&](int x, int y, int c) { return (x * 7 + y * 13 + c * 5) * 37 + 11; };
+        const std::string p = t / "k.png";
+        write(p, png_file(w, h, depth, ctype, interlace, png_raw(w, h, depth, ctype, interlace, sample)));
+        int W = 0, H = 0;
+        const std::vector<uint8_t> px = data::read_png_gray(p, &W, &H);
+        CHECK(W == w);
+        CHECK(H == h);
+        REQUIRE(px.size() == (size_t)(w * h));
+        if ((ctype == 0 || ctype == 3) && depth == 8)
+          for (int y = 0; y < h; ++y)
+            for (int x = 0; x < w; ++x) CHECK(px[(size_t)(y * w + x)] == (uint8_t)sample(x, y, 0));
+      }
+}
+
+TEST_CASE("png: sizes, chunk lengths and pixel data that do not add up are rejected before decoding") {
+  TmpDir t;
+  const std::string p = t / "x.png";
+  auto err = [&](const std::string& bytes) {
+    write(p, bytes);
+    return io_error([&] { int w, h; data::read_png_gray(p, &w, &h); });
+  };
+  // 8000 x 8000 promised, 12 bytes of pixel data: stb allocated the promised 64 MB first.
+  std::string m = err(png_file(8000, 8000, 8, 0, false, std::string(12, '\0')));
+  CHECK(contains(m, p));
+  CHECK(contains(m, "8000x8000"));
+  CHECK(contains(m, "64008000"));  // 8000 rows of 1 filter byte + 8000 pixels
+  // An IDAT chunk claiming 2^31 - 1 bytes in a tiny file (stb reallocated to that size).
+  m = err(kPngSig + png_ihdr(4, 4, 8, 0) + be32(0x7FFFFFFFu) + "IDAT" + "abcd");
+  CHECK(contains(m, "IDAT"));
+  CHECK(contains(m, "2147483647"));
+  CHECK(contains(m, "byte 33"));
+  // Larger than the reader accepts.
+  m = err(png_file(30000, 30000, 8, 0, false, "x"));
+  CHECK(contains(m, "30000x30000"));
+  // A bomb: a 2 x 2 image whose IDAT inflates to 128 MiB of zeros; stb decoded all of it and
+  // kept the first 6 bytes.
+  const std::string ihdr = png_ihdr(2, 2, 8, 0);
+  const std::string bomb = kPngSig + ihdr + png_chunk("IDAT", deflate_zeros("", size_t(128) << 20, false)) + png_chunk("IEND", "");
+  const int64_t before = peak_rss_reset();
+  m = err(bomb);
+  const int64_t grew = peak_rss() - before;
+  CHECK(contains(m, "more than"));
+  CHECK(contains(m, " 6 bytes"));
+  MESSAGE("peak RSS grew by " << grew / 1024 << " KiB reading a " << bomb.size() / 1024 << " KiB PNG of 128 MiB");
+  CHECK(grew < (int64_t(32) << 20));
+  // Structure: no IHDR first, no IEND, bad IHDR values, Apple's CgBI variant.
+  CHECK(contains(err(kPngSig + png_chunk("IDAT", "") + png_chunk("IEND", "")), "IHDR"));
+  CHECK(contains(err(kPngSig + png_ihdr(2, 2, 8, 0) + png_chunk("IDAT", zlib_compress(std::string(6, '\0')))), "IEND"));
+  CHECK(contains(err(kPngSig + png_ihdr(2, 2, 3, 0) + png_chunk("IEND", "")), "bit depth 3"));
+  CHECK(contains(err(kPngSig + png_ihdr(0, 2, 8, 0) + png_chunk("IEND", "")), "0x2"));
+  CHECK(contains(err(kPngSig + png_chunk("CgBI", "abcd") + png_ihdr(2, 2, 8, 0) + png_chunk("IEND", "")), "CgBI"));
+  // Too little pixel data is named with both sizes.
+  m = err(png_file(3, 3, 8, 0, false, std::string(5, '\0')));
+  CHECK(contains(m, "5 bytes"));
+  CHECK(contains(m, "12"));
+}
 
 // ---- Pathfinder metadata ----------------------------------------------------------------------
 
+TEST_CASE("readers: special files are refused, not read forever") {
+  TmpDir t;
+  REQUIRE(::mkfifo((t / "fifo.png").c_str(), 0600) == 0);
+  CHECK(contains(io_error([&] { data::read_png_gray(t / "fifo.png", nullptr, nullptr); }), "not a regular file"));
+  REQUIRE(::mkfifo((t / "fifo.gz").c_str(), 0600) == 0);
+  CHECK(contains(io_error([&] { data::read_idx(t / "fifo.gz"); }), "not a regular file"));
+  CHECK(contains(io_error([&] { load_npy(t / "fifo.gz"); }), "not a regular file"));
+}
