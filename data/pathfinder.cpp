@@ -249,6 +249,45 @@ std::string write_pathfinder(const std::string& root, const PathfinderOptions& o
   return dir.string();
 }
 
+namespace {
+// True if path lies in root or below it; both absolute and normalised.
+bool within(const fs::path& path, const fs::path& root) {
+  auto p = path.begin();
+  for (const auto& r : root) {
+    if (p == path.end() || *p != r) return false;
+    ++p;
+  }
+  return true;
+}
+
+// The image a metadata line names (fields subdir and file), confined to the dataset root:
+// both relative, no '..' component and no NUL byte, and (symbolic links followed) resolving
+// inside the root, whose canonical form is root_real. Fails naming the metadata line.
+fs::path confined_image(const fs::path& base, const fs::path& root_real, const std::string& sub,
+                        const std::string& file, const std::string& mpath, int64_t lineno) {
+  for (const std::string& f : {sub, file}) {
+    if (f.find('\0') != std::string::npos)
+      detail::fail_line(mpath, lineno, "image path field contains a NUL byte");
+    const fs::path q(f);
+    if (q.has_root_path())
+      detail::fail_line(mpath, lineno, "image path '" + f + "' is absolute; metadata paths must be relative to the "
+                                       "dataset root " + base.string());
+    for (const auto& part : q)
+      if (part == "..")
+        detail::fail_line(mpath, lineno, "image path '" + f + "' has a '..' component; metadata paths must stay "
+                                         "inside the dataset root " + base.string());
+  }
+  const fs::path png = base / sub / file;
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(png, ec);
+  if (ec) detail::fail_line(mpath, lineno, png.string() + ": cannot resolve: " + ec.message());
+  if (!within(real, root_real))
+    detail::fail_line(mpath, lineno, "image " + png.string() + " resolves to " + real.string() +
+                                         ", outside the dataset root " + root_real.string() + " (a symbolic link?)");
+  return png;
+}
+}  // namespace
+
 Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt) {
   const fs::path base(dir), mdir = base / "metadata";
   std::error_code ec;
@@ -265,6 +304,8 @@ Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt
   }
   std::sort(files.begin(), files.end());
   if (files.empty()) detail::fail(mdir.string(), "no .npy metadata files");
+  const fs::path root_real = fs::canonical(base, ec);
+  if (ec) detail::fail(base.string(), "cannot resolve the dataset root: " + ec.message());
   Dataset d;
   d.name = "pathfinder/" + base.filename().string();
   d.vocab_size = image_vocab(opt.image);
@@ -283,7 +324,7 @@ Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt
       Example e;
       if (!detail::parse_int(fields[3], e.label) || (e.label != 0 && e.label != 1))
         detail::fail_line(mpath, lineno, "label '" + fields[3] + "' is not 0 or 1");
-      const fs::path png = base / fields[0] / fields[1];
+      const fs::path png = confined_image(base, root_real, fields[0], fields[1], mpath, lineno);
       if (opt.skip_empty_files && fs::is_regular_file(png, ec) && fs::file_size(png, ec) == 0) continue;
       int w = 0, h = 0;
       std::vector<uint8_t> px;

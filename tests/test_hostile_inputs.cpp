@@ -451,6 +451,61 @@ TEST_CASE("png: sizes, chunk lengths and pixel data that do not add up are rejec
 
 // ---- Pathfinder metadata ----------------------------------------------------------------------
 
+TEST_CASE("pathfinder: metadata paths are confined to the dataset root") {
+  TmpDir t;
+  data::PathfinderOptions o;
+  o.contour_length = 6;
+  o.count = 2;
+  const std::string dir = data::write_pathfinder(t / "root", o);
+  const std::string m = dir + "/metadata/0.npy";
+  std::string good;
+  {
+    std::ifstream f(m, std::ios::binary);
+    std::ostringstream s;
+    s << f.rdbuf();
+    good = s.str();
+  }
+  // A perfectly good PNG outside the root, reachable by '..' or an absolute path.
+  data::write_png_gray(t / "outside.png", 32, 32, std::vector<uint8_t>(1024, 200));
+  data::write_png_gray(dir + "/imgs/0/inside.png", 32, 32, std::vector<uint8_t>(1024, 100));
+  const std::string outside = t / "outside.png";
+  const std::vector<std::pair<std::string, std::string>> bad{
+      {"imgs/0 ../../../../outside.png 2 1 6 2 6", "'..'"},
+      {"../.. outside.png 2 1 6 2 6", "'..'"},
+      {"imgs/0/../.. ../../outside.png 2 1 6 2 6", "'..'"},
+      {fs::path(outside).parent_path().string() + " outside.png 2 1 6 2 6", "absolute"},
+      {"imgs/0 " + outside + " 2 1 6 2 6", "absolute"},
+  };
+  for (const auto& [line, why] : bad) {
+    INFO(line);
+    write(m, good + line + "\n");
+    const std::string msg = io_error([&] { data::read_pathfinder(dir); });
+    CHECK(contains(msg, m + ":3:"));
+    CHECK(contains(msg, why));
+  }
+  // A NUL byte in a field.
+  write(m, good + "imgs/0 inside.png" + std::string(1, '\0') + "x 2 1 6 2 6\n");
+  CHECK(contains(io_error([&] { data::read_pathfinder(dir); }), m + ":3:"));
+  // A symbolic link inside the root that leads out of it.
+  fs::create_symlink(outside, dir + "/imgs/0/link.png");
+  write(m, good + "imgs/0 link.png 2 1 6 2 6\n");
+  std::string msg = io_error([&] { data::read_pathfinder(dir); });
+  CHECK(contains(msg, m + ":3:"));
+  CHECK(contains(msg, "outside the dataset root"));
+  fs::create_directory_symlink(t.path, dir + "/up");
+  write(m, good + "up outside.png 2 1 6 2 6\n");
+  CHECK(contains(io_error([&] { data::read_pathfinder(dir); }), "outside the dataset root"));
+  // Links that stay inside the root, and a root reached through a link, are fine.
+  fs::create_symlink("inside.png", dir + "/imgs/0/alias.png");
+  write(m, good + "imgs/0 alias.png 2 1 6 2 6\n./imgs/0 ./inside.png 3 0 6 2 6\n");
+  data::Dataset d = data::read_pathfinder(dir);
+  REQUIRE(d.size() == 4);
+  CHECK(d[2].tokens[0] == 100);
+  CHECK(d[3].label == 0);
+  fs::create_directory_symlink(dir, t / "via_link");
+  CHECK(data::read_pathfinder(t / "via_link").size() == 4);
+}
+
 TEST_CASE("readers: special files are refused, not read forever") {
   TmpDir t;
   REQUIRE(::mkfifo((t / "fifo.png").c_str(), 0600) == 0);
