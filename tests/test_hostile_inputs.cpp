@@ -506,6 +506,31 @@ TEST_CASE("pathfinder: metadata paths are confined to the dataset root") {
   CHECK(data::read_pathfinder(t / "via_link").size() == 4);
 }
 
+TEST_CASE("pathfinder: metadata files are scanned in place and confined too") {
+  TmpDir t;
+  data::PathfinderOptions o;
+  o.contour_length = 6;
+  o.count = 2;
+  const std::string dir = data::write_pathfinder(t / "root", o);
+  // 16 MiB of blank lines: one std::string per line cost about 512 MiB.
+  write(dir + "/metadata/1.npy", std::string(size_t(16) << 20, '\n'));
+  const int64_t before = peak_rss_reset();
+  CHECK(data::read_pathfinder(dir).size() == 2);
+  const int64_t grew = peak_rss() - before;
+  MESSAGE("peak RSS grew by " << grew / 1024 << " KiB reading 16 MiB of blank metadata lines");
+  CHECK(grew < (int64_t(48) << 20));
+  // A huge label field is quoted in part.
+  write(dir + "/metadata/1.npy", "imgs/0 sample_0.png 0 " + std::string(100000, '7') + "\n");
+  const std::string m = io_error([&] { data::read_pathfinder(dir); });
+  CHECK(contains(m, dir + "/metadata/1.npy:1:"));
+  CHECK(m.size() < 2000);
+  // A metadata file that is a link out of the root.
+  write(t / "elsewhere.npy", "imgs/0 sample_0.png 0 1\n");
+  fs::remove(dir + "/metadata/1.npy");
+  fs::create_symlink(t / "elsewhere.npy", dir + "/metadata/1.npy");
+  CHECK(contains(io_error([&] { data::read_pathfinder(dir); }), "outside the dataset root"));
+}
+
 TEST_CASE("readers: special files are refused, not read forever") {
   TmpDir t;
   REQUIRE(::mkfifo((t / "fifo.png").c_str(), 0600) == 0);
