@@ -274,7 +274,7 @@ TEST_CASE("npy: a long header is quoted in errors only in part") {
 
 // ---- checkpoints ----------------------------------------------------------------------------
 
-TEST_CASE("checkpoint: an overflowing shape with a valid CRC names the file, tensor and shape") {
+TEST_CASE("checkpoint: an overflowing shape with a valid CRC names the file and tensor and shape") {
   TmpDir t;
   const std::string p = t / "huge.ckpt";
   const Shape bad{int64_t(1) << 62, 4, 0};
@@ -384,7 +384,7 @@ TEST_CASE("png: other image formats stb knows are rejected by name") {
   CHECK(contains(io_error([&] { data::read_png_gray(t / "short.png", nullptr, nullptr); }), "not a PNG"));
 }
 
-TEST_CASE("png: every colour type, bit depth and interlacing still decodes") {
+TEST_CASE("png: every colour type and bit depth and interlacing still decodes") {
   TmpDir t;
   const std::vector<std::pair<int, int>> kinds{{0, 1}, {0, 2}, {0, 4}, {0, 8}, {0, 16}, {2, 8}, {2, 16}, {3, 1},
                                                 {3, 2}, {3, 4}, {3, 8}, {4, 8}, {4, 16}, {6, 8}, {6, 16}};
@@ -406,7 +406,7 @@ TEST_CASE("png: every colour type, bit depth and interlacing still decodes") {
       }
 }
 
-TEST_CASE("png: sizes, chunk lengths and pixel data that do not add up are rejected before decoding") {
+TEST_CASE("png: sizes and chunk lengths and pixel data that do not add up are rejected before decoding") {
   TmpDir t;
   const std::string p = t / "x.png";
   auto err = [&](const std::string& bytes) {
@@ -531,7 +531,7 @@ TEST_CASE("pathfinder: metadata files are scanned in place and confined too") {
   CHECK(contains(io_error([&] { data::read_pathfinder(dir); }), "outside the dataset root"));
 }
 
-TEST_CASE("readers: special files are refused, not read forever") {
+TEST_CASE("readers: special files are refused and not read forever") {
   TmpDir t;
   REQUIRE(::mkfifo((t / "fifo.png").c_str(), 0600) == 0);
   CHECK(contains(io_error([&] { data::read_png_gray(t / "fifo.png", nullptr, nullptr); }), "not a regular file"));
