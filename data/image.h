@@ -37,7 +37,9 @@ void write_png_gray(const std::string& path, int width, int height, const std::v
 // file is checked before stb allocates anything: chunk lengths within the file, at most
 // kMaxPngPixels pixels, and image data that inflates to exactly the size the header implies
 // (so memory stays proportional to the image the file truly holds).
-constexpr int64_t kMaxPngPixels = int64_t(1) << 26;  // 8192 x 8192
+// The cap bounds stb's buffers (at most 8 bytes per pixel for 16-bit RGBA) for a small file
+// holding a valid but very compressible image.
+constexpr int64_t kMaxPngPixels = int64_t(1) << 24;  // 4096 x 4096
 std::vector<uint8_t> read_png_gray(const std::string& path, int* width, int* height);
 
 // ---- CIFAR-10 binary ---------------------------------------------------------------------
