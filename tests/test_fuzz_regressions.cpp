@@ -1,12 +1,21 @@
 // Inputs the fuzz targets of fuzz/ found (fuzz/README.md), kept as regression tests: each
 // reproducer is embedded as bytes, written to a temporary file and fed to the reader it broke.
+// Also: the committed seed corpora (fuzz/corpus/) load with the production readers, so a
+// format change that makes them stale fails here and not only in a fuzz run.
 #include <doctest/doctest.h>
+#include <lotgrad/core/io.h>
+#include <lotgrad/data/chars.h>
+#include <lotgrad/data/image.h>
+#include <lotgrad/data/listops.h>
 #include <lotgrad/data/text.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 using namespace lotgrad;
 using namespace lotgrad::data;
@@ -32,6 +41,18 @@ struct TmpDir {
     return p;
   }
 };
+
+// The files of fuzz/corpus/<target>/, sorted.
+std::vector<std::string> seeds(const std::string& target) {
+  // ctest sets LOTGRAD_SOURCE_DIR; run by hand from the build folder, __FILE__ is ../tests/...
+  const char* src = std::getenv("LOTGRAD_SOURCE_DIR");
+  const fs::path dir = (src ? fs::path(src) : fs::path(__FILE__).parent_path().parent_path()) / "fuzz" / "corpus" / target;
+  REQUIRE_MESSAGE(fs::is_directory(dir), "no seed corpus at " << dir << " (set LOTGRAD_SOURCE_DIR)");
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 // The message of the std::invalid_argument f throws ("" when it throws nothing).
 template <class F>
@@ -78,4 +99,38 @@ TEST_CASE("fuzz_aan: a text2 ending in a carriage return is refused by write_aan
   // A tab or newline inside a field names the row, the field and the byte.
   const std::string tab = invalid_argument_of([&] { write_aan_tsv(out, {{1, "a", "b", "x", "y"}, {0, "a", "b\tc", "x", "y"}}); });
   CHECK(tab.find("row 1 id2 has a tab at byte 1") != std::string::npos);
+}
+
+TEST_CASE("the committed seed corpora load with the production readers") {
+  TmpDir t;
+  for (const std::string& f : seeds("npy")) CHECK_NOTHROW(load_npy(f));
+  for (const std::string& f : seeds("checkpoint")) CHECK_NOTHROW(load_checkpoint(f));
+  for (const std::string& f : seeds("checkpoint_crc")) {  // payloads: wrap them as fuzz_checkpoint_crc does
+    const std::string payload = read_file(f);
+    const uint32_t version = kCheckpointVersion, flags = 0;
+    const uint64_t size = payload.size();
+    std::string file("LOTGCKPT", 8);
+    file.append((const char*)&version, 4).append((const char*)&flags, 4).append((const char*)&size, 8) += payload;
+    const uint32_t crc = crc32(file.data(), file.size());
+    file.append((const char*)&crc, 4);
+    CHECK_NOTHROW(checkpoint_from_bytes(file, f));
+  }
+  for (const std::string& f : seeds("listops"))
+    CHECK(read_listops_tsv(f, ListOpsReadOptions{.verify_labels = true}).size() == 6);
+  for (const std::string& f : seeds("text_csv")) CHECK(read_text_csv(f).size() >= 2);
+  for (const std::string& f : seeds("aan")) CHECK(read_aan_tsv(f).size() == 2);
+  for (const std::string& f : seeds("chars")) CHECK_NOTHROW(read_text_corpus(f));
+  for (const std::string& f : seeds("cifar")) CHECK(read_cifar10_bin(f).size() == fs::file_size(f) / 3073);
+  for (const std::string& f : seeds("idx")) {  // u16 images length, images file, labels file
+    const std::string b = read_file(f);
+    const size_t n = (unsigned char)b[0] | (unsigned char)b[1] << 8;
+    const std::string im = t.write("im", b.substr(2, n)), lb = t.write("lb", b.substr(2 + n));
+    CHECK(read_idx_dataset(im, lb, 32).size() == (size_t)read_idx(lb).dims[0]);
+  }
+  for (const std::string& f : seeds("png")) {
+    int w = 0, h = 0;
+    const size_t n = read_png_gray(f, &w, &h).size();
+    CHECK(n == (size_t)w * h);
+    CHECK(n > 0);
+  }
 }
