@@ -10,6 +10,9 @@
 #   FUZZ_RUNS    also stop each target after this many executions (SECONDS 0 = no time limit)
 #   FUZZ_JOBS    compile jobs (default: all cores)
 #   FUZZ_NICE    niceness of the fuzzing processes (default 0)
+#   FUZZ_KEEP_GOING=1  survey mode: libFuzzer's -fork=1 with -ignore_crashes/-ignore_ooms/
+#                -ignore_timeouts, so a target keeps fuzzing past a finding and collects every
+#                reproducer (still a failure at the end); stop it with SECONDS
 #
 # Exits non-zero when any target crashes, leaks, times out (-timeout=10 per input) or runs
 # out of memory (-rss_limit_mb=2048), naming the target and the reproducer; rerun one with
@@ -74,19 +77,25 @@ for t in "${targets[@]}"; do
   args=(-rss_limit_mb=2048 -timeout=10 -detect_leaks=1 -print_final_stats=1 -artifact_prefix="$work/artifacts/")
   [ "$SECONDS_PER_TARGET" != 0 ] && args+=(-max_total_time="$SECONDS_PER_TARGET")
   [ -n "${FUZZ_RUNS:-}" ] && args+=(-runs="$FUZZ_RUNS")
+  [ "${FUZZ_KEEP_GOING:-0}" = 1 ] && args+=(-fork=1 -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1)
   start=$(date +%s)
   rc=0
   nice -n "${FUZZ_NICE:-0}" "$bin" "${args[@]}" "$work/corpus" >"$work/log" 2>&1 || rc=$?
   secs=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/log" | tail -1)
+  if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then  # fork mode: "#<execs>: cov: ... exec/s: ..." lines
+    execs=$(grep -oE '^#[0-9]+: cov' "$work/log" | tail -1 | tr -dc 0-9)
+    rate=$(grep -E '^#[0-9]+: cov' "$work/log" | tail -1 | grep -oE 'exec/s: [0-9]+' | tr -dc 0-9)
+  fi
   cov=$(grep -oE 'cov: [0-9]+' "$work/log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -oE 'ft: [0-9]+' "$work/log" | tail -1 | cut -d' ' -f2)
   repro=$(ls "$work/artifacts" 2>/dev/null | head -1)
+  nrepro=$(ls "$work/artifacts" 2>/dev/null | wc -l)
   if [ "$rc" -ne 0 ] || [ -n "$repro" ]; then
     kind=$(grep -oE 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer): [a-z-]+|runtime error|FUZZ CHECK FAILED|deadly signal|out-of-memory|timeout' "$work/log" | head -1)
     printf '%-16s %10s %8s %8s %8s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-?}" "${ft:-?}" "FAIL (exit $rc)"
-    echo "fuzz: FAIL fuzz_$t: ${kind:-exit code $rc}; reproducer: ${repro:+$work/artifacts/$repro}; log: $work/log" >&2
+    echo "fuzz: FAIL fuzz_$t: ${kind:-exit code $rc}; reproducer: ${repro:+$work/artifacts/$repro} ($nrepro in $work/artifacts); log: $work/log" >&2
     [ -n "$repro" ] && echo "fuzz:   rerun: $bin $work/artifacts/$repro" >&2
     grep -E 'ERROR|SUMMARY|FUZZ CHECK|runtime error|#[0-9]+ 0x' "$work/log" | head -25 | sed 's/^/fuzz:   /' >&2
     failed+=("$t")
