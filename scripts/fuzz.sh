@@ -82,22 +82,24 @@ for t in "${targets[@]}"; do
   rc=0
   nice -n "${FUZZ_NICE:-0}" "$bin" "${args[@]}" "$work/corpus" >"$work/log" 2>&1 || rc=$?
   secs=$(($(date +%s) - start))
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/log" | tail -1)
+  # Figures from the log; "?" where a run left none (e.g. killed before it printed stats).
+  mkdir -p "$work/artifacts" && touch "$work/log"
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1 || true)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/log" | tail -1 || true)
   if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then  # fork mode: "#<execs>: cov: ... exec/s: ..." lines
-    execs=$(grep -oE '^#[0-9]+: cov' "$work/log" | tail -1 | tr -dc 0-9)
-    rate=$(grep -E '^#[0-9]+: cov' "$work/log" | tail -1 | grep -oE 'exec/s: [0-9]+' | tr -dc 0-9)
+    execs=$( (grep -oE '^#[0-9]+: cov' "$work/log" || true) | tail -1 | tr -dc 0-9)
+    rate=$( (grep -E '^#[0-9]+: cov' "$work/log" || true) | tail -1 | (grep -oE 'exec/s: [0-9]+' || true) | tr -dc 0-9)
   fi
-  cov=$(grep -oE 'cov: [0-9]+' "$work/log" | tail -1 | cut -d' ' -f2)
-  ft=$(grep -oE 'ft: [0-9]+' "$work/log" | tail -1 | cut -d' ' -f2)
-  repro=$(ls "$work/artifacts" 2>/dev/null | head -1)
-  nrepro=$(ls "$work/artifacts" 2>/dev/null | wc -l)
+  cov=$( (grep -oE 'cov: [0-9]+' "$work/log" || true) | tail -1 | cut -d' ' -f2)
+  ft=$( (grep -oE 'ft: [0-9]+' "$work/log" || true) | tail -1 | cut -d' ' -f2)
+  repro=$( (ls "$work/artifacts" || true) | head -1)
+  nrepro=$( (ls "$work/artifacts" || true) | wc -l)
   if [ "$rc" -ne 0 ] || [ -n "$repro" ]; then
-    kind=$(grep -oE 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer): [a-z-]+|runtime error|FUZZ CHECK FAILED|deadly signal|out-of-memory|timeout' "$work/log" | head -1)
+    kind=$( (grep -oE 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer): [a-z-]+|runtime error|FUZZ CHECK FAILED|deadly signal|out-of-memory|timeout' "$work/log" || true) | head -1)
     printf '%-16s %10s %8s %8s %8s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-?}" "${ft:-?}" "FAIL (exit $rc)"
     echo "fuzz: FAIL fuzz_$t: ${kind:-exit code $rc}; reproducer: ${repro:+$work/artifacts/$repro} ($nrepro in $work/artifacts); log: $work/log" >&2
     [ -n "$repro" ] && echo "fuzz:   rerun: $bin $work/artifacts/$repro" >&2
-    grep -E 'ERROR|SUMMARY|FUZZ CHECK|runtime error|#[0-9]+ 0x' "$work/log" | head -25 | sed 's/^/fuzz:   /' >&2
+    (grep -E 'ERROR|SUMMARY|FUZZ CHECK|runtime error|#[0-9]+ 0x' "$work/log" || true) | head -25 | sed 's/^/fuzz:   /' >&2
     failed+=("$t")
   else
     printf '%-16s %10s %8s %8s %8s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-?}" "${ft:-?}" ok
