@@ -112,7 +112,9 @@ LOTGRAD_KERNEL void col_shifts(KShift<T> a) {
 #pragma omp simd reduction(min : mn)
       for (int64_t i = 0; i < N; ++i) mn = std::min(mn, valid(a.la[i]) ? (double)kj[i] : kInf);
     }
-    a.cs[j] = std::isfinite(mn) ? mn : 0.0;
+    // No row with mass leaves mn at the reduction's identity: +inf under GCC, the largest
+    // finite double under clang's OpenMP (a fully padded problem then gave a NaN plan).
+    a.cs[j] = mn < std::numeric_limits<double>::max() ? mn : 0.0;
   }
 }
 

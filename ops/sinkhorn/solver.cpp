@@ -39,7 +39,9 @@ LOTGRAD_KERNEL T max_diff(const T* __restrict a, const T* __restrict b, int64_t 
   T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = std::max(m, T(a[i] - b[i]));
-  return m;
+  // All -inf leaves m at the reduction's identity: -inf under GCC, the lowest finite value
+  // under clang's OpenMP.
+  return m > std::numeric_limits<T>::lowest() ? m : -std::numeric_limits<T>::infinity();
 }
 // sum_i e_i w_i, in double.
 template <class T>
