@@ -18,6 +18,7 @@
 #include "../optim/clip.h"
 #include "../optim/optimizer.h"
 #include "../optim/schedule.h"
+#include "divergence.h"
 #include "metrics_log.h"
 #include "progress.h"
 #include "run_config.h"
@@ -227,6 +228,9 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
+  const std::vector<Tensor> params = mod.parameters();
+  const FaultNanGrad fault = FaultNanGrad::from_env();  // a test hook; step 0 (off) unless set
+  LossWatch watch;
   Window w;
   int64_t ran = 0;
   const auto t_start = std::chrono::steady_clock::now();
@@ -242,16 +246,52 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     opt.zero_grad();
+    // The loss, the gradients and the updated values are checked before anything is written:
+    // a bad step throws DivergenceError and last.ckpt, best.ckpt keep the last good state.
+    const int64_t now = st.step + 1;  // the step being run, counted as the progress lines count
+    auto advice = [&] { return resume_advice(files.last, files.best, cfg.out_dir); };
+    DetectAnomalyGuard anomaly(cfg.detect_anomaly);  // off: free (one flag test per recorded op)
     StepOutput so = work->train_step(st.step);
-    so.loss.backward();
-    if (cfg.clip > 0) clip_grad_norm_(mod.parameters(), cfg.clip);
+    const double lv = so.loss.item();
+    if (!std::isfinite(lv)) {  // a parameter's value, or the forward pass
+      NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::values);
+      if (bad.text.empty()) {
+        const std::string origin = cfg.detect_anomaly ? anomaly_origin(so.loss) : "";
+        bad.text = "every parameter is finite, so the forward pass made it; " +
+                   (!cfg.detect_anomaly ? "--detect-anomaly names the op"
+                                        : origin.empty() ? "anomaly mode saw no recorded op make it" : origin);
+      }
+      throw_diverged(now, lv, bad.text, bad.parameter, advice());
+    }
+    try {
+      so.loss.backward();
+    } catch (const AnomalyError& e) {
+      throw_diverged(now, lv, e.what(), "", advice());
+    }
+    if (now == fault.step) fault.apply(mod);
+    // The gradient norm is finite exactly when every gradient is (f32 squares summed in double
+    // cannot overflow); clipping computes it anyway and refuses to scale by a NaN.
+    double gnorm = NAN;
+    try {
+      gnorm = cfg.clip > 0 ? clip_grad_norm_(params, cfg.clip, 2.0, /*error_if_nonfinite=*/true) : grad_norm(params);
+    } catch (const NonFiniteError&) {
+    }
+    if (!std::isfinite(gnorm)) {
+      const NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::grads);
+      const std::string why = bad.text.empty() ? "the gradient norm overflowed to " + std::to_string(gnorm) : bad.text;
+      throw_diverged(now, lv, why + (cfg.detect_anomaly ? "" : " (--detect-anomaly names the op that made it)"),
+                     bad.parameter, advice());
+    }
     opt.step();
+    if (find_nonfinite(params, {}, FiniteCheck::values)) {  // the update overflowed (|1 - lr * weight decay| > 1 grows)
+      const NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::values);
+      throw_diverged(now, lv, "the optimiser step made the " + bad.text, bad.parameter, advice(), /*stepped=*/true);
+    }
     sched.step();
     ++st.step;
     ++ran;
-    const double lv = so.loss.item();
-    if (!std::isfinite(lv)) throw std::runtime_error("train: loss became " + std::to_string(lv) + " at step " + std::to_string(st.step));
     res.losses.push_back(lv);
+    if (ran == 1) watch.start(st.step, lv);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     w.loss += lv;
     w.metric += so.metric_sum;
@@ -264,6 +304,8 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     if (st.step % log_every == 0 || st.step == cfg.steps) {
       const double lr = opt.param_groups()[0].options.lr;
       progress.step(st.step, cfg.steps, step_line(cfg, mname, st.step, w, lr, (double)(cfg.steps - st.step) * total_step_s / (double)ran));
+      if (const std::string warn = watch.observe(st.step, w.steps, w.loss / (double)w.steps); !warn.empty())
+        progress.line("warning: " + warn);
       metrics.write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_" + mname, w.metric / w.seen}, {"lr", lr},
                                {"tokens_per_s", w.tokens / std::max(w.seconds, 1e-9)}}});
       w = Window{};
@@ -309,6 +351,8 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                   cfg.task.c_str(), cfg.attention.c_str(), (long long)st.step, (long long)cfg.steps, mname.c_str(),
                   res.best_dev, (long long)res.best_step, res.ms_per_step);
   res.summary = s;
+  res.warning = watch.summary();
+  if (!res.warning.empty()) res.summary += "; warning: " + res.warning;
   return res;
 }
 

@@ -1,0 +1,129 @@
+#include "divergence.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "../core/autograd.h"
+#include "../core/io.h"
+#include "../core/iter.h"
+#include "../core/parse.h"
+
+namespace lotgrad::models {
+
+namespace {
+std::string g(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+}  // namespace
+
+NonFiniteParameter diagnose_nonfinite(const nn::Module& m, FiniteCheck what) {
+  std::vector<Tensor> ts;
+  std::vector<std::string> names;
+  for (const auto& [name, t] : m.named_parameters()) {
+    names.push_back(name);
+    ts.push_back(t);
+  }
+  const std::vector<NonFiniteTensor> bad = list_nonfinite(ts, names, what);
+  if (bad.empty()) return {};
+  const NonFiniteTensor& f = bad.front();
+  const Tensor& p = ts[(size_t)f.tensor_index];
+  const Tensor x = f.in_grad ? p.grad() : p;
+  std::string s = std::string(f.in_grad ? "gradient" : "value") + " of '" + f.name + "' " + describe(x) + " holds " +
+                  f.count.str() + " of " + std::to_string(f.numel) + " values";
+  if (auto r = find_nonfinite({p}, {f.name}, f.in_grad ? FiniteCheck::grads : FiniteCheck::values))
+    s += " (first at index " + shape_str(r->index) + ")";
+  if (bad.size() > 1) {
+    NonFiniteCount all;
+    for (const auto& b : bad) {
+      all.nan += b.count.nan;
+      all.inf += b.count.inf;
+    }
+    s += "; in all " + std::to_string(bad.size()) + " tensors hold " + all.str();
+  }
+  return {f.name, s};
+}
+
+namespace {
+// "last.ckpt (step 200)", or the file alone when its step cannot be read.
+std::string with_step(const std::string& path) {
+  try {
+    const Checkpoint ck = load_checkpoint(path);
+    if (ck.metadata.count("step")) return path + " (step " + ck.metadata.at("step") + ")";
+  } catch (const std::exception&) {
+  }
+  return path;
+}
+}  // namespace
+
+std::string resume_advice(const std::string& last, const std::string& best, const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(last))
+    return "no checkpoint was written yet (last.ckpt comes every --checkpoint-every steps): start again with a lower --lr";
+  std::string s = "resume from " + with_step(last) + " with: lotgrad train --out " + out_dir +
+                  " --resume --override and a lower --lr";
+  if (fs::exists(best)) s += "; the best-on-dev model is in " + with_step(best);
+  return s;
+}
+
+void throw_diverged(int64_t step, double loss, const std::string& what, const std::string& parameter,
+                    const std::string& advice, bool stepped) {
+  throw DivergenceError("train: step " + std::to_string(step) + " diverged: the loss is " + g(loss) + "; " + what +
+                            (stepped ? ". Nothing was written: " : ". The optimiser did not step and nothing was written: ") +
+                            advice,
+                        step, loss, parameter);
+}
+
+void LossWatch::start(int64_t step, double loss) {
+  first_ = loss;
+  first_step_ = step;
+}
+
+std::string LossWatch::observe(int64_t step, int64_t steps, double window_loss) {
+  last_ = window_loss;
+  last_step_ = step;
+  if (!warning_.empty() || first_ == 0 || !(window_loss > kFactor * std::fabs(first_))) return "";
+  warning_ = "the loss rose from " + g(first_) + " (step " + std::to_string(first_step_) + ") to " + g(window_loss) +
+             " (the mean of steps " + std::to_string(step - steps + 1) + "-" + std::to_string(step) + "), over " +
+             g(kFactor) + "x: the run is unstable; a lower --lr may help";
+  return warning_;
+}
+
+std::string LossWatch::summary() const {
+  if (warning_.empty()) return "";
+  return warning_ + "; the last mean loss was " + g(last_) + " (to step " + std::to_string(last_step_) + ")";
+}
+
+FaultNanGrad FaultNanGrad::from_env() {
+  FaultNanGrad f;
+  const char* v = std::getenv("LOTGRAD_FAULT_NAN_GRAD");
+  if (!v || !*v) return f;
+  const std::string text = v;
+  const size_t colon = text.find(':');
+  const std::optional<double> n = parse_number(text.substr(0, colon));
+  if (!n || *n < 1 || *n != std::floor(*n))
+    throw std::invalid_argument("LOTGRAD_FAULT_NAN_GRAD=\"" + text + "\": expected <step>[:<parameter>] with a step >= 1");
+  f.step = (int64_t)*n;
+  if (colon != std::string::npos) f.parameter = text.substr(colon + 1);
+  return f;
+}
+
+void FaultNanGrad::apply(nn::Module& m) const {
+  for (auto& [name, p] : m.named_parameters()) {
+    if (parameter.empty() ? !p.grad().defined() : name != parameter) continue;
+    Tensor g = p.grad();
+    if (!g.defined())
+      throw std::invalid_argument("LOTGRAD_FAULT_NAN_GRAD: parameter '" + name + "' has no gradient at step " +
+                                  std::to_string(step));
+    dispatch_float(g.dtype(), "LOTGRAD_FAULT_NAN_GRAD", [&]<class T>() { g.data_ptr<T>()[0] = std::nan(""); });
+    g.bump_version();
+    return;
+  }
+  throw std::invalid_argument("LOTGRAD_FAULT_NAN_GRAD: no parameter '" + parameter + "' with a gradient at step " +
+                              std::to_string(step));
+}
+
+}  // namespace lotgrad::models
