@@ -285,7 +285,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     opt.step();
     if (find_nonfinite(params, {}, FiniteCheck::values)) {  // the update overflowed (|1 - lr * weight decay| > 1 grows)
       const NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::values);
-      throw_diverged(now, lv, "the optimiser step made the " + bad.text, bad.parameter, advice(), /*stepped=*/true);
+      throw_diverged(now, lv, "after the optimiser step, the " + bad.text, bad.parameter, advice(), /*stepped=*/true);
     }
     sched.step();
     ++st.step;
