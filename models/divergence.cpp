@@ -59,6 +59,8 @@ std::string with_step(const std::string& path) {
 }
 }  // namespace
 
+namespace {
+// What to resume from: last.ckpt and best.ckpt with their steps, or that none was written yet.
 std::string resume_advice(const std::string& last, const std::string& best, const std::string& out_dir) {
   namespace fs = std::filesystem;
   if (!fs::exists(last))
@@ -68,13 +70,62 @@ std::string resume_advice(const std::string& last, const std::string& best, cons
   if (fs::exists(best)) s += "; the best-on-dev model is in " + with_step(best);
   return s;
 }
+}  // namespace
 
-void throw_diverged(int64_t step, double loss, const std::string& what, const std::string& parameter,
-                    const std::string& advice, bool stepped) {
-  throw DivergenceError("train: step " + std::to_string(step) + " diverged: the loss is " + g(loss) + "; " + what +
+StepChecks::StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_ckpt, std::string best_ckpt)
+    : m_(m),
+      params_(m.parameters()),
+      anomaly_(cfg.detect_anomaly),
+      clip_(cfg.clip),
+      last_(std::move(last_ckpt)),
+      best_(std::move(best_ckpt)),
+      out_(cfg.out_dir),
+      fault_(FaultNanGrad::from_env()) {}
+
+void StepChecks::fail(int64_t step, double lv, const std::string& what, const std::string& parameter, bool stepped) const {
+  throw DivergenceError("train: step " + std::to_string(step) + " diverged: the loss is " + g(lv) + "; " + what +
                             (stepped ? ". Nothing was written: " : ". The optimiser did not step and nothing was written: ") +
-                            advice,
-                        step, loss, parameter);
+                            resume_advice(last_, best_, out_),
+                        step, lv, parameter);
+}
+
+double StepChecks::loss(int64_t step, const Tensor& loss) const {
+  const double lv = loss.item();
+  if (std::isfinite(lv)) return lv;
+  NonFiniteParameter bad = diagnose_nonfinite(m_, FiniteCheck::values);
+  if (bad.text.empty()) {
+    const std::string origin = anomaly_ ? anomaly_origin(loss) : "";
+    bad.text = "every parameter is finite, so the forward pass made it; " +
+               (!anomaly_ ? "--detect-anomaly names the op" : origin.empty() ? "anomaly mode saw no recorded op make it" : origin);
+  }
+  fail(step, lv, bad.text, bad.parameter);
+}
+
+void StepChecks::backward(int64_t step, const Tensor& loss, double lv) const {
+  try {
+    loss.backward();
+  } catch (const AnomalyError& e) {
+    fail(step, lv, e.what(), "");
+  }
+  if (step == fault_.step) fault_.apply(m_);
+}
+
+void StepChecks::gradients(int64_t step, double lv) const {
+  double norm = NAN;
+  try {
+    norm = clip_ > 0 ? clip_grad_norm_(params_, clip_, 2.0, /*error_if_nonfinite=*/true) : grad_norm(params_);
+  } catch (const NonFiniteError&) {
+  }
+  if (std::isfinite(norm)) return;
+  const NonFiniteParameter bad = diagnose_nonfinite(m_, FiniteCheck::grads);
+  const std::string why = bad.text.empty() ? "the gradient norm overflowed to " + std::to_string(norm) : bad.text;
+  fail(step, lv, why + (anomaly_ ? "" : " (--detect-anomaly names the op that made it)"), bad.parameter);
+}
+
+void StepChecks::values(int64_t step, double lv) const {
+  if (!find_nonfinite(params_, {}, FiniteCheck::values)) return;
+  const NonFiniteParameter bad = diagnose_nonfinite(m_, FiniteCheck::values);
+  fail(step, lv, "after the optimiser step, the " + bad.text, bad.parameter, /*stepped=*/true);
 }
 
 void LossWatch::start(int64_t step, double loss) {

@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../nn/module.h"
 #include "../optim/clip.h"
+#include "trainer.h"
 
 namespace lotgrad::models {
 
@@ -25,22 +27,53 @@ class DivergenceError : public std::runtime_error {
 
 // The module's first parameter (state_dict name) whose gradient or value (as `what` says)
 // holds NaN/Inf, and a description: "gradient of 'encoder.0.attn.q.weight' (64, 64) f32 holds
-// 1 nan of 4096 values (first at index (3, 5)); in all 2 tensors hold 4097 nan". Both "" when
-// every one is finite.
+// 1 nan of 4096 values (first at index (3, 5)); in all 2 tensors hold 6 nan, 1 inf". Both ""
+// when every one is finite.
 struct NonFiniteParameter {
   std::string parameter, text;
 };
 NonFiniteParameter diagnose_nonfinite(const nn::Module& m, FiniteCheck what);
 
-// What to resume from after a refused step: last.ckpt and best.ckpt with the steps they hold
-// (read from their metadata), or that none was written yet.
-std::string resume_advice(const std::string& last, const std::string& best, const std::string& out_dir);
+// Test hook: LOTGRAD_FAULT_NAN_GRAD=<step>[:<parameter>] puts a NaN into element 0 of that
+// parameter's gradient (default: the first parameter with one) after backward at that step
+// (1-based). Read at each train() start; step 0 when unset. A malformed value throws naming it.
+struct FaultNanGrad {
+  int64_t step = 0;
+  std::string parameter;
+  static FaultNanGrad from_env();
+  void apply(nn::Module& m) const;  // throws naming an unknown parameter
+};
 
-// Throws DivergenceError: "train: step 37 diverged: the loss is nan; <what>. The optimiser did
-// not step and nothing was written: <advice>" (stepped: the step's update itself was bad; it
-// is in memory only).
-[[noreturn]] void throw_diverged(int64_t step, double loss, const std::string& what, const std::string& parameter,
-                                 const std::string& advice, bool stepped = false);
+// The checks of one training step, in the order the loop calls them. Each throws
+// DivergenceError naming the step (1-based), the loss, what is not finite and the checkpoint
+// to resume from; the loop writes nothing after a throw, so last.ckpt and best.ckpt keep the
+// last good state.
+class StepChecks {
+ public:
+  StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_ckpt, std::string best_ckpt);
+  // The forward pass's loss, before backward: returns its value when finite. When not: the
+  // first parameter whose value is not finite, else (anomaly mode) the op that made it.
+  double loss(int64_t step, const Tensor& loss) const;
+  // loss.backward(); anomaly mode's error becomes a DivergenceError. Then the test hook.
+  void backward(int64_t step, const Tensor& loss, double lv) const;
+  // Clips the gradients to cfg.clip (when > 0) and refuses a non-finite one. One pass over the
+  // gradients: their norm (clipping's own) is finite exactly when every element is (f32
+  // squares summed in double cannot overflow); clipping refuses to scale by a NaN first.
+  void gradients(int64_t step, double lv) const;
+  // After the optimiser step: every value finite (an update can overflow: with AdamW, weights
+  // grow by |1 - lr * weight_decay| per step when that is above 1). One pass over the values.
+  void values(int64_t step, double lv) const;
+
+ private:
+  [[noreturn]] void fail(int64_t step, double lv, const std::string& what, const std::string& parameter,
+                         bool stepped = false) const;
+  nn::Module& m_;
+  std::vector<Tensor> params_;
+  bool anomaly_;
+  double clip_;
+  std::string last_, best_, out_;
+  FaultNanGrad fault_;
+};
 
 // The rule for a loss that grows: a progress window's mean loss above kFactor times the loss of
 // the first step of this call of train() (the untrained model's, or after --resume the resumed
@@ -62,16 +95,6 @@ class LossWatch {
   std::string warning_;
   double first_ = 0, last_ = 0;
   int64_t first_step_ = 0, last_step_ = 0;
-};
-
-// Test hook: LOTGRAD_FAULT_NAN_GRAD=<step>[:<parameter>] puts a NaN into element 0 of that
-// parameter's gradient (default: the first parameter with one) after backward at that step
-// (1-based). Read at each train() start; step 0 when unset. A malformed value throws naming it.
-struct FaultNanGrad {
-  int64_t step = 0;
-  std::string parameter;
-  static FaultNanGrad from_env();
-  void apply(nn::Module& m) const;  // throws naming an unknown parameter
 };
 
 }  // namespace lotgrad::models

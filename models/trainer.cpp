@@ -228,8 +228,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
-  const std::vector<Tensor> params = mod.parameters();
-  const FaultNanGrad fault = FaultNanGrad::from_env();  // a test hook; step 0 (off) unless set
+  const StepChecks checks(mod, cfg, files.last, files.best);
   LossWatch watch;
   Window w;
   int64_t ran = 0;
@@ -246,47 +245,16 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     opt.zero_grad();
-    // The loss, the gradients and the updated values are checked before anything is written:
-    // a bad step throws DivergenceError and last.ckpt, best.ckpt keep the last good state.
+    // The loss, the gradients and the updated values are checked before anything is written
+    // (divergence.h): a bad step throws and last.ckpt, best.ckpt keep the last good state.
     const int64_t now = st.step + 1;  // the step being run, counted as the progress lines count
-    auto advice = [&] { return resume_advice(files.last, files.best, cfg.out_dir); };
-    DetectAnomalyGuard anomaly(cfg.detect_anomaly);  // off: free (one flag test per recorded op)
+    DetectAnomalyGuard anomaly(cfg.detect_anomaly);  // off: one flag test per recorded op
     StepOutput so = work->train_step(st.step);
-    const double lv = so.loss.item();
-    if (!std::isfinite(lv)) {  // a parameter's value, or the forward pass
-      NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::values);
-      if (bad.text.empty()) {
-        const std::string origin = cfg.detect_anomaly ? anomaly_origin(so.loss) : "";
-        bad.text = "every parameter is finite, so the forward pass made it; " +
-                   (!cfg.detect_anomaly ? "--detect-anomaly names the op"
-                                        : origin.empty() ? "anomaly mode saw no recorded op make it" : origin);
-      }
-      throw_diverged(now, lv, bad.text, bad.parameter, advice());
-    }
-    try {
-      so.loss.backward();
-    } catch (const AnomalyError& e) {
-      throw_diverged(now, lv, e.what(), "", advice());
-    }
-    if (now == fault.step) fault.apply(mod);
-    // The gradient norm is finite exactly when every gradient is (f32 squares summed in double
-    // cannot overflow); clipping computes it anyway and refuses to scale by a NaN.
-    double gnorm = NAN;
-    try {
-      gnorm = cfg.clip > 0 ? clip_grad_norm_(params, cfg.clip, 2.0, /*error_if_nonfinite=*/true) : grad_norm(params);
-    } catch (const NonFiniteError&) {
-    }
-    if (!std::isfinite(gnorm)) {
-      const NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::grads);
-      const std::string why = bad.text.empty() ? "the gradient norm overflowed to " + std::to_string(gnorm) : bad.text;
-      throw_diverged(now, lv, why + (cfg.detect_anomaly ? "" : " (--detect-anomaly names the op that made it)"),
-                     bad.parameter, advice());
-    }
+    const double lv = checks.loss(now, so.loss);
+    checks.backward(now, so.loss, lv);
+    checks.gradients(now, lv);  // and clipping
     opt.step();
-    if (find_nonfinite(params, {}, FiniteCheck::values)) {  // the update overflowed (|1 - lr * weight decay| > 1 grows)
-      const NonFiniteParameter bad = diagnose_nonfinite(mod, FiniteCheck::values);
-      throw_diverged(now, lv, "after the optimiser step, the " + bad.text, bad.parameter, advice(), /*stepped=*/true);
-    }
+    checks.values(now, lv);
     sched.step();
     ++st.step;
     ++ran;
