@@ -100,7 +100,7 @@ NonFiniteCount sum(const std::vector<NonFiniteCount>& cs) {
   return s;
 }
 
-// "LogBackward (inputs (3,) f32 [finite]; outputs (3,) f32 [1 nan])"
+// "LogBackward (inputs (3) f32 [finite]; output (3) f32 [1 nan])"
 std::string describe_node(const Node& n) {
   std::string s = std::string(n.name()) + " (inputs ";
   const AnomalyNote& a = *n.anomaly;
