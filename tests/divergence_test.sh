@@ -3,7 +3,7 @@
 set -euo pipefail
 bin=$1; case_name=$2
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-tiny="--task listops --min-len 3 --max-len 12 --train-size 400 --val-size 50 --test-size 50 --attention softmax --batch 16 --threads 2"
+tiny="--task listops --min-len 3 --max-len 12 --train-size 400 --val-size 50 --test-size 50 --attention softmax --batch 16 --threads 1"
 expect_error() {  # expect_error RC TEXT ARGS...: exit code RC (never a signal) and TEXT in "error: ..."
   local want=$1 text=$2; shift 2
   set +e; "$@" >"$work/out" 2>"$work/err"; local rc=$?; set -e

@@ -65,7 +65,7 @@ models::TrainConfig tiny(const std::string& out) {
   c.checkpoint_every = 3;
   c.out_dir = out;
   c.quiet = true;
-  c.threads = 2;
+  c.threads = 1;  // tiny: one thread is faster, and ctest -j2 runs two suites at once
   c.seed = 3;
   return c;
 }
@@ -303,7 +303,7 @@ TEST_CASE("--detect-anomaly names the op of a run driven to overflow and changes
   CHECK(has(m, "in the forward pass, the first op to make a NaN from inputs without one: "));
   CHECK_FALSE(AnomalyMode::is_enabled());  // the run's guard is gone
   // A normal run: the same losses, bit for bit, with anomaly mode on (and no false alarm).
-  for (std::string mech : {"softmax", "lotformer", "linear"}) {
+  for (std::string mech : {"softmax", "lotformer"}) {
     INFO(mech);
     models::TrainConfig n = tiny(tmpdir("normal_" + mech));
     n.attention = mech;
