@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 
 #include "../core/autograd.h"
 #include "../core/io.h"
@@ -57,20 +58,27 @@ std::string with_step(const std::string& path) {
   }
   return path;
 }
-}  // namespace
 
-namespace {
-// What to resume from: last.ckpt and best.ckpt with their steps, or that none was written yet.
-std::string resume_advice(const std::string& last, const std::string& best, const std::string& out_dir) {
-  namespace fs = std::filesystem;
-  if (!fs::exists(last))
-    return "no checkpoint was written yet (last.ckpt comes every --checkpoint-every steps): start again with a lower --lr";
-  std::string s = "resume from " + with_step(last) + " with: lotgrad train --out " + out_dir +
-                  " --resume --override and a lower --lr";
-  if (fs::exists(best)) s += "; the best-on-dev model is in " + with_step(best);
-  return s;
+std::optional<std::filesystem::file_time_type> write_time(const std::string& path) {
+  std::error_code ec;
+  const auto t = std::filesystem::last_write_time(path, ec);
+  if (ec) return std::nullopt;
+  return t;
 }
 }  // namespace
+
+// What to resume from: last.ckpt and best.ckpt with their steps, or that none was written yet.
+// A fresh run (--overwrite) that wrote no last.ckpt of its own finds an earlier run's there.
+std::string StepChecks::advice() const {
+  const std::optional<std::filesystem::file_time_type> now = write_time(last_);
+  if (!now || (!resumed_ && now == last_at_start_))
+    return "no checkpoint of this run was written yet (last.ckpt comes every --checkpoint-every steps): start again with "
+           "a lower --lr";
+  std::string s = "resume from " + with_step(last_) + " with: lotgrad train --out " + out_ +
+                  " --resume --override and a lower --lr";
+  if (write_time(best_)) s += "; the best-on-dev model is in " + with_step(best_);
+  return s;
+}
 
 StepChecks::StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_ckpt, std::string best_ckpt)
     : m_(m),
@@ -80,12 +88,14 @@ StepChecks::StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_c
       last_(std::move(last_ckpt)),
       best_(std::move(best_ckpt)),
       out_(cfg.out_dir),
+      resumed_(cfg.resume),
+      last_at_start_(write_time(last_)),
       fault_(FaultNanGrad::from_env()) {}
 
 void StepChecks::fail(int64_t step, double lv, const std::string& what, const std::string& parameter, bool stepped) const {
   throw DivergenceError("train: step " + std::to_string(step) + " diverged: the loss is " + g(lv) + "; " + what +
                             (stepped ? ". Nothing was written: " : ". The optimiser did not step and nothing was written: ") +
-                            resume_advice(last_, best_, out_),
+                            advice(),
                         step, lv, parameter);
 }
 

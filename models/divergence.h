@@ -6,6 +6,8 @@
 // once (LossWatch), so a run whose loss reaches 8e9 does not finish silently.
 #pragma once
 #include <cstdint>
+#include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -67,11 +69,14 @@ class StepChecks {
  private:
   [[noreturn]] void fail(int64_t step, double lv, const std::string& what, const std::string& parameter,
                          bool stepped = false) const;
+  std::string advice() const;
   nn::Module& m_;
   std::vector<Tensor> params_;
   bool anomaly_;
   double clip_;
   std::string last_, best_, out_;
+  bool resumed_;
+  std::optional<std::filesystem::file_time_type> last_at_start_;  // an earlier run's last.ckpt (--overwrite)
   FaultNanGrad fault_;
 };
 
