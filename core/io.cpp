@@ -167,22 +167,21 @@ struct Reader {
   }
 };
 
-// numel of shape, or -1 if a dim is negative or the product (in bytes of elem_size)
-// overflows.
+// numel of a shape read from a file, or -1 if a size is negative or the sizes, zeros counted
+// as 1, times elem_size pass INT64_MAX. Zeros count as 1 so that an empty array cannot carry
+// a huge size: every accepted shape has int64 strides and byte offsets (shape_numel's rule,
+// in bytes).
 int64_t checked_numel(const Shape& shape, size_t elem_size) {
-  const uint64_t limit = (uint64_t)std::numeric_limits<int64_t>::max() / std::max<size_t>(elem_size, 1);
-  uint64_t n = 1;
-  bool zero = false;
+  int64_t extent = (int64_t)std::max<size_t>(elem_size, 1), n = 1;
   for (int64_t d : shape) {
-    if (d < 0) return -1;
-    if (d == 0) zero = true;
+    if (d < 0 || __builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent)) return -1;
+    n *= d;  // n <= extent
   }
-  if (zero) return 0;
-  for (int64_t d : shape) {
-    if ((uint64_t)d > limit / n) return -1;
-    n *= (uint64_t)d;
-  }
-  return (int64_t)n;
+  return n;
+}
+std::string bad_shape_why(size_t elem_size) {
+  return "a size is negative, or the sizes (zeros counted as 1) times " + std::to_string(elem_size) +
+         " bytes pass 2^63 - 1";
 }
 
 // Contiguous, history-free copy (or alias) of t, for writing its bytes.
@@ -194,12 +193,19 @@ Tensor contiguous_data(const Tensor& t) {
 }  // namespace
 
 std::string read_file(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) io_fail("read_file", path, "cannot open: " + errno_str());
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. It
+  // changes nothing for the regular files accepted below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) io_fail("read_file", path, "cannot open: " + errno_str());
   struct stat st;
-  if (::fstat(::fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    std::fclose(f);
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
     io_fail("read_file", path, "not a regular file");
+  }
+  FILE* f = ::fdopen(fd, "rb");
+  if (!f) {
+    ::close(fd);
+    io_fail("read_file", path, "cannot open: " + errno_str());
   }
   std::string out((size_t)st.st_size, '\0');
   const size_t got = out.empty() ? 0 : std::fread(out.data(), 1, out.size(), f);
@@ -282,8 +288,12 @@ struct HeaderParser {
   size_t i = 0;
   Reader& r;  // for error reporting
   HeaderParser(const std::string& h_, Reader& r_) : h(h_), r(r_) {}
+  // A header may be up to 4 GiB: messages quote only the start of it (and of a key in it).
+  static std::string clip(const std::string& s, size_t n) {
+    return s.size() <= n ? s : s.substr(0, n) + "... (" + std::to_string(s.size()) + " characters)";
+  }
   [[noreturn]] void fail(const std::string& what) const {
-    r.fail("malformed .npy header (" + what + " at character " + std::to_string(i) + "): " + h);
+    r.fail("malformed .npy header (" + clip(what, 200) + " at character " + std::to_string(i) + "): " + clip(h, 400));
   }
   void ws() {
     while (i < h.size() && (h[i] == ' ' || h[i] == '\t' || h[i] == '\n' || h[i] == '\r')) ++i;
@@ -442,7 +452,7 @@ Tensor parse_npy(const std::string& bytes, const std::string& file) {
   else
     r.fail("unsupported dtype '" + descr + "' (supported: f4, f8, i4 (read as i64), i8, b1)");
   const int64_t numel = checked_numel(shape, (size_t)d.size);
-  if (numel < 0) r.fail("impossible shape " + shape_str(shape) + " (overflows)");
+  if (numel < 0) r.fail("impossible shape " + shape_str(shape) + " of '" + descr + "' (" + bad_shape_why((size_t)d.size) + ")");
   const size_t data_bytes = (size_t)numel * (size_t)d.size;
   if (data_bytes > r.left())
     r.fail("truncated data: shape " + shape_str(shape) + " of '" + descr + "' needs " + std::to_string(data_bytes) +
@@ -614,15 +624,26 @@ Checkpoint parse_checkpoint(const std::string& bytes, const std::string& file) {
   // inconsistent contents also fails cleanly.
   r.n = bytes.size() - 4;
   Checkpoint ck;
+  // Counts are checked against the bytes left (each entry takes at least min_entry bytes), so a
+  // corrupt count fails here, naming it, rather than after many allocations.
+  auto check_count = [&](uint32_t count, size_t min_entry, const char* what) {
+    if (count > r.left() / min_entry)
+      r.fail(std::string(what) + " count " + std::to_string(count) + " at byte " + std::to_string(r.pos - 4) +
+             " cannot fit in the " + std::to_string(r.left()) + " bytes left (at least " + std::to_string(min_entry) +
+             " bytes each)");
+  };
   const uint32_t n_meta = r.get<uint32_t>("metadata count");
+  check_count(n_meta, 8, "metadata");
   for (uint32_t k = 0; k < n_meta; ++k) {
     const uint32_t kl = r.get<uint32_t>("metadata key length");
     std::string key = r.get_str(kl, "metadata key");
     const uint32_t vl = r.get<uint32_t>("metadata value length");
     std::string val = r.get_str(vl, "metadata value");
-    if (!ck.metadata.emplace(std::move(key), std::move(val)).second) r.fail("duplicate metadata key");
+    if (ck.metadata.count(key)) r.fail("duplicate metadata key '" + key + "'");
+    ck.metadata.emplace(std::move(key), std::move(val));
   }
   const uint32_t n_t = r.get<uint32_t>("tensor count");
+  check_count(n_t, 4 + 1 + 1 + 8, "tensor");
   std::set<std::string> seen;
   for (uint32_t k = 0; k < n_t; ++k) {
     const uint32_t nl = r.get<uint32_t>("tensor name length");
@@ -636,7 +657,9 @@ Checkpoint parse_checkpoint(const std::string& bytes, const std::string& file) {
     Shape shape(ndim);
     for (auto& d : shape) d = r.get<int64_t>("dimension");
     const int64_t numel = checked_numel(shape, dtype_size(dt));
-    if (numel < 0) r.fail("tensor '" + name + "': impossible shape " + shape_str(shape));
+    if (numel < 0)
+      r.fail("tensor '" + name + "': impossible shape " + shape_str(shape) + " " + dtype_name(dt) + " (" +
+             bad_shape_why(dtype_size(dt)) + ")");
     const uint64_t nbytes = r.get<uint64_t>("data size");
     const uint64_t want = (uint64_t)numel * dtype_size(dt);
     if (nbytes != want)

@@ -28,9 +28,20 @@ std::string shape_str(const Shape& s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + ")";
 }
-int64_t shape_numel(const Shape& s) {
-  int64_t n = 1;
-  for (auto v : s) n *= v;
+[[noreturn]] static void throw_bad_shape(const Shape& s, const char* op) {
+  for (auto v : s)
+    if (v < 0) throw ShapeError(std::string(op) + ": negative size " + std::to_string(v) + " in shape " + shape_str(s));
+  throw ShapeError(std::string(op) + ": shape " + shape_str(s) +
+                   " is too large: its sizes (zeros counted as 1) multiply past 2^63 - 1, so its strides overflow int64");
+}
+int64_t shape_numel(const Shape& s, const char* op) {
+  // extent (zeros counted as 1) bounds both n and every contiguous stride, so checking it
+  // alone keeps all of them in range; a zero dimension must not hide a huge one.
+  int64_t n = 1, extent = 1;
+  for (auto v : s) {
+    if (v < 0 || __builtin_mul_overflow(extent, std::max<int64_t>(v, 1), &extent)) throw_bad_shape(s, op);
+    n *= v;  // n <= extent before the multiply, so this cannot overflow
+  }
   return n;
 }
 Shape contiguous_strides(const Shape& s) {
@@ -38,7 +49,7 @@ Shape contiguous_strides(const Shape& s) {
   int64_t acc = 1;
   for (int64_t i = (int64_t)s.size() - 1; i >= 0; --i) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    if (s[i] < 0 || __builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc)) throw_bad_shape(s, "contiguous_strides");
   }
   return st;
 }
@@ -205,19 +216,23 @@ Storage::~Storage() {
   g_bytes_in_use.fetch_sub((int64_t)block);
 }
 
-static Tensor new_tensor(const Shape& shape, DType dtype, bool zero) {
-  for (auto v : shape)
-    if (v < 0) throw ShapeError("empty: negative size in shape " + shape_str(shape));
+static Tensor new_tensor(const Shape& shape, DType dtype, bool zero, const char* op) {
+  const int64_t numel = shape_numel(shape, op);
+  // Byte offsets are int64 too (raw_data, kernels): the bytes must fit, not just the elements.
+  if (numel > INT64_MAX / (int64_t)dtype_size(dtype))
+    throw ShapeError(std::string(op) + ": shape " + shape_str(shape) + " " + dtype_name(dtype) + " needs " +
+                     std::to_string(numel) + " x " + std::to_string(dtype_size(dtype)) + " bytes, more than 2^63 - 1");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>((size_t)shape_numel(shape) * dtype_size(dtype), zero);
+  impl->storage = std::make_shared<Storage>((size_t)numel * dtype_size(dtype), zero);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(impl);
 }
-Tensor make_tensor(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, true); }
-Tensor make_tensor_uninit(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, false); }
+Tensor make_tensor(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, true, "make_tensor"); }
+Tensor make_tensor_uninit(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, false, "make_tensor"); }
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
+  (void)shape_numel(shape, "make_view");  // no view may have a shape whose numel overflows
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = base.impl()->storage;
   impl->shape = shape;
@@ -227,11 +242,11 @@ Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, i
   return Tensor(impl);
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype) { return make_tensor(shape, dtype); }
-Tensor Tensor::zeros(const Shape& shape, DType dtype) { return make_tensor(shape, dtype); }
+Tensor Tensor::empty(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, true, "empty"); }
+Tensor Tensor::zeros(const Shape& shape, DType dtype) { return new_tensor(shape, dtype, true, "zeros"); }
 Tensor Tensor::ones(const Shape& shape, DType dtype) { return full(shape, 1.0, dtype); }
 Tensor Tensor::full(const Shape& shape, double value, DType dtype) {
-  Tensor t = make_tensor(shape, dtype);
+  Tensor t = new_tensor(shape, dtype, true, "full");
   if (value != 0.0) t.fill_(value);
   return t;
 }
@@ -249,7 +264,7 @@ Tensor Tensor::arange(double start, double end, double step, DType dtype) {
 }
 template <class T, class V>
 static Tensor from_vec(const V& v, const Shape& shape) {
-  if ((int64_t)v.size() != shape_numel(shape))
+  if ((int64_t)v.size() != shape_numel(shape, "from_vector"))
     throw ShapeError("from_vector: " + std::to_string(v.size()) + " values do not fill shape " + shape_str(shape));
   Tensor t = make_tensor(shape, dtype_of<T>::value);
   T* p = t.data_ptr<T>();
@@ -362,16 +377,17 @@ Shape infer_shape(const Shape& req, int64_t numel, const char* op, const Tensor*
       neg = (int64_t)i;
     } else if (s[i] < 0) {
       throw_shape(op, "negative size in " + shape_str(req), {{"self", t}});
-    } else {
-      known *= s[i];
+    } else if (__builtin_mul_overflow(known, s[i], &known)) {
+      throw_shape(op, "shape " + shape_str(req) + " is too large: its sizes multiply past 2^63 - 1", {{"self", t}});
     }
   }
   if (neg >= 0) {
     if (known == 0 || numel % known) throw_shape(op, "cannot infer -1 in " + shape_str(req), {{"self", t}});
     s[neg] = numel / known;
   }
-  if (shape_numel(s) != numel)
-    throw_shape(op, "shape " + shape_str(req) + " has " + std::to_string(shape_numel(s)) + " elements, input has " +
+  const int64_t n = shape_numel(s, op);
+  if (n != numel)
+    throw_shape(op, "shape " + shape_str(req) + " has " + std::to_string(n) + " elements, input has " +
                         std::to_string(numel), {{"self", t}});
   return s;
 }
@@ -538,6 +554,7 @@ Tensor Tensor::expand(const Shape& req) const {
     s[i] = want;
     st[i] = (have == want) ? strides()[i - lead] : 0;
   }
+  (void)shape_numel(s, "expand");
   Tensor out = make_view(*this, s, st, offset());
   if (auto n = make_node<ExpandBackward>({*this})) set_history(out, n);
   return out;

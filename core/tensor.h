@@ -16,7 +16,11 @@ namespace lotgrad {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);  // "(2, 3)"
-int64_t shape_numel(const Shape& s);
+// Elements of s. Throws ShapeError naming op and s when a size is negative or the sizes,
+// zeros counted as 1, multiply past INT64_MAX: such a shape has no int64 strides even when
+// it holds no elements, so no tensor may have it.
+int64_t shape_numel(const Shape& s, const char* op = "shape_numel");
+// Row-major strides of s (a size-0 dim counts as 1); throws as shape_numel does.
 Shape contiguous_strides(const Shape& s);
 
 struct Node;

@@ -1,12 +1,15 @@
 #include "detail.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 namespace lotgrad::data::detail {
 
@@ -15,15 +18,42 @@ void fail_line(const std::string& path, int64_t line, const std::string& what) {
   throw IOError(path + ":" + std::to_string(line) + ": " + what);
 }
 
-std::string read_file(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(path, "is a directory, expected a file");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) fail(path, "read error");
-  return ss.str();
+int open_regular(const std::string& path, uint64_t* size) {
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; no effect on the
+  // regular files accepted below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path, S_ISDIR(st.st_mode) ? "is a directory, expected a file" : "not a regular file");
+  }
+  if (size) *size = (uint64_t)st.st_size;
+  return fd;
+}
+
+std::string read_file(const std::string& path, uint64_t max_bytes) {
+  uint64_t size = 0;
+  const int fd = open_regular(path, &size);
+  if (size > max_bytes) {
+    ::close(fd);
+    fail(path, "file of " + std::to_string(size) + " bytes is larger than the " + std::to_string(max_bytes) +
+                   " bytes this reader accepts");
+  }
+  std::string out((size_t)size, '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t k = ::read(fd, out.data() + got, out.size() - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      const std::string why = k < 0 ? std::strerror(errno) : "file shrank while reading";
+      ::close(fd);
+      fail(path, "read error after " + std::to_string(got) + " of " + std::to_string(size) + " bytes: " + why);
+    }
+    got += (size_t)k;
+  }
+  ::close(fd);
+  return out;
 }
 
 void make_dirs(const std::string& path) {

@@ -41,7 +41,12 @@ inline uint64_t subseed(uint64_t seed, uint64_t k) { return Generator::bits(seed
 [[noreturn]] void fail(const std::string& path, const std::string& what);
 [[noreturn]] void fail_line(const std::string& path, int64_t line, const std::string& what);
 
-std::string read_file(const std::string& path);                   // whole file, binary
+// Whole file, binary. Only regular files (a FIFO or device is an error, not a hang or an
+// endless read); a file larger than max_bytes is an error before anything is read.
+std::string read_file(const std::string& path, uint64_t max_bytes = UINT64_MAX);
+// Opens a regular file for reading (O_RDONLY), its size in *size; fails naming the file for
+// anything else. The caller closes the descriptor.
+int open_regular(const std::string& path, uint64_t* size = nullptr);
 void write_file(const std::string& path, const std::string& bytes);  // creates parent folders
 void make_dirs(const std::string& path);
 

@@ -4,7 +4,12 @@
 #include <stb/stb_image_write.h>
 #include <zlib.h>
 
+#include <unistd.h>
+
+#include <cctype>
+#include <climits>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 #include <tuple>
@@ -25,10 +30,152 @@ void write_png_gray(const std::string& path, int width, int height, const std::v
     detail::fail(path, "cannot write PNG");
 }
 
+namespace {
+
+uint32_t be32(const unsigned char* p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+// A chunk type for messages: four letters, or hex if they are not letters.
+std::string chunk_name(const unsigned char* p) {
+  std::string s = "'";
+  for (int i = 0; i < 4; ++i) {
+    if (!std::isalpha(p[i])) {
+      char b[16];
+      std::snprintf(b, sizeof b, "0x%08x", be32(p));
+      return b;
+    }
+    s += (char)p[i];
+  }
+  return s + "'";
+}
+
+// Bits per pixel for a PNG colour type and bit depth (PNG spec, table 11.1), 0 if invalid.
+int png_bits_per_pixel(int ctype, int depth) {
+  const bool low = depth == 1 || depth == 2 || depth == 4, byte = depth == 8, wide = depth == 16;
+  switch (ctype) {
+    case 0: return low || byte || wide ? depth : 0;  // grey
+    case 3: return low || byte ? depth : 0;          // palette index
+    case 2: return byte || wide ? 3 * depth : 0;     // RGB
+    case 4: return byte || wide ? 2 * depth : 0;     // grey + alpha
+    case 6: return byte || wide ? 4 * depth : 0;     // RGBA
+  }
+  return 0;
+}
+
+// Bytes the image data of a w x h PNG inflates to: per row, a filter byte and the packed
+// pixels; interlaced images store Adam7's seven reduced images this way, empty ones omitted.
+uint64_t png_raw_bytes(uint64_t w, uint64_t h, int bpp, bool interlaced) {
+  static const int pass[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                 {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};  // x0, y0, dx, dy
+  uint64_t total = 0;
+  for (int p = 0; p < (interlaced ? 7 : 1); ++p) {
+    const uint64_t x0 = interlaced ? pass[p][0] : 0, y0 = interlaced ? pass[p][1] : 0;
+    const uint64_t dx = interlaced ? pass[p][2] : 1, dy = interlaced ? pass[p][3] : 1;
+    if (w <= x0 || h <= y0) continue;
+    const uint64_t cols = (w - x0 + dx - 1) / dx, rows = (h - y0 + dy - 1) / dy;
+    total += rows * (1 + (cols * (uint64_t)bpp + 7) / 8);
+  }
+  return total;
+}
+
+// What stb does not check before it allocates: the PNG signature (stb decodes any format it
+// knows), chunk lengths against the file, the IHDR values, a pixel cap, and the exact size
+// the image data inflates to, counted in a small buffer and stopped one buffer past what the
+// header needs (stb allocates the header's size up front and keeps inflating past it).
+void check_png(const std::string& path, const std::string& bytes) {
+  static const unsigned char kSig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  const auto* u = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  if (n < 8 || std::memcmp(u, kSig, 8) != 0)
+    detail::fail(path, n == 0 ? "empty file, expected a PNG"
+                              : "not a PNG: the file (" + std::to_string(n) +
+                                    " bytes) does not start with the PNG signature 89 50 4E 47 0D 0A 1A 0A");
+  uint32_t w = 0, h = 0;
+  int depth = 0, ctype = 0, interlace = 0;
+  uint64_t need = 0, inflated = 0;
+  bool have_ihdr = false, have_iend = false, stream_end = false;
+  z_stream z{};
+  if (inflateInit(&z) != Z_OK) detail::fail(path, "zlib inflateInit failed");
+  struct End {
+    z_stream& z;
+    ~End() { inflateEnd(&z); }
+  } end{z};
+  auto what = [&] {
+    return std::to_string(w) + "x" + std::to_string(h) + " image (colour type " + std::to_string(ctype) +
+           ", bit depth " + std::to_string(depth) + (interlace ? ", interlaced)" : ", not interlaced)");
+  };
+  unsigned char out[1 << 15];
+  for (size_t pos = 8; pos < n && !have_iend;) {
+    if (n - pos < 12)
+      detail::fail(path, "truncated chunk at byte " + std::to_string(pos) + ": " + std::to_string(n - pos) +
+                             " bytes left, a chunk takes at least 12");
+    const uint32_t len = be32(u + pos);
+    const unsigned char* type = u + pos + 4;
+    const unsigned char* data = u + pos + 8;
+    const std::string name = chunk_name(type);
+    if (len > 0x7FFFFFFFu || len > n - pos - 12)
+      detail::fail(path, "chunk " + name + " at byte " + std::to_string(pos) + " claims " + std::to_string(len) +
+                             " bytes but only " + std::to_string(n - pos - 12) + " follow");
+    if (std::memcmp(type, "CgBI", 4) == 0) detail::fail(path, "Apple's CgBI PNG variant is not supported");
+    if (!have_ihdr) {
+      if (std::memcmp(type, "IHDR", 4) != 0 || len != 13)
+        detail::fail(path, "the first chunk is " + name + " of " + std::to_string(len) +
+                               " bytes, expected IHDR of 13 bytes");
+      w = be32(data);
+      h = be32(data + 4);
+      depth = data[8];
+      ctype = data[9];
+      interlace = data[12];
+      if (w == 0 || h == 0 || w > 0x7FFFFFFFu || h > 0x7FFFFFFFu)
+        detail::fail(path, "image size " + std::to_string(w) + "x" + std::to_string(h) +
+                               " (width and height must be 1 .. 2^31 - 1)");
+      const int bpp = png_bits_per_pixel(ctype, depth);
+      if (bpp == 0)
+        detail::fail(path, "bit depth " + std::to_string(depth) + " is not valid for colour type " + std::to_string(ctype));
+      if (data[10] != 0 || data[11] != 0 || interlace > 1)
+        detail::fail(path, "unknown compression " + std::to_string(data[10]) + ", filter " + std::to_string(data[11]) +
+                               " or interlace " + std::to_string(interlace) + " method (only 0, 0, 0 or 1 exist)");
+      if ((uint64_t)w * h > (uint64_t)kMaxPngPixels)
+        detail::fail(path, std::to_string(w) + "x" + std::to_string(h) + " pixels is more than the " +
+                               std::to_string(kMaxPngPixels) + " this reader accepts");
+      need = png_raw_bytes(w, h, bpp, interlace == 1);
+      have_ihdr = true;
+    } else if (std::memcmp(type, "IDAT", 4) == 0 && !stream_end) {
+      z.next_in = const_cast<unsigned char*>(data);
+      z.avail_in = len;
+      do {
+        z.next_out = out;
+        z.avail_out = sizeof out;
+        const int rc = inflate(&z, Z_NO_FLUSH);
+        inflated += sizeof out - z.avail_out;
+        if (inflated > need)
+          detail::fail(path, "IDAT data inflates to more than the " + std::to_string(need) + " bytes a " + what() +
+                                 " needs");
+        if (rc == Z_STREAM_END) stream_end = true;
+        else if (rc != Z_OK && rc != Z_BUF_ERROR)
+          detail::fail(path, "corrupt IDAT data at byte " + std::to_string(pos) + " (zlib: " + (z.msg ? z.msg : "error " + std::to_string(rc)) + ")");
+      } while (!stream_end && (z.avail_in > 0 || z.avail_out == 0));
+    } else if (std::memcmp(type, "IEND", 4) == 0) {
+      have_iend = true;
+    }
+    pos += 12 + (size_t)len;
+  }
+  if (!have_ihdr) detail::fail(path, "no chunks after the PNG signature");
+  if (!have_iend) detail::fail(path, "no IEND chunk (truncated file?)");
+  if (inflated != need)
+    detail::fail(path, "IDAT data inflates to " + std::to_string(inflated) + " bytes, but a " + what() + " needs " +
+                           std::to_string(need));
+}
+
+}  // namespace
+
 std::vector<uint8_t> read_png_gray(const std::string& path, int* width, int* height) {
-  const std::string bytes = detail::read_file(path);
-  if (bytes.empty()) detail::fail(path, "empty file, expected a PNG");
+  const std::string bytes = detail::read_file(path, INT_MAX);  // stb takes an int length
+  check_png(path, bytes);
   int w = 0, h = 0, c = 0;
+  if (!stbi_info_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()), (int)bytes.size(), &w, &h, &c)) {
+    const char* why = stbi_failure_reason();
+    detail::fail(path, std::string("cannot read the PNG header: ") + (why ? why : "unknown error"));
+  }
   unsigned char* p = stbi_load_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()), (int)bytes.size(),
                                            &w, &h, &c, 1);
   if (!p) {
@@ -102,55 +249,79 @@ ImageSplits read_cifar10(const std::string& dir, const ImageOptions& opt, double
 
 // ---- IDX -----------------------------------------------------------------------------------
 
-static std::string read_gz(const std::string& path) {
-  if (!fs::exists(path)) detail::fail(path, "no such file");
-  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files transparently too
-  if (!f) detail::fail(path, "cannot open");
-  std::string out;
-  char buf[1 << 16];
-  for (;;) {
-    const int n = gzread(f, buf, sizeof buf);
-    if (n < 0) {
+namespace {
+// Appends up to n more bytes of f's decompressed stream to out, 1 MiB at a time, so that memory
+// follows the bytes actually present rather than n. Stops early at the end of the stream.
+void gz_append(gzFile f, const std::string& path, std::vector<uint8_t>& out, uint64_t n) {
+  while (n > 0) {
+    const size_t step = (size_t)std::min<uint64_t>(n, 1 << 20), at = out.size();
+    out.resize(at + step);
+    const int k = gzread(f, out.data() + at, (unsigned)step);
+    if (k < 0) {
       int errnum = 0;
-      std::string why = gzerror(f, &errnum);
-      gzclose(f);
-      detail::fail(path, "gzip read error: " + why);
+      detail::fail(path, std::string("gzip read error: ") + gzerror(f, &errnum));
     }
-    if (n == 0) break;
-    out.append(buf, (size_t)n);
+    out.resize(at + (size_t)k);
+    if ((size_t)k < step) return;
+    n -= step;
   }
-  gzclose(f);
-  return out;
 }
+}  // namespace
 
 IdxArray read_idx(const std::string& path) {
-  const std::string bytes = read_gz(path);
-  const auto* u = reinterpret_cast<const uint8_t*>(bytes.data());
-  auto hex = [](uint32_t v) {
-    char b[16];
-    std::snprintf(b, sizeof b, "0x%08x", v);
-    return std::string(b);
-  };
-  if (bytes.size() < 4) detail::fail(path, "too short for an IDX header (" + std::to_string(bytes.size()) + " bytes)");
-  const uint32_t magic = (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
-  const int ndim = u[3];
-  if (u[0] != 0 || u[1] != 0 || u[2] != 0x08 || ndim < 1 || ndim > 8)
-    detail::fail(path, "bad IDX magic " + hex(magic) + ", expected 0x000008NN (unsigned bytes, NN = dimensions)");
-  if (bytes.size() < 4 + 4 * (size_t)ndim) detail::fail(path, "truncated IDX header");
-  IdxArray a;
-  uint64_t total = 1;
-  for (int i = 0; i < ndim; ++i) {
-    const uint8_t* p = u + 4 + 4 * i;
-    const int64_t dsz = (int64_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
-    a.dims.push_back(dsz);
-    total *= (uint64_t)dsz;
-    if (total > (uint64_t)1 << 40) detail::fail(path, "IDX dimensions too large");
+  uint64_t file_size = 0;
+  const int fd = detail::open_regular(path, &file_size);
+  gzFile f = gzdopen(fd, "rb");  // reads plain files transparently too
+  if (!f) {
+    ::close(fd);
+    detail::fail(path, "cannot open");
   }
-  const size_t off = 4 + 4 * (size_t)ndim;
-  if (bytes.size() - off != total)
-    detail::fail(path, "IDX data has " + std::to_string(bytes.size() - off) + " bytes, header says " +
-                           std::to_string(total));
-  a.data.assign(u + off, u + bytes.size());
+  struct Close {
+    gzFile f;
+    ~Close() { gzclose(f); }
+  } close_f{f};
+  // The header first; then at most the bytes it describes plus one (to detect trailing data),
+  // so a small file that inflates to gigabytes costs no more than its header allows.
+  std::vector<uint8_t> head;
+  gz_append(f, path, head, 4);
+  if (head.size() < 4) detail::fail(path, "too short for an IDX header (" + std::to_string(head.size()) + " bytes)");
+  const uint32_t magic = be32(head.data());
+  const int ndim = head[3];
+  if (head[0] != 0 || head[1] != 0 || head[2] != 0x08 || ndim < 1 || ndim > 8) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", magic);
+    detail::fail(path, std::string("bad IDX magic ") + hex + ", expected 0x000008NN (unsigned bytes, NN = dimensions)");
+  }
+  gz_append(f, path, head, 4 * (uint64_t)ndim);
+  if (head.size() < 4 + 4 * (size_t)ndim)
+    detail::fail(path, "truncated IDX header: " + std::to_string(ndim) + " dimensions need " +
+                           std::to_string(4 + 4 * ndim) + " bytes, the file has " + std::to_string(head.size()));
+  IdxArray a;
+  std::string dims = "(";
+  for (int i = 0; i < ndim; ++i) {
+    a.dims.push_back((int64_t)be32(head.data() + 4 + 4 * i));
+    dims += (i ? ", " : "") + std::to_string(a.dims.back());
+  }
+  dims += ")";
+  // As for tensors, sizes multiply without overflow with zeros counted as 1.
+  int64_t extent = 1, total = 1;
+  for (int64_t d : a.dims) {
+    if (__builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent))
+      detail::fail(path, "IDX dimensions " + dims + " are too large: their product (zeros counted as 1) passes 2^63 - 1");
+    total *= d;  // total <= extent
+  }
+  const uint64_t want = (uint64_t)total;
+  // A plain file's size is known before reading; a gzip file is read up to want + 1 bytes.
+  if (gzdirect(f) && file_size - head.size() != want)
+    detail::fail(path, "IDX data has " + std::to_string(file_size - head.size()) + " bytes, header says " +
+                           std::to_string(want) + " (dimensions " + dims + ")");
+  gz_append(f, path, a.data, want + 1);
+  if (a.data.size() > want)
+    detail::fail(path, "IDX data continues past the " + std::to_string(want) + " bytes the header describes (dimensions " +
+                           dims + "): trailing bytes, or a wrong header");
+  if (a.data.size() < want)
+    detail::fail(path, "IDX data has " + std::to_string(a.data.size()) + " bytes, header says " + std::to_string(want) +
+                           " (dimensions " + dims + ")");
   return a;
 }
 

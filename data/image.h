@@ -32,7 +32,14 @@ struct ImageSplits {
 // ---- PNG (stb) ---------------------------------------------------------------------------
 // Writes an 8-bit grayscale PNG (creates parent folders).
 void write_png_gray(const std::string& path, int width, int height, const std::vector<uint8_t>& pixels);
-// Reads any PNG as 8-bit grayscale (colour is converted by stb); throws IOError naming the file.
+// Reads a PNG (any colour type, bit depth, interlacing) as 8-bit grayscale (colour is converted
+// by stb); throws IOError naming the file. PNG only: other formats stb knows are refused. The
+// file is checked before stb allocates anything: chunk lengths within the file, at most
+// kMaxPngPixels pixels, and image data that inflates to exactly the size the header implies
+// (so memory stays proportional to the image the file truly holds).
+// The cap bounds stb's buffers (at most 8 bytes per pixel for 16-bit RGBA) for a small file
+// holding a valid but very compressible image.
+constexpr int64_t kMaxPngPixels = int64_t(1) << 24;  // 4096 x 4096
 std::vector<uint8_t> read_png_gray(const std::string& path, int* width, int* height);
 
 // ---- CIFAR-10 binary ---------------------------------------------------------------------
@@ -53,7 +60,9 @@ struct IdxArray {
   std::vector<uint8_t> data;
 };
 // Reads an unsigned-byte IDX file, gzip-compressed or not (zlib). Checks the magic
-// (0x00 0x00 0x08 ndim) and the size.
+// (0x00 0x00 0x08 ndim), that the dimensions multiply without overflow (zeros counted as 1),
+// and that the data is exactly their product: a gzip file is inflated only up to one byte past
+// what the header describes, so a small file cannot make the reader allocate more than that.
 IdxArray read_idx(const std::string& path);
 // Images (N, h, w) + labels (N), each image zero-padded (centred) to pad_to x pad_to pixels
 // (0 = no padding): Fashion-MNIST's 28 x 28 becomes 32 x 32 = 1024 tokens.

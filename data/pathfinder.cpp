@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <string_view>
 
 #include "../core/parallel.h"
 #include "detail.h"
@@ -249,6 +250,59 @@ std::string write_pathfinder(const std::string& root, const PathfinderOptions& o
   return dir.string();
 }
 
+namespace {
+// True if path lies in root or below it; both absolute and normalised.
+bool within(const fs::path& path, const fs::path& root) {
+  auto p = path.begin();
+  for (const auto& r : root) {
+    if (p == path.end() || *p != r) return false;
+    ++p;
+  }
+  return true;
+}
+
+// The first n fields of line (separated by spaces, tabs or '\r'), fewer if it has fewer.
+size_t first_fields(std::string_view line, std::string_view* out, size_t n) {
+  size_t k = 0, i = 0;
+  auto space = [&](size_t j) { return line[j] == ' ' || line[j] == '\t' || line[j] == '\r'; };
+  while (k < n) {
+    while (i < line.size() && space(i)) ++i;
+    if (i == line.size()) break;
+    const size_t b = i;
+    while (i < line.size() && !space(i)) ++i;
+    out[k++] = line.substr(b, i - b);
+  }
+  return k;
+}
+
+// The image a metadata line names (fields subdir and file), confined to the dataset root:
+// both relative, no '..' component and no NUL byte, and (symbolic links followed) resolving
+// inside the root, whose canonical form is root_real. Fails naming the metadata line.
+fs::path confined_image(const fs::path& base, const fs::path& root_real, const std::string& sub,
+                        const std::string& file, const std::string& mpath, int64_t lineno) {
+  for (const std::string& f : {sub, file}) {
+    if (f.find('\0') != std::string::npos)
+      detail::fail_line(mpath, lineno, "image path field contains a NUL byte");
+    const fs::path q(f);
+    if (q.has_root_path())
+      detail::fail_line(mpath, lineno, "image path '" + f + "' is absolute; metadata paths must be relative to the "
+                                       "dataset root " + base.string());
+    for (const auto& part : q)
+      if (part == "..")
+        detail::fail_line(mpath, lineno, "image path '" + f + "' has a '..' component; metadata paths must stay "
+                                         "inside the dataset root " + base.string());
+  }
+  const fs::path png = base / sub / file;
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(png, ec);
+  if (ec) detail::fail_line(mpath, lineno, png.string() + ": cannot resolve: " + ec.message());
+  if (!within(real, root_real))
+    detail::fail_line(mpath, lineno, "image " + png.string() + " resolves to " + real.string() +
+                                         ", outside the dataset root " + root_real.string() + " (a symbolic link?)");
+  return png;
+}
+}  // namespace
+
 Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt) {
   const fs::path base(dir), mdir = base / "metadata";
   std::error_code ec;
@@ -265,6 +319,8 @@ Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt
   }
   std::sort(files.begin(), files.end());
   if (files.empty()) detail::fail(mdir.string(), "no .npy metadata files");
+  const fs::path root_real = fs::canonical(base, ec);
+  if (ec) detail::fail(base.string(), "cannot resolve the dataset root: " + ec.message());
   Dataset d;
   d.name = "pathfinder/" + base.filename().string();
   d.vocab_size = image_vocab(opt.image);
@@ -272,18 +328,30 @@ Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt
   int size = opt.image_size;
   for (const auto& f : files) {
     const std::string mpath = f.second.string();
-    const auto lines = detail::split_lines(detail::read_file(mpath));
-    for (size_t li = 0; li < lines.size(); ++li) {
-      const auto fields = detail::split_ws(lines[li]);
-      if (fields.empty()) continue;
-      const int64_t lineno = (int64_t)li + 1;
-      if (fields.size() < 4)
+    const fs::path mreal = fs::weakly_canonical(f.second, ec);
+    if (ec || !within(mreal, root_real))
+      detail::fail(mpath, "resolves to " + mreal.string() + ", outside the dataset root " + root_real.string() +
+                              " (a symbolic link?)");
+    // Lines and fields are scanned in place: a vector of strings per line would cost about 32
+    // bytes per newline or space of the file.
+    const std::string text = detail::read_file(mpath);
+    int64_t lineno = 0;
+    for (size_t b = 0; b < text.size();) {
+      const size_t eol = std::min(text.find('\n', b), text.size());
+      const std::string_view line(text.data() + b, eol - b);
+      b = eol + 1;
+      ++lineno;
+      std::string_view fields[4];
+      const size_t nf = first_fields(line, fields, 4);
+      if (nf == 0) continue;
+      if (nf < 4)
         detail::fail_line(mpath, lineno, "expected at least 4 space-separated fields (subdir file index label), got " +
-                                             std::to_string(fields.size()));
+                                             std::to_string(nf));
       Example e;
-      if (!detail::parse_int(fields[3], e.label) || (e.label != 0 && e.label != 1))
-        detail::fail_line(mpath, lineno, "label '" + fields[3] + "' is not 0 or 1");
-      const fs::path png = base / fields[0] / fields[1];
+      if (!detail::parse_int(std::string(fields[3].substr(0, 64)), e.label) || fields[3].size() > 64 ||
+          (e.label != 0 && e.label != 1))
+        detail::fail_line(mpath, lineno, "label '" + std::string(fields[3].substr(0, 64)) + "' is not 0 or 1");
+      const fs::path png = confined_image(base, root_real, std::string(fields[0]), std::string(fields[1]), mpath, lineno);
       if (opt.skip_empty_files && fs::is_regular_file(png, ec) && fs::file_size(png, ec) == 0) continue;
       int w = 0, h = 0;
       std::vector<uint8_t> px;

@@ -65,7 +65,9 @@ struct PathfinderReadOptions {
   bool skip_empty_files = true; // skip 0-byte PNGs, as S4 does for the known empty one
 };
 // Reads a difficulty folder (the one holding imgs/ and metadata/): metadata files in numeric
-// order, lines in order. Errors name the metadata file and line.
+// order, lines in order. Errors name the metadata file and line. Metadata is untrusted: image
+// paths must be relative without a '..' component, and every image and metadata file must
+// resolve (symbolic links followed) inside the folder, or the read fails naming the line.
 Dataset read_pathfinder(const std::string& dir, const PathfinderReadOptions& opt = {});
 
 }  // namespace lotgrad::data
