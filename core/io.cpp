@@ -14,6 +14,7 @@
 #include <set>
 
 #include "autograd.h"
+#include "fault.h"
 
 namespace lotgrad {
 
@@ -100,9 +101,25 @@ struct CrcSink : Sink {
   }
 };
 
+// The write of a file that fault::at(event) marks (core/fault.h): cut to half its bytes,
+// then the process is killed (a kill mid-write) or the write fails as on a full disk.
+void inject_fault(const char* event, FILE* f, const std::string& op, const std::string& path) {
+  const fault::Action a = fault::at(event);
+  if (a == fault::Action::none) return;
+  const long size = std::ftell(f);
+  if (size > 0 && ::ftruncate(::fileno(f), size / 2) != 0) io_fail(op, path, "fault injection: " + errno_str());
+  if (a == fault::Action::kill) fault::kill_now();
+  errno = ENOSPC;
+  io_fail(op, path, "write failed: " + errno_str() + " (injected by LOTGRAD_FAULT_ENOSPC)");
+}
+
 // Runs body on a sink over path + ".tmp.<pid>", then fsyncs and renames over path. On any
-// failure the temporary file is removed and path is untouched.
-void atomic_write(const std::string& op, const std::string& path, const std::function<void(Sink&)>& body) {
+// failure the temporary file is removed and path is untouched. keep_as (not empty): an
+// existing file at path is renamed to keep_as first, after the new file is complete and
+// synced, so that at every instant one of the two names holds a complete file.
+// fault_event (core/fault.h): the event whose injected kill / ENOSPC hits this write.
+void atomic_write(const std::string& op, const std::string& path, const std::function<void(Sink&)>& body,
+                  const std::string& keep_as = {}, const char* fault_event = nullptr) {
   const std::string tmp = path + ".tmp." + std::to_string((long long)::getpid());
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) io_fail(op, path, "cannot create temporary file " + tmp + ": " + errno_str());
@@ -110,18 +127,28 @@ void atomic_write(const std::string& op, const std::string& path, const std::fun
     FileSink sink(f, op, path);
     body(sink);
     if (std::fflush(f) != 0) io_fail(op, path, "flush failed: " + errno_str());
+    if (fault_event) inject_fault(fault_event, f, op, path);
     if (::fsync(::fileno(f)) != 0) io_fail(op, path, "fsync failed: " + errno_str());
     FILE* g = f;
     f = nullptr;
     if (std::fclose(g) != 0) io_fail(op, path, "close failed: " + errno_str());
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      io_fail(op, path, "cannot rename " + tmp + " over it: " + errno_str());
+    bool kept = false;
+    if (!keep_as.empty()) {
+      kept = std::rename(path.c_str(), keep_as.c_str()) == 0;
+      if (!kept && errno != ENOENT) io_fail(op, path, "cannot rename it to " + keep_as + ": " + errno_str());
+      if (fault::at("rotate") == fault::Action::kill) fault::kill_now();
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      const std::string why = errno_str();
+      if (kept) (void)std::rename(keep_as.c_str(), path.c_str());  // put the previous file back
+      io_fail(op, path, "cannot rename " + tmp + " over it: " + why);
+    }
   } catch (...) {
     if (f) std::fclose(f);
     std::remove(tmp.c_str());
     throw;
   }
-  // Make the rename itself durable (best effort: some file systems refuse directory fsync).
+  // Make the renames themselves durable (best effort: some file systems refuse directory fsync).
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
@@ -709,9 +736,11 @@ std::string checkpoint_to_bytes(const NamedTensors& tensors, const Metadata& met
 Checkpoint checkpoint_from_bytes(const std::string& bytes, const std::string& name) {
   return parse_checkpoint(bytes, name);
 }
-void save_checkpoint(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
+void save_checkpoint(const std::string& path, const NamedTensors& tensors, const Metadata& metadata,
+                     const std::string& previous) {
   validate_entries(tensors, metadata, path);
-  atomic_write("save_checkpoint", path, [&](Sink& s) { write_checkpoint(s, tensors, metadata); });
+  atomic_write("save_checkpoint", path, [&](Sink& s) { write_checkpoint(s, tensors, metadata); }, previous,
+               "checkpoint");
 }
 Checkpoint load_checkpoint(const std::string& path) {
   std::string bytes;

@@ -57,7 +57,11 @@ struct Checkpoint {
 // Tensors may be non-contiguous. Written to path + ".tmp.<pid>", flushed and fsync'ed,
 // then renamed over path: a reader never sees a half-written file, and on failure an
 // existing file at path is left untouched and the temporary file is removed.
-void save_checkpoint(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
+// previous (not empty): an existing file at path is kept under this name (renamed once the
+// new file is complete and synced, just before it takes path): at every instant path or
+// previous holds a complete checkpoint (a run's last.ckpt -> prev.ckpt).
+void save_checkpoint(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {},
+                     const std::string& previous = {});
 Checkpoint load_checkpoint(const std::string& path);
 std::string checkpoint_to_bytes(const NamedTensors& tensors, const Metadata& metadata = {});
 Checkpoint checkpoint_from_bytes(const std::string& bytes, const std::string& name = "<buffer>");

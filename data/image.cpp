@@ -252,16 +252,18 @@ ImageSplits read_cifar10(const std::string& dir, const ImageOptions& opt, double
 namespace {
 // Appends up to n more bytes of f's decompressed stream to out, 1 MiB at a time, so that memory
 // follows the bytes actually present rather than n. Stops early at the end of the stream.
+// Through a fixed buffer: out grows by what was read, never by what the header promised (a
+// short file promising 1 MiB or more cost a zero-filled 1 MiB per read, 21 inputs/s fuzzed).
 void gz_append(gzFile f, const std::string& path, std::vector<uint8_t>& out, uint64_t n) {
+  uint8_t buf[1 << 16];
   while (n > 0) {
-    const size_t step = (size_t)std::min<uint64_t>(n, 1 << 20), at = out.size();
-    out.resize(at + step);
-    const int k = gzread(f, out.data() + at, (unsigned)step);
+    const size_t step = (size_t)std::min<uint64_t>(n, sizeof buf);
+    const int k = gzread(f, buf, (unsigned)step);
     if (k < 0) {
       int errnum = 0;
       detail::fail(path, std::string("gzip read error: ") + gzerror(f, &errnum));
     }
-    out.resize(at + (size_t)k);
+    out.insert(out.end(), buf, buf + k);
     if ((size_t)k < step) return;
     n -= step;
   }

@@ -176,10 +176,20 @@ Dataset read_aan_tsv(const std::string& path, const RetrievalOptions& opt) {
 
 void write_aan_tsv(const std::string& path, const std::vector<RetrievalRow>& rows) {
   std::string out;
-  for (const RetrievalRow& r : rows) {
-    for (const std::string* s : {&r.id1, &r.id2, &r.text1, &r.text2})
-      if (s->find_first_of("\t\n") != std::string::npos)
-        throw std::invalid_argument("write_aan_tsv: fields must not contain tabs or newlines");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const RetrievalRow& r = rows[i];
+    const std::pair<const char*, const std::string*> fields[4] = {
+        {"id1", &r.id1}, {"id2", &r.id2}, {"text1", &r.text1}, {"text2", &r.text2}};
+    for (const auto& [field, s] : fields)
+      if (const size_t at = s->find_first_of("\t\n"); at != std::string::npos)
+        throw std::invalid_argument("write_aan_tsv: " + path + ": row " + std::to_string(i) + " " + field + " has a " +
+                                    ((*s)[at] == '\t' ? "tab" : "newline") + " at byte " + std::to_string(at) +
+                                    " (fields must not contain tabs or newlines)");
+    // The reader drops one '\r' at the end of a line (CRLF files), so a text2 ending in '\r'
+    // would not read back as written.
+    if (!r.text2.empty() && r.text2.back() == '\r')
+      throw std::invalid_argument("write_aan_tsv: " + path + ": row " + std::to_string(i) +
+                                  " text2 ends with a carriage return, which the reader takes for a CRLF line end");
     out += std::to_string(r.label) + "\t" + r.id1 + "\t" + r.id2 + "\t" + r.text1 + "\t" + r.text2 + "\n";
   }
   detail::write_file(path, out);

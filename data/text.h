@@ -48,7 +48,8 @@ struct RetrievalOptions {
 };
 // AAN five-column TSV; examples carry tokens (text1) and tokens2 (text2).
 Dataset read_aan_tsv(const std::string& path, const RetrievalOptions& opt = {});
-// Writes the AAN layout (label as an integer; ids and texts must not contain tabs or newlines).
+// Writes the AAN layout (label as an integer; ids and texts must not contain tabs or newlines,
+// and text2 must not end with a carriage return; std::invalid_argument naming the row otherwise).
 struct RetrievalRow {
   int64_t label;
   std::string id1, id2, text1, text2;

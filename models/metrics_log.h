@@ -1,8 +1,9 @@
 // A run's metrics log, metrics.jsonl: one JSON object per line, each with a "step". The
 // trainer appends to it (checked writes: a full disk is an error, not a cut line), a resume
-// cuts it back to the checkpoint's step, and `lotgrad plot` reads it with the same reader.
+// cuts it back to the checkpoint's step (dropping a line torn by a kill), and `lotgrad plot`
+// reads it with the same reader.
 #pragma once
-#include <fstream>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -24,11 +25,19 @@ class MetricsLog {
  public:
   // fresh: start an empty log; else keep the records with step <= keep_through (a resume).
   MetricsLog(const std::string& path, bool fresh, int64_t keep_through = 0);
-  void write(const MetricsRecord& r);  // one line, flushed; throws IOError when the write fails
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  // One line, handed to the OS whole. A failed write (a full disk) throws IOError naming the
+  // file and the reason, and cuts the file back to the lines before it (best effort).
+  void write(const MetricsRecord& r);
+  // The lines written so far reach the disk (fsync): called before a checkpoint, so the log
+  // holds every line up to the checkpoint's step whenever the checkpoint exists.
+  void sync();
 
  private:
   std::string path_;
-  std::ofstream out_;
+  int fd_ = -1;
 };
 
 }  // namespace lotgrad::models

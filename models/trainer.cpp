@@ -1,16 +1,22 @@
 #include "trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 
 #include "../core/autograd.h"
+#include "../core/fault.h"
 #include "../core/io.h"
 #include "../core/parallel.h"
 #include "../ops/loss.h"
@@ -61,25 +67,160 @@ class StopSignals {
   struct sigaction old_int_ = {}, old_term_ = {};
 };
 
+// Running sums over the steps since the last progress report (checkpointed: a resumed run
+// logs the same lines as an uninterrupted one).
+struct Window {
+  double loss = 0, metric = 0, seen = 0;
+  int64_t steps = 0;
+  // Timing, of the window's steps that this process ran (not checkpointed: no bits of a
+  // checkpoint depend on the clock).
+  double tokens = 0, seconds = 0;
+  int64_t timed_steps = 0;
+};
+
+// A write past a file-size limit (ulimit -f) fails with EFBIG, an error naming the file,
+// instead of SIGXFSZ killing the process.
+class IgnoreFileSizeSignal {
+ public:
+  IgnoreFileSizeSignal() {
+    struct sigaction ign = {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGXFSZ, &ign, &old_);
+  }
+  ~IgnoreFileSizeSignal() { sigaction(SIGXFSZ, &old_, nullptr); }
+
+ private:
+  struct sigaction old_ = {};
+};
+
 // ---- the run's state: what last.ckpt holds besides the tensors
 struct RunState {
   int64_t step = 0, best_step = -1;
   double best_dev = -1;
+  Window window;
 };
 
+// The run directory's files. last.ckpt is the checkpoint --resume continues; each save keeps
+// the one before as prev.ckpt (the fallback when last.ckpt is missing or corrupt). lock is
+// flock'ed by the run that trains in the directory.
 struct RunFiles {
-  std::string last, best, metrics, config;
-  explicit RunFiles(const std::string& dir)
-      : last(dir + "/last.ckpt"), best(dir + "/best.ckpt"), metrics(dir + "/metrics.jsonl"), config(dir + "/config.json") {}
+  std::string dir, last, prev, best, metrics, config, lock;
+  explicit RunFiles(const std::string& d)
+      : dir(d), last(d + "/last.ckpt"), prev(d + "/prev.ckpt"), best(d + "/best.ckpt"), metrics(d + "/metrics.jsonl"),
+        config(d + "/config.json"), lock(d + "/lock") {}
 };
+
+// One run per directory: an exclusive flock on <dir>/lock, held as long as this object lives
+// and released by the kernel when the process ends however it ends (a kill -9 leaves no
+// stale lock). The file names its holder for the message of a run that is refused.
+class RunLock {
+ public:
+  explicit RunLock(const RunFiles& f) {
+    fd_ = ::open(f.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw IOError("train: cannot open the lock file " + f.lock + ": " + std::strerror(errno));
+    int rc;
+    while ((rc = ::flock(fd_, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {}
+    if (rc != 0 && errno == EWOULDBLOCK) {
+      char buf[512] = {};
+      const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+      std::string holder = n > 0 ? std::string(buf, (size_t)n) : "";
+      while (!holder.empty() && holder.back() == '\n') holder.pop_back();
+      ::close(fd_);
+      throw std::runtime_error("train: " + f.dir + " is in use by another run (" +
+                               (holder.empty() ? std::string("holder unknown") : holder) + ", holding " + f.lock +
+                               "); two runs in one directory would overwrite each other's checkpoints and "
+                               "metrics: wait for it, stop it, or choose another --out");
+    }
+    if (rc != 0) {  // a file system without flock (some network mounts): train unguarded, say so
+      warning_ = "warning: cannot lock " + f.lock + " (" + std::strerror(errno) +
+                 "): a second run on this directory would not be refused";
+      return;
+    }
+    char host[256] = "?";
+    ::gethostname(host, sizeof host - 1);
+    const std::time_t now = std::time(nullptr);
+    char when[64];
+    std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+    const std::string who = "pid " + std::to_string((long long)::getpid()) + " on " + host + ", started " + when + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, who.data(), who.size(), 0) != (ssize_t)who.size())
+      warning_ = "warning: cannot write the holder into " + f.lock + ": " + std::strerror(errno);
+  }
+  ~RunLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the flock
+  }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  const std::string& warning() const { return warning_; }
+
+ private:
+  int fd_ = -1;
+  std::string warning_;
+};
+
+// The checkpoint --resume continues, read: last.ckpt when it reads back (whole, CRC-checked),
+// else prev.ckpt; note says why it is not last.ckpt. Throws when neither is usable.
+struct ResumePoint {
+  std::string path, note;
+  bool last_corrupt = false;  // last.ckpt exists but does not read back
+  Checkpoint ck;
+};
+void check_resumable(const RunFiles& f) {  // cheap: before anything is created or read
+  if (!fs::exists(f.last) && !fs::exists(f.prev))
+    throw std::invalid_argument("--resume: nothing to resume: " + f.last + " does not exist");
+}
+ResumePoint resume_point(const std::string& out_dir) {
+  const RunFiles f(out_dir);
+  check_resumable(f);
+  ResumePoint rp;
+  if (!fs::exists(f.last)) {
+    rp.note = f.last + " does not exist (a save was cut between its renames)";
+  } else {
+    try {
+      rp.ck = load_checkpoint(f.last);
+      rp.path = f.last;
+      return rp;
+    } catch (const IOError& e) {
+      rp.note = e.what();
+      rp.last_corrupt = true;
+    }
+  }
+  if (!fs::exists(f.prev)) throw IOError("--resume: " + rp.note + ", and there is no " + f.prev + " to fall back on");
+  try {
+    rp.ck = load_checkpoint(f.prev);
+  } catch (const IOError& e) {
+    throw IOError("--resume: no usable checkpoint in " + out_dir + ": " + rp.note + "; and " + e.what());
+  }
+  rp.path = f.prev;
+  return rp;
+}
+
+// Temporary files of saves cut by a kill (<file>.tmp.<pid>, core/io.h). Only the run that
+// holds the lock writes in the directory, so under the lock every one of them is stale.
+std::vector<std::string> remove_stale_temporaries(const RunFiles& f) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(f.dir, ec)) {
+    const std::string name = e.path().filename().string();
+    for (const char* base : {"last.ckpt", "prev.ckpt", "best.ckpt", "config.json", "metrics.jsonl"}) {
+      const std::string pre = std::string(base) + ".tmp.";
+      if (name.size() > pre.size() && name.compare(0, pre.size(), pre) == 0 &&
+          name.find_first_not_of("0123456789", pre.size()) == std::string::npos) {
+        fs::remove(e.path());
+        removed.push_back(name);
+      }
+    }
+  }
+  return removed;
+}
 
 // A fresh run never replaces an earlier one's checkpoints by accident; --resume needs one.
 void check_run_dir(const TrainConfig& cfg, const RunFiles& f) {
   if (cfg.resume) {
-    resumable_checkpoint(cfg.out_dir);
+    check_resumable(f);
     return;
   }
-  if (!cfg.overwrite && (fs::exists(f.last) || fs::exists(f.best)))
+  if (!cfg.overwrite && (fs::exists(f.last) || fs::exists(f.prev) || fs::exists(f.best)))
     throw std::invalid_argument("train: " + cfg.out_dir + " already holds a run's checkpoints; --resume continues it, "
                                 "--overwrite replaces it, or choose another --out");
 }
@@ -102,11 +243,7 @@ std::string describe_mechanism(const TrainConfig& cfg) {
 }
 }  // namespace
 
-std::string resumable_checkpoint(const std::string& out_dir) {
-  const std::string last = RunFiles(out_dir).last;
-  if (!fs::exists(last)) throw std::invalid_argument("--resume: nothing to resume: " + last + " does not exist");
-  return last;
-}
+std::string resumable_checkpoint(const std::string& out_dir) { return resume_point(out_dir).path; }
 
 bool stores_config(const std::string& path) { return load_checkpoint(path).metadata.count("config") > 0; }
 
@@ -126,35 +263,67 @@ class Run {
       : cfg_(cfg), files_(cfg.out_dir), w_(w), opt_(opt), sched_(sched), dgen_(dgen) {}
   const RunFiles& files() const { return files_; }
 
+  // last.ckpt, keeping the one before as prev.ckpt.
   void save_last(const RunState& s) {
     NamedTensors ts = prefixed(w_.module().state_dict(), "model.");
     for (auto& e : opt_.state_dict()) ts.push_back(e);
     for (auto& e : sched_.state_dict()) ts.push_back(e);
     std::map<std::string, std::string> md = w_.data_state();
+    const Window& w = s.window;
     md.insert({{"config", config_to_json(cfg_)},
                {"step", std::to_string(s.step)},
                {"dropout_seed", std::to_string(dgen_.seed())},
                {"dropout_counter", std::to_string(dgen_.counter())},
                {"best_dev", full(s.best_dev)},
-               {"best_step", std::to_string(s.best_step)}});
-    save_checkpoint(files_.last, ts, md);
+               {"best_step", std::to_string(s.best_step)},
+               {"window_loss", full(w.loss)},
+               {"window_metric", full(w.metric)},
+               {"window_seen", full(w.seen)},
+               {"window_steps", std::to_string(w.steps)}});
+    save_checkpoint(files_.last, ts, md, files_.prev);
   }
   void save_best(const RunState& s) {
     save_checkpoint(files_.best, prefixed(w_.module().state_dict(), "model."),
                     {{"config", config_to_json(cfg_)}, {"step", std::to_string(s.step)}, {"best_dev", full(s.best_dev)}});
   }
-  RunState restore_last() {
-    const Checkpoint ck = load_checkpoint(files_.last);
+  // The state of the checkpoint ck read from path (resume_point: last.ckpt or prev.ckpt).
+  RunState restore(const Checkpoint& ck, const std::string& path) {
     if (!ck.metadata.count("config"))
-      throw std::invalid_argument("train --resume: " + files_.last + " stores no run configuration (an older lotgrad)");
-    check_same_run(cfg_, config_from_json(ck.metadata.at("config"), files_.last), files_.last);
+      throw std::invalid_argument("train --resume: " + path + " stores no run configuration (an older lotgrad)");
+    check_same_run(cfg_, config_from_json(ck.metadata.at("config"), path), path);
     w_.module().load_state_dict(strip(ck.tensors, "model."));
     opt_.load_state_dict(ck.tensors);
     sched_.load_state_dict(ck.tensors);
     const auto& md = ck.metadata;
     w_.set_data_state(md);
-    dgen_.set_state(std::stoull(md.at("dropout_seed")), std::stoull(md.at("dropout_counter")));
-    return {std::stoll(md.at("step")), std::stoll(md.at("best_step")), std::stod(md.at("best_dev"))};
+    auto number = [&](const std::string& key, bool required = true) -> double {  // exact for the integers stored
+      const auto it = md.find(key);
+      if (it == md.end()) {
+        if (!required) return 0;  // written before windows were stored: the window restarts
+        throw IOError("train --resume: " + path + ": no \"" + key + "\" in its metadata");
+      }
+      try {
+        size_t used = 0;
+        const double v = std::stod(it->second, &used);
+        if (used == it->second.size()) return v;
+      } catch (const std::exception&) {}
+      throw IOError("train --resume: " + path + ": metadata \"" + key + "\" is \"" + it->second + "\", not a number");
+    };
+    auto integer = [&](const std::string& key) -> uint64_t {  // a uint64 or a negative int64, as two's complement
+      const std::string v = md.count(key) ? md.at(key) : "";
+      uint64_t u = 0;
+      int64_t i = 0;
+      const char *b = v.data(), *e = b + v.size();
+      const auto r = v.empty() || v[0] != '-' ? std::from_chars(b, e, u) : std::from_chars(b, e, i);
+      if (v.empty() || r.ec != std::errc() || r.ptr != e)
+        throw IOError("train --resume: " + path + ": metadata \"" + key + "\" is \"" + v + "\", not an integer");
+      return v[0] == '-' ? (uint64_t)i : u;
+    };
+    dgen_.set_state(integer("dropout_seed"), integer("dropout_counter"));
+    RunState st{(int64_t)integer("step"), (int64_t)integer("best_step"), number("best_dev")};
+    st.window = {number("window_loss", false), number("window_metric", false), number("window_seen", false),
+                 (int64_t)number("window_steps", false)};
+    return st;
   }
 
  private:
@@ -166,18 +335,13 @@ class Run {
   Generator& dgen_;
 };
 
-// Running sums over the steps since the last progress report.
-struct Window {
-  double loss = 0, metric = 0, seen = 0, tokens = 0, seconds = 0;
-  int64_t steps = 0;
-};
-
 std::string step_line(const TrainConfig& cfg, const std::string& metric, int64_t step, const Window& w, double lr,
                       double eta_s) {
   char line[256];
   std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  %s %.4g  lr %.2e  %.0f tok/s  %.0f ms/step  ETA %s",
                 (long long)step, (long long)cfg.steps, w.loss / (double)w.steps, metric.c_str(), w.metric / w.seen, lr,
-                w.tokens / std::max(w.seconds, 1e-9), 1e3 * w.seconds / (double)w.steps, format_duration(eta_s).c_str());
+                w.tokens / std::max(w.seconds, 1e-9), 1e3 * w.seconds / (double)std::max<int64_t>(w.timed_steps, 1),
+                format_duration(eta_s).c_str());
   return line;
 }
 
@@ -192,7 +356,12 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   cfg.out_dir = run_dir(cfg_in);
   validate(cfg);
   const RunFiles files(cfg.out_dir);
+  if (cfg.resume) check_resumable(files);  // before the lock: a mistyped --out creates nothing
+  fs::create_directories(cfg.out_dir);
+  const RunLock lock(files);  // held to the end of the run
+  const IgnoreFileSizeSignal no_sigxfsz;
   check_run_dir(cfg, files);
+  const std::vector<std::string> stale = remove_stale_temporaries(files);
   if (cfg.threads > 0) set_num_threads((int)cfg.threads);
   Generator init_gen((uint64_t)cfg.seed);
   auto dgen = std::make_shared<Generator>((uint64_t)cfg.seed * 7919 + 17);
@@ -204,18 +373,34 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   const int64_t warm = cfg.warmup < 1.0 ? (int64_t)std::llround(cfg.warmup * (double)cfg.steps) : (int64_t)cfg.warmup;
   LRScheduler sched(opt, warmup_cosine(warm, cfg.steps, 0.1, cfg.lr_floor));
 
-  fs::create_directories(cfg.out_dir);
   Run run(cfg, *work, opt, sched, *dgen);
   const bool tty = &log == &std::cout && isatty(fileno(stdout));
   Progress progress(log, tty, cfg.quiet);
+  auto notice = [&](const std::string& text) {  // shown even with --quiet: what happened to the run's files
+    if (cfg.quiet) log << text << "\n" << std::flush;
+    else progress.line(text);
+  };
+  if (!lock.warning().empty()) notice(lock.warning());
+  for (const std::string& name : stale) notice("removed " + files.dir + "/" + name + " (a save cut by a kill)");
   TrainResult res;
   RunState st;
   if (cfg.resume) {
-    st = run.restore_last();
-    progress.line("resumed from " + files.last + " at step " + std::to_string(st.step));
-  } else if (!cfg.init_from.empty()) {
-    load_weights(mod, load_checkpoint(cfg.init_from), cfg.init_from);
-    progress.line("weights from " + cfg.init_from + " (optimiser and schedule start fresh)");
+    const ResumePoint rp = resume_point(cfg.out_dir);
+    st = run.restore(rp.ck, rp.path);
+    std::string why;
+    if (rp.last_corrupt) {  // set aside, so that the next save does not keep it as prev.ckpt
+      fs::rename(files.last, files.last + ".corrupt");
+      why = "; it is kept as " + files.last + ".corrupt";
+    }
+    const std::string took = "resumed from " + rp.path + " at step " + std::to_string(st.step);
+    if (rp.note.empty()) progress.line(took);
+    else notice(took + ": " + rp.note + why);
+  } else {
+    for (const std::string& old : {files.last, files.prev, files.best, files.last + ".corrupt"}) fs::remove(old);  // --overwrite
+    if (!cfg.init_from.empty()) {
+      load_weights(mod, load_checkpoint(cfg.init_from), cfg.init_from);
+      progress.line("weights from " + cfg.init_from + " (optimiser and schedule start fresh)");
+    }
   }
   write_file_atomic(files.config, config_to_json(cfg));
   MetricsLog metrics(files.metrics, /*fresh=*/!cfg.resume, st.step);
@@ -231,13 +416,22 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   const StepChecks checks(mod, cfg, files.last, files.best);
   LossWatch watch;
   Window w;
+  w = st.window;  // a resumed run's open window: its metrics lines are those of a run never stopped
+  // last.ckpt, once the metrics lines through its step have reached the disk.
+  auto save_last = [&] {
+    metrics.sync();
+    st.window = w;
+    run.save_last(st);
+  };
+  if (!cfg.resume) save_last();  // step 0: a run killed before its first periodic checkpoint resumes too
   int64_t ran = 0;
   const auto t_start = std::chrono::steady_clock::now();
   double total_step_s = 0, total_tokens = 0;
   while (st.step < cfg.steps) {
     if (cfg.stop_after > 0 && ran >= cfg.stop_after) break;
+    if (fault::at("step") == fault::Action::kill) fault::kill_now();  // core/fault.h (tests)
     if (stop.requested()) {
-      run.save_last(st);
+      save_last();
       res.interrupted = true;
       progress.line("interrupted at step " + std::to_string(st.step) + ": " + files.last +
                     " written; resume with: lotgrad train --out " + cfg.out_dir + " --resume");
@@ -267,6 +461,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     w.tokens += so.tokens;
     w.seconds += dt;
     ++w.steps;
+    ++w.timed_steps;
     total_step_s += dt;
     total_tokens += so.tokens;
     if (st.step % log_every == 0 || st.step == cfg.steps) {
@@ -290,7 +485,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                     std::to_string(st.best_dev) + " at step " + std::to_string(st.best_step) + "; " + dev_refs + ")");
       metrics.write({st.step, {{"dev_" + mname, dev}, {"best_dev", st.best_dev}}});
     }
-    if (st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps) run.save_last(st);
+    if (st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps) save_last();
   }
   res.steps_done = st.step;
   res.best_dev = st.best_dev;

@@ -103,13 +103,23 @@ std::string run_dir(const TrainConfig& cfg);
 // the optimiser steps, with nothing written; a loss that grows tenfold is warned about once.
 // SIGINT or SIGTERM during training stop it after the current step with last.ckpt written
 // and the command that resumes printed; a second signal exits at once.
+// The run directory survives faults: the run holds an flock on <out>/lock from start to end,
+// so a second run on the directory is refused, naming the holder (pid, host, start time). A
+// fresh run writes last.ckpt at step 0 (any run that started can be resumed) and each later
+// save keeps the one before as prev.ckpt, which --resume takes when last.ckpt is missing or
+// corrupt (resumable_checkpoint). --overwrite removes the earlier run's checkpoints first.
+// Temporary files of a save cut by a kill are removed at the start. A checkpoint holds the
+// open progress window, so a resumed run's metrics.jsonl is an uninterrupted one's (but for
+// tokens_per_s); --resume cuts the log back to the checkpoint's step.
 TrainResult train(const TrainConfig& cfg, std::ostream& log);
 
 // The configuration stored in a checkpoint (run_config.h); throws naming the file when it has
 // none (a checkpoint written before runs stored their settings).
 TrainConfig stored_config(const std::string& checkpoint);
 bool stores_config(const std::string& checkpoint);
-// The run directory's last.ckpt, which --resume continues; throws when there is none.
+// The checkpoint --resume continues: the run directory's last.ckpt when it reads back whole
+// (CRC-checked), else prev.ckpt (the last checkpoint before it); throws when neither does
+// (std::invalid_argument "nothing to resume" when the run has no checkpoint at all).
 std::string resumable_checkpoint(const std::string& out_dir);
 
 // The task's metric (task_spec(cfg.task).metric) of a checkpointed model on a split ("train",

@@ -61,7 +61,11 @@ struct Simd {
   // Lane i of the result is v[(i + S) mod W].
   template <int S, size_t... L>
   static V rotate(V v, std::index_sequence<L...>) {
+#if defined(__clang__)  // the fuzz and thread-sanitizer builds use clang
+    return __builtin_shufflevector(v, v, (int)((L + S) % W)...);
+#else
     return __builtin_shuffle(v, VI{(I)((L + S) % W)...});
+#endif
   }
   // Horizontal max and sum by a fixed halving tree (log2 W steps; deterministic).
   static T hmax(V v) {
