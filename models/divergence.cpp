@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <optional>
 
 #include "../core/autograd.h"
 #include "../core/io.h"
@@ -58,25 +57,17 @@ std::string with_step(const std::string& path) {
   }
   return path;
 }
-
-std::optional<std::filesystem::file_time_type> write_time(const std::string& path) {
-  std::error_code ec;
-  const auto t = std::filesystem::last_write_time(path, ec);
-  if (ec) return std::nullopt;
-  return t;
-}
 }  // namespace
 
-// What to resume from: last.ckpt and best.ckpt with their steps, or that none was written yet.
-// A fresh run (--overwrite) that wrote no last.ckpt of its own finds an earlier run's there.
+// What to resume from: last.ckpt and best.ckpt with their steps (a fresh run writes last.ckpt
+// at step 0), or that there is none.
 std::string StepChecks::advice() const {
-  const std::optional<std::filesystem::file_time_type> now = write_time(last_);
-  if (!now || (!resumed_ && now == last_at_start_))
-    return "no checkpoint of this run was written yet (last.ckpt comes every --checkpoint-every steps): start again with "
-           "a lower --lr";
+  namespace fs = std::filesystem;
+  if (!fs::exists(last_))
+    return "no last.ckpt was written (it comes every --checkpoint-every steps): start again with a lower --lr";
   std::string s = "resume from " + with_step(last_) + " with: lotgrad train --out " + out_ +
                   " --resume --override and a lower --lr";
-  if (write_time(best_)) s += "; the best-on-dev model is in " + with_step(best_);
+  if (fs::exists(best_)) s += "; the best-on-dev model is in " + with_step(best_);
   return s;
 }
 
@@ -88,8 +79,6 @@ StepChecks::StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_c
       last_(std::move(last_ckpt)),
       best_(std::move(best_ckpt)),
       out_(cfg.out_dir),
-      resumed_(cfg.resume),
-      last_at_start_(write_time(last_)),
       fault_(FaultNanGrad::from_env()) {}
 
 void StepChecks::fail(int64_t step, double lv, const std::string& what, const std::string& parameter, bool stepped) const {

@@ -6,8 +6,6 @@
 // once (LossWatch), so a run whose loss reaches 8e9 does not finish silently.
 #pragma once
 #include <cstdint>
-#include <filesystem>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -75,8 +73,6 @@ class StepChecks {
   bool anomaly_;
   double clip_;
   std::string last_, best_, out_;
-  bool resumed_;
-  std::optional<std::filesystem::file_time_type> last_at_start_;  // an earlier run's last.ckpt (--overwrite)
   FaultNanGrad fault_;
 };
 
