@@ -3,6 +3,7 @@
 #include "parallel.h"
 
 #include <atomic>
+#include <cmath>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
@@ -13,6 +14,7 @@ namespace lotgrad {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local bool g_anomaly = false;
 std::atomic<uint64_t> g_seq{0};
 
 // Sink for a leaf's gradient: accumulates into leaf.grad.
@@ -34,6 +36,169 @@ struct AccumulateGrad : Node {
 
 bool GradMode::is_enabled() { return g_grad_enabled; }
 void GradMode::set_enabled(bool on) { g_grad_enabled = on; }
+bool AnomalyMode::is_enabled() { return g_anomaly; }
+void AnomalyMode::set_enabled(bool on) { g_anomaly = on; }
+
+// ---- anomaly detection ----------------------------------------------------------------
+
+std::string NonFiniteCount::str() const {
+  if (total() == 0) return "finite";
+  std::string s;
+  if (nan) s = std::to_string(nan) + " nan";
+  if (inf) s += (s.empty() ? "" : ", ") + std::to_string(inf) + " inf";
+  return s;
+}
+
+NonFiniteCount count_nonfinite(const Tensor& t0) {
+  if (!t0.defined() || !is_floating(t0.dtype())) return {};
+  const Tensor t = t0.detach().contiguous();  // detached: a copy of a non-contiguous view records nothing
+  constexpr int64_t kBlock = 4096;
+  const int64_t n = t.numel(), nb = (n + kBlock - 1) / kBlock;
+  std::vector<NonFiniteCount> part((size_t)nb);  // per block: integer counts, so any order gives the same sum
+  dispatch_float(t.dtype(), "count_nonfinite", [&]<class T>() {
+    const T* x = t.data_ptr<T>();
+    parallel_for(0, nb, std::max<int64_t>(1, kParallelGrain / kBlock), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        NonFiniteCount& c = part[(size_t)b];
+        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i)
+          if (!std::isfinite(x[i])) ++(std::isnan(x[i]) ? c.nan : c.inf);
+      }
+    });
+  });
+  NonFiniteCount all;
+  for (const auto& c : part) {
+    all.nan += c.nan;
+    all.inf += c.inf;
+  }
+  return all;
+}
+
+namespace {
+// Recorded in anomaly mode: each input's NaN/Inf count (before the op's outputs exist).
+void note_inputs(Node& n, const std::vector<Tensor>& inputs) {
+  n.anomaly = std::make_unique<AnomalyNote>();
+  for (const Tensor& t : inputs) {
+    n.anomaly->inputs.push_back(count_nonfinite(t));
+    n.anomaly->input_desc.push_back(t.defined() ? describe(t) : "none");
+  }
+}
+void note_output(AnomalyNote& a, const Tensor& out, uint32_t output_nr) {
+  if (a.outputs.size() <= output_nr) {
+    a.outputs.resize(output_nr + 1);
+    a.output_desc.resize(output_nr + 1);
+  }
+  a.outputs[output_nr] = count_nonfinite(out);
+  a.output_desc[output_nr] = describe(out);
+}
+
+NonFiniteCount sum(const std::vector<NonFiniteCount>& cs) {
+  NonFiniteCount s;
+  for (const auto& c : cs) {
+    s.nan += c.nan;
+    s.inf += c.inf;
+  }
+  return s;
+}
+
+// "LogBackward (inputs (3) f32 [finite]; output (3) f32 [1 nan])"
+std::string describe_node(const Node& n) {
+  std::string s = std::string(n.name()) + " (inputs ";
+  const AnomalyNote& a = *n.anomaly;
+  for (size_t i = 0; i < a.inputs.size(); ++i) s += (i ? ", " : "") + a.input_desc[i] + " [" + a.inputs[i].str() + "]";
+  s += "; output" + std::string(a.outputs.size() == 1 ? " " : "s ");
+  for (size_t i = 0; i < a.outputs.size(); ++i) s += (i ? ", " : "") + a.output_desc[i] + " [" + a.outputs[i].str() + "]";
+  return s + ")";
+}
+
+// Every node reachable from roots (explicit stack: no recursion).
+std::vector<const Node*> reachable(const std::vector<const Node*>& starts) {
+  std::unordered_set<const Node*> seen;
+  std::vector<const Node*> stack, all;
+  for (const Node* s : starts)
+    if (s && seen.insert(s).second) stack.push_back(s);
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    all.push_back(n);
+    for (const auto& e : n->next)
+      if (e.fn && seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+  }
+  return all;
+}
+
+// The first recorded op (creation order) that made a NaN from NaN-free inputs, or an Inf from
+// finite ones; with the op's name (empty when none).
+std::pair<std::string, std::string> origin_of(const std::vector<const Node*>& starts) {
+  const Node *first_nan = nullptr, *first_inf = nullptr;
+  int64_t inf_ops = 0;
+  for (const Node* n : reachable(starts)) {
+    if (!n->anomaly) continue;
+    const NonFiniteCount in = sum(n->anomaly->inputs), out = sum(n->anomaly->outputs);
+    if (out.nan > 0 && in.nan == 0 && (!first_nan || n->seq < first_nan->seq)) first_nan = n;
+    if (out.inf > 0 && in.total() == 0) {
+      ++inf_ops;
+      if (!first_inf || n->seq < first_inf->seq) first_inf = n;
+    }
+  }
+  const std::string more = inf_ops > 1 ? " (the first of " + std::to_string(inf_ops) + " ops that made an Inf from finite inputs)" : "";
+  if (first_nan) {
+    std::string s = "the first op to make a NaN from inputs without one: " + describe_node(*first_nan);
+    if (first_inf && first_inf->seq < first_nan->seq)
+      s += "; before it, an Inf came from finite inputs in " + describe_node(*first_inf) + more;
+    return {s, first_nan->name()};
+  }
+  if (first_inf) return {"the first op to make an Inf from finite inputs: " + describe_node(*first_inf) + more, first_inf->name()};
+  return {"", ""};
+}
+
+// Anomaly mode at the start of backward: roots and seed gradients must be finite.
+void check_roots(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) {
+  for (size_t i = 0; i < roots.size(); ++i) {
+    for (const Tensor* t : {&roots[i], &grads[i]}) {
+      const NonFiniteCount c = count_nonfinite(*t);
+      if (c.total() == 0) continue;
+      const bool is_root = t == &roots[i];
+      auto [origin, op] = origin_of({roots[i].grad_fn().get()});
+      if (origin.empty())
+        origin = is_root ? "no op recorded in anomaly mode made it (it came from a leaf, a tensor computed without grad, "
+                           "or ops recorded with anomaly mode off)"
+                         : "the seed gradient was given so";
+      throw AnomalyError("detect_anomaly: backward from " + std::string(is_root ? "a root " : "a seed gradient ") +
+                             describe(*t) + " holding " + c.str() + " of " + std::to_string(t->numel()) + " values; " +
+                             origin,
+                         op);
+    }
+  }
+}
+
+// Anomaly mode after a node ran: every gradient it returned must be finite.
+void check_node(const Node& n, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!out[i].defined()) continue;
+    const NonFiniteCount c = count_nonfinite(out[i]);
+    if (c.total() == 0) continue;
+    std::string s = "detect_anomaly: " + std::string(n.name()) + " returned a gradient holding " + c.str() + " of " +
+                    std::to_string(out[i].numel()) + " values for its input " + std::to_string(i) + ", " +
+                    describe(out[i]) + "; incoming gradients:";
+    for (size_t k = 0; k < in.size(); ++k)
+      s += (k ? ", " : " ") + (in[k].defined() ? describe(in[k]) + " [" + count_nonfinite(in[k]).str() + "]" : "none");
+    s += "; the op's inputs:";
+    for (size_t k = 0; k < n.next.size(); ++k) {
+      const std::string d = n.anomaly ? n.anomaly->input_desc[k] + " [" + n.anomaly->inputs[k].str() + "]"
+                                      : shape_str(n.next[k].shape) + " " + dtype_name(n.next[k].dtype);
+      s += (k ? ", " : " ") + d;
+    }
+    if (n.anomaly && sum(n.anomaly->outputs).total() > 0) s += "; its forward output held " + sum(n.anomaly->outputs).str();
+    if (n.anomaly && sum(n.anomaly->inputs).total() > 0) {  // the cause lies further back, in the forward pass
+      const std::string origin = origin_of({&n}).first;
+      if (!origin.empty()) s += "; in the forward pass, " + origin;
+    }
+    throw AnomalyError(s, n.name());
+  }
+}
+}  // namespace
+
+std::string anomaly_origin(const Tensor& root) { return origin_of({root.grad_fn().get()}).first; }
 
 SavedTensor::SavedTensor(const Tensor& t) {
   if (t.defined()) {
@@ -84,6 +249,7 @@ Node::~Node() {
 
 void collect_edges(Node& n, const std::vector<Tensor>& inputs) {
   n.seq = g_seq.fetch_add(1, std::memory_order_relaxed);
+  if (g_anomaly) note_inputs(n, inputs);
   n.next.resize(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
@@ -105,6 +271,7 @@ void set_history(Tensor& out, const std::shared_ptr<Node>& node, uint32_t output
   out.impl()->grad_fn = node;
   out.impl()->output_nr = output_nr;
   if (output_nr + 1 > node->num_outputs) node->num_outputs = output_nr + 1;
+  if (node->anomaly) note_output(*node->anomaly, out, output_nr);
 }
 
 Tensor sum_to(const Tensor& g, const Shape& shape) {
@@ -192,6 +359,8 @@ void accumulate(std::vector<Tensor>& slots, uint32_t k, Tensor g, const Node& to
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
   NoGradGuard no_grad;  // backward builds no graph of its own
   if (roots.size() != grads.size()) throw AutogradError("backward: need one gradient per root");
+  const bool anomaly = g_anomaly;  // read once: one branch per node below
+  if (anomaly) check_roots(roots, grads);
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::vector<std::shared_ptr<Node>> starts;
   for (size_t i = 0; i < roots.size(); ++i) {
@@ -239,6 +408,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     buffers.erase(n.get());
     in.resize(std::max<size_t>(in.size(), n->num_outputs));
     std::vector<Tensor> out = n->apply(in);
+    if (anomaly) check_node(*n, in, out);
     if (!retain_graph) n->release();
     for (size_t i = 0; i < n->next.size(); ++i) {
       Edge& e = n->next[i];

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "error.h"
 #include "tensor.h"
 
 namespace lotgrad {
@@ -45,6 +46,52 @@ class NoGradGuard {
 
  private:
   bool prev_;
+};
+
+// ---- anomaly detection (PyTorch: torch.autograd.set_detect_anomaly) --------------------
+// Off by default. While on (in this thread), every op recorded for backward counts the NaN
+// and Inf its floating inputs and outputs hold (one pass over each: a debugging mode), and
+// run_backward
+//  - refuses a root or seed gradient holding NaN/Inf, naming the first recorded op (creation
+//    order) that made a NaN (else an Inf) from inputs without one, with its shapes;
+//  - checks the gradients every node returns and throws AnomalyError naming the first node
+//    that returned a NaN/Inf, with its input shapes and its incoming gradients' shapes.
+// Off, recording an op costs one test of a thread-local flag and backward one branch per node.
+struct AnomalyMode {
+  static bool is_enabled();
+  static void set_enabled(bool on);
+};
+// RAII: anomaly mode set to `on` while it lives.
+class DetectAnomalyGuard {
+ public:
+  explicit DetectAnomalyGuard(bool on = true) : prev_(AnomalyMode::is_enabled()) { AnomalyMode::set_enabled(on); }
+  ~DetectAnomalyGuard() { AnomalyMode::set_enabled(prev_); }
+  DetectAnomalyGuard(const DetectAnomalyGuard&) = delete;
+  DetectAnomalyGuard& operator=(const DetectAnomalyGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// What anomaly mode found: `op` is the node's name (e.g. "LogBackward").
+class AnomalyError : public AutogradError {
+ public:
+  AnomalyError(const std::string& msg, std::string op_name) : AutogradError(msg), op(std::move(op_name)) {}
+  std::string op;
+};
+
+// NaN and Inf elements of a tensor (zero for a non-floating one); any strides.
+struct NonFiniteCount {
+  int64_t nan = 0, inf = 0;
+  int64_t total() const { return nan + inf; }
+  std::string str() const;  // "2 nan, 1 inf", "finite"
+};
+NonFiniteCount count_nonfinite(const Tensor& t);
+
+// What a node recorded in anomaly mode: its inputs' and outputs' NaN/Inf counts.
+struct AnomalyNote {
+  std::vector<NonFiniteCount> inputs, outputs;      // one per input (zeros for an undefined one), per output
+  std::vector<std::string> input_desc, output_desc;  // "(2, 3) f32" ("none" for an undefined input)
 };
 
 struct Node;
@@ -80,6 +127,7 @@ struct Node {
   uint64_t seq = 0;        // creation order; later nodes run first when both are ready
   uint32_t num_outputs = 1;
   bool released = false;
+  std::unique_ptr<AnomalyNote> anomaly;  // set only when recorded in anomaly mode
 
   // Frees the nodes only this one holds iteratively, not by nested destructors: a chain of
   // millions of ops would otherwise overflow the stack when its last tensor dies.
@@ -112,6 +160,11 @@ std::shared_ptr<N> make_node(const std::vector<Tensor>& inputs, Args&&... args) 
 
 // Marks out as output number `output_nr` of node.
 void set_history(Tensor& out, const std::shared_ptr<Node>& node, uint32_t output_nr = 0);
+
+// In anomaly mode: the first recorded op in root's graph (creation order) that made a NaN
+// (else an Inf) from inputs without one, described with its shapes; "" when none did or the
+// graph was recorded with anomaly mode off.
+std::string anomaly_origin(const Tensor& root);
 
 // Reverse sweep from roots with the given seed gradients (same length).
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph);

@@ -126,6 +126,9 @@ std::vector<ConfigField> declare() {
       {"overwrite", Role::free, "train into --out even though it holds checkpoints (they are replaced)", &C::overwrite, 0,
        0, {}, true},
       {"quiet", Role::free, "no progress output", &C::quiet, 0, 0, {}, true},
+      {"detect-anomaly", Role::free,
+       "name the op that first makes a NaN or Inf, forward or backward (PyTorch's set_detect_anomaly; slower)",
+       &C::detect_anomaly, 0, 0, {}, true},
   };
 }
 

@@ -24,6 +24,7 @@
 #include "../optim/clip.h"
 #include "../optim/optimizer.h"
 #include "../optim/schedule.h"
+#include "divergence.h"
 #include "metrics_log.h"
 #include "progress.h"
 #include "run_config.h"
@@ -412,6 +413,8 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
 
   StopSignals stop;
+  const StepChecks checks(mod, cfg, files.last, files.best);
+  LossWatch watch;
   Window w;
   w = st.window;  // a resumed run's open window: its metrics lines are those of a run never stopped
   // last.ckpt, once the metrics lines through its step have reached the disk.
@@ -436,16 +439,21 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     opt.zero_grad();
+    // The loss, the gradients and the updated values are checked before anything is written
+    // (divergence.h): a bad step throws and last.ckpt, best.ckpt keep the last good state.
+    const int64_t now = st.step + 1;  // the step being run, counted as the progress lines count
+    DetectAnomalyGuard anomaly(cfg.detect_anomaly);  // off: one flag test per recorded op
     StepOutput so = work->train_step(st.step);
-    so.loss.backward();
-    if (cfg.clip > 0) clip_grad_norm_(mod.parameters(), cfg.clip);
+    const double lv = checks.loss(now, so.loss);
+    checks.backward(now, so.loss, lv);
+    checks.gradients(now, lv);  // and clipping
     opt.step();
+    checks.values(now, lv);
     sched.step();
     ++st.step;
     ++ran;
-    const double lv = so.loss.item();
-    if (!std::isfinite(lv)) throw std::runtime_error("train: loss became " + std::to_string(lv) + " at step " + std::to_string(st.step));
     res.losses.push_back(lv);
+    if (ran == 1) watch.start(st.step, lv);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     w.loss += lv;
     w.metric += so.metric_sum;
@@ -459,6 +467,8 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     if (st.step % log_every == 0 || st.step == cfg.steps) {
       const double lr = opt.param_groups()[0].options.lr;
       progress.step(st.step, cfg.steps, step_line(cfg, mname, st.step, w, lr, (double)(cfg.steps - st.step) * total_step_s / (double)ran));
+      if (const std::string warn = watch.observe(st.step, w.steps, w.loss / (double)w.steps); !warn.empty())
+        progress.line("warning: " + warn);
       metrics.write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_" + mname, w.metric / w.seen}, {"lr", lr},
                                {"tokens_per_s", w.tokens / std::max(w.seconds, 1e-9)}}});
       w = Window{};
@@ -504,6 +514,8 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                   cfg.task.c_str(), cfg.attention.c_str(), (long long)st.step, (long long)cfg.steps, mname.c_str(),
                   res.best_dev, (long long)res.best_step, res.ms_per_step);
   res.summary = s;
+  res.warning = watch.summary();
+  if (!res.warning.empty()) res.summary += "; warning: " + res.warning;
   return res;
 }
 

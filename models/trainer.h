@@ -78,6 +78,7 @@ struct TrainConfig {
   int64_t threads = 0;          // 0: leave as is
   int64_t seed = 1;
   bool quiet = false;
+  bool detect_anomaly = false;  // name the op that first made a NaN/Inf (autograd.h AnomalyMode; slower)
   int64_t stop_after = 0;       // > 0: stop (as if killed) after this many steps this run (tests)
 };
 
@@ -89,6 +90,7 @@ struct TrainResult {
   double baseline_test = 0;  // the task's first reference on test (majority class, chance, least squares)
   std::vector<double> losses;  // training loss per step run in this call
   bool interrupted = false;    // stopped by SIGINT / SIGTERM (last.ckpt written)
+  std::string warning;         // the loss grew far above its start (divergence.h LossWatch); "" if not
   std::string summary;         // one-line description of the run
 };
 
@@ -97,6 +99,8 @@ std::string run_dir(const TrainConfig& cfg);
 
 // Trains the run cfg describes (validate(cfg) first; run_config.h). A fresh run refuses an
 // --out that holds checkpoints unless cfg.overwrite; cfg.resume continues from last.ckpt.
+// A step whose loss or gradients are not finite throws DivergenceError (divergence.h) before
+// the optimiser steps, with nothing written; a loss that grows tenfold is warned about once.
 // SIGINT or SIGTERM during training stop it after the current step with last.ckpt written
 // and the command that resumes printed; a second signal exits at once.
 // The run directory survives faults: the run holds an flock on <out>/lock from start to end,

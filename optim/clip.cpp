@@ -183,6 +183,28 @@ std::optional<NonFiniteReport> find_nonfinite(const std::vector<Tensor>& tensors
   return std::nullopt;
 }
 
+std::vector<NonFiniteTensor> list_nonfinite(const std::vector<Tensor>& tensors, const std::vector<std::string>& names,
+                                            FiniteCheck what) {
+  if (!names.empty() && names.size() != tensors.size())
+    throw std::invalid_argument("list_nonfinite: " + std::to_string(names.size()) + " names for " +
+                                std::to_string(tensors.size()) + " tensors");
+  NoGradGuard ng;
+  std::vector<NonFiniteTensor> bad;
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    if (!tensors[k].defined()) continue;
+    for (bool grad : {false, true}) {
+      if (grad ? what == FiniteCheck::values : what == FiniteCheck::grads) continue;
+      const Tensor x = grad ? tensors[k].grad() : tensors[k];
+      const NonFiniteCount c = count_nonfinite(x);
+      if (c.total() == 0) continue;
+      std::string name = names.empty() ? "#" : names[k];
+      if (names.empty()) name += std::to_string(k);  // not "#" + ...: g++ 12 warns (-Wrestrict) on that form
+      bad.push_back({(int64_t)k, name, grad, c, x.numel()});
+    }
+  }
+  return bad;
+}
+
 void check_finite(const std::vector<Tensor>& tensors, const std::vector<std::string>& names, FiniteCheck what) {
   if (auto r = find_nonfinite(tensors, names, what)) {
     const Tensor& t = tensors[(size_t)r->tensor_index];

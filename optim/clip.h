@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/autograd.h"
 #include "../core/tensor.h"
 
 namespace lotgrad {
@@ -44,6 +45,18 @@ enum class FiniteCheck { values, grads, both };
 std::optional<NonFiniteReport> find_nonfinite(const std::vector<Tensor>& tensors,
                                               const std::vector<std::string>& names = {},
                                               FiniteCheck what = FiniteCheck::both);
+// Every tensor whose value or .grad (as `what` says; per tensor value first, then grad) holds
+// NaN/Inf, in list order, with how many of its elements do: a diverged training step names
+// the first and counts them all.
+struct NonFiniteTensor {
+  int64_t tensor_index = -1;
+  std::string name;       // names[tensor_index], or "#<index>" without names
+  bool in_grad = false;   // counted in .grad rather than the value
+  NonFiniteCount count;   // NaN and Inf elements
+  int64_t numel = 0;
+};
+std::vector<NonFiniteTensor> list_nonfinite(const std::vector<Tensor>& tensors, const std::vector<std::string>& names = {},
+                                            FiniteCheck what = FiniteCheck::both);
 // Throws NonFiniteError with find_nonfinite's message, e.g.
 // "check_finite: gradient of 'fc1.weight' (3, 4) f32 holds nan at index (1, 2) (flat 6)".
 void check_finite(const std::vector<Tensor>& tensors, const std::vector<std::string>& names = {},
