@@ -72,6 +72,6 @@ case "$case_name" in
     cmp "$work/run/last.ckpt" "$work/last.before" ;;
   refusals)
     expect_error "--batch 3 cannot give each of 4 ranks an example" mpi 4 "$bin" $(BATCH=3 run_args "$work/r")
-    expect_error "under mpirun only \`lotgrad train\` runs" mpi 2 "$bin" info ;;
+    expect_error "under mpirun only \`lotgrad train\`, \`lotgrad bench step\` and \`lotgrad bench allreduce\` run" mpi 2 "$bin" info ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac
