@@ -24,6 +24,12 @@ bool built_with_mpi() { return LOTGRAD_HAVE_MPI; }
 
 int launched_size() { return env_int("OMPI_COMM_WORLD_SIZE", env_int("PMI_SIZE", 1)); }
 
+std::string missing_mpi_message(int launched) {
+  return "this lotgrad was built without MPI, but mpirun started it as one of " + std::to_string(launched) +
+         " processes: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin, or bash scripts/setup.sh), "
+         "configure the build again (cmake prints \"MPI: found\") and rebuild";
+}
+
 std::string Comm::where() const { return "rank " + std::to_string(rank_) + " of " + std::to_string(size_); }
 
 #if LOTGRAD_HAVE_MPI
@@ -130,11 +136,7 @@ void Comm::abort(const std::string& message, int code) {
 #else  // built without MPI: a world of one
 
 Comm::Comm() {
-  if (launched_size() > 1)
-    throw std::runtime_error("this lotgrad was built without MPI, but mpirun started it as one of " +
-                             std::to_string(launched_size()) +
-                             " processes: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin, or bash "
-                             "scripts/setup.sh), configure the build again (cmake reports \"MPI: found\") and rebuild");
+  if (launched_size() > 1) throw std::runtime_error(missing_mpi_message(launched_size()));
 }
 Comm::~Comm() = default;
 void Comm::allreduce_sum(double*, int64_t) {}

@@ -18,6 +18,8 @@ bool built_with_mpi();
 // The launcher's world size in this process's environment (OMPI_COMM_WORLD_SIZE, PMI_SIZE),
 // 1 when not started by mpirun.
 int launched_size();
+// Why a build without MPI cannot join an mpirun of `launched` processes, and what to do.
+std::string missing_mpi_message(int launched);
 
 // A non-blocking reduction in flight (an MPI_Request).
 struct Request {

@@ -119,3 +119,13 @@ TEST_CASE("GradReducer in a world of one leaves the gradients bitwise as backwar
   loss().backward();
   CHECK(ps[1].second.grad().to_vector() == want[1]);
 }
+
+TEST_CASE("a build without MPI says how to get it when mpirun starts it") {
+  const std::string m = dist::missing_mpi_message(4);
+  CHECK(m.find("built without MPI") != std::string::npos);
+  CHECK(m.find("one of 4 processes") != std::string::npos);
+  CHECK(m.find("apt-get install libopenmpi-dev openmpi-bin") != std::string::npos);
+  CHECK(m.find("MPI: found") != std::string::npos);  // the line CMakeLists.txt prints
+  // Outside mpirun the world is one process, whatever the build.
+  if (dist::launched_size() == 1) CHECK(dist::Comm::world().size() == 1);
+}
