@@ -256,7 +256,9 @@ TEST_CASE("report_html: every section, one figure per curve and map, nothing fet
   opt.compare = {"softmax", "lotformer-r2"};
   opt.compare_input.n = 16;
   opt.log_scale = true;
+  opt.map_side = 8;  // the comparison's n = 16 is block-averaged 2 x 2
   const std::string page = cli::report_html(runs, opt);
+  CHECK(page.find("block-averaged 2x2 (n = 16 -&gt; 8x8)") != std::string::npos);
   for (const char* id : {"metrics", "curves", "settings", "attention", "mechanisms"})
     CHECK(page.find(std::string("<section id=\"") + id + "\"") != std::string::npos);
   const size_t maps = 2 /*runs*/ * 2 /*examples*/ * 2 /*layers*/ * 2 /*heads*/ + 2 /*mechanisms*/ * 2 /*heads*/;
@@ -300,4 +302,41 @@ TEST_CASE("a report over 10 runs of 5000 steps stays small: curves cut to max_po
   CHECK(page.size() < 3u * 1024 * 1024);
   CHECK(page.find("No best.ckpt in") != std::string::npos);
   fs::remove_all(dir);
+}
+
+TEST_CASE("draw_heatmap: a title, the map's colours, axis ticks and a colour bar from the bottom to the top colour") {
+  const int64_t n = 10;
+  std::vector<double> a((size_t)(n * n));
+  for (size_t i = 0; i < a.size(); ++i) a[i] = (double)i / (double)(a.size() - 1);
+  cli::HeatmapStyle st;
+  st.title = "T";
+  st.cell = 4;
+  const auto [w, h] = cli::heatmap_size(n, st);
+  cli::Canvas c(w, h);
+  const cli::MapScale sc = cli::map_scale(a, false);
+  cli::draw_heatmap(c, 0, 0, a, n, sc, st);
+  auto ink = [&](int x0, int y0, int x1, int y1) {
+    int k = 0;
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x) k += c.get(x, y) != 0xffffff;
+    return k;
+  };
+  CHECK(ink(0, 0, 20, 12) > 5);  // the title
+  // the map: entry (0, 0) is the bottom colour, entry (n-1, n-1) the top one
+  int mx = -1, my = -1;
+  for (int y = 0; y < h && mx < 0; ++y)
+    for (int x = 0; x < w; ++x)
+      if (c.get(x, y) == cli::viridis(0)) {
+        mx = x, my = y;
+        break;
+      }
+  REQUIRE(mx >= 0);
+  INFO(mx << " " << my << " " << w << " " << h);
+  CHECK(c.get(mx + 4 * (int)n - 1, my + 4 * (int)n - 1) == cli::viridis(1));
+  CHECK(ink(mx - 40, my, mx - 1, my + 4 * (int)n) > 20);            // y tick labels and the axis name
+  CHECK(ink(mx, my + 4 * (int)n + 1, mx + 4 * (int)n, h) > 20);     // x tick labels and the axis name
+  const int bx = mx + 4 * (int)n + 10;                              // the colour bar
+  CHECK(c.get(bx + 1, my) == cli::viridis(1));
+  CHECK(c.get(bx + 1, my + 4 * (int)n - 1) == cli::viridis(0));
+  CHECK(ink(bx + 14, my, w, my + 4 * (int)n) > 20);                 // its labels
 }

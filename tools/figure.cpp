@@ -247,7 +247,7 @@ void draw_heatmap(Canvas& c, int x0, int y0, const std::vector<double>& a, int64
     const std::string lab = tick_label(v, t.step);
     c.line(mx + p, my + s, mx + p, my + s + 3, 0x000000);                       // x tick
     c.text(mx + p - Canvas::text_width(lab) / 2, my + s + 5, lab, 0x000000);
-    c.line(mx - 3, my + p, mx, my + p, 0x000000);                               // y tick
+    c.line(mx - 4, my + p, mx - 1, my + p, 0x000000);                           // y tick
     c.text(mx - 5 - Canvas::text_width(lab), my + p - 3, lab, 0x000000);
   }
   c.text(mx + s / 2 - Canvas::text_width(st.xlabel) / 2, my + s + 15, st.xlabel, 0x404040);
