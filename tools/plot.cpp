@@ -165,7 +165,10 @@ int cmd_plot(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   std::vector<RunCurves> runs;
   for (const auto& in : inputs) runs.push_back(read_curves(in));
-  Chart loss{"training loss", "step", "loss", {}}, metric{runs[0].metric + ": train (dashed) and dev (solid)", "step", "", {}},
+  std::string metrics = runs[0].metric;  // one panel: the runs' metrics named together when they differ
+  for (const auto& r : runs)
+    if (("/" + metrics + "/").find("/" + r.metric + "/") == std::string::npos) metrics += "/" + r.metric;
+  Chart loss{"training loss", "step", "loss", {}}, metric{metrics + ": train (dashed) and dev (solid)", "step", "", {}},
       rate{"learning rate", "step", "lr", {}};
   std::vector<std::string> names;
   size_t evals = 0;

@@ -217,7 +217,8 @@ std::string run_maps(const RunData& r, const ReportOptions& opt) {
                              r.name + " ex " + std::to_string(e.index) + " layer " + std::to_string(l) + " head " + std::to_string(h), opt);
     }
     return body;
-  } catch (const std::exception& err) {  // an unsupported task: said on the page, the rest still drawn
+  } catch (const std::exception& err) {  // an unsupported task: said on the page (and here), the rest still drawn
+    std::fprintf(stderr, "lotgrad report: %s: no attention maps: %s\n", r.dir.c_str(), err.what());
     return note(std::string("No attention maps: ") + err.what());
   }
 }
