@@ -88,8 +88,9 @@ RunData load_run(const std::string& dir) {
 }
 
 std::vector<ExampleAttention> checkpoint_attention(const TrainConfig& cfg_in, const std::string& path,
-                                                   const std::string& split, int64_t count, double rank_tol,
-                                                   int64_t rank_max_n, std::ostream& log) {
+                                                   const std::string& split, const std::vector<int64_t>& indices,
+                                                   double rank_tol, int64_t rank_max_n, std::ostream& log,
+                                                   bool skip_missing) {
   if (task_spec(cfg_in.task).kind != TaskKind::classify)
     throw std::invalid_argument("report: attention maps of task " + cfg_in.task +
                                 " are not supported yet (the LRA classification tasks are)");
@@ -108,7 +109,11 @@ std::vector<ExampleAttention> checkpoint_attention(const TrainConfig& cfg_in, co
   const auto& layers = model.encoder->layers;
   NoGradGuard ng;
   std::vector<ExampleAttention> out;
-  for (int64_t e = 0; e < std::min<int64_t>(count, (int64_t)d.size()); ++e) {
+  for (const int64_t e : indices) {
+    if ((e < 0 || e >= (int64_t)d.size()) && skip_missing) continue;
+    if (e < 0 || e >= (int64_t)d.size())
+      throw std::invalid_argument("report: example " + std::to_string(e) + " is outside the " + split + " split (" +
+                                  std::to_string(d.size()) + " examples)");
     data::Batch b = data::collate(d, {e});
     if (zero_mask_on(cfg)) mask_zero_tokens(b);
     Tensor x, mask;

@@ -42,11 +42,14 @@ struct ExampleAttention {
   std::vector<int64_t> rank;               // numerical rank per map; -1 when not computed
   std::vector<double> bound;               // the mechanism's weight bound per map; 0: none
 };
-// The maps of the first `count` examples of a split (the LRA classification tasks, like
-// inspect_checkpoint). rank: singular values > rank_tol · σ_max, computed when n <= rank_max_n
-// (an O(n^3) decomposition per map).
+// The maps of the examples of a split at the given indices (the LRA classification tasks, like
+// inspect_checkpoint); an index past the split's end is refused, naming it and the split's size
+// (skipped instead when skip_missing: "the first k examples" of a split that may be shorter).
+// rank: singular values > rank_tol · σ_max, computed when n <= rank_max_n (an O(n^3)
+// decomposition per map).
 std::vector<ExampleAttention> checkpoint_attention(const TrainConfig& cfg, const std::string& checkpoint,
-                                                   const std::string& split, int64_t count, double rank_tol,
-                                                   int64_t rank_max_n, std::ostream& log);
+                                                   const std::string& split, const std::vector<int64_t>& indices,
+                                                   double rank_tol, int64_t rank_max_n, std::ostream& log,
+                                                   bool skip_missing = false);
 
 }  // namespace lotgrad::models

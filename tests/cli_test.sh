@@ -134,6 +134,9 @@ case "$case_name" in
     test "$(grep -o '<figure class="map">' "$work/r.html" | wc -l)" -eq $((2 * 1 * 2 * 2 + 2 * 2))
     test "$(grep -o '<figure class="chart">' "$work/r.html" | wc -l)" -eq 4
     grep -q "test at best dev" "$work/r.html"
+    "$bin" report "$work/lot" --out "$work/r2.html" --example-ids 3,7 --compare none --threads 2 >/dev/null
+    grep -q "val example 7 " "$work/r2.html"
+    if grep -q 'id="mechanisms"' "$work/r2.html"; then echo "--compare none drew the comparison"; exit 1; fi
     "$bin" maps --out-dir "$work/maps" --n 16 --mechanisms softmax,lotformer-r2 --scale log >"$work/o"
     test -s "$work/maps/maps_grid.png"; test -s "$work/maps/maps_lotformer-r2_h1.png"; grep -q "colour scale log" "$work/o"
     # refused, naming the option or the directory

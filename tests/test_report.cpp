@@ -224,7 +224,7 @@ TEST_CASE("checkpoint_attention: one stochastic map per layer and head within th
   tiny_run(dir + "/soft", "softmax");
   const models::RunData r = models::load_run(dir + "/soft");
   std::ostringstream log;
-  const auto ex = models::checkpoint_attention(r.config, r.best_checkpoint, "val", 2, 1e-6, 256, log);
+  const auto ex = models::checkpoint_attention(r.config, r.best_checkpoint, "val", {0, 1}, 1e-6, 256, log);
   REQUIRE(ex.size() == 2);
   const auto ins = models::inspect_checkpoint(r.config, r.best_checkpoint, "val", 2, log);
   for (const auto& e : ex) {
@@ -242,7 +242,12 @@ TEST_CASE("checkpoint_attention: one stochastic map per layer and head within th
     }
   }
   // over rank_max_n: no rank
-  CHECK(models::checkpoint_attention(r.config, r.best_checkpoint, "val", 1, 1e-6, 1, log)[0].rank[0] == -1);
+  CHECK(models::checkpoint_attention(r.config, r.best_checkpoint, "val", {5}, 1e-6, 1, log)[0].rank[0] == -1);
+  CHECK(models::checkpoint_attention(r.config, r.best_checkpoint, "val", {5}, 1e-6, 1, log)[0].index == 5);
+  // an example past the end: refused naming it, or skipped when asked
+  CHECK_THROWS_WITH_AS(models::checkpoint_attention(r.config, r.best_checkpoint, "val", {16}, 1e-6, 1, log),
+                       doctest::Contains("example 16 is outside the val split (16 examples)"), std::invalid_argument);
+  CHECK(models::checkpoint_attention(r.config, r.best_checkpoint, "val", {3, 16}, 1e-6, 1, log, true).size() == 1);
   fs::remove_all(dir);
 }
 

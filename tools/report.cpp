@@ -206,8 +206,11 @@ std::string run_maps(const RunData& r, const ReportOptions& opt) {
   if (r.config_source.empty()) return note("No stored settings: the model cannot be rebuilt.");
   std::ostringstream log;
   try {
-    const auto ex = models::checkpoint_attention(r.config, r.best_checkpoint, opt.split, opt.examples, opt.rank_tol,
-                                                 opt.rank_max_n, log);
+    std::vector<int64_t> ids = opt.example_ids;
+    if (ids.empty())
+      for (int64_t e = 0; e < opt.examples; ++e) ids.push_back(e);  // the first ones (fewer when the split is shorter)
+    const auto ex = models::checkpoint_attention(r.config, r.best_checkpoint, opt.split, ids, opt.rank_tol, opt.rank_max_n,
+                                                 log, /*skip_missing=*/opt.example_ids.empty());
     std::string body = inspect_table(r, opt, ex);
     for (const auto& e : ex) {
       body += "<h4>" + html_escape(opt.split) + " example " + std::to_string(e.index) + " (n = " + std::to_string(e.n) + ")</h4>";
@@ -224,7 +227,8 @@ std::string run_maps(const RunData& r, const ReportOptions& opt) {
 }
 
 std::string attention_section(const std::vector<RunData>& runs, const ReportOptions& opt) {
-  if (opt.examples == 0) return section("attention", "Attention of the best checkpoints", note("--examples 0: none drawn."));
+  if (opt.examples == 0 && opt.example_ids.empty())
+    return section("attention", "Attention of the best checkpoints", note("--examples 0: none drawn."));
   std::string body;
   for (const auto& r : runs)
     body += "<h3>" + html_escape(r.name) + " (" + html_escape(r.config_source.empty() ? "?" : r.config.attention) + ")</h3>" +
@@ -315,7 +319,9 @@ int cmd_report(int argc, char** argv) {
   app.add_option("runs", dirs, "run directories (config.json, metrics.jsonl, best.ckpt)")->required()->check(CLI::ExistingDirectory);
   app.add_option("--out", out, "the HTML file to write")->capture_default_str();
   app.add_option("--title", opt.title, "the page's title")->capture_default_str();
-  add_number(app, "--examples", opt.examples, 0, 64, "examples whose attention maps are drawn, per run");
+  add_number(app, "--examples", opt.examples, 0, 64, "the first this many examples' attention maps are drawn, per run");
+  app.add_option("--example-ids", opt.example_ids, "or these examples of the split (comma-separated indices)")
+      ->delimiter(',')->check(CLI::Range((int64_t)0, (int64_t)1e9));
   add_choice(app, "--split", opt.split, {"train", "val", "test"}, "the split the examples come from");
   add_choice(app, "--scale", scale, {"linear", "log"}, "colour scale of the maps");
   add_number(app, "--max-points", opt.max_points, 2, 1e7, "points per curve at most");

@@ -16,7 +16,8 @@ namespace lotgrad::cli {
 
 struct ReportOptions {
   std::string title = "lotgrad study report";
-  int64_t examples = 2;          // attention maps of this many examples per run (0: none)
+  int64_t examples = 2;          // attention maps of the first this many examples per run (0: none)
+  std::vector<int64_t> example_ids;  // or of these examples of the split (when not empty)
   std::string split = "val";
   bool log_scale = false;        // colour scale of the maps
   int64_t max_points = 1000;     // per curve (downsample_minmax)
