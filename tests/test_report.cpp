@@ -273,6 +273,7 @@ TEST_CASE("report_html: every section, one figure per curve and map, nothing fet
   CHECK(count(page, "<table") == 6);  // end figures, settings (differ, same), inspect x 2, mechanisms
   CHECK(page.find("log10 scale") != std::string::npos);
   CHECK(page.find("1/(n min b)") != std::string::npos);
+  CHECK(page.find("(the mechanism&#39;s bound ") != std::string::npos);  // LOTFormer's maps name their bound
   CHECK(page.find("singular values &gt; 1e-06") != std::string::npos);
   // self-contained: no link, no external script or image, no url()
   for (const char* bad : {"<link", "src=\"http", "src=\"//", "url(", "@import", "<iframe"}) CHECK(page.find(bad) == std::string::npos);

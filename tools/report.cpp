@@ -155,7 +155,8 @@ std::string metrics_section(const std::vector<RunData>& runs) {
 }
 
 // ---- attention maps of a checkpoint ------------------------------------------------------
-std::string map_figure(const std::vector<double>& a, int64_t n, const std::string& title, const ReportOptions& opt) {
+std::string map_figure(const std::vector<double>& a, int64_t n, const std::string& title, const ReportOptions& opt,
+                       double bound = 0) {
   const Downsampled d = block_average(a, n, opt.map_side);
   HeatmapStyle st;
   st.title = title;
@@ -173,7 +174,10 @@ std::string map_figure(const std::vector<double>& a, int64_t n, const std::strin
                                           : "linear scale over [0, " + fmt_num(sc.vmax) + "]";
   return figure("<img class=\"map\" alt=\"" + html_escape(title) + "\" title=\"" + html_escape(title) + "\" width=\"" +
                     std::to_string(w) + "\" height=\"" + std::to_string(h) + "\" src=\"" + png_data_uri(c.png()) + "\">",
-                title + ": " + method + ", " + scale + ", viridis (dark = low).", "map", w);
+                title + ": " + method + ", " + scale + ", viridis (dark = low). Largest weight " +
+                    fmt_num(*std::max_element(a.begin(), a.end())) +
+                    (bound > 0 ? " (the mechanism's bound " + fmt_num(bound) + ")." : "."),
+                "map", w);
 }
 
 std::string inspect_table(const RunData& r, const ReportOptions& opt, const std::vector<models::ExampleAttention>& ex) {
@@ -217,7 +221,8 @@ std::string run_maps(const RunData& r, const ReportOptions& opt) {
       for (int64_t l = 0; l < e.layers; ++l)
         for (int64_t h = 0; h < e.heads; ++h)
           body += map_figure(e.maps[(size_t)(l * e.heads + h)], e.n,
-                             r.name + " ex " + std::to_string(e.index) + " layer " + std::to_string(l) + " head " + std::to_string(h), opt);
+                             r.name + " ex " + std::to_string(e.index) + " layer " + std::to_string(l) + " head " + std::to_string(h),
+                             opt, e.bound[(size_t)(l * e.heads + h)]);
     }
     return body;
   } catch (const std::exception& err) {  // an unsupported task: said on the page (and here), the rest still drawn
@@ -248,7 +253,8 @@ std::string compare_section(const ReportOptions& opt) {
                       "[" + fmt_num(m.row_sum_lo[h]) + ", " + fmt_num(m.row_sum_hi[h]) + "]",
                       "[" + fmt_num(m.col_sum_lo[h]) + ", " + fmt_num(m.col_sum_hi[h]) + "]", fmt_num(m.entropy[h], 3),
                       std::to_string(m.rank[h])});
-      figs += map_figure(m.maps[h], opt.compare_input.n, m.label + " head " + std::to_string(h), opt);
+      figs += map_figure(m.maps[h], opt.compare_input.n, m.label + " head " + std::to_string(h), opt,
+                         m.bound.empty() ? 0.0 : m.bound[h]);
     }
   const int64_t n = opt.compare_input.n;
   return section("mechanisms", "Mechanisms on one input (as lotgrad maps)",
