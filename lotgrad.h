@@ -1,4 +1,5 @@
-// lotgrad: the public umbrella header. Layers: core <- ops <- nn <- models; optim needs core.
+// lotgrad: the public umbrella header. Layers: core <- ops <- nn <- models; optim, data and
+// dist (data-parallel over MPI) need only core.
 #pragma once
 #include "core/autograd.h"
 #include "core/dtype.h"
@@ -9,6 +10,8 @@
 #include "core/parse.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "dist/comm.h"
+#include "dist/grad_reducer.h"
 #include "ops/attention.h"
 #include "ops/causal_linear.h"
 #include "ops/conv.h"

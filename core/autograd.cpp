@@ -18,6 +18,11 @@ thread_local bool g_anomaly = false;
 std::atomic<uint64_t> g_seq{0};
 
 // Sink for a leaf's gradient: accumulates into leaf.grad.
+// A leaf's gradient is added to .grad as soon as it is ready (AccumulateGrad runs before any
+// other ready node), so that a post-accumulate-grad hook can start work on it (a reduction
+// across processes) while the rest of the backward pass runs.
+constexpr uint64_t kAccumulateFirst = UINT64_MAX;
+
 struct AccumulateGrad : Node {
   std::shared_ptr<TensorImpl> leaf;
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> l) : leaf(std::move(l)) {}
@@ -263,6 +268,7 @@ void collect_edges(Node& n, const std::vector<Tensor>& inputs) {
       e.input_nr = t.impl()->output_nr;
     } else {
       e.fn = std::make_shared<AccumulateGrad>(t.impl_ptr());
+      e.fn->seq = kAccumulateFirst;
     }
   }
 }
@@ -375,7 +381,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     std::shared_ptr<Node> fn = r.grad_fn();
     if (!fn) {  // a leaf as root
       fn = std::make_shared<AccumulateGrad>(r.impl_ptr());
-      fn->seq = g_seq.fetch_add(1);
+      fn->seq = kAccumulateFirst;
     }
     accumulate(buffers[fn.get()], r.is_leaf() ? 0 : r.impl()->output_nr, g, *fn);
     starts.push_back(fn);
@@ -395,6 +401,11 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       if (seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
     }
   }
+  // Leaves with a post-accumulate-grad hook: how many of their AccumulateGrad nodes (one per
+  // use) this backward runs; the hook fires after the last.
+  std::unordered_map<TensorImpl*, int64_t> hooked;
+  for (Node* n : seen)
+    if (auto* a = dynamic_cast<AccumulateGrad*>(n); a && a->leaf->post_accumulate_grad_hook) ++hooked[a->leaf.get()];
   // Ready nodes run latest-created first (as PyTorch): deterministic for a given graph.
   auto later = [](const std::shared_ptr<Node>& a, const std::shared_ptr<Node>& b) { return a->seq < b->seq; };
   std::priority_queue<std::shared_ptr<Node>, std::vector<std::shared_ptr<Node>>, decltype(later)> ready(later);
@@ -410,6 +421,9 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     std::vector<Tensor> out = n->apply(in);
     if (anomaly) check_node(*n, in, out);
     if (!retain_graph) n->release();
+    if (!hooked.empty())
+      if (auto* a = dynamic_cast<AccumulateGrad*>(n.get()); a && a->leaf->post_accumulate_grad_hook && --hooked[a->leaf.get()] == 0)
+        (*a->leaf->post_accumulate_grad_hook)(Tensor(a->leaf));
     for (size_t i = 0; i < n->next.size(); ++i) {
       Edge& e = n->next[i];
       if (!e.fn) continue;

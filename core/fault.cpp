@@ -39,12 +39,29 @@ Trigger parse(const char* var, Action action) {
   return {event, n, action};
 }
 
+long long env_integer(const char* var, long long otherwise) {
+  const char* v = std::getenv(var);
+  if (!v || !*v) return otherwise;
+  size_t used = 0;
+  long long n = -1;
+  try {
+    n = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || v[used] != '\0' || n < 0)
+    throw std::invalid_argument(std::string(var) + "=" + v + ": expected an integer >= 0");
+  return n;
+}
+
 struct Faults {
   Trigger kill, enospc;
   std::map<std::string, long long> seen;
   std::mutex m;
   Faults() : kill(parse("LOTGRAD_FAULT_KILL_AT", Action::kill)), enospc(parse("LOTGRAD_FAULT_ENOSPC", Action::enospc)) {}
-  bool armed() const { return kill.action != Action::none || enospc.action != Action::none; }
+  bool armed() const {
+    return (kill.action != Action::none || enospc.action != Action::none) && armed_on_this_rank();
+  }
 };
 }  // namespace
 
@@ -56,6 +73,12 @@ Action at(const char* event) {
   for (const Trigger* t : {&f.kill, &f.enospc})
     if (t->action != Action::none && t->event == event && t->n == k) return t->action;
   return Action::none;
+}
+
+bool armed_on_this_rank() {
+  const long long want = env_integer("LOTGRAD_FAULT_RANK", -1);
+  if (want < 0) return true;
+  return env_integer("OMPI_COMM_WORLD_RANK", env_integer("PMI_RANK", 0)) == want;
 }
 
 void kill_now() {

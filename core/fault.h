@@ -13,6 +13,9 @@
 //   step        a training step: kill before it runs
 // Both variables are read once, at the first event; unset (the normal case), an event costs
 // a test of a flag. A malformed value is an std::invalid_argument naming the variable.
+//
+//   LOTGRAD_FAULT_RANK=<r>   under mpirun, only the process of rank r arms its faults (this
+//                            and LOTGRAD_FAULT_NAN_GRAD, models/divergence.h); unset: every rank
 #pragma once
 
 namespace lotgrad::fault {
@@ -21,6 +24,9 @@ enum class Action { none, kill, enospc };
 
 // Counts one occurrence of event and says what to do at it.
 Action at(const char* event);
+// False when LOTGRAD_FAULT_RANK names another rank than this process's (the launcher's
+// OMPI_COMM_WORLD_RANK or PMI_RANK; 0 outside mpirun).
+bool armed_on_this_rank();
 // SIGKILL this process (as `kill -9` would: no handler, no flush, no destructor runs).
 [[noreturn]] void kill_now();
 

@@ -705,6 +705,14 @@ Tensor& Tensor::requires_grad_(bool on) {
 Tensor Tensor::grad() const { return impl_->grad ? Tensor(impl_->grad) : Tensor(); }
 void Tensor::set_grad(const Tensor& g) const { impl_->grad = g.defined() ? g.impl_ptr() : nullptr; }
 void Tensor::zero_grad() const { impl_->grad = nullptr; }
+
+void Tensor::register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const {
+  if (!is_leaf() || !requires_grad())
+    throw AutogradError("register_post_accumulate_grad_hook: only a leaf that requires grad has one (tensor " +
+                        shape_str(shape()) + (is_leaf() ? ", requires_grad false" : ", not a leaf") + ")");
+  impl_->post_accumulate_grad_hook =
+      hook ? std::make_shared<std::function<void(const Tensor&)>>(std::move(hook)) : nullptr;
+}
 void Tensor::backward(const Tensor& grad, bool retain_graph) const {
   Tensor g = grad;
   if (!g.defined()) {

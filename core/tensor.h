@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <iosfwd>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,8 @@ struct TensorImpl {
   std::shared_ptr<TensorImpl> grad;     // accumulated gradient (leaves)
   std::shared_ptr<Node> grad_fn;        // producer, null for leaves
   uint32_t output_nr = 0;               // which output of grad_fn this is
+  // Called once per backward when this leaf's .grad is final (Tensor::register_post_accumulate_grad_hook).
+  std::shared_ptr<std::function<void(const Tensor&)>> post_accumulate_grad_hook;
 };
 
 class Tensor {
@@ -146,6 +149,12 @@ class Tensor {
   Tensor grad() const;
   void set_grad(const Tensor& g) const;
   void zero_grad() const;  // drops .grad
+  // PyTorch's Tensor.register_post_accumulate_grad_hook, for a leaf: hook(leaf) runs once in
+  // every backward that reaches the leaf, after the last gradient into it was added to .grad
+  // (a leaf used twice gets it once, after both). Its use: start reducing a gradient across
+  // processes while the backward pass goes on (dist/grad_reducer.h). One hook per leaf; an
+  // empty function removes it.
+  void register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const;
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
   // Reverse-mode sweep from this tensor. grad defaults to 1 for one-element tensors.
   void backward(const Tensor& grad = Tensor(), bool retain_graph = false) const;

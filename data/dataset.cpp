@@ -138,6 +138,14 @@ Batch collate(const Dataset& d, const std::vector<int64_t>& indices, const Colla
 DataLoader::DataLoader(const Dataset& data, LoaderOptions opt) : data_(&data), opt_(std::move(opt)) {
   if (opt_.batch_size <= 0) throw std::invalid_argument("DataLoader: batch_size must be positive");
   if (opt_.bucket_batches < 0) throw std::invalid_argument("DataLoader: bucket_batches must be >= 0");
+  const Shard& sh = opt_.shard;
+  if (sh.count < 1 || sh.rank < 0 || sh.rank >= sh.count)
+    throw std::invalid_argument("DataLoader: shard " + std::to_string(sh.rank) + " of " + std::to_string(sh.count) +
+                                " is not a rank in [0, count)");
+  if (opt_.batch_size < sh.count)
+    throw std::invalid_argument("DataLoader: a global batch of " + std::to_string(opt_.batch_size) +
+                                " examples cannot give each of " + std::to_string(sh.count) +
+                                " ranks one: --batch must be at least the number of ranks");
 }
 
 int64_t DataLoader::batches_per_epoch() const {
@@ -193,7 +201,8 @@ const std::vector<int64_t>& DataLoader::cached_batch(int64_t epoch, int64_t inde
 
 Batch DataLoader::batch_at(int64_t epoch, int64_t index) const {
   if (epoch < 0) throw std::out_of_range("DataLoader: negative epoch");
-  return collate(*data_, cached_batch(epoch, index), opt_.collate);
+  const std::vector<int64_t>& all = cached_batch(epoch, index);
+  return collate(*data_, opt_.shard.whole() ? all : opt_.shard.of(all), opt_.collate);
 }
 
 Batch DataLoader::next() {
@@ -212,10 +221,12 @@ void DataLoader::set_state(const LoaderState& s) {
   state_ = s;
 }
 
-std::vector<std::vector<int64_t>> sequential_batches(size_t n, int64_t batch_size) {
+std::vector<std::vector<int64_t>> sequential_batches(size_t n, int64_t batch_size, const Shard& shard) {
   if (batch_size <= 0) throw std::invalid_argument("sequential_batches: batch_size must be positive");
   std::vector<std::vector<int64_t>> out;
+  int64_t k = 0;
   for (size_t i = 0; i < n; i += (size_t)batch_size) {
+    if (k++ % shard.count != shard.rank) continue;
     std::vector<int64_t> b;
     for (size_t j = i; j < std::min(n, i + (size_t)batch_size); ++j) b.push_back((int64_t)j);
     out.push_back(std::move(b));

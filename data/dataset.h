@@ -87,6 +87,21 @@ struct CollateOptions {
 // have one target per token (a ShapeError names the example otherwise).
 Batch collate(const Dataset& d, const std::vector<int64_t>& indices, const CollateOptions& opt = {});
 
+// One process's part of every batch in data-parallel training (dist/): rank r of `count`
+// takes items [r*n/count, (r+1)*n/count) of n (contiguous; the parts differ by at most one
+// when count does not divide n; trainer.cpp weights each rank's loss by its part's size).
+struct Shard {
+  int64_t rank = 0, count = 1;
+  int64_t begin(int64_t n) const { return rank * n / count; }
+  int64_t end(int64_t n) const { return (rank + 1) * n / count; }
+  bool whole() const { return count == 1; }
+  template <class V>
+  V of(const V& v) const {
+    const int64_t n = (int64_t)v.size();
+    return V(v.begin() + begin(n), v.begin() + end(n));
+  }
+};
+
 struct LoaderOptions {
   int64_t batch_size = 32;
   bool shuffle = true;
@@ -97,6 +112,9 @@ struct LoaderOptions {
   // batch have similar lengths (less padding). 0 = off.
   int64_t bucket_batches = 0;
   CollateOptions collate;
+  // Data-parallel: every rank draws the same global batches (same seed) and collates its
+  // shard of each; batch_size is the global batch and must give every rank one example.
+  Shard shard;
 };
 
 // Position of a loader: the next batch to produce is batch `index` of epoch `epoch`.
@@ -136,6 +154,7 @@ class DataLoader {
 
 // Single-pass, in-order batches covering every example once (the last batch may be short):
 // for evaluation.
-std::vector<std::vector<int64_t>> sequential_batches(size_t n, int64_t batch_size);
+// Data-parallel evaluation: shard rank r of count gets batches r, r + count, r + 2 count, ...
+std::vector<std::vector<int64_t>> sequential_batches(size_t n, int64_t batch_size, const Shard& shard = {});
 
 }  // namespace lotgrad::data

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "../core/autograd.h"
+#include "../core/fault.h"
 #include "../core/io.h"
 #include "../core/iter.h"
 #include "../core/parse.h"
@@ -81,11 +82,19 @@ StepChecks::StepChecks(nn::Module& m, const TrainConfig& cfg, std::string last_c
       out_(cfg.out_dir),
       fault_(FaultNanGrad::from_env()) {}
 
-void StepChecks::fail(int64_t step, double lv, const std::string& what, const std::string& parameter, bool stepped) const {
-  throw DivergenceError("train: step " + std::to_string(step) + " diverged: the loss is " + g(lv) + "; " + what +
+void StepChecks::fail(const char* check, int64_t step, double lv, const std::string& what, const std::string& parameter,
+                      bool stepped) const {
+  // Data-parallel: loss, gradients and values are the sums every rank holds alike, so every
+  // rank fails here together; an anomaly in one rank's backward pass is that rank's alone.
+  const std::string c = check;
+  const bool collective = note_ && c != "anomaly";
+  const std::string ranks = collective && c != "values" ? note_(c) : "";
+  DivergenceError e("train: step " + std::to_string(step) + " diverged: the loss is " + g(lv) + "; " + what + ranks +
                             (stepped ? ". Nothing was written: " : ". The optimiser did not step and nothing was written: ") +
                             advice(),
                         step, lv, parameter);
+  e.collective = collective;
+  throw e;
 }
 
 double StepChecks::loss(int64_t step, const Tensor& loss) const {
@@ -97,16 +106,16 @@ double StepChecks::loss(int64_t step, const Tensor& loss) const {
     bad.text = "every parameter is finite, so the forward pass made it; " +
                (!anomaly_ ? "--detect-anomaly names the op" : origin.empty() ? "anomaly mode saw no recorded op make it" : origin);
   }
-  fail(step, lv, bad.text, bad.parameter);
+  fail("loss", step, lv, bad.text, bad.parameter);
 }
 
 void StepChecks::backward(int64_t step, const Tensor& loss, double lv) const {
   try {
     loss.backward();
   } catch (const AnomalyError& e) {
-    fail(step, lv, e.what(), "");
+    fail("anomaly", step, lv, e.what(), "");
   }
-  if (step == fault_.step) fault_.apply(m_);
+  if (step == fault_.step && !note_) fault_.apply(m_);
 }
 
 void StepChecks::gradients(int64_t step, double lv) const {
@@ -118,13 +127,13 @@ void StepChecks::gradients(int64_t step, double lv) const {
   if (std::isfinite(norm)) return;
   const NonFiniteParameter bad = diagnose_nonfinite(m_, FiniteCheck::grads);
   const std::string why = bad.text.empty() ? "the gradient norm overflowed to " + std::to_string(norm) : bad.text;
-  fail(step, lv, why + (anomaly_ ? "" : " (--detect-anomaly names the op that made it)"), bad.parameter);
+  fail("gradients", step, lv, why + (anomaly_ ? "" : " (--detect-anomaly names the op that made it)"), bad.parameter);
 }
 
 void StepChecks::values(int64_t step, double lv) const {
   if (!find_nonfinite(params_, {}, FiniteCheck::values)) return;
   const NonFiniteParameter bad = diagnose_nonfinite(m_, FiniteCheck::values);
-  fail(step, lv, "after the optimiser step, the " + bad.text, bad.parameter, /*stepped=*/true);
+  fail("values", step, lv, "after the optimiser step, the " + bad.text, bad.parameter, /*stepped=*/true);
 }
 
 void LossWatch::start(int64_t step, double loss) {
@@ -150,7 +159,7 @@ std::string LossWatch::summary() const {
 FaultNanGrad FaultNanGrad::from_env() {
   FaultNanGrad f;
   const char* v = std::getenv("LOTGRAD_FAULT_NAN_GRAD");
-  if (!v || !*v) return f;
+  if (!v || !*v || !fault::armed_on_this_rank()) return f;
   const std::string text = v;
   const size_t colon = text.find(':');
   const std::optional<double> n = parse_number(text.substr(0, colon));

@@ -6,6 +6,7 @@
 // once (LossWatch), so a run whose loss reaches 8e9 does not finish silently.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@ class DivergenceError : public std::runtime_error {
   int64_t step;           // the optimiser step that was refused (1-based, as the progress lines)
   double loss;            // its loss
   std::string parameter;  // the first parameter whose gradient or value is not finite ("" if none)
+  bool collective = false;  // data-parallel: every rank threw this error together (tools/main.cpp)
 };
 
 // The module's first parameter (state_dict name) whose gradient or value (as `what` says)
@@ -63,9 +65,15 @@ class StepChecks {
   // After the optimiser step: every value finite (an update can overflow: with AdamW, weights
   // grow by |1 - lr * weight_decay| per step when that is above 1). One pass over the values.
   void values(int64_t step, double lv) const;
+  // Data-parallel (trainer.cpp): note(what) is added to a failure's message, what being "loss"
+  // or "gradients" (it names the ranks that found it; every rank calls it, so it may be a
+  // collective call); the NaN-gradient test hook is then the reducer's (GradReducer::inject_nan).
+  void set_distributed(std::function<std::string(const std::string& what)> note) { note_ = std::move(note); }
+  const FaultNanGrad& fault() const { return fault_; }
 
  private:
-  [[noreturn]] void fail(int64_t step, double lv, const std::string& what, const std::string& parameter,
+  // check: "loss", "gradients" or "values".
+  [[noreturn]] void fail(const char* check, int64_t step, double lv, const std::string& what, const std::string& parameter,
                          bool stepped = false) const;
   std::string advice() const;
   nn::Module& m_;
@@ -74,6 +82,7 @@ class StepChecks {
   double clip_;
   std::string last_, best_, out_;
   FaultNanGrad fault_;
+  std::function<std::string(const std::string&)> note_;
 };
 
 // The rule for a loss that grows: a progress window's mean loss above kFactor times the loss of

@@ -153,8 +153,8 @@ int64_t count_correct(const Tensor& logits, const Tensor& labels) {
   return right;
 }
 
-double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,
-                const std::function<void(int64_t, int64_t)>& progress) {
+Score evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,
+               const std::function<void(int64_t, int64_t)>& progress, const data::Shard& shard) {
   NoGradGuard ng;
   m.module().eval();
   int64_t right = 0, total = 0;
@@ -165,7 +165,7 @@ double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_bat
   for (int64_t i = 0; i < n; ++i) order.push_back(i);
   auto len = [&](int64_t i) { return d.examples[(size_t)i].tokens.size() + d.examples[(size_t)i].tokens2.size(); };
   std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return len(x) < len(y); });
-  for (auto& pos : data::sequential_batches((size_t)n, batch)) {
+  for (auto& pos : data::sequential_batches((size_t)n, batch, shard)) {
     std::vector<int64_t> idx;
     for (int64_t p : pos) idx.push_back(order[(size_t)p]);
     data::Batch b = data::collate(d, idx);
@@ -175,7 +175,7 @@ double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_bat
     if (progress) progress(total, n);
   }
   m.module().train();
-  return total ? (double)right / (double)total : 0.0;
+  return {(double)right, (double)total};
 }
 
 NamedTensors prefixed(const NamedTensors& v, const std::string& p) {

@@ -41,10 +41,17 @@ Model build_model(const TrainConfig& cfg, const TaskData& t, Generator& gen, std
 // Correct predictions (argmax of logits (B, C) against labels (B,)).
 int64_t count_correct(const Tensor& logits, const Tensor& labels);
 
-// Accuracy on d (the first max_batches batches of it when > 0); progress(done, total) after
-// each batch when given.
-double evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,
-                const std::function<void(int64_t, int64_t)>& progress = nullptr);
+// A metric as a sum over items and their count (examples, positions, values), so that the
+// parts a data-parallel run's ranks evaluate add up (trainer.cpp sums them across ranks).
+struct Score {
+  double sum = 0, count = 0;
+  double value() const { return count > 0 ? sum / count : 0.0; }
+};
+
+// Correct predictions on d (the first max_batches batches of it when > 0): this shard's
+// batches of it; progress(done, total) after each batch when given.
+Score evaluate(Model& m, const data::Dataset& d, int64_t batch, int64_t max_batches, bool zero_mask,
+               const std::function<void(int64_t, int64_t)>& progress = nullptr, const data::Shard& shard = {});
 
 // Checkpoint names: the model's tensors are stored under "model.".
 NamedTensors prefixed(const NamedTensors& v, const std::string& p);

@@ -14,11 +14,15 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "../core/autograd.h"
 #include "../core/fault.h"
 #include "../core/io.h"
 #include "../core/parallel.h"
+#include "../dist/comm.h"
+#include "../dist/grad_reducer.h"
+#include "../ops/elementwise.h"
 #include "../ops/loss.h"
 #include "../ops/reduce.h"
 #include "../optim/clip.h"
@@ -345,50 +349,109 @@ std::string step_line(const TrainConfig& cfg, const std::string& metric, int64_t
   return line;
 }
 
+// ---- data-parallel (under mpirun): the parts of a step that talk to the other ranks
+// A hash of every parameter's bits: the replicas must stay equal (checked at each checkpoint).
+uint64_t parameter_hash(nn::Module& m) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const Tensor& p0 : m.parameters()) {
+    const Tensor p = p0.detach().contiguous();
+    const auto* b = static_cast<const unsigned char*>(p.raw_data());
+    for (int64_t i = 0, n = p.numel() * (int64_t)dtype_size(p.dtype()); i < n; ++i) h = (h ^ b[i]) * 1099511628211ULL;
+  }
+  return h;
+}
+
+std::string rank_list(const std::vector<int>& ranks, int size) {
+  std::string s;
+  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
+  return (ranks.size() == 1 ? "rank " : "ranks ") + s + " of " + std::to_string(size);
+}
+
+// The global batch's loss and figures: each rank's shard summed, its loss weighted by its
+// share of the items (StepOutput::weight). Also carries each rank's stop request (Ctrl-C).
+struct GlobalStep {
+  double weight = 0, loss = 0, metric_sum = 0, metric_count = 0, tokens = 0;
+  bool stop = false;
+  std::vector<int> bad_loss_ranks;  // filled only when the global loss is not finite
+};
+GlobalStep sum_over_ranks(dist::Comm& comm, const StepOutput& so, double local_loss, bool stop) {
+  double v[6] = {so.weight, local_loss * so.weight, so.metric_sum, so.metric_count, so.tokens, stop ? 1.0 : 0.0};
+  comm.allreduce_sum(v, 6);
+  GlobalStep g{v[0], v[1] / v[0], v[2], v[3], v[4], v[5] > 0};
+  if (!std::isfinite(g.loss)) g.bad_loss_ranks = comm.ranks_where(!std::isfinite(local_loss));
+  return g;
+}
+
+Score sum_over_ranks(dist::Comm& comm, Score s) {
+  double v[2] = {s.sum, s.count};
+  comm.allreduce_sum(v, 2);
+  return {v[0], v[1]};
+}
 }  // namespace
 
 std::string run_dir(const TrainConfig& cfg) {
   return cfg.out_dir.empty() ? "runs/" + cfg.task + "-" + cfg.attention : cfg.out_dir;
 }
 
-TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
+TrainResult train(const TrainConfig& cfg_in, std::ostream& log_in) {
   TrainConfig cfg = cfg_in;
   cfg.out_dir = run_dir(cfg_in);
   validate(cfg);
+  // Data-parallel under mpirun: every rank builds the same model from the same seed and trains
+  // on its shard of each global batch; rank 0 alone prints and writes the run directory.
+  dist::Comm& comm = dist::Comm::world();
+  const bool dp = comm.distributed(), lead = comm.rank() == 0;
+  if (dp && cfg.batch < comm.size())
+    throw std::invalid_argument("train: --batch " + std::to_string(cfg.batch) + " cannot give each of " +
+                                std::to_string(comm.size()) + " ranks an example: --batch is the global batch, "
+                                "split across the ranks; give at least " + std::to_string(comm.size()));
+  std::ostream silent(nullptr);
+  std::ostream& log = lead ? log_in : silent;
   const RunFiles files(cfg.out_dir);
   if (cfg.resume) check_resumable(files);  // before the lock: a mistyped --out creates nothing
-  fs::create_directories(cfg.out_dir);
-  const RunLock lock(files);  // held to the end of the run
+  if (lead) fs::create_directories(cfg.out_dir);
+  std::optional<RunLock> lock;
+  if (lead) lock.emplace(files);  // held to the end of the run
   const IgnoreFileSizeSignal no_sigxfsz;
-  check_run_dir(cfg, files);
-  const std::vector<std::string> stale = remove_stale_temporaries(files);
+  if (lead) check_run_dir(cfg, files);
+  const std::vector<std::string> stale = lead ? remove_stale_temporaries(files) : std::vector<std::string>{};
   if (cfg.threads > 0) set_num_threads((int)cfg.threads);
   Generator init_gen((uint64_t)cfg.seed);
-  auto dgen = std::make_shared<Generator>((uint64_t)cfg.seed * 7919 + 17);
+  const uint64_t dropout_seed = (uint64_t)cfg.seed * 7919 + 17;
+  auto dgen = std::make_shared<Generator>(dropout_seed);
   const TaskSpec& task = task_spec(cfg.task);
-  std::unique_ptr<Workload> work = make_workload(cfg, log, init_gen, dgen);
+  std::unique_ptr<Workload> work = make_workload(cfg, log, init_gen, dgen, {comm.rank(), comm.size()});
   nn::Module& mod = work->module();
   AdamW opt(decay_groups(mod.named_parameters(), no_decay_names(cfg)),
             {.lr = cfg.lr, .weight_decay = cfg.weight_decay, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8});
   const int64_t warm = cfg.warmup < 1.0 ? (int64_t)std::llround(cfg.warmup * (double)cfg.steps) : (int64_t)cfg.warmup;
   LRScheduler sched(opt, warmup_cosine(warm, cfg.steps, 0.1, cfg.lr_floor));
+  std::optional<dist::GradReducer> reducer;
+  if (dp) reducer.emplace(comm, mod.named_parameters(), cfg.allreduce_bucket_kb << 10);
 
   Run run(cfg, *work, opt, sched, *dgen);
-  const bool tty = &log == &std::cout && isatty(fileno(stdout));
-  Progress progress(log, tty, cfg.quiet);
+  // Under mpirun, plain lines: mpirun may hand rank 0 a terminal while its own output is a pipe.
+  const bool tty = !dp && &log_in == &std::cout && isatty(fileno(stdout));
+  Progress progress(log, tty, cfg.quiet || !lead);
   auto notice = [&](const std::string& text) {  // shown even with --quiet: what happened to the run's files
     if (cfg.quiet) log << text << "\n" << std::flush;
     else progress.line(text);
   };
-  if (!lock.warning().empty()) notice(lock.warning());
+  if (lock && !lock->warning().empty()) notice(lock->warning());
   for (const std::string& name : stale) notice("removed " + files.dir + "/" + name + " (a save cut by a kill)");
   TrainResult res;
+  res.ranks = comm.size();
   RunState st;
   if (cfg.resume) {
     const ResumePoint rp = resume_point(cfg.out_dir);
     st = run.restore(rp.ck, rp.path);
+    if (!comm.same_everywhere((uint64_t)st.step) || !comm.same_everywhere(parameter_hash(mod)))
+      throw std::runtime_error("train --resume: the ranks read different checkpoints from " + cfg.out_dir +
+                               " (rank " + std::to_string(comm.rank()) + " is at step " + std::to_string(st.step) +
+                               "): across machines, every rank must see the same run directory (a shared file system)");
+    comm.barrier();  // every rank has read it before rank 0 sets a corrupt last.ckpt aside
     std::string why;
-    if (rp.last_corrupt) {  // set aside, so that the next save does not keep it as prev.ckpt
+    if (rp.last_corrupt && lead) {  // set aside, so that the next save does not keep it as prev.ckpt
       fs::rename(files.last, files.last + ".corrupt");
       why = "; it is kept as " + files.last + ".corrupt";
     }
@@ -396,30 +459,48 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     if (rp.note.empty()) progress.line(took);
     else notice(took + ": " + rp.note + why);
   } else {
-    for (const std::string& old : {files.last, files.prev, files.best, files.last + ".corrupt"}) fs::remove(old);  // --overwrite
+    if (lead)
+      for (const std::string& old : {files.last, files.prev, files.best, files.last + ".corrupt"}) fs::remove(old);  // --overwrite
     if (!cfg.init_from.empty()) {
       load_weights(mod, load_checkpoint(cfg.init_from), cfg.init_from);
       progress.line("weights from " + cfg.init_from + " (optimiser and schedule start fresh)");
     }
   }
-  write_file_atomic(files.config, config_to_json(cfg));
-  MetricsLog metrics(files.metrics, /*fresh=*/!cfg.resume, st.step);
+  if (lead) write_file_atomic(files.config, config_to_json(cfg));
+  std::optional<MetricsLog> metrics;
+  if (lead) metrics.emplace(files.metrics, /*fresh=*/!cfg.resume, st.step);
   const int64_t log_every = cfg.log_every > 0 ? cfg.log_every : std::max<int64_t>(1, cfg.steps / 50);
   progress.line("model: " + std::to_string(mod.num_parameters()) + " parameters, attention " + describe_mechanism(cfg) +
-                (is_causal_run(cfg) ? " (causal)" : "") + ", " + std::to_string(get_num_threads()) + " threads, batch " +
+                (is_causal_run(cfg) ? " (causal)" : "") + ", " + std::to_string(get_num_threads()) + " threads" +
+                (dp ? " per rank, " + std::to_string(comm.size()) + " ranks (data-parallel), global batch "
+                    : ", batch ") +
                 std::to_string(cfg.batch) + ", " + std::to_string(cfg.steps) + " steps");
   const std::string& mname = task.metric;
   const std::string dev_refs = work->references("val");  // printed beside every evaluation
   auto better = [&](double a, double b) { return task.higher_is_better ? a > b : a < b; };
+  auto evaluate = [&](const std::string& split, int64_t batches, const EvalProgress& p) {
+    return sum_over_ranks(comm, work->evaluate(split, batches, p)).value();
+  };
 
   StopSignals stop;
-  const StepChecks checks(mod, cfg, files.last, files.best);
+  StepChecks checks(mod, cfg, files.last, files.best);
+  GlobalStep global;  // data-parallel: the last step's sums over ranks
+  if (dp)
+    checks.set_distributed([&](const std::string& what) {
+      const std::vector<int> bad = what == "loss" ? global.bad_loss_ranks : comm.ranks_where(reducer->local_nonfinite());
+      return bad.empty() ? " (data-parallel: no rank's own " + what + " was non-finite; their sum overflowed)"
+                         : " (data-parallel: " + rank_list(bad, comm.size()) + " found it in its shard of the batch)";
+    });
   LossWatch watch;
   Window w;
   w = st.window;  // a resumed run's open window: its metrics lines are those of a run never stopped
   // last.ckpt, once the metrics lines through its step have reached the disk.
   auto save_last = [&] {
-    metrics.sync();
+    if (!comm.same_everywhere(parameter_hash(mod)))
+      throw std::logic_error("train: step " + std::to_string(st.step) + ": the data-parallel replicas' weights differ "
+                             "(their gradient sums were not bitwise equal): a bug, please report it");
+    if (!lead) return;
+    metrics->sync();
     st.window = w;
     run.save_last(st);
   };
@@ -430,7 +511,7 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   while (st.step < cfg.steps) {
     if (cfg.stop_after > 0 && ran >= cfg.stop_after) break;
     if (fault::at("step") == fault::Action::kill) fault::kill_now();  // core/fault.h (tests)
-    if (stop.requested()) {
+    if (dp ? global.stop : stop.requested()) {  // data-parallel: any rank's request, seen by all at once
       save_last();
       res.interrupted = true;
       progress.line("interrupted at step " + std::to_string(st.step) + ": " + files.last +
@@ -443,9 +524,26 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
     // (divergence.h): a bad step throws and last.ckpt, best.ckpt keep the last good state.
     const int64_t now = st.step + 1;  // the step being run, counted as the progress lines count
     DetectAnomalyGuard anomaly(cfg.detect_anomaly);  // off: one flag test per recorded op
+    // Data-parallel dropout: each rank its own stream, placed by the step (a resume on any
+    // number of ranks draws what an uninterrupted run would).
+    if (dp) dgen->set_state(dropout_seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(comm.rank() + 1), (uint64_t)st.step << 32);
     StepOutput so = work->train_step(st.step);
-    const double lv = checks.loss(now, so.loss);
-    checks.backward(now, so.loss, lv);
+    double lv;
+    if (dp) {  // the global batch's loss; this rank's loss weighted by its share, so the gradients sum to the global one
+      global = sum_over_ranks(comm, so, so.loss.item(), stop.requested());
+      lv = checks.loss(now, Tensor::scalar(global.loss, kFloat64));
+      so.loss = mul(so.loss, so.weight / global.weight);
+      so.metric_sum = global.metric_sum;
+      so.metric_count = global.metric_count;
+      so.tokens = global.tokens;
+      reducer->begin();
+      if (now == checks.fault().step) reducer->inject_nan(checks.fault().parameter);  // LOTGRAD_FAULT_NAN_GRAD
+      checks.backward(now, so.loss, lv);
+      reducer->finish();  // .grad: the sums over ranks
+    } else {
+      lv = checks.loss(now, so.loss);
+      checks.backward(now, so.loss, lv);
+    }
     checks.gradients(now, lv);  // and clipping
     opt.step();
     checks.values(now, lv);
@@ -469,21 +567,22 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
       progress.step(st.step, cfg.steps, step_line(cfg, mname, st.step, w, lr, (double)(cfg.steps - st.step) * total_step_s / (double)ran));
       if (const std::string warn = watch.observe(st.step, w.steps, w.loss / (double)w.steps); !warn.empty())
         progress.line("warning: " + warn);
-      metrics.write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_" + mname, w.metric / w.seen}, {"lr", lr},
-                               {"tokens_per_s", w.tokens / std::max(w.seconds, 1e-9)}}});
+      if (lead)
+        metrics->write({st.step, {{"loss", w.loss / (double)w.steps}, {"train_" + mname, w.metric / w.seen}, {"lr", lr},
+                                  {"tokens_per_s", w.tokens / std::max(w.seconds, 1e-9)}}});
       w = Window{};
     }
     if (st.step % cfg.eval_every == 0 || st.step == cfg.steps) {
-      const double dev = work->evaluate("val", cfg.eval_batches,
-                                        [&](int64_t done, int64_t total) { progress.eval("eval (dev)", done, total); });
+      const double dev = evaluate("val", cfg.eval_batches,
+                                  [&](int64_t done, int64_t total) { progress.eval("eval (dev)", done, total); });
       if (st.best_step < 0 || better(dev, st.best_dev)) {
         st.best_dev = dev;
         st.best_step = st.step;
-        run.save_best(st);
+        if (lead) run.save_best(st);
       }
       progress.line("eval step " + std::to_string(st.step) + ": dev " + mname + " " + std::to_string(dev) + " (best " +
                     std::to_string(st.best_dev) + " at step " + std::to_string(st.best_step) + "; " + dev_refs + ")");
-      metrics.write({st.step, {{"dev_" + mname, dev}, {"best_dev", st.best_dev}}});
+      if (lead) metrics->write({st.step, {{"dev_" + mname, dev}, {"best_dev", st.best_dev}}});
     }
     if (st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps) save_last();
   }
@@ -493,10 +592,20 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
   res.ms_per_step = ran ? 1e3 * total_step_s / (double)ran : 0;
   res.tokens_per_s = total_step_s > 0 ? total_tokens / total_step_s : 0;
   res.baseline_test = work->baseline("test");
+  if (reducer) {
+    const dist::ReducerStats& rs = reducer->stats();
+    res.allreduce_bytes = rs.bytes;
+    res.allreduce_buckets = rs.buckets;
+    res.allreduce_wait_ms = rs.steps ? 1e3 * rs.total_wait_s / (double)rs.steps : 0;
+    progress.line("data-parallel: " + std::to_string(comm.size()) + " ranks, " + std::to_string(rs.buckets) +
+                  " gradient buckets, " + std::to_string(rs.bytes) + " bytes per rank per step into the sums, " +
+                  std::to_string(res.allreduce_wait_ms) + " ms per step waiting for sums after backward");
+  }
+  comm.barrier();  // rank 0 has written best.ckpt before any rank reads it
   if (st.step >= cfg.steps && fs::exists(files.best)) {
     load_weights(mod, load_checkpoint(files.best), files.best);
-    res.dev_at_best = work->evaluate("val", 0);
-    res.test_at_best = work->evaluate("test", 0);
+    res.dev_at_best = evaluate("val", 0, nullptr);
+    res.test_at_best = evaluate("test", 0, nullptr);
     progress.line("best-on-dev checkpoint (step " + std::to_string(res.best_step) + "): dev " + mname + " " +
                   std::to_string(res.dev_at_best) + ", test " + mname + " " + std::to_string(res.test_at_best) + " (" +
                   work->references("test") + "); " + std::to_string(res.ms_per_step) + " ms/step, " +
@@ -504,8 +613,9 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log) {
                   std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()) +
                   " s in all");
     // The run's end figures, for `lotgrad report` (test at the best checkpoint, timing).
-    metrics.write({st.step, {{"test_" + mname, res.test_at_best}, {"ms_per_step", res.ms_per_step},
-                             {"tokens_per_s", res.tokens_per_s}}});
+    if (metrics)
+      metrics->write({st.step, {{"test_" + mname, res.test_at_best}, {"ms_per_step", res.ms_per_step},
+                                {"tokens_per_s", res.tokens_per_s}}});
   }
   char s[256];
   if (st.step >= cfg.steps)
@@ -533,7 +643,7 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& path, cons
   load_weights(work->module(), load_checkpoint(path), path);
   if (references) *references = work->references(split);
   if (breakdown) *breakdown = work->breakdown(split);
-  return work->evaluate(split, 0);
+  return work->evaluate(split, 0).value();
 }
 
 }  // namespace lotgrad::models

@@ -76,6 +76,7 @@ struct TrainConfig {
   // the optimiser, schedule and step count start fresh. Ignored when --resume finds last.ckpt.
   std::string init_from;
   int64_t threads = 0;          // 0: leave as is
+  int64_t allreduce_bucket_kb = 256;  // mpirun: gradient bucket size (dist/grad_reducer.h)
   int64_t seed = 1;
   bool quiet = false;
   bool detect_anomaly = false;  // name the op that first made a NaN/Inf (autograd.h AnomalyMode; slower)
@@ -92,6 +93,11 @@ struct TrainResult {
   bool interrupted = false;    // stopped by SIGINT / SIGTERM (last.ckpt written)
   std::string warning;         // the loss grew far above its start (divergence.h LossWatch); "" if not
   std::string summary;         // one-line description of the run
+  // Data-parallel (under mpirun; dist/): ranks, and per step the bytes each rank put into the
+  // gradient sums and the time the reductions took that backward did not hide (mean).
+  int ranks = 1;
+  int64_t allreduce_bytes = 0, allreduce_buckets = 0;
+  double allreduce_wait_ms = 0;
 };
 
 // The run directory: cfg.out_dir, or runs/<task>-<attention> when it is empty.

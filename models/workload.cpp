@@ -52,8 +52,9 @@ nn::EncoderConfig encoder_config(const TrainConfig& cfg) {
   return e;
 }
 
-data::LoaderOptions loader_options(const TrainConfig& cfg) {
+data::LoaderOptions loader_options(const TrainConfig& cfg, const data::Shard& shard) {
   data::LoaderOptions lo;
+  lo.shard = shard;
   lo.batch_size = cfg.batch;
   lo.seed = (uint64_t)cfg.seed;
   lo.drop_last = true;
@@ -69,11 +70,11 @@ void set_loader_state(data::DataLoader& loader, const std::map<std::string, std:
 }
 
 std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& log, Generator& init_gen,
-                                        std::shared_ptr<Generator> dgen) {
+                                        std::shared_ptr<Generator> dgen, const data::Shard& shard) {
   switch (task_spec(cfg.task).kind) {
-    case TaskKind::classify: return make_classify_workload(cfg, log, init_gen, dgen);
-    case TaskKind::tokens: return make_tokens_workload(cfg, log, init_gen, dgen);
-    case TaskKind::regression: return make_regression_workload(cfg, log, init_gen, dgen);
+    case TaskKind::classify: return make_classify_workload(cfg, log, init_gen, dgen, shard);
+    case TaskKind::tokens: return make_tokens_workload(cfg, log, init_gen, dgen, shard);
+    case TaskKind::regression: return make_regression_workload(cfg, log, init_gen, dgen, shard);
   }
   throw std::logic_error("make_workload: unhandled task kind");
 }

@@ -16,6 +16,7 @@
 #include "../data/dataset.h"
 #include "../nn/module.h"
 #include "../nn/transformer.h"
+#include "task.h"
 #include "trainer.h"
 
 namespace lotgrad::models {
@@ -45,6 +46,9 @@ struct StepOutput {
   Tensor loss;
   double metric_sum = 0, metric_count = 0;  // the batch's metric is metric_sum / metric_count
   double tokens = 0;                        // tokens processed (tokens/s)
+  // How many items the loss is the mean of (examples, labelled positions, predicted values):
+  // a data-parallel run weights each rank's loss by its share of the global batch's items.
+  double weight = 1;
 };
 
 using EvalProgress = std::function<void(int64_t done, int64_t total)>;
@@ -54,10 +58,12 @@ class Workload {
   virtual ~Workload() = default;
   virtual nn::Module& module() = 0;
   // The next training batch's loss (the data position advances); `step` is the optimiser step
-  // about to be taken (a curriculum or freshly drawn data depend on it).
+  // about to be taken (a curriculum or freshly drawn data depend on it). Data-parallel: the
+  // loss of this rank's shard of the global batch (make_workload's shard).
   virtual StepOutput train_step(int64_t step) = 0;
-  // The task's metric on "train", "val" or "test" (the first max_batches batches when > 0).
-  virtual double evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress = nullptr) = 0;
+  // The task's metric on "train", "val" or "test" (the first max_batches batches when > 0),
+  // as a sum and a count: data-parallel, of this rank's share of the batches.
+  virtual Score evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress = nullptr) = 0;
   // The training data's position, stored in checkpoints so that a resume sees the same batches.
   virtual std::map<std::string, std::string> data_state() const { return {}; }
   virtual void set_data_state(const std::map<std::string, std::string>& md) {}
@@ -74,8 +80,10 @@ class Workload {
 
 // The workload cfg describes (validate(cfg) first): data read or generated (a line about it
 // on log unless cfg.quiet), the model initialised from init_gen, dropout drawn from dgen.
+// shard: this process's part of every training batch and of the evaluation batches
+// (data-parallel training; the whole of each by default).
 std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& log, Generator& init_gen,
-                                        std::shared_ptr<Generator> dgen);
+                                        std::shared_ptr<Generator> dgen, const data::Shard& shard = {});
 
 // The attention settings of every layer (mechanism, heads, effective knobs, causal).
 nn::AttentionOptions attention_options(const TrainConfig& cfg);
@@ -84,13 +92,13 @@ nn::EncoderConfig encoder_config(const TrainConfig& cfg);
 // The training loader of the dataset tasks (shuffled by the seed, whole batches; the LRA
 // classifiers add --bucket) and its
 // position as checkpoint metadata (Workload::data_state).
-data::LoaderOptions loader_options(const TrainConfig& cfg);
+data::LoaderOptions loader_options(const TrainConfig& cfg, const data::Shard& shard);
 std::map<std::string, std::string> loader_state(const data::DataLoader& loader);
 void set_loader_state(data::DataLoader& loader, const std::map<std::string, std::string>& md);
 
 // Per kind (workload_*.cpp).
-std::unique_ptr<Workload> make_classify_workload(const TrainConfig&, std::ostream&, Generator&, std::shared_ptr<Generator>);
-std::unique_ptr<Workload> make_tokens_workload(const TrainConfig&, std::ostream&, Generator&, std::shared_ptr<Generator>);
-std::unique_ptr<Workload> make_regression_workload(const TrainConfig&, std::ostream&, Generator&, std::shared_ptr<Generator>);
+using WorkloadFactory = std::unique_ptr<Workload>(const TrainConfig&, std::ostream&, Generator&, std::shared_ptr<Generator>,
+                                                 const data::Shard&);
+WorkloadFactory make_classify_workload, make_tokens_workload, make_regression_workload;
 
 }  // namespace lotgrad::models

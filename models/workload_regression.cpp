@@ -27,8 +27,9 @@ double x_std(const TrainConfig& cfg) { return cfg.x_std > 0 ? cfg.x_std : 1.0 / 
 
 class RegressionWorkload : public Workload {
  public:
-  RegressionWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen)
-      : cfg_(cfg), paired_(cfg.layout == "paired"), model_(config(cfg), gen, dgen) {
+  RegressionWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen,
+                     const data::Shard& shard)
+      : cfg_(cfg), shard_(shard), paired_(cfg.layout == "paired"), model_(config(cfg), gen, dgen) {
     if (cfg.data_dir.empty()) {
       val_ = data::generate_icl_regression(cfg.gen_val, options(cfg.dim, cfg.points), kValFirst);
       test_ = data::generate_icl_regression(cfg.gen_test, options(cfg.dim, cfg.points), kTestFirst);
@@ -46,24 +47,25 @@ class RegressionWorkload : public Workload {
   nn::Module& module() override { return model_; }
   StepOutput train_step(int64_t step) override {
     std::vector<data::IclPrompt> prompts;
-    for (int64_t r = 0; r < cfg_.batch; ++r) {
+    for (int64_t r = shard_.begin(cfg_.batch); r < shard_.end(cfg_.batch); ++r) {  // this rank's prompts
       const int64_t i = step * cfg_.batch + r;
       if (!train_.empty()) prompts.push_back(train_[(size_t)(i % (int64_t)train_.size())]);
       else prompts.push_back(data::icl_prompt(curriculum_options(step), i));
     }
     Tensor pred, target;
     forward(prompts, pred, target);
-    StepOutput out{mse_loss(pred, target), 0, 1, (double)(cfg_.batch * pred.size(1))};
-    out.metric_sum = out.loss.item();
+    const double values = (double)pred.numel();  // the loss is their mean
+    StepOutput out{mse_loss(pred, target), 0, values, (double)(pred.size(0) * pred.size(1)), values};
+    out.metric_sum = out.loss.item() * values;
     return out;
   }
-  double evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
+  Score evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
     NoGradGuard ng;
     model_.eval();
     const std::vector<data::IclPrompt>& d = pick(split);
     const int64_t n = max_batches > 0 ? std::min<int64_t>((int64_t)d.size(), max_batches * cfg_.batch) : (int64_t)d.size();
     double sum = 0, count = 0;
-    for (int64_t first = 0; first < n; first += cfg_.batch) {
+    for (int64_t first = shard_.rank * cfg_.batch; first < n; first += shard_.count * cfg_.batch) {  // this rank's batches
       const std::vector<data::IclPrompt> part(d.begin() + first, d.begin() + std::min(n, first + cfg_.batch));
       Tensor pred, target;
       forward(part, pred, target);
@@ -72,7 +74,7 @@ class RegressionWorkload : public Workload {
       if (progress) progress(first + (int64_t)part.size(), n);
     }
     model_.train();
-    return count > 0 ? sum / count : 0.0;
+    return {sum, count};
   }
   std::string references(const std::string& split) override;
   double baseline(const std::string& split) override;  // least squares on the split's prompts
@@ -147,6 +149,7 @@ class RegressionWorkload : public Workload {
   void read(const std::string& dir);
 
   TrainConfig cfg_;
+  data::Shard shard_;
   bool paired_;
   IclRegressor model_;
   std::vector<data::IclPrompt> train_, val_, test_;  // train_ only when read from files
@@ -269,8 +272,8 @@ std::string RegressionWorkload::sample_weights() const {
 }  // namespace
 
 std::unique_ptr<Workload> make_regression_workload(const TrainConfig& cfg, std::ostream& log, Generator& gen,
-                                                   std::shared_ptr<Generator> dgen) {
-  return std::make_unique<RegressionWorkload>(cfg, log, gen, dgen);
+                                                   std::shared_ptr<Generator> dgen, const data::Shard& shard) {
+  return std::make_unique<RegressionWorkload>(cfg, log, gen, dgen, shard);
 }
 
 }  // namespace lotgrad::models

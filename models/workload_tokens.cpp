@@ -58,28 +58,31 @@ Splits load_lm(const TrainConfig& cfg, std::ostream& log) {
 
 class TokensWorkload : public Workload {
  public:
-  TokensWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen)
+  TokensWorkload(const TrainConfig& cfg, std::ostream& log, Generator& gen, std::shared_ptr<Generator> dgen,
+                 const data::Shard& shard)
       : cfg_(cfg),
+        shard_(shard),
         bits_(cfg.task == "lm"),
         data_(bits_ ? load_lm(cfg, log) : load_mqar(cfg, log)),
         model_(config(cfg, data_), gen, dgen),
-        loader_(data_.train, loader_options(cfg)) {}
+        loader_(data_.train, loader_options(cfg, shard)) {}
 
   nn::Module& module() override { return model_; }
   StepOutput train_step(int64_t) override {
     const data::Batch b = loader_.next();
     const LabelledLogits ll = labelled_logits(model_, model_.hidden(b.tokens), b.targets);
-    StepOutput out{cross_entropy(ll.logits, ll.labels), 0, (double)ll.labels.numel(), (double)b.real_tokens()};
+    StepOutput out{cross_entropy(ll.logits, ll.labels), 0, (double)ll.labels.numel(), (double)b.real_tokens(),
+                   (double)ll.labels.numel()};
     out.metric_sum = bits_ ? out.loss.item() / std::log(2.0) * out.metric_count : (double)count_correct(ll.logits, ll.labels);
     return out;
   }
-  double evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
+  Score evaluate(const std::string& split, int64_t max_batches, const EvalProgress& progress) override {
     NoGradGuard ng;
     model_.eval();
     const data::Dataset& d = pick(split);
     const int64_t n = max_batches > 0 ? std::min<int64_t>((int64_t)d.size(), max_batches * cfg_.batch) : (int64_t)d.size();
     double sum = 0, count = 0;
-    for (const auto& idx : data::sequential_batches((size_t)n, cfg_.batch)) {
+    for (const auto& idx : data::sequential_batches((size_t)n, cfg_.batch, shard_)) {
       const data::Batch b = data::collate(d, idx);
       const LabelledLogits ll = labelled_logits(model_, model_.hidden(b.tokens), b.targets);
       const double m = (double)ll.labels.numel();
@@ -88,7 +91,7 @@ class TokensWorkload : public Workload {
       if (progress) progress(idx.back() + 1, n);
     }
     model_.train();
-    return count > 0 ? sum / count : 0.0;
+    return {sum, count};
   }
   std::map<std::string, std::string> data_state() const override { return loader_state(loader_); }
   void set_data_state(const std::map<std::string, std::string>& md) override { set_loader_state(loader_, md); }
@@ -117,6 +120,7 @@ class TokensWorkload : public Workload {
     return split == "train" ? data_.train : split == "val" ? data_.val : data_.test;
   }
   TrainConfig cfg_;
+  data::Shard shard_;
   bool bits_;  // lm: bits per character; mqar: accuracy
   Splits data_;
   DecoderLM model_;
@@ -125,8 +129,8 @@ class TokensWorkload : public Workload {
 }  // namespace
 
 std::unique_ptr<Workload> make_tokens_workload(const TrainConfig& cfg, std::ostream& log, Generator& gen,
-                                               std::shared_ptr<Generator> dgen) {
-  return std::make_unique<TokensWorkload>(cfg, log, gen, dgen);
+                                               std::shared_ptr<Generator> dgen, const data::Shard& shard) {
+  return std::make_unique<TokensWorkload>(cfg, log, gen, dgen, shard);
 }
 
 }  // namespace lotgrad::models

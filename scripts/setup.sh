@@ -5,7 +5,7 @@ set -euo pipefail
 # OpenMP build of OpenBLAS: BLAS calls share lotgrad's OpenMP thread pool, so one
 # owner sets the thread count (no oversubscription). libopenblas-dev is satisfied by it.
 PKGS=(build-essential cmake ninja-build libopenblas-openmp-dev libopenblas-dev doctest-dev libstb-dev zlib1g-dev
-      libcli11-dev nlohmann-json3-dev)
+      libcli11-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -277,3 +277,42 @@ TEST_CASE("0-d tensors view, unsqueeze and flatten") {
   CHECK(s.unsqueeze(0).shape() == Shape{1});
   CHECK(s.flatten().shape() == Shape{1});
 }
+
+TEST_CASE("a post-accumulate-grad hook runs once per backward after the leaf's last gradient") {
+  Tensor w1 = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}).requires_grad_();
+  Tensor w2 = Tensor::from_vector(std::vector<float>{0.5f, -1, 2}, {3}).requires_grad_();
+  Tensor unused = Tensor::ones({2}).requires_grad_();
+  Tensor x = Tensor::from_vector(std::vector<float>{4, 5, 6}, {3});
+  std::vector<std::string> order;
+  std::vector<double> seen_w1;
+  w1.register_post_accumulate_grad_hook([&](const Tensor& t) {
+    order.push_back("w1");
+    seen_w1 = t.grad().to_vector();
+  });
+  w2.register_post_accumulate_grad_hook([&](const Tensor&) { order.push_back("w2"); });
+  unused.register_post_accumulate_grad_hook([&](const Tensor&) { order.push_back("unused"); });
+  // w1 used twice (two AccumulateGrad nodes): d/dw1 sum(w1*x + w1*w1) = x + 2 w1; w2 is
+  // used later in the forward pass, so backward reaches it first.
+  Tensor first = add(mul(w1, x), mul(w1, w1));  // named: the order of creation is the order of the statements
+  Tensor y = sum(add(first, mul(w2, w2)));
+  y.backward();
+  REQUIRE(order.size() == 2);
+  CHECK(order[0] == "w2");
+  CHECK(order[1] == "w1");
+  CHECK(seen_w1 == std::vector<double>{6, 9, 12});  // the whole gradient, not one use's
+  // Again, without zeroing: the hook sees the sum over both backward passes.
+  order.clear();
+  sum(mul(w1, x)).backward();
+  CHECK(order == std::vector<std::string>{"w1"});
+  CHECK(seen_w1 == std::vector<double>{10, 14, 18});
+  // Removed: no call.
+  w1.register_post_accumulate_grad_hook(nullptr);
+  order.clear();
+  sum(mul(w1, x)).backward();
+  CHECK(order.empty());
+  // Only leaves that require grad have one.
+  CHECK_THROWS_WITH_AS(mul(w1, x).register_post_accumulate_grad_hook([](const Tensor&) {}),
+                       doctest::Contains("not a leaf"), AutogradError);
+  CHECK_THROWS_WITH_AS(x.register_post_accumulate_grad_hook([](const Tensor&) {}),
+                       doctest::Contains("requires_grad false"), AutogradError);
+}

@@ -6,6 +6,8 @@
 #include <string>
 
 #include <lotgrad/core/parallel.h>
+#include <lotgrad/dist/comm.h>
+#include <lotgrad/models/divergence.h>
 
 #include "commands.h"
 
@@ -36,6 +38,25 @@ commands:
 common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS); --json where a command's help says so
 lotgrad --version prints the version.
 )";
+
+// The error of a command, and its exit code. Under mpirun (several ranks) the message says
+// which rank; an error one rank met alone ends every rank (MPI_Abort: the others may wait for
+// it in a sum), while one every rank met together (a diverged step: they hold the same sums)
+// is printed by rank 0 and each rank exits normally.
+int fail(const std::string& cmd, const std::exception& e, int code, bool collective) {
+  using lotgrad::dist::Comm;
+  const bool several = lotgrad::dist::launched_size() > 1 && lotgrad::dist::built_with_mpi();
+  if (!several) {
+    std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());
+    return code;
+  }
+  Comm& comm = Comm::world();
+  if (collective) {
+    if (comm.rank() == 0) std::fprintf(stderr, "lotgrad %s: error (every rank): %s\n", cmd.c_str(), e.what());
+    return code;
+  }
+  comm.abort("lotgrad " + cmd + ": error on " + comm.where() + " (the run stops on every rank): " + e.what(), code);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -50,6 +71,9 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     lotgrad::check_thread_env();
+    if (lotgrad::dist::launched_size() > 1 && cmd != "train")
+      throw std::invalid_argument("under mpirun only `lotgrad train` runs (data-parallel, docs/distributed.md); run `lotgrad " +
+                                  cmd + "` as one process");
     using namespace lotgrad::cli;
     if (cmd == "demo") return cmd_demo(argc - 2, argv + 2);
     if (cmd == "info") return cmd_info(argc - 2, argv + 2);
@@ -80,11 +104,11 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
     return 2;
+  } catch (const lotgrad::models::DivergenceError& e) {
+    return fail(cmd, e, 1, e.collective);
   } catch (const std::invalid_argument& e) {  // a bad option or setting: refused before any work
-    std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());
-    return 2;
+    return fail(cmd, e, 2, false);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lotgrad %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail(cmd, e, 1, false);
   }
 }

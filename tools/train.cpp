@@ -52,7 +52,7 @@ int cmd_train(int argc, char** argv) {
   });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   const models::TrainResult r = models::train(c, std::cout);
-  std::printf("%s\n", r.summary.c_str());
+  if (dist::Comm::world().rank() == 0) std::printf("%s\n", r.summary.c_str());  // under mpirun: once
   return r.interrupted ? 130 : 0;
 }
 
