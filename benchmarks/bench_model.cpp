@@ -4,11 +4,19 @@
 //   lotgrad bench step --task listops|lm --attention NAME --batch 32 --seq-len N [knobs]
 //     one training step (forward, backward, clipping, AdamW) of the LRA classifier (listops) or
 //     of the causal character-level decoder (lm: loss at every position, vocabulary 97).
+//     Under mpirun, data-parallel as `lotgrad train` is: each rank its rows of the batch and
+//     the gradients summed in buckets during backward (dist/grad_reducer.h); verified first
+//     against one process's gradients of the whole batch; tokens/s of the global batch, the
+//     bytes each rank puts into the sums, the reduction time backward did not hide.
 // The mechanism and its knobs come from the registry's declarations (cli::MechanismOptions).
 // Each measurement verifies its result before timing it (finite outputs and gradients; for
 // LOTFormer, mean over tokens of the output equals the mean of v).
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <functional>
+#include <optional>
+#include <lotgrad/dist/grad_reducer.h>
 #include <lotgrad/data/chars.h>
 #include <lotgrad/models/classifier.h>
 #include <lotgrad/models/decoder.h>
@@ -26,9 +34,10 @@ int run_attention(const Options& opt, const nn::AttentionOptions& ao, const std:
 // A model and the loss of one fixed random batch: what `bench step` times.
 struct StepModel {
   std::shared_ptr<nn::Module> module;
-  std::function<Tensor()> loss;
+  std::function<Tensor(int64_t begin, int64_t end)> loss;  // the mean loss of batch rows [begin, end)
   std::string name;
   int64_t tokens = 0;  // per step
+  int64_t seq_len = 1;
 };
 StepModel classifier_step(const nn::EncoderConfig& enc, int64_t B, int64_t n);
 StepModel decoder_step(const nn::EncoderConfig& enc, int64_t B, int64_t n);
@@ -181,7 +190,11 @@ StepModel classifier_step(const nn::EncoderConfig& enc, int64_t B, int64_t n) {
   Generator gen(0);
   auto model = std::make_shared<models::SequenceClassifier>(cfg, gen);
   Tensor tokens = randint(1, 16, {B, n}, gen), labels = randint(0, 10, {B}, gen);
-  return {model, [=] { return cross_entropy(model->forward(tokens), labels); }, step_name("listops", enc, B, n), B * n};
+  return {model,
+          [=](int64_t b, int64_t e) {
+            return cross_entropy(model->forward(tokens.narrow(0, b, e - b)), labels.narrow(0, b, e - b));
+          },
+          step_name("listops", enc, B, n), B * n, n};
 }
 
 StepModel decoder_step(const nn::EncoderConfig& enc, int64_t B, int64_t n) {
@@ -193,26 +206,70 @@ StepModel decoder_step(const nn::EncoderConfig& enc, int64_t B, int64_t n) {
   auto model = std::make_shared<models::DecoderLM>(cfg, gen);
   const int64_t V = cfg.vocab;
   Tensor tokens = randint(0, V, {B, n}, gen), targets = randint(0, V, {B * n}, gen);
-  return {model, [=] { return cross_entropy(model->forward(tokens).reshape({B * n, V}), targets); },
-          step_name("lm", enc, B, n) + (enc.attention[0].causal ? " causal" : ""), B * n};
+  return {model,
+          [=](int64_t b, int64_t e) {
+            return cross_entropy(model->forward(tokens.narrow(0, b, e - b)).reshape({(e - b) * n, V}),
+                                 targets.narrow(0, b * n, (e - b) * n));
+          },
+          step_name("lm", enc, B, n) + (enc.attention[0].causal ? " causal" : ""), B * n, n};
+}
+
+// Data-parallel: the largest difference between the summed gradients and one process's
+// gradients of the whole batch, relative to the largest gradient element ("" when within tol).
+std::string check_reduced(nn::Module& model, const StepModel& sm, int64_t B, dist::GradReducer& red, int64_t b, int64_t e) {
+  std::vector<Tensor> ps = model.parameters();
+  for (auto& p : ps) p.zero_grad();
+  sm.loss(0, B).backward();  // every rank holds the whole batch: the reference
+  std::vector<std::vector<double>> want;
+  for (auto& p : ps) want.push_back(p.grad().to_vector());
+  for (auto& p : ps) p.zero_grad();
+  red.begin();
+  mul(sm.loss(b, e), (double)(e - b) / (double)B).backward();
+  red.finish();
+  double worst = 0, scale = 0;
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const std::vector<double> got = ps[k].grad().to_vector();
+    for (size_t i = 0; i < got.size(); ++i) {
+      worst = std::max(worst, std::fabs(got[i] - want[k][i]));
+      scale = std::max(scale, std::fabs(want[k][i]));
+    }
+  }
+  if (worst <= 1e-4 * scale) return "";
+  return "summed gradients differ from one process's by " + std::to_string(worst) + " (largest element " + std::to_string(scale) + ")";
 }
 
 int run_step(const Options& opt, const StepModel& sm) {
+  dist::Comm& comm = dist::Comm::world();
+  if (comm.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // rank 0 reports
   Harness h("step", opt);
   nn::Module& model = *sm.module;
   AdamW optim(decay_groups(model.named_parameters()), {.lr = 1e-4, .weight_decay = 0.0, .beta2 = 0.98});
+  const int64_t B = sm.tokens / sm.seq_len;
+  const data::Shard shard{comm.rank(), comm.size()};
+  const int64_t b = shard.begin(B), e = shard.end(B);
+  if (e <= b) throw std::invalid_argument("bench step: --batch " + std::to_string(B) + " gives rank " + std::to_string(comm.rank()) + " no row");
+  std::optional<dist::GradReducer> red;
+  if (comm.distributed()) red.emplace(comm, model.named_parameters());
+  std::string reduce_error = red ? check_reduced(model, sm, B, *red, b, e) : "";
   double loss_v = 0;
   auto step = [&] {
     optim.zero_grad();
-    Tensor loss = sm.loss();
-    loss.backward();
+    Tensor loss = sm.loss(b, e);
+    if (red) {
+      red->begin();
+      mul(loss, (double)(e - b) / (double)B).backward();
+      red->finish();
+    } else {
+      loss.backward();
+    }
     clip_grad_norm_(model.parameters(), 5.0);
     optim.step();
     loss_v = loss.item();
   };
   reset_storage_peak();
   const int64_t base = storage_bytes_in_use();
-  Measurement m = h.measure(sm.name, "step", step, [&]() -> std::string {
+  Measurement m = h.measure(sm.name + (red ? " ranks=" + std::to_string(comm.size()) : ""), "step", step, [&]() -> std::string {
+                              if (!reduce_error.empty()) return reduce_error;
                               if (!std::isfinite(loss_v)) return "loss is not finite";
                               for (auto& p : model.parameters()) {
                                 std::string e = check_finite(p, "a parameter");
@@ -224,6 +281,11 @@ int run_step(const Options& opt, const StepModel& sm) {
   m.extra.push_back({"peak_MB", (storage_bytes_peak() - base) / 1048576.0});
   m.extra.push_back({"reserved_MB", storage_bytes_reserved_peak() / 1048576.0});
   m.extra.push_back({"rss_MB", peak_rss_mb()});
+  if (red) {
+    m.extra.push_back({"ranks", (double)comm.size()});
+    m.extra.push_back({"allreduce_bytes_per_rank", (double)red->stats().bytes});
+    m.extra.push_back({"unhidden_allreduce_ms", 1e3 * red->stats().total_wait_s / (double)std::max<int64_t>(red->stats().steps, 1)});
+  }
   m.tags.push_back({"model", std::to_string(model.num_parameters()) + " parameters"});
   h.emit(m);
   return h.all_ok() ? 0 : 1;

@@ -26,3 +26,4 @@ int bench_sinkhorn_main(int argc, char** argv);
 int bench_attention_main(int argc, char** argv);
 int bench_step_main(int argc, char** argv);
 int bench_delta_rule_main(int argc, char** argv);
+int bench_allreduce_main(int argc, char** argv);

@@ -34,6 +34,7 @@ commands:
   bench step        one LRA training step (forward, backward, AdamW): ms/step, tokens/s, peak memory
   bench delta-rule  DeltaNet's delta_rule op alone (the sizes of benchmarks/torch_deltanet.py)
   bench sinkhorn    the Sinkhorn op: forward / backward time and peak memory
+  bench allreduce   under mpirun: time and bandwidth of summing a buffer across the ranks
 
 common options: --threads N (default: all cores, or LOTGRAD_NUM_THREADS); --json where a command's help says so
 lotgrad --version prints the version.
@@ -71,9 +72,11 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     lotgrad::check_thread_env();
-    if (lotgrad::dist::launched_size() > 1 && cmd != "train")
-      throw std::invalid_argument("under mpirun only `lotgrad train` runs (data-parallel, docs/distributed.md); run `lotgrad " +
-                                  cmd + "` as one process");
+    const bool dp_command =
+        cmd == "train" || (cmd == "bench" && argc > 2 && (!std::strcmp(argv[2], "step") || !std::strcmp(argv[2], "allreduce")));
+    if (lotgrad::dist::launched_size() > 1 && !dp_command)
+      throw std::invalid_argument("under mpirun only `lotgrad train`, `lotgrad bench step` and `lotgrad bench allreduce` run (data-parallel, "
+                                  "docs/distributed.md); run `lotgrad " + cmd + "` as one process");
     using namespace lotgrad::cli;
     if (cmd == "demo") return cmd_demo(argc - 2, argv + 2);
     if (cmd == "info") return cmd_info(argc - 2, argv + 2);
@@ -87,7 +90,7 @@ int main(int argc, char** argv) {
     if (cmd == "report") return cmd_report(argc - 2, argv + 2);
     if (cmd == "bench") {
       if (argc < 3 || !std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h")) {
-        std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule\n"
+        std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule, allreduce\n"
                    "(lotgrad bench NAME --help for its options)\n", argc < 3 ? stderr : stdout);
         return argc < 3 ? 2 : 0;
       }
@@ -99,7 +102,8 @@ int main(int argc, char** argv) {
       if (which == "step") return bench_step_main(argc - 3, argv + 3);
       if (which == "delta-rule") return bench_delta_rule_main(argc - 3, argv + 3);
       if (which == "sinkhorn") return bench_sinkhorn_main(argc - 3, argv + 3);
-      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule)\n", which.c_str());
+      if (which == "allreduce") return bench_allreduce_main(argc - 3, argv + 3);
+      std::fprintf(stderr, "lotgrad bench: unknown benchmark \"%s\" (matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule, allreduce)\n", which.c_str());
       return 2;
     }
     std::fprintf(stderr, "lotgrad: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
