@@ -612,6 +612,10 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log_in) {
                   std::to_string(res.tokens_per_s) + " tokens/s, " +
                   std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()) +
                   " s in all");
+    // The run's end figures, for `lotgrad report` (test at the best checkpoint, timing).
+    if (metrics)
+      metrics->write({st.step, {{"test_" + mname, res.test_at_best}, {"ms_per_step", res.ms_per_step},
+                                {"tokens_per_s", res.tokens_per_s}}});
   }
   char s[256];
   if (st.step >= cfg.steps)

@@ -12,7 +12,7 @@ case "$case_name" in
     grep -q -- "--stepz" "$work/err"
     "$bin" --version | grep -q "^lotgrad [0-9]"
     # every command and every benchmark answers --help with its options
-    for c in demo lra train eval inspect plot info probe maps "bench matmul" "bench ops" "bench attention" \
+    for c in demo lra train eval inspect plot report info probe maps "bench matmul" "bench ops" "bench attention" \
              "bench attention-kernel" "bench step" "bench sinkhorn"; do
       $bin $c --help >"$work/h" || { echo "$c --help failed"; exit 1; }
       grep -q -- "--" "$work/h" || { echo "$c --help lists no options"; exit 1; }
@@ -121,6 +121,34 @@ case "$case_name" in
     grep -q "pos 2d needs square images" "$work/err"
     if "$bin" train $tiny --init xavier 2>"$work/err"; then echo "--init xavier accepted"; exit 1; fi
     grep -q -- "--init" "$work/err" ;;
+  report)
+    # two tiny runs, overlaid by plot and compared by report (the page itself: test_report, report_browser_test.sh)
+    tiny="--task listops --min-len 3 --max-len 12 --train-size 64 --val-size 16 --test-size 16 --d-model 16 --mlp 16"
+    "$bin" train $tiny --attention softmax --steps 4 --batch 8 --eval-every 2 --threads 2 --out "$work/soft" --quiet
+    "$bin" train $tiny --attention lotformer --steps 6 --batch 8 --eval-every 2 --threads 2 --out "$work/lot" --quiet
+    "$bin" plot "$work/soft" "$work/lot/metrics.jsonl" --lr --out "$work/c.png" | tee "$work/o"
+    grep -q "2 runs, 5 dev evaluations, with the learning rate" "$work/o"; test -s "$work/c.png"
+    "$bin" report "$work/soft" "$work/lot" --out "$work/r.html" --examples 1 --scale log --compare softmax,lotformer-r2 \
+      --compare-n 12 --threads 2 | tee "$work/o"
+    grep -q "wrote $work/r.html (2 runs" "$work/o"
+    test "$(grep -o '<figure class="map">' "$work/r.html" | wc -l)" -eq $((2 * 1 * 2 * 2 + 2 * 2))
+    test "$(grep -o '<figure class="chart">' "$work/r.html" | wc -l)" -eq 4
+    grep -q "test at best dev" "$work/r.html"
+    "$bin" report "$work/lot" --out "$work/r2.html" --example-ids 3,7 --compare none --threads 2 >/dev/null
+    grep -q "val example 7 " "$work/r2.html"
+    if grep -q 'id="mechanisms"' "$work/r2.html"; then echo "--compare none drew the comparison"; exit 1; fi
+    "$bin" maps --out-dir "$work/maps" --n 16 --mechanisms softmax,lotformer-r2 --scale log >"$work/o"
+    test -s "$work/maps/maps_grid.png"; test -s "$work/maps/maps_lotformer-r2_h1.png"; grep -q "colour scale log" "$work/o"
+    # refused, naming the option or the directory
+    if "$bin" report "$work/nope" 2>"$work/err"; then echo "a missing run directory accepted"; exit 1; fi
+    grep -q "nope" "$work/err"
+    if "$bin" report "$work/soft" --scale cubic 2>"$work/err"; then echo "--scale cubic accepted"; exit 1; fi
+    grep -q -- "--scale" "$work/err"
+    if "$bin" report "$work/soft" --compare softmax,lotformer-rx 2>"$work/err"; then echo "a bad mechanism accepted"; exit 1; fi
+    grep -q -- "--mechanisms lotformer-rx" "$work/err"
+    mkdir "$work/empty"
+    if "$bin" report "$work/empty" 2>"$work/err"; then echo "an empty directory accepted"; exit 1; fi
+    grep -q "holds no config.json" "$work/err" ;;
   seq_tasks)
     # mqar: generated and written, read back, eval; icl-regression with its references; lm on a text file
     mq="--task mqar --vocab 64 --seq-len 32 --kv-pairs 4 --train-size 64 --val-size 16 --test-size 16 --d-model 16 --mlp 0"
@@ -145,7 +173,7 @@ case "$case_name" in
     "$bin" train --task icl-regression --dim 4 --points 6 --val-size 16 --test-size 16 --depth 1 --d-model 16 --steps 2 \
       --batch 8 --eval-every 2 --threads 2 --out "$work/icl2" --quiet
     "$bin" eval --checkpoint "$work/icl2/best.ckpt" --threads 2 --plot "$work/icl2.png" >"$work/o"
-    grep -q "examples before" "$work/o"; grep -q "wrote .*1 = squared error, 2 = least squares" "$work/o"; test -s "$work/icl2.png"
+    grep -q "examples before" "$work/o"; grep -q "wrote .*: squared error, least squares" "$work/o"; test -s "$work/icl2.png"
     for i in $(seq 200); do echo "the quick brown fox $i jumps over the lazy dog"; done >"$work/text.txt"
     "$bin" train --task lm --data "$work/text.txt" --seq-len 16 --attention linear --d-model 16 --steps 4 --batch 8 \
       --eval-every 2 --threads 2 --out "$work/lm" >"$work/o"

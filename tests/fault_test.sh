@@ -19,7 +19,7 @@ expect_rc() {  # expect_rc WANT WHAT: the last run's exit status
   [ "$rc" -eq "$1" ] || { cat "$last_out" 2>/dev/null; fail "$2: exit $rc, want $1"; }
 }
 # metrics.jsonl without the timing figure (the only field that differs between two runs)
-untimed() { sed -E 's/"tokens_per_s":[-0-9.e+]+,?//' "$1"; }
+untimed() { sed -E 's/"(ms_per_step|tokens_per_s)":[-0-9.e+]+,?//g' "$1"; }
 # The run in $1 ended with the same bits as the uninterrupted run in $2.
 same_run() {
   local x

@@ -166,6 +166,7 @@ TEST_CASE("every command and benchmark: each numeric option refuses a non-number
       {"info", cli::cmd_info, {}},
       {"probe", cli::cmd_probe, {}},
       {"maps", cli::cmd_maps, {}},
+      {"report", cli::cmd_report, {c.out_dir}},
       {"bench matmul", bench_matmul_main, {}},
       {"bench ops", bench_ops_main, {}},
       {"bench attention", bench_attention_main, {}},

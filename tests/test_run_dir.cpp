@@ -82,12 +82,13 @@ class FileSizeLimit {
   struct rlimit old_ = {};
   struct sigaction old_sig_ = {};
 };
-// The records of a metrics log without the timing figure (the only field that differs
+// The records of a metrics log without the timing figures (the only fields that differ
 // between two runs).
 std::vector<std::pair<int64_t, std::map<std::string, double>>> untimed(const std::string& path) {
   std::vector<std::pair<int64_t, std::map<std::string, double>>> out;
   for (auto r : models::read_metrics(path)) {
     r.values.erase("tokens_per_s");
+    r.values.erase("ms_per_step");
     out.emplace_back(r.step, r.values);
   }
   return out;

@@ -12,6 +12,7 @@ int cmd_inspect(int argc, char** argv);
 int cmd_lra(int argc, char** argv);
 int cmd_plot(int argc, char** argv);
 int cmd_maps(int argc, char** argv);
+int cmd_report(int argc, char** argv);
 // A PNG of a whitespace table (a header whose column names are separated by two or more
 // spaces, then numeric rows): every column against the first, coloured, numbered in a legend.
 void plot_table(const std::string& table, const std::string& path);

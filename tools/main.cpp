@@ -22,7 +22,8 @@ commands:
   train             train a classifier on an LRA task (read or generated) with progress and checkpoints
   eval              accuracy of a checkpoint on a split
   inspect           what a trained model's attention does on real examples (max weights, bounds, entropy, sums)
-  plot              loss and accuracy curves (PNG) from a run's metrics.jsonl
+  plot              loss and metric curves (PNG) of one or several runs, overlaid
+  report            one self-contained HTML page comparing runs: settings, curves, end figures, attention maps
   info              build, thread and BLAS settings
   probe             write a mechanism's attention matrix (and stats) for a random input
   maps              PNG attention maps of softmax, Sinkformer, LOTFormer (r = 2, 4, 16), ESPFormer on one input
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
     if (cmd == "lra") return cmd_lra(argc - 2, argv + 2);
     if (cmd == "plot") return cmd_plot(argc - 2, argv + 2);
     if (cmd == "maps") return cmd_maps(argc - 2, argv + 2);
+    if (cmd == "report") return cmd_report(argc - 2, argv + 2);
     if (cmd == "bench") {
       if (argc < 3 || !std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h")) {
         std::fputs("lotgrad bench NAME [options]: matmul, ops, attention, attention-kernel, sinkhorn, step, delta-rule, allreduce\n"

@@ -2,7 +2,7 @@
 // the statistics students compare (max weight against the weight bound a mechanism declares,
 // LOTFormer's capacity 1/(n min b); row and column sums, entropy, rank); `lotgrad maps --example` prints a small LOTFormer worked
 // example (Γ1, Γ2, b, A and their sums) for docs/lotformer.md.
-#include <stb/stb_image_write.h>
+#include "maps.h"
 
 #include <algorithm>
 #include <array>
@@ -14,56 +14,16 @@
 
 #include "checks.h"
 #include "commands.h"
+#include "figure.h"
 #include "options.h"
 
 namespace lotgrad::cli {
 
 namespace {
 
-// Viridis key colours (0, 1/4, 1/2, 3/4, 1), linearly interpolated: perceptually ordered
-// and readable in grey and by most colour-blind readers.
-std::array<uint8_t, 3> colour(double t) {
-  static const double key[5][3] = {{68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
-  t = std::clamp(std::isfinite(t) ? t : 0.0, 0.0, 1.0) * 4.0;
-  const int i = std::min(3, (int)t);
-  const double f = t - i;
-  std::array<uint8_t, 3> c;
-  for (int ch = 0; ch < 3; ++ch) c[ch] = (uint8_t)std::lround(key[i][ch] + f * (key[i + 1][ch] - key[i][ch]));
-  return c;
-}
-
-// An RGB canvas, white background.
-struct Canvas {
-  int w, h;
-  std::vector<uint8_t> px;
-  Canvas(int w_, int h_) : w(w_), h(h_), px((size_t)w_ * h_ * 3, 255) {}
-  // Paints the n×n map a (row-major) at (x0, y0), `cell` pixels per entry, colour a/vmax.
-  void paint(const std::vector<double>& a, int64_t n, double vmax, int x0, int y0, int cell) {
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        auto c = colour(vmax > 0 ? a[i * n + j] / vmax : 0.0);
-        for (int dy = 0; dy < cell; ++dy)
-          for (int dx = 0; dx < cell; ++dx) {
-            uint8_t* p = &px[(((size_t)(y0 + i * cell + dy)) * w + (x0 + j * cell + dx)) * 3];
-            p[0] = c[0], p[1] = c[1], p[2] = c[2];
-          }
-      }
-  }
-  void save(const std::string& path) const {
-    stbi_write_png_compression_level = 9;
-    if (!stbi_write_png(path.c_str(), w, h, 3, px.data(), w * 3)) throw std::runtime_error("cannot write PNG " + path);
-  }
-};
-
 struct Map {
   std::string label;         // e.g. "lotformer-r4"
   nn::AttentionOptions opt;  // mechanism and knobs
-};
-
-// maps' own settings of the mechanisms it draws (maps-specific defaults).
-struct MapSettings {
-  double lot_eps = 0.1, lot_init_std = -1.0;
-  int64_t lot_half_steps = 50, sink_half_steps = 21;
 };
 
 // "lotformer-r4" -> lotformer with r = 4; other names are registry names. The knobs are
@@ -166,13 +126,122 @@ int worked_example(double eps, int64_t seed) {
 
 }  // namespace
 
+void check_map_name(const std::string& name, const MapSettings& st) { parse_map(name, st); }
+
+std::string maps_input_summary(const MapsInput& in) {
+  char b[256];
+  std::snprintf(b, sizeof b, "n = %lld, d_model = %lld, %lld heads, input %s%s, seed %lld, weight std %.4f", (long long)in.n,
+                (long long)in.d_model, (long long)in.heads, in.input.c_str(),
+                in.input == "blocks" ? (" (" + std::to_string(in.blocks) + " token types)").c_str() : "", (long long)in.seed,
+                in.weight_std > 0 ? in.weight_std : 1.5 / std::sqrt((double)in.d_model));
+  return b;
+}
+
+namespace {
+// The input (1, n, D): blocks of token types plus noise, or N(0, 1) tokens.
+Tensor maps_x(const MapsInput& in) {
+  Generator gx((uint64_t)in.seed + 101);
+  if (in.input == "random") return randn({1, in.n, in.d_model}, gx);
+  Tensor types = randn({in.blocks, in.d_model}, gx);
+  std::vector<int64_t> id((size_t)in.n);
+  for (int64_t t = 0; t < in.n; ++t) id[(size_t)t] = t * in.blocks / in.n;
+  return add(index_select(types, 0, Tensor::from_vector(id, {in.n})), mul(randn({in.n, in.d_model}, gx), in.noise)).unsqueeze(0);
+}
+
+// The statistics of one mechanism's (1, H, n, n) maps.
+void fill_stats(MechanismMaps& mm, const Tensor& A, int64_t H) {
+  const nn::AttentionStats st = nn::attention_stats(A);
+  for (int64_t h = 0; h < H; ++h) {
+    std::vector<double> a = A.select(0, 0).select(0, h).contiguous().to_vector();
+    const Tensor rs = st.row_sum.select(0, 0).select(0, h), cs = st.col_sum.select(0, 0).select(0, h);
+    mm.max.push_back(*std::max_element(a.begin(), a.end()));
+    mm.row_sum_lo.push_back(min(rs).item()), mm.row_sum_hi.push_back(max(rs).item());
+    mm.col_sum_lo.push_back(min(cs).item()), mm.col_sum_hi.push_back(max(cs).item());
+    mm.entropy.push_back(mean(st.row_entropy.select(0, 0).select(0, h)).item());
+    mm.rank.push_back((int64_t)st.rank.at({0, h}));
+    mm.maps.push_back(std::move(a));
+  }
+}
+}  // namespace
+
+std::vector<MechanismMaps> mechanism_maps(const std::vector<std::string>& names, const MapsInput& in) {
+  check_heads(in.d_model, in.heads);
+  const Tensor x = maps_x(in);
+  // Shared projection weights: N(0, weight_std²), so that the scores q·k/√d have a spread of
+  // order one (the library's 0.02 init would make every map nearly uniform).
+  const double wstd = in.weight_std > 0 ? in.weight_std : 1.5 / std::sqrt((double)in.d_model);
+  Generator gw((uint64_t)in.seed + 202);
+  const Tensor Wqkv = mul(randn({3 * in.d_model, in.d_model}, gw), wstd);
+  std::vector<MechanismMaps> out;
+  for (const auto& name : names) {
+    Map m = parse_map(name, in.settings);
+    m.opt.n_heads = in.heads;
+    Generator g((uint64_t)in.seed);
+    nn::MultiHeadAttention mha(in.d_model, m.opt, g);
+    if (mha.qkv) {  // block-input mechanisms own their projections
+      NoGradGuard ng;
+      mha.qkv->weight.copy_(Wqkv);
+    }
+    MechanismMaps mm;
+    mm.label = m.label;
+    fill_stats(mm, nn::probe_attention(mha, x), in.heads);  // (1, H, n, n)
+    mm.bound = mha.mechanism->weight_bound(in.n);  // per head (LOTFormer: 1/(n min b)); empty when none
+    out.push_back(std::move(mm));
+  }
+  return out;
+}
+
+namespace {
+void print_row(const MechanismMaps& m, int64_t h) {
+  char bnd[32] = "-";
+  if (!m.bound.empty()) std::snprintf(bnd, sizeof bnd, "%.4f", m.bound[(size_t)h]);
+  const size_t k = (size_t)h;
+  std::printf("%-16s %4lld %9.4f %9s   [%7.4f, %7.4f]   [%7.4f, %7.4f] %8.3f %5lld\n", m.label.c_str(), (long long)h,
+              m.max[k], bnd, m.row_sum_lo[k], m.row_sum_hi[k], m.col_sum_lo[k], m.col_sum_hi[k], m.entropy[k],
+              (long long)m.rank[k]);
+}
+
+// One map as a figure: title, axes (query i down, key j across), colour bar.
+void draw_map(Canvas& c, int x0, int y0, const MechanismMaps& m, int64_t h, int64_t n, bool log, double vmax, int cell) {
+  MapScale sc = map_scale(m.maps[(size_t)h], log);
+  if (vmax > 0) sc.vmax = vmax, sc.vmin = log ? std::min(sc.vmin, vmax * 1e-4) : 0.0;
+  HeatmapStyle st;
+  st.title = m.label + " head " + std::to_string(h);
+  st.cell = cell;
+  draw_heatmap(c, x0, y0, m.maps[(size_t)h], n, sc, st);
+}
+
+// The grid: columns = mechanisms, rows = heads; the top block each map on its own scale, the
+// bottom block all on one shared scale (the largest weight of all maps).
+void save_grid(const std::vector<MechanismMaps>& all, int64_t n, int64_t H, bool log, int cell, const std::string& path) {
+  HeatmapStyle st;
+  st.cell = cell;
+  const auto [fw, fh] = heatmap_size(n, st);
+  const int M = (int)all.size(), band = 22;
+  double global = 0;
+  for (const auto& m : all)
+    for (double v : m.max) global = std::max(global, v);
+  Canvas grid(M * fw, (int)(2 * H) * fh + 2 * band);
+  grid.text(4, 6, "each map on its own scale (colour bar: 0 to the map's max)", 0x000000);
+  grid.text(4, (int)H * fh + band + 6, "one shared scale for all maps (max " + tick_label(global, global / 100) + ")", 0x000000);
+  for (int mi = 0; mi < M; ++mi)
+    for (int64_t h = 0; h < H; ++h) {
+      draw_map(grid, mi * fw, band + (int)h * fh, all[(size_t)mi], h, n, log, 0, cell);
+      draw_map(grid, mi * fw, 2 * band + (int)(H + h) * fh, all[(size_t)mi], h, n, log, global, cell);
+    }
+  grid.save(path);
+}
+}  // namespace
+
 int cmd_maps(int argc, char** argv) {
   CLI::App app(
       "One MultiHeadAttention layer per mechanism, all with the same query/key/value projection weights, on one\n"
-      "(1, n, d_model) input; writes <out-dir>/maps_<mechanism>_h<head>.png (each map scaled to its own maximum,\n"
-      "printed below) and <out-dir>/maps_grid.png (rows: heads; top block per-map maximum, bottom block one shared\n"
-      "scale, the largest weight of all maps), colour map viridis (dark = 0, yellow = the scale's maximum), and\n"
-      "prints per-map statistics, the max weight next to the bound the mechanism declares (LOTFormer: 1/(n min b)).\n"
+      "(1, n, d_model) input; writes <out-dir>/maps_<mechanism>_h<head>.png (each map scaled to its own maximum)\n"
+      "and <out-dir>/maps_grid.png (columns: mechanisms, rows: heads; top block per-map maximum, bottom block one\n"
+      "shared scale, the largest weight of all maps). Every map has a title, axes (query i down, key j across) and a\n"
+      "colour bar; colour map viridis (dark = 0, yellow = the scale's maximum), --scale log: log10 of the weight\n"
+      "over [max(smallest positive, max * 1e-4), max]. Prints per-map statistics, the max weight next to the bound\n"
+      "the mechanism declares (LOTFormer: 1/(n min b)).\n"
       "--mechanisms: registry names (lotgrad info), and lotformer-rR for LOTFormer with R pivots.\n"
       "--input blocks: --blocks token types in contiguous runs, each token its type's random vector plus --noise\n"
       "Gaussian noise; random: N(0, 1) tokens.\n"
@@ -180,24 +249,24 @@ int cmd_maps(int argc, char** argv) {
       "their sums (it reads --seed and --lot-eps only). No --json.",
       "lotgrad maps");
   bool example = false;
-  std::string out_dir = "maps", input = "blocks";
+  std::string out_dir = "maps", scale = "linear";
   std::vector<std::string> names = {"softmax", "sinkformer", "lotformer-r2", "lotformer-r4", "lotformer-r16", "espformer"};
-  int64_t n = 64, D = 64, H = 2, blocks = 4, seed = 0, cell = 3, threads = 0;
-  double noise = 0.5, wstd = 0;
-  MapSettings settings;
+  MapsInput in;
+  int64_t cell = 3, threads = 0;
   app.add_flag("--example", example, "print the LOTFormer worked example instead of drawing maps");
   app.add_option("--out-dir", out_dir, "where the PNGs go")->capture_default_str();
   app.add_option("--mechanisms", names, "comma-separated maps to draw")->delimiter(',')->capture_default_str();
-  add_number(app, "--n", n, 2, 4096, "tokens");
-  add_setting(app, "d-model", D);
-  add_setting(app, "heads", H);
-  add_choice(app, "--input", input, {"blocks", "random"}, "the input tokens");
-  add_number(app, "--blocks", blocks, 1, 1e6, "--input blocks: token types");
-  add_number(app, "--noise", noise, 0, 1e6, "--input blocks: std of the noise on each token");
-  CLI::Option* wstd_opt = add_number(app, "--weight-std", wstd, 0, 1e6, "std of the shared projection weights")
-                              ->default_str("1.5/sqrt(d-model)");
-  add_number(app, "--seed", seed, 0, kMaxSeed, "seed of the input, the weights and the mechanisms");
+  add_number(app, "--n", in.n, 2, 4096, "tokens");
+  add_setting(app, "d-model", in.d_model);
+  add_setting(app, "heads", in.heads);
+  add_choice(app, "--input", in.input, {"blocks", "random"}, "the input tokens");
+  add_number(app, "--blocks", in.blocks, 1, 1e6, "--input blocks: token types");
+  add_number(app, "--noise", in.noise, 0, 1e6, "--input blocks: std of the noise on each token");
+  add_number(app, "--weight-std", in.weight_std, 0, 1e6, "std of the shared projection weights (0: 1.5/sqrt(d-model))");
+  add_number(app, "--seed", in.seed, 0, kMaxSeed, "seed of the input, the weights and the mechanisms");
   add_number(app, "--cell", cell, 1, 64, "pixels per map entry");
+  add_choice(app, "--scale", scale, {"linear", "log"}, "colour scale of the maps");
+  MapSettings& settings = in.settings;
   CLI::Option* eps_opt =
       add_knob_setting(app, "--lot-eps", settings.lot_eps, "lotformer", "eps", "lotformer-rR: eps (--example: default 0.5)");
   add_knob_setting(app, "--lot-half-steps", settings.lot_half_steps, "lotformer", "half_steps", "lotformer-rR: half-steps");
@@ -205,91 +274,39 @@ int cmd_maps(int argc, char** argv) {
                    "lotformer-rR: pivots start N(0, std^2); -1: N(0, 1/d)");
   add_knob_setting(app, "--sink-half-steps", settings.sink_half_steps, "sinkformer", "half_steps", "sinkformer: half-steps");
   add_threads_applied(app, threads);
-  std::vector<Map> maps;
   after_parse(app, [&] {
     if (example) return;
-    check_heads(D, H);
-    for (const auto& s : names)
-      if (!s.empty()) maps.push_back(parse_map(s, settings));
-    if (maps.empty()) throw std::invalid_argument("--mechanisms is empty");
+    check_heads(in.d_model, in.heads);
+    names.erase(std::remove(names.begin(), names.end(), std::string()), names.end());
+    for (const auto& s : names) check_map_name(s, settings);
+    if (names.empty()) throw std::invalid_argument("--mechanisms is empty");
   });
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  if (example) return worked_example(eps_opt->count() ? settings.lot_eps : 0.5, seed);
+  if (example) return worked_example(eps_opt->count() ? settings.lot_eps : 0.5, in.seed);
 
   std::filesystem::create_directories(out_dir);
-  // The input (1, n, D).
-  Generator gx((uint64_t)seed + 101);
-  Tensor x;
-  if (input == "random") {
-    x = randn({1, n, D}, gx);
-  } else {
-    Tensor types = randn({blocks, D}, gx);
-    std::vector<int64_t> id((size_t)n);
-    for (int64_t t = 0; t < n; ++t) id[t] = t * blocks / n;
-    x = add(index_select(types, 0, Tensor::from_vector(id, {n})), mul(randn({n, D}, gx), noise)).unsqueeze(0);
-  }
-  // Shared projection weights: N(0, weight_std²), so that the scores q·k/√d have a spread of
-  // order one (the library's 0.02 init would make every map nearly uniform).
-  if (!wstd_opt->count()) wstd = 1.5 / std::sqrt((double)D);
-  Generator gw((uint64_t)seed + 202);
-  Tensor Wqkv = mul(randn({3 * D, D}, gw), wstd);
-
-  std::printf("lotgrad maps: n = %lld, d_model = %lld, %lld heads, input %s, seed %llu, weight std %.4f\n", (long long)n,
-              (long long)D, (long long)H, input.c_str(), (unsigned long long)seed, wstd);
-  std::printf("uniform weight 1/n = %.4f; ln n = %.3f (entropy of a uniform row)\n", 1.0 / n, std::log((double)n));
+  std::printf("lotgrad maps: %s\n", maps_input_summary(in).c_str());
+  std::printf("uniform weight 1/n = %.4f; ln n = %.3f (entropy of a uniform row)\n", 1.0 / in.n, std::log((double)in.n));
   std::printf("%-16s %4s %9s %9s %21s %21s %8s %5s\n", "mechanism", "head", "max", "bound", "row sums", "column sums",
               "entropy", "rank");
-  std::vector<std::vector<std::vector<double>>> all;  // [map][head] -> n×n
-  std::vector<std::vector<double>> vmax;
-  double global = 0;
-  for (auto& m : maps) {
-    m.opt.n_heads = H;
-    Generator g((uint64_t)seed);
-    nn::MultiHeadAttention mha(D, m.opt, g);
-    if (mha.qkv) {  // block-input mechanisms own their projections
-      NoGradGuard ng;
-      mha.qkv->weight.copy_(Wqkv);
+  const std::vector<MechanismMaps> all = mechanism_maps(names, in);
+  const bool log = scale == "log";
+  HeatmapStyle st;
+  st.cell = (int)cell;
+  const auto [fw, fh] = heatmap_size(in.n, st);
+  for (const auto& m : all)
+    for (int64_t h = 0; h < in.heads; ++h) {
+      print_row(m, h);
+      Canvas c(fw, fh);
+      draw_map(c, 0, 0, m, h, in.n, log, 0, (int)cell);
+      c.save(out_dir + "/maps_" + m.label + "_h" + std::to_string(h) + ".png");
     }
-    Tensor A = nn::probe_attention(mha, x);  // (1, H, n, n)
-    nn::AttentionStats st = nn::attention_stats(A);
-    // The bound on any weight the mechanism declares, per head (LOTFormer: 1/(n min b)); empty when none.
-    const std::vector<double> bound = mha.mechanism->weight_bound(n);
-    all.emplace_back();
-    vmax.emplace_back();
-    for (int64_t h = 0; h < H; ++h) {
-      Tensor Ah = A.select(0, 0).select(0, h);
-      std::vector<double> a_h = Ah.to_vector();
-      const double mx = *std::max_element(a_h.begin(), a_h.end());
-      Tensor rs = st.row_sum.select(0, 0).select(0, h), cs = st.col_sum.select(0, 0).select(0, h);
-      char bnd[32];
-      if (bound.empty()) std::snprintf(bnd, sizeof bnd, "-");
-      else std::snprintf(bnd, sizeof bnd, "%.4f", bound[(size_t)h]);
-      std::printf("%-16s %4lld %9.4f %9s   [%7.4f, %7.4f]   [%7.4f, %7.4f] %8.3f %5lld\n", m.label.c_str(), (long long)h, mx,
-                  bnd, min(rs).item(), max(rs).item(), min(cs).item(), max(cs).item(),
-                  mean(st.row_entropy.select(0, 0).select(0, h)).item(), (long long)st.rank.at({0, h}));
-      Canvas c((int)n * cell, (int)n * cell);
-      c.paint(a_h, n, mx, 0, 0, cell);
-      const std::string path = out_dir + "/maps_" + m.label + "_h" + std::to_string(h) + ".png";
-      c.save(path);
-      all.back().push_back(std::move(a_h));
-      vmax.back().push_back(mx);
-      global = std::max(global, mx);
-    }
-  }
-  // The grid: columns = mechanisms, rows = heads; top block per-map scale, bottom shared.
-  const int side = (int)(n * cell), gap = (int)std::max<int64_t>(2, cell * 2), M = (int)maps.size();
-  Canvas grid(M * side + (M - 1) * gap, (int)(2 * H) * side + (int)(2 * H - 1) * gap + 2 * gap);
-  for (int mi = 0; mi < M; ++mi)
-    for (int64_t h = 0; h < H; ++h) {
-      const int x0 = mi * (side + gap);
-      grid.paint(all[mi][h], n, vmax[mi][h], x0, (int)h * (side + gap), cell);
-      grid.paint(all[mi][h], n, global, x0, (int)(H + h) * (side + gap) + 2 * gap, cell);
-    }
-  grid.save(out_dir + "/maps_grid.png");
+  save_grid(all, in.n, in.heads, log, (int)cell, out_dir + "/maps_grid.png");
   std::printf("wrote %d maps to %s/maps_<mechanism>_h<head>.png (each scaled to its own max) and %s/maps_grid.png "
-              "(columns:", M * (int)H, out_dir.c_str(), out_dir.c_str());
-  for (auto& m : maps) std::printf(" %s", m.label.c_str());
-  std::printf("; top %lld rows per-map max, bottom %lld rows shared max %.4f)\n", (long long)H, (long long)H, global);
+              "(columns:", (int)all.size() * (int)in.heads, out_dir.c_str(), out_dir.c_str());
+  for (const auto& m : all) std::printf(" %s", m.label.c_str());
+  std::printf("; top %lld rows per-map max, bottom %lld rows one shared max; colour scale %s)\n", (long long)in.heads,
+              (long long)in.heads, scale.c_str());
   return 0;
 }
 

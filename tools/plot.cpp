@@ -1,100 +1,110 @@
-// `lotgrad plot`: turns a training run's metrics.jsonl into a PNG with two panels, the
-// training loss and the train/dev accuracy against the step. Hand-rasterised (a 3×5 pixel
-// font for the axis labels) and written with stb_image_write: no plotting dependency.
-#include <stb/stb_image_write.h>
-
+// `lotgrad plot`: one or several training runs' metrics.jsonl as a PNG: the training loss,
+// the task's metric on train (dashed) and dev (solid), and with --lr the learning rate, each
+// panel with every run overlaid, a legend and axes fitted to the data. Hand-rasterised with
+// the 5x7 font of figure.h and written with stb: no plotting dependency.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <lotgrad/lotgrad.h>
 #include <lotgrad/models/metrics_log.h>
-#include <map>
 #include <sstream>
 
 #include "commands.h"
+#include "figure.h"
+#include "html.h"
 #include "options.h"
 
 namespace lotgrad::cli {
 
 namespace {
-struct Canvas {
-  int w, h;
-  std::vector<uint8_t> px;  // RGB
-  Canvas(int w_, int h_) : w(w_), h(h_), px((size_t)w_ * h_ * 3, 255) {}
-  void set(int x, int y, uint32_t rgb) {
-    if (x < 0 || y < 0 || x >= w || y >= h) return;
-    uint8_t* p = &px[((size_t)y * w + x) * 3];
-    p[0] = rgb >> 16;
-    p[1] = (rgb >> 8) & 255;
-    p[2] = rgb & 255;
-  }
-  void line(double x0, double y0, double x1, double y1, uint32_t rgb, int thick = 1) {
-    const int n = (int)std::max(std::abs(x1 - x0), std::abs(y1 - y0)) + 1;
-    for (int i = 0; i <= n; ++i) {
-      const double t = (double)i / n;
-      const int x = (int)std::lround(x0 + t * (x1 - x0)), y = (int)std::lround(y0 + t * (y1 - y0));
-      for (int dx = 0; dx < thick; ++dx)
-        for (int dy = 0; dy < thick; ++dy) set(x + dx, y + dy, rgb);
-    }
-  }
-  // 3×5 glyphs, scaled by s.
-  void text(int x, int y, const std::string& s, uint32_t rgb, int scale = 2) {
-    static const std::map<char, const char*> font = {
-        {'0', "111101101101111"}, {'1', "010110010010111"}, {'2', "111001111100111"}, {'3', "111001111001111"},
-        {'4', "101101111001001"}, {'5', "111100111001111"}, {'6', "111100111101111"}, {'7', "111001001001001"},
-        {'8', "111101111101111"}, {'9', "111101111001111"}, {'.', "000000000000010"}, {'-', "000000111000000"},
-        {'a', "000011101101011"}, {'c', "000111100100111"}, {'d', "001011101101011"}, {'e', "000111111100111"},
-        {'l', "100100100100110"}, {'o', "000111101101111"}, {'p', "000111101111100"}, {'r', "000110101100100"},
-        {'s', "000111110011111"}, {'t', "010111010010011"}, {'v', "000101101101010"}, {'i', "010000010010010"},
-        {'n', "000110101101101"}, {'k', "100101110101101"}, {' ', "000000000000000"}, {'/', "001001010100100"},
-        {'b', "100100111101111"}, {'m', "000111111101101"}, {'x', "000101010101000"}, {'f', "011010111010010"},
-        {'h', "100100111101101"}, {'u', "000101101101111"}, {'y', "101101111001111"}, {'w', "000101101111111"},
-        {'g', "111100101101111"}, {'(', "001010010010001"}, {')', "100010010010100"}, {'+', "000010111010000"},
-        {'^', "010101000000000"}};
-    for (size_t c = 0; c < s.size(); ++c) {
-      auto it = font.find(s[c]);
-      if (it == font.end()) continue;
-      for (int r = 0; r < 5; ++r)
-        for (int q = 0; q < 3; ++q)
-          if (it->second[r * 3 + q] == '1')
-            for (int a = 0; a < scale; ++a)
-              for (int b = 0; b < scale; ++b) set(x + (int)c * 4 * scale + q * scale + a, y + r * scale + b, rgb);
-    }
-  }
-};
+constexpr int kPanelW = 560, kPanelH = 320, kMl = 64, kMr = 16, kMt = 26, kMb = 40;
 
-std::string num(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, std::abs(v) >= 100 ? "%.0f" : "%.3g", v);
-  return b;
+// One panel: axes with nice ticks fitted to the finite points (not forced through 0), the
+// curves, the title. The legend is drawn once for the figure (draw_legend).
+void draw_panel(Canvas& c, int x0, int y0, const Chart& ch) {
+  double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
+  for (const auto& s : ch.series)
+    for (const auto& [x, y] : s.points)
+      if (std::isfinite(x) && std::isfinite(y)) xlo = std::min(xlo, x), xhi = std::max(xhi, x), ylo = std::min(ylo, y), yhi = std::max(yhi, y);
+  if (!std::isfinite(xlo)) xlo = 0, xhi = 1, ylo = 0, yhi = 1;
+  const Ticks tx = nice_ticks(xlo, xhi, 5), ty = nice_ticks(ylo, yhi, 5);
+  const int L = x0 + kMl, T = y0 + kMt, W = kPanelW - kMl - kMr, H = kPanelH - kMt - kMb;
+  auto X = [&](double v) { return L + (v - tx.lo) / (tx.hi - tx.lo) * W; };
+  auto Y = [&](double v) { return T + H - (v - ty.lo) / (ty.hi - ty.lo) * H; };
+  for (double v : tx.values) {
+    for (int y = T; y < T + H; y += 3) c.set((int)X(v), y, 0xdddddd);
+    const std::string l = tick_label(v, tx.step);
+    c.text((int)X(v) - Canvas::text_width(l) / 2, T + H + 5, l, 0x000000);
+  }
+  for (double v : ty.values) {
+    for (int x = L; x < L + W; x += 3) c.set(x, (int)Y(v), 0xdddddd);
+    const std::string l = tick_label(v, ty.step);
+    c.text(L - 5 - Canvas::text_width(l), (int)Y(v) - 3, l, 0x000000);
+  }
+  c.line(L, T + H, L + W, T + H, 0x000000);
+  c.line(L, T, L, T + H, 0x000000);
+  c.text(L + W / 2 - Canvas::text_width(ch.xlabel) / 2, T + H + 18, ch.xlabel, 0x404040);
+  c.text(L, y0 + 8, ch.title, 0x000000, 1);
+  for (const auto& s : ch.series) {
+    std::vector<std::pair<double, double>> pts;
+    for (const auto& p : s.points)
+      if (std::isfinite(p.first) && std::isfinite(p.second)) pts.push_back(p);
+    pts = downsample_minmax(pts, (size_t)W * 2);
+    double along = 0;  // pixels drawn so far: dashes of 6 on, 4 off along the curve
+    for (size_t i = 1; i < pts.size(); ++i) {
+      const double ax = X(pts[i - 1].first), ay = Y(pts[i - 1].second), bx = X(pts[i].first), by = Y(pts[i].second);
+      if (!s.dashed) {
+        c.line(ax, ay, bx, by, s.colour, 2);
+        continue;
+      }
+      const double len = std::hypot(bx - ax, by - ay);
+      for (double t = 0; t < len; t += 1, along += 1)
+        if (std::fmod(along, 10.0) < 6) c.fill((int)std::lround(ax + (bx - ax) * t / len), (int)std::lround(ay + (by - ay) * t / len), 2, 2, s.colour);
+    }
+    if (pts.size() == 1) c.fill((int)X(pts[0].first) - 2, (int)Y(pts[0].second) - 2, 5, 5, s.colour);
+  }
 }
 
-// Draws series (x, y) into the panel [x0, x0+pw) × [y0, y0+ph) with shared axes.
-void panel(Canvas& c, int x0, int y0, int pw, int ph, const std::string& title,
-           const std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>>& series, double ylo, double yhi,
-           const std::string& xlabel = "step") {
-  double xmax = 1;
-  for (auto& s : series)
-    for (auto& p : s.first) xmax = std::max(xmax, p.first);
-  if (yhi <= ylo) yhi = ylo + 1;
-  c.line(x0, y0 + ph, x0 + pw, y0 + ph, 0x000000);
-  c.line(x0, y0, x0, y0 + ph, 0x000000);
-  for (int g = 1; g <= 4; ++g) {  // light grid
-    const int y = y0 + ph - g * ph / 4;
-    for (int x = x0 + 1; x < x0 + pw; x += 4) c.set(x, y, 0xcccccc);
-    c.text(x0 - 52, y - 5, num(ylo + (yhi - ylo) * g / 4), 0x000000);
+// The legend: a swatch and the run's name per run, then what solid and dashed mean.
+int draw_legend(Canvas& c, int x0, int y0, const std::vector<std::string>& runs, bool dashed_note) {
+  int x = x0;
+  for (size_t k = 0; k < runs.size(); ++k) {
+    const std::string name = runs[k].substr(0, 32);
+    if (x + 30 + Canvas::text_width(name) > c.w - 10) x = x0, y0 += 14;
+    c.fill(x, y0 + 2, 20, 3, series_colour(k));
+    x += 24 + c.text(x + 24, y0, name, 0x000000) + 16;
   }
-  c.text(x0 - 52, y0 + ph - 5, num(ylo), 0x000000);
-  c.text(x0 + pw - 40, y0 + ph + 8, num(xmax), 0x000000);
-  c.text(x0, y0 + ph + 8, "0", 0x000000);
-  c.text(x0 + pw / 2 - 16, y0 + ph + 8, xlabel, 0x000000);
-  c.text(x0 + 8, y0 - 16, title, 0x000000);
-  for (auto& [pts, rgb] : series)
-    for (size_t i = 1; i < pts.size(); ++i) {
-      auto X = [&](double v) { return x0 + v / xmax * pw; };
-      auto Y = [&](double v) { return y0 + ph - (std::clamp(v, ylo, yhi) - ylo) / (yhi - ylo) * ph; };
-      c.line(X(pts[i - 1].first), Y(pts[i - 1].second), X(pts[i].first), Y(pts[i].second), rgb, 2);
-    }
+  if (dashed_note) c.text(x0, y0 + 16, "metric panel: dashed = train, solid = dev", 0x404040);
+  return y0 + 32;
+}
+
+struct RunCurves {
+  std::string name, metric;
+  std::vector<std::pair<double, double>> loss, train, dev, lr;
+};
+
+RunCurves read_curves(const std::string& arg) {
+  namespace fs = std::filesystem;
+  const std::string path = fs::is_directory(arg) ? arg + "/metrics.jsonl" : arg;
+  const std::vector<models::MetricsRecord> records = models::read_metrics(path, /*tolerate_torn_tail=*/true);
+  RunCurves r;
+  const fs::path p = fs::path(path).lexically_normal();
+  r.name = fs::is_directory(arg) ? fs::path(arg).lexically_normal().filename().string() : p.parent_path().filename().string();
+  if (r.name.empty()) r.name = p.stem().string();
+  r.metric = "acc";  // the task's metric: the records name it "train_<metric>", "dev_<metric>"
+  for (const auto& rec : records)
+    for (const auto& [k, v] : rec.values)
+      if (k.rfind("dev_", 0) == 0) r.metric = k.substr(4);
+  for (const auto& rec : records) {
+    const double step = (double)rec.step;
+    if (rec.has("loss")) r.loss.push_back({step, rec.values.at("loss")});
+    if (rec.has("train_" + r.metric)) r.train.push_back({step, rec.values.at("train_" + r.metric)});
+    if (rec.has("dev_" + r.metric)) r.dev.push_back({step, rec.values.at("dev_" + r.metric)});
+    if (rec.has("lr")) r.lr.push_back({step, rec.values.at("lr")});
+  }
+  if (r.loss.empty() && r.dev.empty()) throw IOError(path + " holds no metrics");
+  return r;
 }
 
 // Splits a table's header at runs of two or more spaces (column names may hold one space).
@@ -117,67 +127,68 @@ void plot_table(const std::string& table, const std::string& path) {
   std::string line;
   std::getline(in, line);
   const std::vector<std::string> names = header_names(line);
-  std::vector<std::vector<std::pair<double, double>>> cols(names.size() > 1 ? names.size() - 1 : 0);
-  double ylo = 0, yhi = 0;
+  Chart ch;
+  ch.xlabel = names.empty() ? "x" : names[0];
+  for (size_t k = 1; k < names.size(); ++k) ch.series.push_back({names[k], series_colour(k - 1), {}, false});
   while (std::getline(in, line)) {
     std::istringstream row(line);
     double x, y;
     if (!(row >> x)) continue;
-    for (auto& col : cols)
-      if (row >> y) {
-        col.push_back({x, y});
-        ylo = std::min(ylo, y);
-        yhi = std::max(yhi, y);
-      }
+    for (auto& s : ch.series)
+      if (row >> y) s.points.push_back({x, y});
   }
-  if (cols.empty() || cols[0].empty()) throw std::invalid_argument("plot: the table has no numeric rows to plot");
-  static const uint32_t colours[] = {0x1f5fbf, 0xd03020, 0x20a040, 0x9040c0, 0xe08000, 0x404040};
-  std::vector<std::pair<std::vector<std::pair<double, double>>, uint32_t>> series;
-  for (size_t k = 0; k < cols.size(); ++k) series.push_back({cols[k], colours[k % 6]});
-  Canvas c(700, 420);
-  panel(c, 70, 40, 600, 300, "", series, ylo, yhi * 1.05, names[0]);
-  for (size_t k = 0; k < cols.size(); ++k) {  // legend: a swatch per column; names in the caption below
-    c.line(80 + 100 * (int)k, 385, 110 + 100 * (int)k, 385, colours[k % 6], 3);
-    c.text(115 + 100 * (int)k, 380, std::to_string(k + 1), 0x000000);
-  }
-  if (!stbi_write_png(path.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("cannot write " + path);
+  if (ch.series.empty() || ch.series[0].points.empty()) throw std::invalid_argument("plot: the table has no numeric rows to plot");
+  std::vector<std::string> legend;
+  for (const auto& s : ch.series) legend.push_back(s.name);
+  Canvas c(kPanelW + 20, kPanelH + 60);
+  draw_panel(c, 10, 0, ch);
+  draw_legend(c, 20, kPanelH + 8, legend, false);
+  c.save(path);
   std::printf("wrote %s:", path.c_str());
-  for (size_t k = 0; k < cols.size(); ++k) std::printf(" %zu = %s%s", k + 1, names[k + 1].c_str(), k + 2 < names.size() ? "," : "");
+  for (size_t k = 1; k < names.size(); ++k) std::printf(" %s%s", names[k].c_str(), k + 1 < names.size() ? "," : "");
   std::printf(" against %s\n", names[0].c_str());
 }
 
 int cmd_plot(int argc, char** argv) {
-  CLI::App app("Training loss (left) and the task's metric on train (blue) and dev (red) (right: accuracy, bits per\n"
-               "character or squared error) against the step, from a run's metrics.jsonl, as a PNG. A torn last line (a run\n"
-               "still writing) is skipped. No --json.",
+  CLI::App app("Training curves of one or several runs, overlaid, as a PNG: the training loss, the task's metric on\n"
+               "train (dashed) and dev (solid) (accuracy, bits per character or squared error), and with --lr the\n"
+               "learning rate, against the step; one colour per run, named in the legend; axes fitted to the data. Each\n"
+               "argument is a run directory or its metrics.jsonl. A torn last line (a run still writing) is skipped.\n"
+               "No --json.",
                "lotgrad plot");
-  std::string in, out = "curves.png";
-  app.add_option("metrics", in, "the run's metrics.jsonl")->required()->check(CLI::ExistingFile);
+  std::vector<std::string> inputs;
+  std::string out = "curves.png";
+  bool lr = false;
+  app.add_option("runs", inputs, "run directories or metrics.jsonl files")->required()->check(CLI::ExistingPath);
   app.add_option("--out", out, "the PNG to write")->capture_default_str();
+  app.add_flag("--lr", lr, "add a panel with the learning rate");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const std::vector<models::MetricsRecord> records = models::read_metrics(in, /*tolerate_torn_tail=*/true);
-  std::string metric = "acc";  // the task's metric: the records name it "train_<metric>", "dev_<metric>"
-  for (const auto& r : records)
-    for (const auto& [k, v] : r.values)
-      if (k.rfind("dev_", 0) == 0) metric = k.substr(4);
-  std::vector<std::pair<double, double>> loss, tm, dm;
-  double lmax = 0, mmax = 0;
-  for (const auto& r : records) {
-    const double step = (double)r.step;
-    if (r.has("loss")) loss.push_back({step, r.values.at("loss")});
-    if (r.has("train_" + metric)) tm.push_back({step, r.values.at("train_" + metric)});
-    if (r.has("dev_" + metric)) dm.push_back({step, r.values.at("dev_" + metric)});
+  std::vector<RunCurves> runs;
+  for (const auto& in : inputs) runs.push_back(read_curves(in));
+  std::string metrics = runs[0].metric;  // one panel: the runs' metrics named together when they differ
+  for (const auto& r : runs)
+    if (("/" + metrics + "/").find("/" + r.metric + "/") == std::string::npos) metrics += "/" + r.metric;
+  Chart loss{"training loss", "step", "loss", {}}, metric{metrics + ": train (dashed) and dev (solid)", "step", "", {}},
+      rate{"learning rate", "step", "lr", {}};
+  std::vector<std::string> names;
+  size_t evals = 0;
+  for (size_t k = 0; k < runs.size(); ++k) {
+    const RunCurves& r = runs[k];
+    names.push_back(r.name);
+    loss.series.push_back({r.name, series_colour(k), r.loss, false});
+    metric.series.push_back({r.name + " train", series_colour(k), r.train, true});
+    metric.series.push_back({r.name + " dev", series_colour(k), r.dev, false});
+    rate.series.push_back({r.name, series_colour(k), r.lr, false});
+    evals += r.dev.size();
   }
-  if (loss.empty() && dm.empty()) throw IOError(in + " holds no metrics");
-  for (auto& p : loss) lmax = std::max(lmax, p.second);
-  for (const auto* s : {&tm, &dm})
-    for (auto& p : *s) mmax = std::max(mmax, p.second);
-  Canvas c(1000, 400);
-  panel(c, 70, 40, 380, 300, "loss", {{loss, 0x1f5fbf}}, 0.0, lmax * 1.05);
-  panel(c, 580, 40, 380, 300, metric + " train / dev", {{tm, 0x1f5fbf}, {dm, 0xd03020}}, 0.0, metric == "acc" ? 1.0 : mmax * 1.05);
-  const auto& dacc = dm;
-  if (!stbi_write_png(out.c_str(), c.w, c.h, 3, c.px.data(), c.w * 3)) throw IOError("cannot write " + out);
-  std::printf("wrote %s (%zu loss points, %zu dev evaluations)\n", out.c_str(), loss.size(), dacc.size());
+  const int panels = lr ? 3 : 2;
+  Canvas c(panels * kPanelW + 20, kPanelH + 40 + 14 * (1 + (int)runs.size() / 4));
+  draw_panel(c, 10, 0, loss);
+  draw_panel(c, 10 + kPanelW, 0, metric);
+  if (lr) draw_panel(c, 10 + 2 * kPanelW, 0, rate);
+  draw_legend(c, 10 + kMl, kPanelH + 4, names, true);
+  c.save(out);
+  std::printf("wrote %s (%zu runs, %zu dev evaluations%s)\n", out.c_str(), runs.size(), evals, lr ? ", with the learning rate" : "");
   return 0;
 }
 
