@@ -13,11 +13,13 @@
 // long_filter "free": a learned per-head filter f[0, filter_len) in place of K (and D): the one-layer
 // H3 of Li, Rawat & Oymak (arXiv:2407.10005), weighted preconditioned GD; initialised f ≡ 1, so with
 // shift_taps 1 (no shift) it starts as plain causal linear attention Σ_j (q_t·k_j) v_j.
-// The read-out never forms Y: y_t = Σ_j f[t − j] (q_t·k̄_j) v_j is a Toeplitz-weighted causal linear
-// attention (ops/toeplitz_linear.h), tiled (O(n·min(n, L)·d) time) or by FFT over the outer
-// products (O(d²·n log n) time, O(n·d²) memory), chosen by size (knob conv). Memory is linear in n
-// either way. Causal by construction; padding and the two-sided (non-causal) form through
-// run_directions (valid tokens compacted to the front; reversed pass summed).
+// The read-out never forms Y: y_t = Σ_j f[t − j] (q_t·k̄_j) v_j. With the S4D filter (default conv
+// "auto" = "chunked") it runs in chunks with a running complex state per mode (ops/ssm_linear.h):
+// O(n·(chunk·d + M·d²)) time, memory linear in n, nothing n·d² wide. The free filter, or conv
+// "direct"/"fft", goes through the Toeplitz-weighted causal linear attention (ops/toeplitz_linear.h):
+// tiled, O(n·min(n, L)·d), or by FFT over the outer products, O(d²·n log n) time and n·d² memory.
+// Causal by construction; padding and the two-sided (non-causal) form through run_directions
+// (valid tokens compacted to the front; reversed pass summed).
 #include <cmath>
 #include <numbers>
 
@@ -28,6 +30,7 @@
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
 #include "../ops/shape.h"
+#include "../ops/ssm_linear.h"
 #include "../ops/toeplitz_linear.h"
 #include "attention.h"
 #include "init.h"
@@ -36,34 +39,6 @@
 namespace lotgrad::nn {
 
 namespace {
-
-// cos(x) or sin(x), elementwise, with backward (-sin or cos times the gradient).
-Tensor trig(const Tensor& x, bool is_sin);
-struct TrigBackward : Node {
-  SavedTensor x;
-  bool is_sin = false;
-  const char* name() const override { return is_sin ? "SinBackward" : "CosBackward"; }
-  std::vector<Tensor> apply(std::vector<Tensor>& g) override {
-    const Tensor X = x.unpack(this);
-    return {is_sin ? mul(g[0], trig(X, false)) : mul(g[0], neg(trig(X, true)))};
-  }
-  void release() override { x.reset(); }
-};
-Tensor trig(const Tensor& x, bool is_sin) {
-  const Tensor X = x.contiguous();
-  Tensor y = make_tensor_uninit(X.shape(), X.dtype());
-  dispatch_float(X.dtype(), is_sin ? "sin" : "cos", [&]<class T>() {
-    const T* a = X.data_ptr<T>();
-    T* b = y.data_ptr<T>();
-    for (int64_t i = 0; i < X.numel(); ++i) b[i] = is_sin ? std::sin(a[i]) : std::cos(a[i]);
-  });
-  if (auto n = make_node<TrigBackward>({x})) {
-    n->x = save(x);
-    n->is_sin = is_sin;
-    set_history(y, n);
-  }
-  return y;
-}
 
 // (B, n, H·d) -> (B, H, n, d)
 Tensor heads(const Tensor& x, int64_t H) {
@@ -75,7 +50,10 @@ class H3Attention : public AttentionMechanism {
   H3Attention(const AttentionOptions& o, Generator& gen)
       : H_(o.n_heads), d_(o.d_head), causal_(o.causal), taps_((int64_t)o.get("shift_taps")),
         modes_((int64_t)o.get("ssm_state") / 2), free_(o.get("long_filter") == 1), filter_len_((int64_t)o.get("filter_len")),
-        algo_(o.get("conv") == 1 ? ConvAlgo::direct : o.get("conv") == 2 ? ConvAlgo::fft : ConvAlgo::automatic) {
+        conv_((int)o.get("conv")), chunk_((int64_t)o.get("chunk")) {
+    if (free_ && conv_ == 3)
+      throw std::invalid_argument("h3: conv chunked needs long_filter ssm (a free filter has no modes to carry as a "
+                                  "state); got long_filter free, filter_len " + std::to_string(filter_len_));
     const int64_t D = H_ * d_;
     qkv = register_module("qkv", std::make_shared<Linear>(D, 3 * D, gen));
     if (taps_ > 1) {  // U(±1/√taps) (PyTorch's depthwise conv init) plus the D_k skip at lag 0, 1
@@ -132,26 +110,13 @@ class H3Attention : public AttentionMechanism {
     if (f.size(1) >= n) return f.narrow(1, 0, n).contiguous();
     return pad(f, {0, n - f.size(1)});
   }
-  // The per-head filter over lags 0..n-1 (SSM) or 0..filter_len-1 (free): (H, L).
+  // The per-head filter over lags 0..n-1 (SSM, with D at lag 0) or 0..filter_len-1 (free): (H, L).
   Tensor lag_filter(int64_t n, DType dt) const {
     if (free_) return filter.to(dt);
-    const Tensor dtm = exp(log_dt.to(dt));                                       // Δ (H, 1)
-    const Tensor are = mul(neg(exp(log_a.to(dt))), dtm), aim = mul(a_imag.to(dt), dtm);  // ΔA (H, M)
-    // C̃ = C (e^{ΔA} − 1) / A = C (e^{ΔA} − 1) conj(ΔA) Δ / |ΔA|²
-    const Tensor mag1 = exp(are), er = sub(mul(mag1, trig(aim, false)), 1.0), ei = mul(mag1, trig(aim, true));
-    const Tensor inv = div(dtm, add(mul(are, are), mul(aim, aim)));
-    const Tensor fr = mul(add(mul(er, are), mul(ei, aim)), inv), fi = mul(sub(mul(ei, are), mul(er, aim)), inv);
-    const Tensor cr = c_re.to(dt), ci = c_im.to(dt);
-    const Tensor ctr = sub(mul(cr, fr.unsqueeze(1)), mul(ci, fi.unsqueeze(1)));  // (H, 1, M)
-    const Tensor cti = add(mul(cr, fi.unsqueeze(1)), mul(ci, fr.unsqueeze(1)));
-    // λ^ℓ = exp(ℓ ΔRe A) (cos + i sin)(ℓ ΔIm A), (H, M, n)
-    const Tensor ell = Tensor::arange(0.0, (double)n, 1.0, dt).view({1, 1, n});
-    const Tensor mag = exp(mul(are.unsqueeze(-1), ell)), ph = mul(aim.unsqueeze(-1), ell);
-    const Tensor pr = mul(mag, trig(ph, false)), pi = mul(mag, trig(ph, true));
-    const Tensor K = mul(sub(matmul(ctr, pr), matmul(cti, pi)).squeeze(1), 2.0);  // 2 Re Σ_m C̃_m λ_m^ℓ (H, n)
+    const Modes md = modes(dt);
     std::vector<double> e0((size_t)n, 0.0);
-    e0[0] = 1.0;
-    return add(K, mul(skip.to(dt), Tensor::from_vector(e0, {1, n}).to(dt)));  // + D at lag 0
+    if (n > 0) e0[0] = 1.0;
+    return add(modal_filter(md.re, md.im, md.c_re, md.c_im, n), mul(skip.to(dt), Tensor::from_vector(e0, {1, n}).to(dt)));
   }
 
   std::shared_ptr<Linear> qkv;
@@ -170,10 +135,31 @@ class H3Attention : public AttentionMechanism {
     k = heads(kk, H_);
     v = heads(p.narrow(2, 2 * D, D), H_);
   }
+  // The ZOH-discretised modes of every head, λ = exp(ΔA) as log λ = ΔA, and C̃, each (H, M).
+  struct Modes {
+    Tensor re, im, c_re, c_im;
+  };
+  Modes modes(DType dt) const {
+    const Tensor dtm = exp(log_dt.to(dt));                                                // Δ (H, 1)
+    const Tensor are = mul(neg(exp(log_a.to(dt))), dtm), aim = mul(a_imag.to(dt), dtm);  // ΔA (H, M)
+    // C̃ = C (e^{ΔA} − 1) / A = C (e^{ΔA} − 1) conj(ΔA) Δ / |ΔA|²
+    const Tensor mag1 = exp(are), er = sub(mul(mag1, cos(aim)), 1.0), ei = mul(mag1, sin(aim));
+    const Tensor inv = div(dtm, add(mul(are, are), mul(aim, aim)));
+    const Tensor fr = mul(add(mul(er, are), mul(ei, aim)), inv), fi = mul(sub(mul(ei, are), mul(er, aim)), inv);
+    const Tensor cr = c_re.to(dt).squeeze(1), ci = c_im.to(dt).squeeze(1);
+    return {are, aim, sub(mul(cr, fr), mul(ci, fi)), add(mul(cr, fi), mul(ci, fr))};
+  }
   Tensor core(const Tensor& x) const {
     Tensor q, k, v;
     project(x, q, k, v);
-    return toeplitz_causal_linear(q, k, v, lag_filter(x.size(1), x.dtype()), algo_);
+    if (free_ || conv_ == 1 || conv_ == 2) {
+      const ConvAlgo algo = conv_ == 1 ? ConvAlgo::direct : conv_ == 2 ? ConvAlgo::fft : ConvAlgo::automatic;
+      return toeplitz_causal_linear(q, k, v, lag_filter(x.size(1), x.dtype()), algo);
+    }
+    const Modes md = modes(x.dtype());
+    const Tensor y = modal_causal_linear(q, k, v, md.re, md.im, md.c_re, md.c_im, chunk_);
+    // + D (q_t·k̄_t) v_t, the skip at lag 0
+    return add(y, mul(mul(sum(mul(q, k), {-1}, true), v), skip.to(x.dtype()).view({1, H_, 1, 1})));
   }
   Tensor core_matrix(const Tensor& x) const {
     Tensor q, k, v;
@@ -194,7 +180,8 @@ class H3Attention : public AttentionMechanism {
   int64_t taps_, modes_;
   bool free_;
   int64_t filter_len_;
-  ConvAlgo algo_;
+  int conv_;  // the knob: auto, direct, fft, chunked
+  int64_t chunk_;
 };
 }  // namespace
 
@@ -202,7 +189,7 @@ MechanismSpec h3_mechanism() {
   MechanismSpec s;
   s.name = "h3";
   s.summary = "H3 (Fu et al. 2023): shift filter on k, S4D long convolution of k vᵀ read out by q; "
-              "O(n·min(n, L)·d) tiled or O(d²·n log n) by FFT";
+              "linear time in chunks with a running state per mode";
   s.knobs = {{.name = "shift_taps", .type = KnobType::integer, .def = 4, .lo = 1, .hi = 4096,
               .help = "taps of the learned causal shift filter on k, lag 0 included (1: no shift, k̄ = k)"},
              {.name = "ssm_state", .type = KnobType::integer, .def = 64, .lo = 2, .hi = 4096,
@@ -213,17 +200,20 @@ MechanismSpec h3_mechanism() {
              {.name = "filter_len", .type = KnobType::integer, .def = 256, .lo = 1, .hi = 1 << 20,
               .help = "long_filter free: lags of the free filter (beyond it 0)"},
              {.name = "conv", .type = KnobType::choice, .def = 0,
-              .help = "long convolution: chosen by size, the tiled direct form, or FFT",
-              .choices = {"auto", "direct", "fft"}}};
+              .help = "long convolution: auto (chunked for the S4D filter, by size for the free one), the "
+                      "tiled direct Toeplitz form, FFT, or chunks with a running state per S4D mode",
+              .choices = {"auto", "direct", "fft", "chunked"}},
+             {.name = "chunk", .type = KnobType::integer, .def = 64, .lo = 1, .hi = 4096,
+              .help = "positions per chunk of the chunked S4D form"}};
   s.presets["tiny"] = {{"shift_taps", 2}, {"ssm_state", 4}};
   // Zoology's MQAR configs: d_state = L, short filter on k.
   s.presets["mqar"] = {{"shift_taps", 4}, {"ssm_state", 64}};
   // The one-layer model of Li, Rawat & Oymak: no shift, a free filter over every lag.
   s.presets["icl-regression"] = {{"shift_taps", 1}, {"long_filter", 1}, {"filter_len", 1024}};
   s.no_decay = {"log_a", "a_imag", "log_dt", "filter"};
-  // Not linear_time: a long filter over every lag costs O(n·min(n, L)·d) tiled or O(d²·n log n)
-  // by FFT (docs/benchmarks.md: 15× from n = 8,192 to 65,536); memory is linear either way.
-  s.caps = {.causal = true, .linear_time = false, .block_input = true};
+  // Linear time with the defaults: the S4D filter in chunks with a running state, the free filter
+  // over filter_len lags (O(n·filter_len·d)). conv direct/fft over every lag are not (docs/benchmarks.md).
+  s.caps = {.causal = true, .linear_time = true, .block_input = true};
   s.make = [](const AttentionOptions& o, Generator& gen) { return std::make_shared<H3Attention>(o, gen); };
   return s;
 }

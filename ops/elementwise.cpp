@@ -66,6 +66,18 @@ struct TanhOp {
   template <class T> T fwd(T x) const { return std::tanh(x); }
   template <class T> T bwd(T g, T, T y) const { return g * (T(1) - y * y); }
 };
+struct SinOp {
+  static constexpr const char* name = "SinBackward";
+  static constexpr bool kSaveX = true, kSaveY = false;
+  template <class T> T fwd(T x) const { return std::sin(x); }
+  template <class T> T bwd(T g, T x, T) const { return g * std::cos(x); }
+};
+struct CosOp {
+  static constexpr const char* name = "CosBackward";
+  static constexpr bool kSaveX = true, kSaveY = false;
+  template <class T> T fwd(T x) const { return std::cos(x); }
+  template <class T> T bwd(T g, T x, T) const { return -g * std::sin(x); }
+};
 struct SigmoidOp {
   static constexpr const char* name = "SigmoidBackward";
   static constexpr bool kSaveX = false, kSaveY = true;
@@ -332,6 +344,8 @@ Tensor sqrt(const Tensor& x) { return unary<SqrtOp>(x, "sqrt"); }
 Tensor rsqrt(const Tensor& x) { return unary<RsqrtOp>(x, "rsqrt"); }
 Tensor abs(const Tensor& x) { return unary<AbsOp>(x, "abs"); }
 Tensor tanh(const Tensor& x) { return unary<TanhOp>(x, "tanh"); }
+Tensor sin(const Tensor& x) { return unary<SinOp>(x, "sin"); }
+Tensor cos(const Tensor& x) { return unary<CosOp>(x, "cos"); }
 Tensor sigmoid(const Tensor& x) { return unary<SigmoidOp>(x, "sigmoid"); }
 Tensor relu(const Tensor& x) { return unary<ReluOp>(x, "relu"); }
 Tensor gelu(const Tensor& x, const std::string& approximate) {

@@ -4,15 +4,16 @@
 # result.txt) is skipped, an interrupted one continues from last.ckpt with --resume, so the
 # script can be stopped and started again. At the end it prints one table per experiment.
 #
-#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-mqar256-long|-lm]|all   [table: only print the tables]
+#   scripts/seed_tasks.sh mqar|mqar64|mqar256|mqar-long|icl|lm|recurrent[-icl|-mqar|-mqar256|-mqar256-long|-lm|-listops]|all   [table: only print the tables]
 #
 # Environment: LOTGRAD (the program, default build/lotgrad), RUNS (default runs/seed),
 # JOBS runs at a time (default 1) with THREADS threads each (default 2), MECHS (the MQAR
-# mechanisms), DS (the MQAR model widths, default "64 128"), LM_MECHS (the LM's), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run).
+# mechanisms), DS (the MQAR model widths, default "64 128"), LM_MECHS (the LM's), STEPS_64 / STEPS_256 / ICL_STEPS / LM_STEPS (steps per run),
+# LO_MECHS / LO_STEPS (ListOps 100-500).
 # `recurrent`: the linear-recurrent family (DeltaNet, H3, ZeroS, Free Energy Mixer) beside
 # softmax and linear attention: the heterogeneous in-context regression (one H3 layer against
 # one linear-attention layer; -icl), MQAR at L = 64 with N_kv 8 and 16 (-mqar) and at L = 256
-# with N_kv 64 (-mqar256), and the character-level LM (-lm).
+# with N_kv 64 (-mqar256), the character-level LM (-lm) and ListOps 100-500 (-listops).
 set -euo pipefail
 bin=${LOTGRAD:-build/lotgrad}
 runs=${RUNS:-runs/seed}
@@ -129,6 +130,19 @@ rec_mechs="softmax linear deltanet h3 zeros fem"
 # 20,000 steps: at 6,000 the H3 layer has learned its filter's weighting but not yet the
 # preconditioner (test risk 7.3, above linear attention's 5.4).
 rec_icl_jobs() { for m in linear h3; do icl_run rec-icl-$m hetero $m "${ICL_STEPS:-20000}"; done; }
+# ListOps 100-500 (the LRA generator at medium length; README "LRA" trains softmax there with
+# --init torch, without which it stays at the majority class), 2 layers, d 64, every mechanism
+# of the family beside softmax and linear attention, LO_STEPS steps of 32.
+rec_listops_jobs() {
+  for m in ${LO_MECHS:-softmax linear deltanet h3 zeros fem fem_linear}; do
+    echo "run lo500-$m --task listops --attention $m --init torch --min-len 100 --max-len 500 --train-size 48000" \
+         "--val-size 1000 --test-size 2000 --bucket 20 --steps ${LO_STEPS:-1500} --eval-every 250 --checkpoint-every 250"
+  done
+}
+rec_listops_table() {
+  printf "\nListOps, lengths 100-500, %s steps: test accuracy\n" "${LO_STEPS:-1500}"
+  for m in ${LO_MECHS:-softmax linear deltanet h3 zeros fem fem_linear}; do printf "%-10s %s\n" "$m" "$(figure lo500-$m acc)"; done
+}
 rec_icl_table() {
   printf "\nIn-context regression, heterogeneous noise, d = 8, n = 32, one layer: test risk\n"
   printf "linear %s   h3 %s   (optimal one-step GD 5.19, optimal weighted one-step GD 2.74)\n" \
@@ -198,7 +212,8 @@ case "$what" in
     printf "\nMQAR, L = 256, N_kv = 64, d 64, 8,000 steps: test accuracy\n"
     for m in ${MECHS:-deltanet softmax linear}; do printf "%-10s %s\n" "$m" "$(figure long256-$m acc)"; done ;;
   recurrent-lm) LM_MECHS=$rec_mechs lm_jobs | launch; LM_MECHS=$rec_mechs lm_table ;;
-  recurrent) for part in icl mqar mqar256 lm; do "$0" "recurrent-$part" $table_only; done ;;
+  recurrent-listops) rec_listops_jobs | launch; rec_listops_table ;;
+  recurrent) for part in icl mqar mqar256 lm listops; do "$0" "recurrent-$part" $table_only; done ;;
   mqar64) mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16" | launch; mqar_table 64 "4 8 16" ;;
   mqar256) mqar_jobs 256 "${STEPS_256:-2500}" "16 64" | launch; mqar_table 256 "16 64" ;;
   mqar) { mqar_jobs 256 "${STEPS_256:-2500}" "16 64"; mqar_jobs 64 "${STEPS_64:-2000}" "4 8 16"; } | launch

@@ -78,7 +78,16 @@ case "$case_name" in
     sleep 0.2; kill -INT "$pid"; sleep 0.3; kill -INT "$pid"
     set +e; wait "$pid"; rc=$?; set -e
     [ "$rc" -eq 130 ] || { echo "exit $rc after two SIGINTs (want 130)"; exit 1; }
-    if grep -q "eval step 1\|resume with" "$work/out2"; then echo "the second SIGINT did not exit at once"; exit 1; fi ;;
+    if grep -q "eval step 1\|resume with" "$work/out2"; then echo "the second SIGINT did not exit at once"; exit 1; fi
+    # lotgrad lra stops the whole job on SIGTERM: the second mechanism is never started
+    "$bin" lra --attention softmax,linear --steps 100000 --train-size 500 --threads 2 --out "$work/lra" >"$work/out3" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q "loss" "$work/out3" 2>/dev/null && break; sleep 0.1; done
+    kill -TERM "$pid"
+    set +e; wait "$pid"; rc=$?; set -e
+    [ "$rc" -eq 130 ] || { echo "lra: exit $rc after SIGTERM (want 130)"; tail -3 "$work/out3"; exit 1; }
+    grep -q "stopped by a signal during softmax" "$work/out3"
+    if grep -q "=== linear" "$work/out3"; then echo "lra went on to the next mechanism after SIGTERM"; exit 1; fi ;;
   demo)
     "$bin" demo --steps 60 --threads 2 | tee "$work/out" | tail -3
     grep -q "done in" "$work/out" ;;

@@ -46,6 +46,8 @@ TEST_CASE("unary ops: gradient checks") {
   check_unary("rsqrt", [](const Tensor& x) { return rsqrt(x); }, 0.2, 2.0);
   check_unary("abs", [](const Tensor& x) { return abs(x); }, 1.0, 0.0);
   check_unary("tanh", [](const Tensor& x) { return tanh(x); });
+  check_unary("sin", [](const Tensor& x) { return sin(x); }, 3.0);
+  check_unary("cos", [](const Tensor& x) { return cos(x); }, 3.0);
   check_unary("sigmoid", [](const Tensor& x) { return sigmoid(x); });
   check_unary("relu", [](const Tensor& x) { return relu(x); });
   check_unary("gelu", [](const Tensor& x) { return gelu(x); });

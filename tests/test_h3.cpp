@@ -1,7 +1,8 @@
 // H3 and its long convolutions: the radix-2 FFT against a naive DFT; causal_conv1d's FFT form
 // against the direct form and a naive loop (odd n, K = 1, K = n, K > n, non-powers of two) in
 // values and gradients, gradient checks of both, the same bits on 1 and 2 threads;
-// toeplitz_causal_linear (direct tiled, FFT) against the explicit n×n composite; the H3 layer's
+// toeplitz_causal_linear (direct tiled, FFT) and modal_causal_linear (chunks with a running
+// state per S4D mode) against the explicit n×n composite; the H3 layer's
 // S4D kernel and read-out against the diagonal SSM recurrence computed naively in complex
 // arithmetic; the free filter f ≡ 1 without shift equals plain causal linear attention; the map
 // times the values is the output; gradient checks through MultiHeadAttention; causality,
@@ -15,6 +16,7 @@
 #include <lotgrad/nn/attention.h>
 #include <lotgrad/ops/conv.h>
 #include <lotgrad/ops/fft.h>
+#include <lotgrad/ops/ssm_linear.h>
 #include <lotgrad/ops/toeplitz_linear.h>
 
 #include "support/gradcheck.h"
@@ -203,6 +205,103 @@ TEST_CASE("toeplitz_causal_linear: tiled direct and FFT forms equal the explicit
 }
 
 namespace {
+// Modes (H, M) of a stable S4D filter: Re log λ = −0.02 − 0.14 |N(0, 1)| so that many lags matter.
+struct TestModes {
+  Tensor lre, lim, cre, cim;
+  TestModes(int64_t H, int64_t M, uint64_t seed, DType dt = kFloat64) {
+    lre = sub(neg(abs(leaf({H, M}, seed, 0.14).detach())), 0.02).to(dt).requires_grad_();
+    lim = leaf({H, M}, seed + 1, 2.0).detach().to(dt).requires_grad_();
+    cre = leaf({H, M}, seed + 2).detach().to(dt).requires_grad_();
+    cim = leaf({H, M}, seed + 3).detach().to(dt).requires_grad_();
+  }
+  V all() const { return {lre, lim, cre, cim}; }
+};
+}  // namespace
+
+TEST_CASE("modal_filter: 2 Re Σ_m c_m λ_m^ℓ, computed by a loop in complex arithmetic") {
+  const TestModes md(2, 3, 40);
+  const int64_t n = 9;
+  const Tensor f = modal_filter(md.lre, md.lim, md.cre, md.cim, n);
+  REQUIRE(f.shape() == Shape{2, n});
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t l = 0; l < n; ++l) {
+      cd s = 0;
+      for (int64_t m = 0; m < 3; ++m)
+        s += cd(md.cre.at({h, m}), md.cim.at({h, m})) * std::exp((double)l * cd(md.lre.at({h, m}), md.lim.at({h, m})));
+      CHECK(f.at({h, l}) == doctest::Approx(2.0 * s.real()).epsilon(1e-12));
+    }
+  CHECK_GRAD([&](const V& t) { return modal_filter(t[0], t[1], t[2], t[3], 6); }, md.all());
+}
+
+TEST_CASE("modal_causal_linear: chunks with a running state per mode equal the explicit n×n weights, values and gradients") {
+  struct Case { int64_t n, chunk, M, d, e; };
+  for (auto [n, chunk, M, d, e] : std::vector<Case>{{1, 64, 2, 3, 2}, {13, 1, 2, 3, 4}, {13, 3, 3, 3, 4}, {30, 4, 2, 2, 5},
+                                                   {30, 7, 1, 4, 3}, {64, 8, 4, 3, 3}, {70, 64, 2, 3, 3}, {40, 40, 2, 3, 3}}) {
+    INFO("n " << n << " chunk " << chunk << " M " << M << " d " << d << " e " << e);
+    Tensor q = leaf({2, 2, n, d}, 21), k = leaf({2, 2, n, d}, 22), v = leaf({2, 2, n, e}, 23);
+    const TestModes md(2, M, 24);
+    auto ref_fn = [&] { return toeplitz_reference(q, k, v, modal_filter(md.lre, md.lim, md.cre, md.cim, n)); };
+    auto fast_fn = [&] { return modal_causal_linear(q, k, v, md.lre, md.lim, md.cre, md.cim, chunk); };
+    const Tensor ref = ref_fn();
+    CHECK(max_abs(ref) > 1e-3);
+    CHECK(max_abs_diff(fast_fn(), ref) < 1e-10);
+    Generator gr(25);
+    const Tensor R = randn(ref.shape(), gr, kFloat64);
+    const V ins{q, k, v, md.lre, md.lim, md.cre, md.cim};
+    const V gref = input_grads(sum(mul(ref_fn(), R)), ins), gfast = input_grads(sum(mul(fast_fn(), R)), ins);
+    for (size_t i = 0; i < ins.size(); ++i) {
+      INFO("input " << i);
+      if (n > 1) CHECK(max_abs(gref[i]) > 1e-6);  // at n = 1 only lag 0 (2 Re Σ c) exists
+      CHECK(max_abs_diff(gfast[i], gref[i]) < 1e-9 * std::max(1.0, max_abs(gref[i])));
+    }
+  }
+}
+
+TEST_CASE("modal_causal_linear: gradient checks (views, q = k), the same bits on 1 and 2 threads, f32, refusals") {
+  GradcheckOptions o;
+  o.max_checks_per_input = 12;
+  const TestModes md(2, 2, 50);
+  Tensor q = leaf({1, 2, 11, 3}, 51), k = leaf({1, 2, 11, 3}, 52), v = leaf({1, 2, 11, 2}, 53);
+  const V ins{q, k, v, md.lre, md.lim, md.cre, md.cim};
+  CHECK_GRAD([&](const V& t) { return modal_causal_linear(t[0], t[1], t[2], t[3], t[4], t[5], t[6], 3); }, ins, o);
+  CHECK_GRAD([&](const V& t) { return modal_cross_chunk(t[0], t[1], t[2], t[3], t[4], t[5], t[6], 4); }, ins, o);
+  // q = k (one tensor used twice), and views: a transposed v and a narrowed q
+  CHECK_GRAD([&](const V& t) { return modal_causal_linear(t[0], t[0], t[1], t[2], t[3], t[4], t[5], 4); },
+             {q, v, md.lre, md.lim, md.cre, md.cim}, o);
+  Tensor wide = leaf({1, 2, 11, 5}, 54), vt = leaf({1, 2, 2, 11}, 55);
+  CHECK_GRAD([&](const V& t) {
+    return modal_causal_linear(t[0].narrow(3, 1, 3), t[1], t[2].transpose(2, 3), t[3], t[4], t[5], t[6], 4);
+  }, {wide, k, vt, md.lre, md.lim, md.cre, md.cim}, o);
+  // the same bits on 1 and 2 threads, values and every gradient (B·H = 6 heads split over threads)
+  Tensor q6 = leaf({3, 2, 40, 3}, 56), k6 = leaf({3, 2, 40, 3}, 57), v6 = leaf({3, 2, 40, 4}, 58);
+  const int nt = get_num_threads();
+  auto run = [&](int t) {
+    set_num_threads(t);
+    const V ins6{q6, k6, v6, md.lre, md.lim, md.cre, md.cim};
+    V out = input_grads(sum(mul(modal_causal_linear(q6, k6, v6, md.lre, md.lim, md.cre, md.cim, 8), 1.5)), ins6);
+    std::vector<double> all;
+    for (const Tensor& x : out)
+      for (double z : x.to_vector()) all.push_back(z);
+    return all;
+  };
+  CHECK(run(1) == run(2));
+  set_num_threads(nt);
+  // f32 over a long sequence: close to f64
+  const TestModes m32(2, 4, 60, kFloat32);
+  Generator gx(61);
+  const Tensor q32 = randn({1, 2, 3000, 4}, gx), k32 = randn({1, 2, 3000, 4}, gx), v32 = randn({1, 2, 3000, 4}, gx);
+  const Tensor y32 = modal_causal_linear(q32, k32, v32, m32.lre, m32.lim, m32.cre, m32.cim);
+  const Tensor y64 = modal_causal_linear(q32.to(kFloat64), k32.to(kFloat64), v32.to(kFloat64), m32.lre.to(kFloat64),
+                                         m32.lim.to(kFloat64), m32.cre.to(kFloat64), m32.cim.to(kFloat64));
+  CHECK(max_abs_diff(y32.to(kFloat64), y64) < 1e-4 * max_abs(y64));
+  CHECK_THROWS_WITH_AS(modal_causal_linear(q, k, v, leaf({3, 2}, 62), md.lim, md.cre, md.cim),
+                       doctest::Contains("modal_causal_linear"), ShapeError);
+  CHECK_THROWS_WITH_AS(modal_causal_linear(q, k, v, md.lre, md.lim, md.cre, md.cim, 0), doctest::Contains("chunk must be >= 1, got 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(modal_causal_linear(q.to(kFloat32), k, v, md.lre, md.lim, md.cre, md.cim), DTypeError);
+}
+
+namespace {
 // The H3 layer on x (B, n, D) computed naively: projections, the shift as loops, then per head
 // and mode the diagonal SSM recurrence h_t = λ h_{t−1} + k̄_t v_tᵀ in complex arithmetic,
 // Y_t = 2 Re Σ_m C̃_m h_t + D k̄_t v_tᵀ, y_t = q_tᵀ Y_t. -> (B, H, n, d)
@@ -250,24 +349,27 @@ Tensor h3_naive(const nn::Module& mech, const Tensor& x, int64_t H, int64_t d, i
 }
 }  // namespace
 
-TEST_CASE("h3: S4D long convolution, direct = FFT = the diagonal SSM recurrence, and the map times v is the output") {
+TEST_CASE("h3: S4D long convolution, direct = FFT = chunked = the diagonal SSM recurrence, and the map times v is the output") {
   const int64_t H = 2, d = 3, D = H * d;
   for (auto [n, taps] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {9, 3}, {40, 4}, {70, 2}}) {
     INFO("n " << n << " shift_taps " << taps);
     std::map<std::string, double> knobs{{"shift_taps", (double)taps}, {"ssm_state", 6}};
-    Generator g1(7), g2(7), g3(7);
+    Generator g1(7), g2(7), g3(7), g4(7);
     knobs["conv"] = 1;
     auto direct = nn::make_attention(h3_opts(knobs), g1);
     knobs["conv"] = 2;
     auto fft = nn::make_attention(h3_opts(knobs), g2);
-    Generator u1(8), u2(8);  // O(1) q, k, v (the 0.02 default init makes every value tiny)
+    knobs["conv"] = 3;
+    knobs["chunk"] = 8;
+    auto chunked = nn::make_attention(h3_opts(knobs), g4);
+    Generator u1(8), u2(8), u4(8);  // O(1) q, k, v (the 0.02 default init makes every value tiny)
     nn::reset_linears_uniform_(*direct, u1);
     nn::reset_linears_uniform_(*fft, u2);
-    direct->to_(kFloat64);
-    fft->to_(kFloat64);
+    nn::reset_linears_uniform_(*chunked, u4);
     // larger dt and slower decay than the init so that many lags matter
     NoGradGuard ng;
-    for (auto* m : {direct.get(), fft.get()}) {
+    for (auto* m : {direct.get(), fft.get(), chunked.get()}) {
+      m->to_(kFloat64);
       param(*m, "log_dt").copy_(Tensor::full({H, 1}, std::log(0.05), kFloat64));
       param(*m, "log_a").copy_(Tensor::full({H, 3}, std::log(0.3), kFloat64));
     }
@@ -276,6 +378,7 @@ TEST_CASE("h3: S4D long convolution, direct = FFT = the diagonal SSM recurrence,
     CHECK(max_abs(ref) > 1e-3);
     CHECK(max_abs_diff(direct->forward_block(x, Tensor()), ref) < 1e-10);
     CHECK(max_abs_diff(fft->forward_block(x, Tensor()), ref) < 1e-10);
+    CHECK(max_abs_diff(chunked->forward_block(x, Tensor()), ref) < 1e-10);
     // A v = output, v the layer's own values
     const Tensor v = add(matmul(x, param(*direct, "qkv.weight").narrow(0, 2 * D, D).t()),
                          param(*direct, "qkv.bias").narrow(0, 2 * D, D)).view({2, n, H, d}).permute({0, 2, 1, 3});
@@ -323,6 +426,7 @@ TEST_CASE("h3 through MultiHeadAttention: gradient checks (ssm direct and FFT, f
   for (const auto& knobs : std::vector<std::map<std::string, double>>{
            {{"shift_taps", 3}, {"ssm_state", 4}, {"conv", 1}},
            {{"shift_taps", 3}, {"ssm_state", 4}, {"conv", 2}},
+           {{"shift_taps", 3}, {"ssm_state", 4}, {"conv", 3}, {"chunk", 3}},
            {{"shift_taps", 2}, {"long_filter", 1}, {"filter_len", 5}}}) {
     for (bool causal : {true, false}) {
       INFO("filter " << knobs.count("long_filter") << " conv " << (knobs.count("conv") ? knobs.at("conv") : 0) << " causal " << causal);
@@ -375,7 +479,10 @@ TEST_CASE("h3: knobs reach the layer, long f32 sequences, refusals") {
   CHECK(param(*f, "filter").shape() == Shape{2, 9});
   CHECK(f->named_parameters().size() == 3);  // qkv weight and bias, the filter: no shift
   CHECK(m->type_name().find("ssm 64") != std::string::npos);
-  // long sequences are fine in f32 (the FFT path): finite, causal output
+  CHECK(nn::mechanism_spec("h3").caps.linear_time);  // the default (chunked) form
+  CHECK_THROWS_WITH_AS(nn::make_attention(h3_opts({{"long_filter", 1}, {"conv", 3}}), g),
+                       doctest::Contains("conv chunked needs long_filter ssm"), std::invalid_argument);
+  // long sequences are fine in f32 (the chunked path): finite output
   Generator gx(3);
   const Tensor x = randn({1, 700, 6}, gx);
   const Tensor y = m->forward_block(x, Tensor());

@@ -65,6 +65,10 @@ int cmd_lra(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     models::TrainResult r = models::train(c, std::cout);
     rows.push_back({m, r, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
+    if (r.interrupted) {  // SIGINT / SIGTERM stops the whole job, not just this mechanism's run
+      std::printf("lra: stopped by a signal during %s; the mechanisms after it were not trained\n", m.c_str());
+      return 130;
+    }
   }
   std::printf("\nListOps (generated, lengths %lld-%lld), %lld steps, batch %lld, %d threads; majority class %.1f%%\n",
               (long long)base.min_len, (long long)base.max_len, (long long)base.steps, (long long)base.batch,
