@@ -135,17 +135,14 @@ void reset_storage_peak() {
 }
 
 namespace {
-// Freed blocks of at least 64 KiB are kept for reuse (best fit, below): a fresh block
+// Freed blocks of at least 1 MiB are kept for reuse (best fit, below): a fresh block
 // from mmap costs a page fault per 4 KiB on first touch (tens of ms for tens of MB in
 // this VM), while reusing one costs a memset. Training steps repeat the same sizes.
-// 64 KiB, not 1 MiB: glibc mmaps blocks above its (adaptive) threshold, from 128 KiB, and
-// at n = 65,536 the (B, H, n, 1) tensors of a mechanism (512 KiB) faulted on every pass;
-// ZeroS forward+backward at n = 65,536 went from ~750 to ~620 ms (docs/benchmarks.md).
 struct BlockCache {
   std::mutex mu;
   std::multimap<size_t, void*> blocks;
   size_t held = 0;
-  static constexpr size_t kMin = size_t(1) << 16, kCap = size_t(2) << 30;
+  static constexpr size_t kMin = size_t(1) << 20, kCap = size_t(2) << 30;
 };
 BlockCache& block_cache() {
   static BlockCache* c = new BlockCache;  // never destroyed: tensors may outlive statics
