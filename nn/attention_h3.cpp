@@ -51,6 +51,9 @@ class H3Attention : public AttentionMechanism {
       : H_(o.n_heads), d_(o.d_head), causal_(o.causal), taps_((int64_t)o.get("shift_taps")),
         modes_((int64_t)o.get("ssm_state") / 2), free_(o.get("long_filter") == 1), filter_len_((int64_t)o.get("filter_len")),
         conv_((int)o.get("conv")), chunk_((int64_t)o.get("chunk")) {
+    if (!free_ && (int64_t)o.get("ssm_state") % 2 != 0)
+      throw std::invalid_argument("h3: ssm_state must be even (ssm_state/2 complex modes, each with its conjugate); got " +
+                                  std::to_string((int64_t)o.get("ssm_state")));
     if (free_ && conv_ == 3)
       throw std::invalid_argument("h3: conv chunked needs long_filter ssm (a free filter has no modes to carry as a "
                                   "state); got long_filter free, filter_len " + std::to_string(filter_len_));
