@@ -13,11 +13,13 @@
 // long_filter "free": a learned per-head filter f[0, filter_len) in place of K (and D): the one-layer
 // H3 of Li, Rawat & Oymak (arXiv:2407.10005), weighted preconditioned GD; initialised f ≡ 1, so with
 // shift_taps 1 (no shift) it starts as plain causal linear attention Σ_j (q_t·k_j) v_j.
-// The read-out never forms Y: y_t = Σ_j f[t − j] (q_t·k̄_j) v_j. With the S4D filter (default conv
-// "auto" = "chunked") it runs in chunks with a running complex state per mode (ops/ssm_linear.h):
-// O(n·(chunk·d + M·d²)) time, memory linear in n, nothing n·d² wide. The free filter, or conv
-// "direct"/"fft", goes through the Toeplitz-weighted causal linear attention (ops/toeplitz_linear.h):
-// tiled, O(n·min(n, L)·d), or by FFT over the outer products, O(d²·n log n) time and n·d² memory.
+// The read-out never forms Y: y_t = Σ_j f[t − j] (q_t·k̄_j) v_j. Long sequences with the S4D filter
+// run in chunks with a running complex state per mode (conv "chunked", ops/ssm_linear.h):
+// O(n·(chunk·d + M·d²)) time, memory linear in n, nothing n·d² wide. Short ones, the free filter, or
+// conv "direct"/"fft" go through the Toeplitz-weighted causal linear attention
+// (ops/toeplitz_linear.h): tiled, O(n·min(n, L)·d), or by FFT over the outer products,
+// O(d²·n log n) time and n·d² memory. conv "auto" picks by size (modal_uses_chunks, then
+// toeplitz_uses_fft): with d 32 and 32 modes the chunked form from n ≈ 3,600.
 // Causal by construction; padding and the two-sided (non-causal) form through run_directions
 // (valid tokens compacted to the front; reversed pass summed).
 #include <cmath>
@@ -155,7 +157,8 @@ class H3Attention : public AttentionMechanism {
   Tensor core(const Tensor& x) const {
     Tensor q, k, v;
     project(x, q, k, v);
-    if (free_ || conv_ == 1 || conv_ == 2) {
+    const bool chunked = !free_ && (conv_ == 3 || (conv_ == 0 && modal_uses_chunks(x.size(1), modes_, d_, d_)));
+    if (!chunked) {
       const ConvAlgo algo = conv_ == 1 ? ConvAlgo::direct : conv_ == 2 ? ConvAlgo::fft : ConvAlgo::automatic;
       return toeplitz_causal_linear(q, k, v, lag_filter(x.size(1), x.dtype()), algo);
     }
@@ -203,8 +206,8 @@ MechanismSpec h3_mechanism() {
              {.name = "filter_len", .type = KnobType::integer, .def = 256, .lo = 1, .hi = 1 << 20,
               .help = "long_filter free: lags of the free filter (beyond it 0)"},
              {.name = "conv", .type = KnobType::choice, .def = 0,
-              .help = "long convolution: auto (chunked for the S4D filter, by size for the free one), the "
-                      "tiled direct Toeplitz form, FFT, or chunks with a running state per S4D mode",
+              .help = "long convolution: auto (by size), the tiled direct Toeplitz form, FFT, or chunks with a "
+                      "running state per S4D mode (linear time: long sequences)",
               .choices = {"auto", "direct", "fft", "chunked"}},
              {.name = "chunk", .type = KnobType::integer, .def = 64, .lo = 1, .hi = 4096,
               .help = "positions per chunk of the chunked S4D form"}};
@@ -214,8 +217,9 @@ MechanismSpec h3_mechanism() {
   // The one-layer model of Li, Rawat & Oymak: no shift, a free filter over every lag.
   s.presets["icl-regression"] = {{"shift_taps", 1}, {"long_filter", 1}, {"filter_len", 1024}};
   s.no_decay = {"log_a", "a_imag", "log_dt", "filter"};
-  // Linear time with the defaults: the S4D filter in chunks with a running state, the free filter
-  // over filter_len lags (O(n·filter_len·d)). conv direct/fft over every lag are not (docs/benchmarks.md).
+  // Linear time with the defaults: long sequences with the S4D filter in chunks with a running
+  // state, the free filter over filter_len lags (O(n·filter_len·d)); conv direct/fft forced over
+  // every lag are not (docs/benchmarks.md).
   s.caps = {.causal = true, .linear_time = true, .block_input = true};
   s.make = [](const AttentionOptions& o, Generator& gen) { return std::make_shared<H3Attention>(o, gen); };
   return s;

@@ -25,6 +25,10 @@ Tensor modal_filter(const Tensor& log_lambda_re, const Tensor& log_lambda_im, co
 Tensor modal_causal_linear(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_lambda_re,
                            const Tensor& log_lambda_im, const Tensor& c_re, const Tensor& c_im, int64_t chunk = 64);
 
+// Whether the chunked form is the faster one for n positions, M modes and head sizes d, e,
+// against the Toeplitz forms of ops/toeplitz_linear.h (O(n²·(d + e)) direct): see the .cpp.
+bool modal_uses_chunks(int64_t n, int64_t M, int64_t d, int64_t e);
+
 // The cross-chunk part alone (pairs t, j in different chunks), for tests of the kernel.
 Tensor modal_cross_chunk(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_lambda_re,
                          const Tensor& log_lambda_im, const Tensor& c_re, const Tensor& c_im, int64_t chunk);

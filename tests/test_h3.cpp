@@ -479,7 +479,10 @@ TEST_CASE("h3: knobs reach the layer, long f32 sequences, refusals") {
   CHECK(param(*f, "filter").shape() == Shape{2, 9});
   CHECK(f->named_parameters().size() == 3);  // qkv weight and bias, the filter: no shift
   CHECK(m->type_name().find("ssm 64") != std::string::npos);
-  CHECK(nn::mechanism_spec("h3").caps.linear_time);  // the default (chunked) form
+  CHECK(nn::mechanism_spec("h3").caps.linear_time);  // auto: chunks for long sequences
+  CHECK_FALSE(modal_uses_chunks(1024, 32, 32, 32));
+  CHECK(modal_uses_chunks(8192, 32, 32, 32));
+  CHECK(modal_uses_chunks(256, 2, 32, 32));
   CHECK_THROWS_WITH_AS(nn::make_attention(h3_opts({{"ssm_state", 5}}), g), doctest::Contains("ssm_state must be even (ssm_state/2 complex modes, each with its conjugate); got 5"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(nn::make_attention(h3_opts({{"long_filter", 1}, {"conv", 3}}), g),
