@@ -17,25 +17,14 @@
 #include <set>
 #include <sstream>
 
+#include "support/tmp_dir.h"
+
 using namespace lotgrad;
 using namespace lotgrad::data;
 namespace fs = std::filesystem;
+using lotgrad::testing::TmpDir;
 
 namespace {
-struct TmpDir {
-  fs::path path;
-  TmpDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / ("lotgrad_test_data_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 void write(const std::string& path, const std::string& bytes) {
   fs::create_directories(fs::path(path).parent_path());
   std::ofstream f(path, std::ios::binary);

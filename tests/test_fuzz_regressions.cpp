@@ -17,31 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "support/tmp_dir.h"
+
 using namespace lotgrad;
 using namespace lotgrad::data;
 namespace fs = std::filesystem;
+using lotgrad::testing::TmpDir;
 
 namespace {
-struct TmpDir {
-  fs::path path;
-  TmpDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("lotgrad_test_fuzz_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& bytes) const {
-    const std::string p = (path / name).string();
-    std::ofstream(p, std::ios::binary) << bytes;
-    return p;
-  }
-};
-
 // The files of fuzz/corpus/<target>/, sorted.
 std::vector<std::string> seeds(const std::string& target) {
   // ctest sets LOTGRAD_SOURCE_DIR; run by hand from the build folder, __FILE__ is ../tests/...

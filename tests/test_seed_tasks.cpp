@@ -28,8 +28,11 @@
 #include <string>
 #include <tuple>
 
+#include "support/tmp_dir.h"
+
 using namespace lotgrad;
 using namespace lotgrad::data;
+using lotgrad::testing::TmpDir;
 
 namespace {
 namespace fs = std::filesystem;
@@ -47,20 +50,6 @@ void check_refusal(F f, const std::string& needle, const std::string& needle2 = 
 }
 
 // A fresh folder under the system temp folder, removed at scope exit.
-struct TmpDir {
-  fs::path path;
-  TmpDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / ("lotgrad_test_seed_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::ostringstream s;
