@@ -254,7 +254,15 @@ Tensor Tensor::scalar(double value, DType dtype) { return full({}, value, dtype)
 Tensor Tensor::arange(int64_t end, DType dtype) { return arange(0.0, (double)end, 1.0, dtype); }
 Tensor Tensor::arange(double start, double end, double step, DType dtype) {
   if (step == 0) throw ShapeError("arange: step must be non-zero");
-  const int64_t n = std::max<int64_t>(0, (int64_t)std::ceil((end - start) / step));
+  // The count as a double first: converting NaN, ±inf or a value past int64 is undefined.
+  const double count = std::ceil((end - start) / step);
+  if (!std::isfinite(start) || !std::isfinite(end) || !std::isfinite(count) || count > 9.0e18) {
+    std::ostringstream os;
+    os << "arange: start " << start << ", end " << end << ", step " << step << " give no finite element count (got "
+       << count << ")";
+    throw ShapeError(os.str());
+  }
+  const int64_t n = std::max<int64_t>(0, (int64_t)count);
   Tensor t = make_tensor({n}, dtype);
   dispatch_all(dtype, [&]<class T>() {
     T* p = t.data_ptr<T>();

@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -231,6 +232,17 @@ TEST_CASE("shape arithmetic: sizes that multiply past int64 throw instead of wra
   CHECK(contiguous_strides({int64_t(1) << 31, int64_t(1) << 31, 0}) == Shape{int64_t(1) << 31, 1, 1});
   CHECK(Tensor::empty({big, 0}).numel() == 0);
   CHECK(shape_numel({}) == 1);
+}
+
+TEST_CASE("arange: a range with no finite element count is an error naming its values") {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::arange(0.0, inf, 1.0); }), "arange: start 0, end inf, step 1"));
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::arange(nan, 3.0, 1.0); }), "start nan"));
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::arange(0.0, 1e300, 1e-300); }), "no finite element count"));
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::arange(0.0, 1e19, 1.0); }), "got 1e+19"));
+  CHECK(contains(error_of<ShapeError>([&] { Tensor::arange(0.0, 1.0, 0.0); }), "step must be non-zero"));
+  CHECK(Tensor::arange(3.0, 0.0, 1.0).numel() == 0);  // an empty range is fine
+  CHECK(Tensor::arange(0.0, 1.0, 0.25, kFloat64).to_vector() == std::vector<double>{0, 0.25, 0.5, 0.75});
 }
 
 // ---- .npy ---------------------------------------------------------------------------------
