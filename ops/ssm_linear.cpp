@@ -153,11 +153,16 @@ void forward_head(const Geo& g, const cplx* pw, const cplx* ch, const T* Q, cons
   }
 }
 
-// (rows, cols) row-major -> (cols, rows) row-major.
+// (rows, cols) row-major -> (cols, rows) row-major, in 16 × 16 tiles (both sides stay in cache).
 template <class T>
 void transpose(const T* A, int64_t rows, int64_t cols, T* out) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = A[i * cols + j];
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += B)
+    for (int64_t j0 = 0; j0 < cols; j0 += B) {
+      const int64_t i1 = std::min(rows, i0 + B), j1 = std::min(cols, j0 + B);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) out[j * rows + i] = A[i * cols + j];
+    }
 }
 
 // Gradients of one head's mode parameters (accumulated in double).
@@ -184,25 +189,25 @@ void update_backward(const Geo& g, const cplx* pw, const T* K, const T* V, const
       const T wr = (T)w.real(), wi = (T)w.imag();
       const T* yr = Y1 + (j * M + m) * 2 * e;
       const T* yi = yr + e;
-      double gr = 0, gi = 0;
+      T gr = 0, gi = 0;  // sums of e terms in T: vectorised; the mode gradients add up in double
       for (int64_t b = 0; b < e; ++b) {
         dV[j * e + b] += wr * yr[b] + wi * yi[b];
-        gr += (double)yr[b] * V[j * e + b];
-        gi += (double)yi[b] * V[j * e + b];
+        gr += yr[b] * V[j * e + b];
+        gi += yi[b] * V[j * e + b];
       }
-      mg.gl[(size_t)m] += std::conj((double)(Te - 1 - j) * w) * cplx(gr, gi);
+      mg.gl[(size_t)m] += std::conj((double)(Te - 1 - j) * w) * cplx((double)gr, (double)gi);
     }
   const cplx* mu = pw + Te * M;
   for (int64_t m = 0; m < M; ++m) {
     cplx gmu = 0;
     for (int64_t a = 0; a < d; ++a) {
       const int64_t o = (a * M + m) * 2 * e;
-      double re = 0, im = 0;
+      T re = 0, im = 0;
       for (int64_t b = 0; b < e; ++b) {  // conj(Z) G
-        re += (double)Z[o + b] * GZ[o + b] + (double)Z[o + e + b] * GZ[o + e + b];
-        im += (double)Z[o + b] * GZ[o + e + b] - (double)Z[o + e + b] * GZ[o + b];
+        re += Z[o + b] * GZ[o + b] + Z[o + e + b] * GZ[o + e + b];
+        im += Z[o + b] * GZ[o + e + b] - Z[o + e + b] * GZ[o + b];
       }
-      gmu += cplx(re, im);
+      gmu += cplx((double)re, (double)im);
     }
     mg.gl[(size_t)m] += std::conj((double)Te * mu[m]) * gmu;
     const T ur = (T)mu[m].real(), ui = (T)mu[m].imag();  // G_Z = conj(μ) G_Z'
@@ -237,13 +242,13 @@ void read_out_backward(const Geo& g, const cplx* pw, const cplx* ch, const T* Q,
       const T ar = (T)(2 * al.real()), ai = (T)(2 * al.imag());
       const T* wr = W + (t * M + m) * 2 * d;
       const T* wi = wr + d;
-      double sr = 0, si = 0;
+      T sr = 0, si = 0;
       for (int64_t a = 0; a < d; ++a) {
         dQ[t * d + a] += ar * wr[a] - ai * wi[a];
-        sr += (double)qt[a] * wr[a];
-        si += (double)qt[a] * wi[a];
+        sr += qt[a] * wr[a];
+        si += qt[a] * wi[a];
       }
-      const cplx ga = 2.0 * cplx(sr, -si);
+      const cplx ga = 2.0 * cplx((double)sr, -(double)si);
       mg.gc[(size_t)m] += std::conj(lt) * ga;
       mg.gl[(size_t)m] += std::conj((double)(t + 1) * al) * ga;
       T* gr = Ga + (t * M + m) * 2 * e;
