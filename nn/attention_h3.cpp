@@ -195,7 +195,7 @@ MechanismSpec h3_mechanism() {
   MechanismSpec s;
   s.name = "h3";
   s.summary = "H3 (Fu et al. 2023): shift filter on k, S4D long convolution of k vᵀ read out by q; "
-              "linear time in chunks with a running state per mode";
+              "tiled direct for short sequences, linear time (chunks with a running state per mode) for long ones";
   s.knobs = {{.name = "shift_taps", .type = KnobType::integer, .def = 4, .lo = 1, .hi = 4096,
               .help = "taps of the learned causal shift filter on k, lag 0 included (1: no shift, k̄ = k)"},
              {.name = "ssm_state", .type = KnobType::integer, .def = 64, .lo = 2, .hi = 4096,
