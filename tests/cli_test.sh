@@ -82,7 +82,9 @@ case "$case_name" in
     # lotgrad lra stops the whole job on SIGTERM: the second mechanism is never started
     "$bin" lra --attention softmax,linear --steps 100000 --train-size 500 --threads 2 --out "$work/lra" >"$work/out3" 2>&1 &
     pid=$!
-    for _ in $(seq 1 600); do grep -q "loss" "$work/out3" 2>/dev/null && break; sleep 0.1; done
+    # (its step lines come every few thousand steps: wait for the model line, then let training start)
+    for _ in $(seq 1 600); do grep -q "^model: " "$work/out3" 2>/dev/null && break; sleep 0.1; done
+    sleep 1
     kill -TERM "$pid"
     set +e; wait "$pid"; rc=$?; set -e
     [ "$rc" -eq 130 ] || { echo "lra: exit $rc after SIGTERM (want 130)"; tail -3 "$work/out3"; exit 1; }
