@@ -478,8 +478,9 @@ Tensor parse_npy(const std::string& bytes, const std::string& file) {
     dt = DType::b8;
   else
     r.fail("unsupported dtype '" + descr + "' (supported: f4, f8, i4 (read as i64), i8, b1)");
-  const int64_t numel = checked_numel(shape, (size_t)d.size);
-  if (numel < 0) r.fail("impossible shape " + shape_str(shape) + " of '" + descr + "' (" + bad_shape_why((size_t)d.size) + ")");
+  // Checked at the size in memory: int32 widens to 8 bytes, and what loads must save again.
+  const int64_t numel = checked_numel(shape, dtype_size(dt));
+  if (numel < 0) r.fail("impossible shape " + shape_str(shape) + " of '" + descr + "' (" + bad_shape_why(dtype_size(dt)) + ")");
   const size_t data_bytes = (size_t)numel * (size_t)d.size;
   if (data_bytes > r.left())
     r.fail("truncated data: shape " + shape_str(shape) + " of '" + descr + "' needs " + std::to_string(data_bytes) +

@@ -259,6 +259,15 @@ TEST_CASE("npy: a shape that overflows behind a zero dimension names the file an
   m = io_error([&] { load_npy(p); });
   CHECK(contains(m, "(2305843009213693952, 0)"));
   CHECK(contains(m, "<f8"));
+  // fuzz_npy, crash-f8eee681: an int32 array is read as int64, so its sizes are checked at
+  // 8 bytes, not 4: (0, 1.5 * 2^60) of '<i4' loaded and then could not be saved and read back.
+  write(p, npy("{'descr': '<i4', 'fortran_order': False, 'shape': (0, 1729382256910270464), }"));
+  m = io_error([&] { load_npy(p); });
+  CHECK(contains(m, "(0, 1729382256910270464)"));
+  CHECK(contains(m, "times 8 bytes"));
+  write(p, npy("{'descr': '<i4', 'fortran_order': False, 'shape': (0, 576460752303423488), }"));
+  const Tensor widened = load_npy(p);
+  CHECK(npy_from_bytes(npy_to_bytes(widened)).shape() == widened.shape());
   // The largest representable empty array still loads.
   write(p, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1152921504606846976, 0), }"));
   CHECK(load_npy(p).shape() == Shape{int64_t(1) << 60, 0});
