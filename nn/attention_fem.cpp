@@ -21,7 +21,9 @@
 //   causal F causal: M is one max per channel over all positions, and without the cap a large
 //   later value could flush every earlier exp to 0 (F would read the floor log(tiny)/β). The
 //   clipped values feed μ as well (as in the public code).
-// - One run of the prior on [v̂, exp(βv̂ − M)] (value width 2d) gives μ and Z̃ together.
+// - One run of the prior on [v̂, exp(βv̂ − M)] (value width 2d) gives μ and Z̃ together. The
+//   values before it and the reads after it are one pass each (ops/free_energy.h; knob fused,
+//   default 1); fused = 0 is the composite of elementwise ops they are tested against.
 // - Softmax prior: the fused kernel scaled_dot_product_attention with values of width 2d (no
 //   n×n tensor; the key padding mask is applied inside the softmax: a zeroed key would get
 //   logit 0, not −inf; causal via is_causal). Per tile pair its products have widths
@@ -41,6 +43,7 @@
 #include "../ops/attention.h"
 #include "../ops/causal_linear.h"
 #include "../ops/elementwise.h"
+#include "../ops/free_energy.h"
 #include "../ops/heads.h"
 #include "../ops/matmul.h"
 #include "../ops/reduce.h"
@@ -66,17 +69,25 @@ Tensor key_features(const Tensor& k, const Tensor& mask) {
   return mask.defined() ? mul(pk, keep_rows(mask, pk.dtype())) : pk;
 }
 
-// Σ_i p_t(i) w_i for values w (B, H, n, e) under the prior: (B, H, n, e).
+// The prior's products with values w (B, H, n, e): Σ_i p_t(i) w_i under softmax, the
+// unnormalised Σ_i φ(q_t)·φ(k_i) w_i under the linear prior. (B, H, n, e)
+Tensor prior_product(const Tensor& q, const Tensor& k, const Tensor& w, const Tensor& mask, FemPrior prior, bool causal,
+                     int64_t chunk) {
+  if (prior == FemPrior::softmax) return scaled_dot_product_attention(q, k, w, mask, causal);
+  const Tensor pq = phi(q), pk = key_features(k, mask);
+  return causal ? causal_linear_prefix(pq, pk, w, chunk) : matmul(pq, matmul(pk.transpose(-2, -1), w));
+}
+
+// Σ_i p_t(i) w_i (B, H, n, e). Linear: the last column of the product with [w | 1] is the
+// normaliser Σ_j φ(q_t)·φ(k_j).
 Tensor prior_read(const Tensor& q, const Tensor& k, const Tensor& w, const Tensor& mask, FemPrior prior, bool causal,
                   int64_t chunk) {
+  if (prior == FemPrior::softmax) return prior_product(q, k, w, mask, prior, causal, chunk);
   const int64_t e = w.size(3);
-  if (prior == FemPrior::softmax) return scaled_dot_product_attention(q, k, w, mask, causal);  // (B, H, n, e)
-  // Linear: the last column of the product with [w | 1] is the normaliser Σ_j φ(q_t)·φ(k_j).
-  const Tensor pq = phi(q), pk = key_features(k, mask);
   Shape ones_shape = w.shape();
   ones_shape.back() = 1;
   const Tensor w1 = cat({w, Tensor::ones(ones_shape, w.dtype())}, -1);  // (B, H, n, e + 1)
-  const Tensor y = causal ? causal_linear_prefix(pq, pk, w1, chunk) : matmul(pq, matmul(pk.transpose(-2, -1), w1));
+  const Tensor y = prior_product(q, k, w1, mask, prior, causal, chunk);
   return div(y.narrow(-1, 0, e), clamp(y.narrow(-1, e, 1), kMinDenominator));
 }
 
@@ -112,11 +123,10 @@ void check_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const double bmin = min(beta.detach()).item();
   if (!(bmin > 0)) throw std::invalid_argument(std::string(op) + ": beta must be > 0, its smallest entry is " + std::to_string(bmin));
 }
-}  // namespace
 
-FreeEnergyReads free_energy_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
-                                  const Tensor& mask, FemPrior prior, bool causal, double cap, int64_t chunk) {
-  check_reads(q, k, v, beta, mask, cap, chunk);
+// The reads as a composite of elementwise ops (fused = false): the reference of ops/free_energy.h.
+FreeEnergyReads composite_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                                const Tensor& mask, FemPrior prior, bool causal, double cap, int64_t chunk) {
   const int64_t H = v.size(1), d = v.size(3);
   const Tensor b = beta.view({1, H, 1, d});
   Tensor vc = v;  // v̂ = clip(v, ±cap/β)
@@ -137,6 +147,18 @@ FreeEnergyReads free_energy_reads(const Tensor& q, const Tensor& k, const Tensor
   r.F = div(add(lse, M), b);
   return r;
 }
+}  // namespace
+
+FreeEnergyReads free_energy_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                                  const Tensor& mask, FemPrior prior, bool causal, double cap, int64_t chunk,
+                                  bool fused) {
+  check_reads(q, k, v, beta, mask, cap, chunk);
+  if (!fused) return composite_reads(q, k, v, beta, mask, prior, causal, cap, chunk);
+  const bool linear = prior == FemPrior::linear;  // its normaliser rides along as a ones column
+  const FreeEnergyValues w = free_energy_values(v, beta, cap, mask, linear);  // (B, H, n, 2d [+ 1])
+  const FreeEnergyOut o = free_energy_read(prior_product(q, k, w.w, mask, prior, causal, chunk), w.M, beta, linear);
+  return {o.mu, o.F};
+}
 
 Tensor fem_prior_map(const Tensor& q, const Tensor& k, const Tensor& mask, FemPrior prior, bool causal) {
   if (prior == FemPrior::softmax) return attention_weights(q, k, mask, causal);
@@ -147,7 +169,7 @@ Tensor fem_prior_map(const Tensor& q, const Tensor& k, const Tensor& mask, FemPr
 
 FreeEnergyMixer::FreeEnergyMixer(const AttentionOptions& o, Generator& gen, FemPrior prior)
     : H_(o.n_heads), d_(o.d_head), prior_(prior), causal_(o.causal), cap_(o.get("value_cap")),
-      chunk_(prior == FemPrior::linear ? (int64_t)o.get("chunk") : 64) {
+      chunk_(prior == FemPrior::linear ? (int64_t)o.get("chunk") : 64), fused_(o.get("fused") != 0) {
   const int64_t D = H_ * d_;
   qkv = register_module("qkv", std::make_shared<Linear>(D, 3 * D, gen));
   lambda_proj = register_module("lambda_proj", std::make_shared<Linear>(D, D, gen));
@@ -175,7 +197,7 @@ void FreeEnergyMixer::heads(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) co
 FreeEnergyReads FreeEnergyMixer::reads(const Tensor& x, const Tensor& mask) const {
   Tensor q, k, v;
   heads(x, q, k, v);
-  return free_energy_reads(q, k, v, beta(), mask, prior_, causal_, cap_, chunk_);
+  return free_energy_reads(q, k, v, beta(), mask, prior_, causal_, cap_, chunk_, fused_);
 }
 
 Tensor FreeEnergyMixer::forward_block(const Tensor& x, const Tensor& mask) {
@@ -199,7 +221,9 @@ Tensor FreeEnergyMixer::attention_matrix_block(const Tensor& x, const Tensor& ma
 namespace {
 MechanismSpec fem_spec(FemPrior prior) {
   MechanismSpec s;
-  s.knobs = {{.name = "value_cap", .type = KnobType::real, .def = 40, .lo = 1e-3, .hi = 350,
+  s.knobs = {{.name = "fused", .type = KnobType::flag, .def = 1,
+              .help = "1: the fused value and read kernels (ops/free_energy.h); 0: the composite of elementwise ops"},
+             {.name = "value_cap", .type = KnobType::real, .def = 40, .lo = 1e-3, .hi = 350,
               .help = "values are clipped to ±value_cap/β so |β·v| <= value_cap (<= 43 for f32, 350 for f64)"},
              {.name = "beta_init", .type = KnobType::real, .def = 1.8, .lo = -50, .hi = 50,
               .help = "initial beta_raw: the inverse temperature is softplus(beta_raw) + 1e-6 per channel"}};

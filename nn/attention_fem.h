@@ -26,10 +26,11 @@ struct FreeEnergyReads {
 // cap = +inf: no clipping (then |βv| must stay below ~350 in f64, ~43 in f32, for every
 // exp(βv̂ − M) to stay a normal float; see attention_fem.cpp). chunk: the linear prior's causal chunk length. Padded keys get zero
 // weight; a row with no key to see (every key padded) reads μ = 0 and F = log(tiny)/β
-// (finite). Differentiable with respect to q, k, v and beta.
+// (finite). Differentiable with respect to q, k, v and beta. fused: the value and read passes
+// of ops/free_energy.h; false: the composite of elementwise ops (their reference).
 FreeEnergyReads free_energy_reads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
                                   const Tensor& key_padding_mask, FemPrior prior, bool is_causal, double cap = 40.0,
-                                  int64_t chunk = 64);
+                                  int64_t chunk = 64, bool fused = true);
 
 // The prior's map p (B, H, n, n) with μ = p v̂ (rows with no key to see are zeros). For study
 // and tests at small n: it keeps the n×n map.
@@ -60,6 +61,7 @@ class FreeEnergyMixer : public AttentionMechanism {
   bool causal_;
   double cap_;
   int64_t chunk_;
+  bool fused_;
 };
 
 }  // namespace lotgrad::nn
