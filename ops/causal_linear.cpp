@@ -1,6 +1,7 @@
 #include "causal_linear.h"
 
 #include <algorithm>
+#include <map>
 
 #include "../core/autograd.h"
 #include "../core/error.h"
@@ -30,6 +31,17 @@ Chunks even_chunks(int64_t n, int64_t C) {
   return out;
 }
 
+// causal_mask(len, dt), built once per length: chunks mostly share one.
+struct MaskCache {
+  DType dt;
+  std::map<int64_t, Tensor> by_len;
+  const Tensor& operator()(int64_t len) {
+    Tensor& m = by_len[len];
+    if (!m.defined()) m = causal_mask(len, dt);
+    return m;
+  }
+};
+
 // g_c as (B, H, d, 1): scales the rows of a (B, H, d, e) state.
 Tensor decay_of(const Tensor& decay, size_t c) { return tr(decay.narrow(2, (int64_t)c, 1)); }
 
@@ -43,18 +55,21 @@ Tensor decayed(const Tensor& S, const Tensor& decay, size_t c) {
 Tensor prefix_kernel(const Tensor& q, const Tensor& k, const Tensor& v, const Chunks& cs, const Tensor& decay) {
   NoGradGuard ng;
   Tensor S;  // (B, H, d, e), the past
-  std::vector<Tensor> ys;
+  // Each chunk's rows are copied into the output as they are made: holding every chunk until
+  // one cat at the end kept n/C small blocks alive, fresh heap pages each call.
+  Tensor out = make_tensor_uninit(v.shape(), v.dtype());  // (B, H, n, e), every row written below
+  MaskCache mask{q.dtype(), {}};
   for (size_t c = 0; c < cs.size(); ++c) {
     const auto [s, len] = cs[c];
     const Tensor Qc = q.narrow(2, s, len), Kc = k.narrow(2, s, len), Vc = v.narrow(2, s, len);
-    Tensor Yc = matmul(mul(matmul(Qc, tr(Kc)), causal_mask(len, q.dtype())), Vc);  // (B, H, len, e)
+    Tensor Yc = matmul(mul(matmul(Qc, tr(Kc)), mask(len)), Vc);  // (B, H, len, e)
     S = decayed(S, decay, c);
     if (S.defined()) Yc = add(Yc, matmul(Qc, S));
-    ys.push_back(Yc);
+    out.narrow(2, s, len).copy_(Yc);
     const Tensor kv = matmul(tr(Kc), Vc);  // (B, H, d, e)
     S = S.defined() ? add(S, kv) : kv;
   }
-  return cat(ys, 2);
+  return out;
 }
 
 struct CausalLinearPrefixBackward : Node {
@@ -64,14 +79,18 @@ struct CausalLinearPrefixBackward : Node {
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const Tensor Q = q.unpack(this), K = k.unpack(this), V = v.unpack(this), G = g[0];
     const Tensor D = decay.defined() ? decay.unpack(this) : Tensor();
-    std::vector<Tensor> dq(cs.size()), dk(cs.size()), dv(cs.size());
+    // Chunk results go straight into the gradients (no n/C pieces held for a cat).
+    Tensor dQ = make_tensor_uninit(Q.shape(), Q.dtype()), dK = make_tensor_uninit(K.shape(), K.dtype()),
+           dV = make_tensor_uninit(V.shape(), V.dtype());
+    MaskCache masks{Q.dtype(), {}};
     Tensor S;  // forward order: dQ_c = tril(G_c V_cᵀ) K_c + G_c (g_c ⊙ S)ᵀ
     for (size_t c = 0; c < cs.size(); ++c) {
       const auto [s, len] = cs[c];
       const Tensor Gc = G.narrow(2, s, len), Kc = K.narrow(2, s, len), Vc = V.narrow(2, s, len);
-      dq[c] = matmul(mul(matmul(Gc, tr(Vc)), causal_mask(len, Q.dtype())), Kc);
+      Tensor dq = matmul(mul(matmul(Gc, tr(Vc)), masks(len)), Kc);
       S = decayed(S, D, c);
-      if (S.defined()) dq[c] = add(dq[c], matmul(Gc, tr(S)));
+      if (S.defined()) dq = add(dq, matmul(Gc, tr(S)));
+      dQ.narrow(2, s, len).copy_(dq);
       const Tensor kv = matmul(tr(Kc), Vc);
       S = S.defined() ? add(S, kv) : kv;
     }
@@ -81,19 +100,20 @@ struct CausalLinearPrefixBackward : Node {
     for (size_t c = cs.size(); c-- > 0;) {
       const auto [s, len] = cs[c];
       const Tensor Qc = Q.narrow(2, s, len), Kc = K.narrow(2, s, len), Vc = V.narrow(2, s, len), Gc = G.narrow(2, s, len);
-      const Tensor mask = causal_mask(len, Q.dtype());
-      dk[c] = matmul(tr(mul(matmul(Gc, tr(Vc)), mask)), Qc);  // local: Σ_{i>=j} (g_i·v_j) q_i
-      dv[c] = matmul(tr(mul(matmul(Qc, tr(Kc)), mask)), Gc);  // local: Σ_{i>=j} (q_i·k_j) g_i
+      const Tensor& mask = masks(len);
+      Tensor dk = matmul(tr(mul(matmul(Gc, tr(Vc)), mask)), Qc);  // local: Σ_{i>=j} (g_i·v_j) q_i
+      Tensor dv = matmul(tr(mul(matmul(Qc, tr(Kc)), mask)), Gc);  // local: Σ_{i>=j} (q_i·k_j) g_i
       if (M.defined()) {
-        dk[c] = add(dk[c], matmul(Vc, tr(M)));
-        dv[c] = add(dv[c], matmul(Kc, M));
+        dk = add(dk, matmul(Vc, tr(M)));
+        dv = add(dv, matmul(Kc, M));
       }
+      dK.narrow(2, s, len).copy_(dk);
+      dV.narrow(2, s, len).copy_(dv);
       if (c == 0) break;
       const Tensor qg = matmul(tr(Qc), Gc);
       M = decayed(M.defined() ? add(M, qg) : qg, D, c);
     }
-    return {needs_grad(0) ? cat(dq, 2) : Tensor(), needs_grad(1) ? cat(dk, 2) : Tensor(),
-            needs_grad(2) ? cat(dv, 2) : Tensor()};
+    return {needs_grad(0) ? dQ : Tensor(), needs_grad(1) ? dK : Tensor(), needs_grad(2) ? dV : Tensor()};
   }
   void release() override { q.reset(); k.reset(); v.reset(); decay.reset(); }
 };

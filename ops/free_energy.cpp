@@ -190,22 +190,31 @@ T logaddexp(T a, T b) {
   return std::max(a, b) + flog(T(1) + fexp(-std::abs(a - b)));
 }
 
+// lse = logaddexp(log Z̃, fl) where Z̃ > 0, else fl (a row that sees no key). Computed
+// unconditionally and selected, so that the loops over channels vectorise.
+template <class T>
+T log_sum(T Z, T fl) {
+  const T lse = logaddexp(flog(Z > 0 ? Z : T(1)), fl);
+  return Z > 0 ? lse : fl;
+}
+
 // μ = y1/s, F = (lse(y2/s) + M)/β per row, s the clamped normaliser (1 without one).
 template <class T>
 void read_kernel(const Blocks& s, const T* y, int64_t W, const T* M, const T* beta, bool norm, T* mu, T* F) {
   const int64_t d = s.d;
-  const T log_tiny = std::log(std::numeric_limits<T>::min());
   s.run([&](int64_t b, int64_t h, int64_t t0, int64_t t1, int64_t) {
-    const T* bt = beta + h * d;
-    const T* m = M + (b * s.H + h) * d;
+    const T log_tiny = std::log(std::numeric_limits<T>::min());
+    const T* __restrict bt = beta + h * d;
+    const T* __restrict m = M + (b * s.H + h) * d;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row = (b * s.H + h) * s.n + t;
-      const T* yr = y + row * W;
+      const T* __restrict yr = y + row * W;
+      T* __restrict mr = mu + row * d;
+      T* __restrict Fr = F + row * d;
       const T den = norm ? std::max(yr[2 * d], T(kMinDenominator)) : T(1);
       for (int64_t c = 0; c < d; ++c) {
-        const T Z = yr[d + c] / den, fl = log_tiny - m[c];
-        mu[row * d + c] = yr[c] / den;
-        F[row * d + c] = ((Z > 0 ? logaddexp(flog(Z), fl) : fl) + m[c]) / bt[c];
+        mr[c] = yr[c] / den;
+        Fr[c] = (log_sum(yr[d + c] / den, log_tiny - m[c]) + m[c]) / bt[c];
       }
     }
   });
@@ -213,40 +222,37 @@ void read_kernel(const Blocks& s, const T* y, int64_t W, const T* M, const T* be
 
 // dy1 = gμ/s, dy2 = (gF/β)/(Z + e^fl)/s where Z > 0 (dlse/dZ = σ(log Z − fl)/Z), the
 // normaliser's dy = −Σ_c (gμ μ + dZ Z)/s where it is not clamped; dβ = −Σ gF F/β.
+// gmu, gF: (B, H, n, d) (zeros for an output that got no gradient).
 template <class T>
 void read_backward(const Blocks& s, const T* y, int64_t W, const T* M, const T* beta, bool norm, const T* gmu,
                    const T* gF, T* dy, T* dbeta) {
   const int64_t d = s.d;
-  const T log_tiny = std::log(std::numeric_limits<T>::min());
-  std::vector<double> part(dbeta ? (size_t)(s.tasks() * d) : 0, 0.0);
+  std::vector<double> part((size_t)(s.tasks() * d), 0.0);
   s.run([&](int64_t b, int64_t h, int64_t t0, int64_t t1, int64_t task) {
-    const T* bt = beta + h * d;
-    const T* m = M + (b * s.H + h) * d;
-    double* pb = dbeta ? part.data() + task * d : nullptr;
+    const T log_tiny = std::log(std::numeric_limits<T>::min());
+    const T* __restrict bt = beta + h * d;
+    const T* __restrict m = M + (b * s.H + h) * d;
+    double* __restrict pb = part.data() + task * d;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row = (b * s.H + h) * s.n + t;
-      const T* yr = y + row * W;
-      T* dr = dy ? dy + row * W : nullptr;
+      const T* __restrict yr = y + row * W;
+      const T* __restrict gm = gmu + row * d;
+      const T* __restrict gf = gF + row * d;
+      T* __restrict dr = dy + row * W;
       const T raw = norm ? yr[2 * d] : T(1), den = std::max(raw, T(kMinDenominator));
       T dden = 0;
       for (int64_t c = 0; c < d; ++c) {
         const T Z = yr[d + c] / den, fl = log_tiny - m[c], mu = yr[c] / den;
-        const T gm = gmu ? gmu[row * d + c] : T(0), gf = gF ? gF[row * d + c] : T(0);
-        const T dZ = Z > 0 ? gf / bt[c] / (Z + fexp(fl)) : T(0);
-        if (dr) {
-          dr[c] = gm / den;
-          dr[d + c] = dZ / den;
-        }
-        dden -= (gm * mu + dZ * Z) / den;
-        if (pb) {
-          const T Fv = ((Z > 0 ? logaddexp(flog(Z), fl) : fl) + m[c]) / bt[c];
-          pb[c] -= (double)(gf * Fv / bt[c]);
-        }
+        const T dZ = Z > 0 ? gf[c] / bt[c] / (Z + fexp(fl)) : T(0);
+        dr[c] = gm[c] / den;
+        dr[d + c] = dZ / den;
+        dden -= (gm[c] * mu + dZ * Z) / den;
+        pb[c] -= (double)(gf[c] * ((log_sum(Z, fl) + m[c]) / bt[c]) / bt[c]);
       }
-      if (dr && norm) dr[2 * d] = raw >= T(kMinDenominator) ? dden : T(0);
+      if (norm) dr[2 * d] = raw >= T(kMinDenominator) ? dden : T(0);
     }
   });
-  if (dbeta) s.sum_heads(part, dbeta);
+  s.sum_heads(part, dbeta);
 }
 
 struct FreeEnergyReadBackward : Node {
@@ -255,16 +261,17 @@ struct FreeEnergyReadBackward : Node {
   const char* name() const override { return "FreeEnergyReadBackward"; }
   std::vector<Tensor> apply(std::vector<Tensor>& g) override {
     const Tensor Y = y.unpack(this), Mx = M.unpack(this), Bt = beta.unpack(this);
-    const Tensor gmu = g[0].defined() ? g[0].contiguous() : Tensor(), gF = g[1].defined() ? g[1].contiguous() : Tensor();
     const Blocks s{Y.size(0), Y.size(1), Y.size(2), Bt.size(1)};
-    Tensor dy = needs_grad(0) ? make_tensor_uninit(Y.shape(), Y.dtype()) : Tensor();
-    Tensor db = needs_grad(1) ? make_tensor_uninit(Bt.shape(), Y.dtype()) : Tensor();
+    auto grad = [&](size_t i) {
+      return g[i].defined() ? g[i].contiguous() : Tensor::zeros({s.B, s.H, s.n, s.d}, Y.dtype());
+    };
+    const Tensor gmu = grad(0), gF = grad(1);
+    Tensor dy = make_tensor_uninit(Y.shape(), Y.dtype()), db = make_tensor_uninit(Bt.shape(), Y.dtype());
     dispatch_float(Y.dtype(), "free_energy_read", [&]<class T>() {
-      read_backward<T>(s, Y.data_ptr<T>(), Y.size(3), Mx.data_ptr<T>(), Bt.data_ptr<T>(), norm,
-                       gmu.defined() ? gmu.data_ptr<T>() : nullptr, gF.defined() ? gF.data_ptr<T>() : nullptr,
-                       dy.defined() ? dy.data_ptr<T>() : nullptr, db.defined() ? db.data_ptr<T>() : nullptr);
+      read_backward<T>(s, Y.data_ptr<T>(), Y.size(3), Mx.data_ptr<T>(), Bt.data_ptr<T>(), norm, gmu.data_ptr<T>(),
+                       gF.data_ptr<T>(), dy.data_ptr<T>(), db.data_ptr<T>());
     });
-    return {dy, db};
+    return {needs_grad(0) ? dy : Tensor(), needs_grad(1) ? db : Tensor()};
   }
   void release() override { y.reset(); M.reset(); beta.reset(); }
 };

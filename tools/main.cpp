@@ -11,6 +11,10 @@
 
 #include "commands.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace {
 const char* kUsage = R"(lotgrad: attention mechanisms and their training, on the CPU.
 
@@ -60,7 +64,21 @@ int fail(const std::string& cmd, const std::exception& e, int code, bool collect
 }
 }  // namespace
 
+namespace {
+// Keep freed heap memory in the process. Under glibc's defaults the temporaries of a step
+// that are smaller than the tensor block cache's blocks (core/tensor.cpp) were unmapped or
+// trimmed when freed and page-faulted back on the next use: ZeroS's causal forward at
+// n = 65,536 took 275 ms with the defaults and 189 ms with these (docs/benchmarks.md).
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);   // below 32 MiB: the heap, not a fresh mapping each time
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);  // return the heap's free top to the system only past 512 MiB
+#endif
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  keep_freed_memory();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, stdout);
     return argc < 2 ? 1 : 0;
