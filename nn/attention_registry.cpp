@@ -18,6 +18,7 @@
   X(performer)                \
   X(nystromformer)            \
   X(lotformer)                \
+  X(lotformer_hybrid)         \
   X(sinkformer)               \
   X(espformer)                \
   X(window)                   \

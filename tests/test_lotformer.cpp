@@ -282,3 +282,57 @@ TEST_CASE("lotformer in MultiHeadAttention: the folded projection equals forming
   CHECK_GRAD([&](const V& in) { return mha.forward(in[0], mask, &ln); },
              {xl, mha.qkv->weight, mha.qkv->bias, dynamic_cast<LOTFormerAttention*>(mha.mechanism.get())->pivots}, go);
 }
+
+TEST_CASE("lotformer_hybrid: its heads are LOTFormer's and softmax's (or the window's) on their own, with a mask") {
+  const int64_t B = 2, H = 3, n = 9, d = 4;
+  Tensor q = qkv({B, H, n, d}, 31), k = qkv({B, H, n, d}, 32), v = qkv({B, H, n, d}, 33);
+  const Tensor mask = tail_mask(B, n, 3);
+  for (int64_t window : {0, 2}) {
+    INFO("softmax_window " << window);
+    AttentionOptions o = lot(3, 0.5, 20);
+    o.name = "lotformer_hybrid";
+    o.n_heads = H;
+    o.knobs["softmax_window"] = (double)window;  // softmax_heads: 1 by default
+    Generator g(5), g2(5);
+    auto hyb = make_attention(o, g);
+    hyb->to_(kFloat64);
+    // the references: the same mechanisms built alone from the same generator state
+    AttentionOptions lo = lot(3, 0.5, 20);
+    lo.n_heads = H - 1;
+    auto lot_alone = make_attention(lo, g2);
+    lot_alone->to_(kFloat64);
+    AttentionOptions so;
+    so.name = window ? "window" : "softmax";
+    if (window) so.knobs["window"] = (double)window;
+    so.n_heads = 1;
+    so.d_head = d;
+    auto soft_alone = make_attention(so, g2);
+    auto part = [](const Tensor& t, int64_t h0, int64_t len) { return t.narrow(1, h0, len); };
+    const Tensor y = hyb->forward(q, k, v, mask);
+    REQUIRE(y.shape() == Shape{B, H, n, d});
+    CHECK(max_abs_diff(part(y, 0, H - 1), lot_alone->forward(part(q, 0, 2), part(k, 0, 2), part(v, 0, 2), mask)) < 1e-12);
+    CHECK(max_abs_diff(part(y, 2, 1), soft_alone->forward(part(q, 2, 1), part(k, 2, 1), part(v, 2, 1), mask)) < 1e-12);
+    // the map is the two maps side by side, and it is what forward applies
+    const Tensor A = hyb->attention_matrix(q, k, mask);
+    CHECK(max_abs_diff(matmul(A, v).narrow(2, 0, n - 3).select(0, 1), y.narrow(2, 0, n - 3).select(0, 1)) < 1e-10);
+    const std::vector<double> bound = hyb->weight_bound(6);
+    REQUIRE(bound.size() == 3u);
+    CHECK(bound[0] == doctest::Approx(3.0 / 6));  // uniform masses at the start: 1/(n · 1/r)
+    CHECK(bound[2] == 1.0);
+  }
+  // Gradients through the mixture, a mask on the last positions.
+  AttentionOptions o = lot(3, 0.5, 9, 0);
+  o.name = "lotformer_hybrid";
+  o.n_heads = H;
+  Generator g(6);
+  auto hyb = make_attention(o, g);
+  hyb->to_(kFloat64);
+  GradcheckOptions go;
+  go.max_checks_per_input = 20;
+  Tensor ql = leaf({1, H, 6, d}, 41), kl = leaf({1, H, 6, d}, 42), vl = leaf({1, H, 6, d}, 43);
+  CHECK_GRAD([&](const V& in) { return hyb->forward(in[0], in[1], in[2], tail_mask(1, 6, 2)); }, {ql, kl, vl}, go);
+  // Every head softmax is refused, naming the counts.
+  o.knobs["softmax_heads"] = 3;
+  CHECK_THROWS_WITH_AS(make_attention(o, g), doctest::Contains("softmax_heads (3) must be below the 3 heads"),
+                       std::invalid_argument);
+}
