@@ -86,9 +86,10 @@ struct SigmoidOp {
 };
 struct ReluOp {
   static constexpr const char* name = "ReluBackward";
-  static constexpr bool kSaveX = false, kSaveY = true;  // y > 0 iff x > 0
-  template <class T> T fwd(T x) const { return x > 0 ? x : T(0); }
-  template <class T> T bwd(T g, T, T y) const { return y > 0 ? g : T(0); }
+  static constexpr bool kSaveX = false, kSaveY = true;  // y > 0 iff x > 0; y is NaN iff x is
+  // NaN passes through (as in PyTorch): a NaN turned into 0 would hide a divergence.
+  template <class T> T fwd(T x) const { return x > 0 || x != x ? x : T(0); }
+  template <class T> T bwd(T g, T, T y) const { return y > 0 || y != y ? g : T(0); }
 };
 struct GeluErfOp {
   static constexpr const char* name = "GeluBackward";

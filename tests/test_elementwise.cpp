@@ -2,6 +2,9 @@
 // each side, and the same tensor used twice.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "support/gradcheck.h"
 
 using namespace lotgrad;
@@ -37,6 +40,21 @@ void check_binary(const char* name, Binary f, double scale = 1.0, double shift =
   CHECK_GRAD([&](const V& v) { return f(v[0], v[0]); }, {a});  // same tensor twice
 }
 }  // namespace
+
+TEST_CASE("relu: NaN passes through forward and backward (a divergence is not hidden)") {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Tensor x = Tensor::from_vector(std::vector<double>{-1.0, nan, 2.0}, {3}).requires_grad_();
+  const std::vector<double> y = relu(x).to_vector();
+  CHECK(y[0] == 0.0);
+  CHECK(std::isnan(y[1]));
+  CHECK(y[2] == 2.0);
+  sum(mul(relu(x), 3.0)).backward();
+  const std::vector<double> g = x.grad().to_vector();
+  CHECK(g[0] == 0.0);
+  CHECK(g[1] == 3.0);
+  CHECK(g[2] == 3.0);
+  CHECK(std::isnan(relu(Tensor::from_vector(std::vector<double>{nan}, {1}).to(kFloat32)).item()));
+}
 
 TEST_CASE("unary ops: gradient checks") {
   check_unary("neg", [](const Tensor& x) { return neg(x); });
