@@ -251,12 +251,21 @@ std::string resumable_checkpoint(const std::string& out_dir) { return resume_poi
 
 bool stores_config(const std::string& path) { return load_checkpoint(path).metadata.count("config") > 0; }
 
-TrainConfig stored_config(const std::string& path) {
-  const Checkpoint ck = load_checkpoint(path);
+namespace {
+TrainConfig config_of(const Checkpoint& ck, const std::string& path) {
   if (!ck.metadata.count("config"))
     throw std::invalid_argument(path + " stores no run configuration (written by an older lotgrad): give the options "
                                 "it was trained with");
   return config_from_json(ck.metadata.at("config"), path);
+}
+}  // namespace
+
+TrainConfig stored_config(const std::string& path) { return config_of(load_checkpoint(path), path); }
+
+TrainConfig resumable_config(const std::string& out_dir, std::string& path) {
+  const ResumePoint rp = resume_point(out_dir);
+  path = rp.path;
+  return config_of(rp.ck, rp.path);
 }
 
 namespace {
@@ -394,6 +403,9 @@ std::string run_dir(const TrainConfig& cfg) {
 }
 
 TrainResult train(const TrainConfig& cfg_in, std::ostream& log_in) {
+  // First: a run started in the background inherits SIGINT ignored, so a Ctrl-C that came
+  // before this line (during the data or the resume) would be lost and the run go on for good.
+  StopSignals stop;
   TrainConfig cfg = cfg_in;
   cfg.out_dir = run_dir(cfg_in);
   validate(cfg);
@@ -482,7 +494,6 @@ TrainResult train(const TrainConfig& cfg_in, std::ostream& log_in) {
     return sum_over_ranks(comm, work->evaluate(split, batches, p)).value();
   };
 
-  StopSignals stop;
   StepChecks checks(mod, cfg, files.last, files.best);
   GlobalStep global;  // data-parallel: the last step's sums over ranks
   if (dp)

@@ -127,6 +127,9 @@ bool stores_config(const std::string& checkpoint);
 // (CRC-checked), else prev.ckpt (the last checkpoint before it); throws when neither does
 // (std::invalid_argument "nothing to resume" when the run has no checkpoint at all).
 std::string resumable_checkpoint(const std::string& out_dir);
+// The configuration stored in that checkpoint, from the same read (path: which file): a run
+// still writing the directory may rename last.ckpt between two reads.
+TrainConfig resumable_config(const std::string& out_dir, std::string& path);
 
 // The task's metric (task_spec(cfg.task).metric) of a checkpointed model on a split ("train",
 // "val" or "test"): `lotgrad eval`. references: the split's reference figures, when given.

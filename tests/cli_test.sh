@@ -70,6 +70,18 @@ case "$case_name" in
     test -s "$work/run/last.ckpt"
     if ls "$work/run" | grep -q tmp; then echo "temporary file left"; exit 1; fi
     "$bin" eval --checkpoint "$work/run/last.ckpt" --split val | grep -q "val acc of"
+    # Ctrl-C during start-up (the data, here 400,000 examples) stops the run before its first step:
+    # a background job inherits SIGINT ignored, so a handler set up late lost it and the run went on
+    "$bin" train --task listops --min-len 3 --max-len 12 --train-size 400000 --val-size 100 --test-size 100 \
+      --attention softmax --steps 100000 --batch 16 --threads 1 --out "$work/run4" >"$work/out4" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do [ -s "$work/run4/lock" ] && break; sleep 0.01; done
+    kill -INT "$pid"
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true  # still running after 60 s: the SIGINT was lost
+    set +e; wait "$pid"; rc=$?; set -e
+    [ "$rc" -eq 130 ] || { echo "exit $rc after a SIGINT in start-up (want 130)"; tail -3 "$work/out4"; exit 1; }
+    grep -q "interrupted at step 0: $work/run4/last.ckpt written" "$work/out4" || { cat "$work/out4"; exit 1; }
     # a second Ctrl-C exits at once: here both arrive during a long dev evaluation (120,000 examples, seconds)
     "$bin" train --task listops --min-len 3 --max-len 12 --train-size 500 --val-size 120000 --test-size 100 \
       --attention softmax --steps 5 --batch 16 --eval-every 1 --log-every 1 --threads 2 --out "$work/run2" >"$work/out2" 2>&1 &

@@ -217,6 +217,9 @@ TEST_CASE("resume falls back to prev.ckpt when last.ckpt is missing or corrupt a
     std::ofstream(last, std::ios::binary) << bad;
   }
   CHECK(models::resumable_checkpoint(c.out_dir) == prev);
+  std::string from;  // the configuration comes from the file that was read whole
+  CHECK(models::resumable_config(c.out_dir, from).steps == c.steps);
+  CHECK(from == prev);
   models::TrainConfig r = c;
   r.resume = true;
   std::ostringstream log;

@@ -23,8 +23,8 @@ models::TrainConfig train_config(const std::map<std::string, std::string>& given
   models::TrainConfig c = models::apply_given(models::TrainConfig{}, given);
   c.out_dir = models::run_dir(c);
   if (!c.resume) return c;
-  const std::string last = models::resumable_checkpoint(c.out_dir);
-  models::TrainConfig stored = models::stored_config(last);
+  std::string last;
+  const models::TrainConfig stored = models::resumable_config(c.out_dir, last);
   models::TrainConfig r = models::merge_given(stored, given, c.override_run, {}, last);
   r.out_dir = c.out_dir;
   r.resume = true;
