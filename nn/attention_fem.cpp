@@ -54,7 +54,6 @@ namespace lotgrad::nn {
 namespace {
 constexpr double kEps = 1e-6;         // β's floor and the gate's softplus floor (the public code's eps)
 constexpr double kGateNormEps = 1e-5;  // F.normalize's eps in the public code
-constexpr double kMinDenominator = 1e-30;
 
 double tiny(DType dt) { return dt == kFloat64 ? std::numeric_limits<double>::min() : std::numeric_limits<float>::min(); }
 
@@ -88,7 +87,7 @@ Tensor prior_read(const Tensor& q, const Tensor& k, const Tensor& w, const Tenso
   ones_shape.back() = 1;
   const Tensor w1 = cat({w, Tensor::ones(ones_shape, w.dtype())}, -1);  // (B, H, n, e + 1)
   const Tensor y = prior_product(q, k, w1, mask, prior, causal, chunk);
-  return div(y.narrow(-1, 0, e), clamp(y.narrow(-1, e, 1), kMinDenominator));
+  return div(y.narrow(-1, 0, e), clamp(y.narrow(-1, e, 1), kFreeEnergyMinDenominator));
 }
 
 // M (B, H, 1, d): the max of u over the valid positions, detached; 0 where no position is valid.
@@ -164,7 +163,7 @@ Tensor fem_prior_map(const Tensor& q, const Tensor& k, const Tensor& mask, FemPr
   if (prior == FemPrior::softmax) return attention_weights(q, k, mask, causal);
   Tensor s = matmul(phi(q), key_features(k, mask).transpose(-2, -1));  // (B, H, n, n)
   if (causal) s = mul(s, causal_mask(s.size(-1), s.dtype()));
-  return div(s, clamp(sum(s, {-1}, true), kMinDenominator));
+  return div(s, clamp(sum(s, {-1}, true), kFreeEnergyMinDenominator));
 }
 
 FreeEnergyMixer::FreeEnergyMixer(const AttentionOptions& o, Generator& gen, FemPrior prior)

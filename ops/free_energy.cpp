@@ -18,7 +18,6 @@ using fastmath::fexp;
 using fastmath::flog;
 
 constexpr int64_t kRowBlock = 512;  // positions per task, and per partial sum of dβ
-constexpr double kMinDenominator = 1e-30;
 
 // A (B, H, n, d) problem cut into blocks of positions: the tasks depend on the sizes alone,
 // so the partial sums of dβ, added in task order, give the same bits on any thread count.
@@ -211,7 +210,7 @@ void read_kernel(const Blocks& s, const T* y, int64_t W, const T* M, const T* be
       const T* __restrict yr = y + row * W;
       T* __restrict mr = mu + row * d;
       T* __restrict Fr = F + row * d;
-      const T den = norm ? std::max(yr[2 * d], T(kMinDenominator)) : T(1);
+      const T den = norm ? std::max(yr[2 * d], T(kFreeEnergyMinDenominator)) : T(1);
       for (int64_t c = 0; c < d; ++c) {
         mr[c] = yr[c] / den;
         Fr[c] = (log_sum(yr[d + c] / den, log_tiny - m[c]) + m[c]) / bt[c];
@@ -239,7 +238,7 @@ void read_backward(const Blocks& s, const T* y, int64_t W, const T* M, const T* 
       const T* __restrict gm = gmu + row * d;
       const T* __restrict gf = gF + row * d;
       T* __restrict dr = dy + row * W;
-      const T raw = norm ? yr[2 * d] : T(1), den = std::max(raw, T(kMinDenominator));
+      const T raw = norm ? yr[2 * d] : T(1), den = std::max(raw, T(kFreeEnergyMinDenominator));
       T dden = 0;
       for (int64_t c = 0; c < d; ++c) {
         const T Z = yr[d + c] / den, fl = log_tiny - m[c], mu = yr[c] / den;
@@ -249,7 +248,7 @@ void read_backward(const Blocks& s, const T* y, int64_t W, const T* M, const T* 
         dden -= (gm[c] * mu + dZ * Z) / den;
         pb[c] -= (double)(gf[c] * ((log_sum(Z, fl) + m[c]) / bt[c]) / bt[c]);
       }
-      if (norm) dr[2 * d] = raw >= T(kMinDenominator) ? dden : T(0);
+      if (norm) dr[2 * d] = raw >= T(kFreeEnergyMinDenominator) ? dden : T(0);
     }
   });
   s.sum_heads(part, dbeta);

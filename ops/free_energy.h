@@ -10,11 +10,15 @@
 // elementwise ops it replaces (free_energy_reads with fused = false) makes about ten; each is
 // tested against that composite. With a linear prior the normaliser rides along as one more
 // column: `ones_column` appends a column of ones to w, and `normaliser_column` divides y by
-// its last column, clamped below at 1e-30 (so Σ_i p_t(i) = 1 exactly, which F needs).
+// its last column, clamped below at kFreeEnergyMinDenominator (so Σ_i p_t(i) = 1 exactly, which F needs).
 #pragma once
 #include "../core/tensor.h"
 
 namespace lotgrad {
+
+// The floor of a read's normaliser (the linear prior's Σ_i p_t(i), the softmax rows' sum in
+// the composite reference): below it a row has no key to see.
+inline constexpr double kFreeEnergyMinDenominator = 1e-30;
 
 struct FreeEnergyValues {
   Tensor w;  // (B, H, n, 2d [+ 1])
