@@ -14,11 +14,24 @@
 
 namespace lotgrad::cli {
 
+namespace {
+// LOTFormer's ListOps preset as its declaration gives it (nn/attention_lotformer.cpp).
+std::string lotformer_preset() {
+  std::string s;
+  for (const auto& [knob, v] : nn::mechanism_spec("lotformer").preset("listops")) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    s += (s.empty() ? "" : ", ") + knob + " " + b;
+  }
+  return s;
+}
+}  // namespace
+
 int cmd_lra(int argc, char** argv) {
   CLI::App app("The main job: generates ListOps with the official algorithm at short lengths and trains each listed\n"
-               "mechanism (2 layers, d 64, 2 heads, MLP 128, mean pooling; each mechanism's ListOps preset, LOTFormer:\n"
-               "r 4, eps 0.1, 50 half-steps, implicit gradients), then prints dev and test accuracy of each best-on-dev\n"
-               "checkpoint and ms per step. No --json.",
+               "mechanism (2 layers, d 64, 2 heads, MLP 128, mean pooling; each mechanism's ListOps preset, LOTFormer's:\n" +
+                   lotformer_preset() + "), then prints dev and test accuracy of each best-on-dev checkpoint and ms\n"
+                   "per step. No --json.",
                "lotgrad lra");
   models::TrainConfig base;
   base.task = "listops";
