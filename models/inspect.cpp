@@ -55,7 +55,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
       const int64_t first_tok = valid[lead], second_tok = lead + 1 < valid.size() ? valid[lead + 1] : -1;
       for (int64_t h = 0; h < H; ++h) {
         HeadInspection& r = out[l * (size_t)H + (size_t)h];
-        double rm = 0, first = 0, second = 0, en = 0, dev = 0, mx = 0;
+        double rm = 0, first = 0, second = 0, en = 0, dev = 0, rdev = 0, mx = 0;
         for (int64_t i : valid) {
           rm += rmax[(size_t)(h * n + i)];
           mx = std::max(mx, rmax[(size_t)(h * n + i)]);
@@ -63,6 +63,9 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
           if (second_tok >= 0) second += av[(size_t)((h * n + i) * n + second_tok)];
           en += ent[(size_t)(h * n + i)];
           dev = std::max(dev, std::abs(csum[(size_t)(h * n + i)] - 1.0));
+          double rs = 0;  // over the valid keys (a pad's weight counts as a deviation)
+          for (int64_t j = 0; j < n; ++j) rs += av[(size_t)((h * n + i) * n + j)];
+          rdev = std::max(rdev, std::abs(rs - 1.0));
         }
         r.n += nv / (double)k;
         r.row_max += rm / nv / (double)k;
@@ -73,6 +76,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
         r.second_token += second / (double)k;
         r.entropy += (nv > 1 ? en / nv / std::log(nv) : 1.0) / (double)k;
         r.col_dev = std::max(r.col_dev, dev);
+        r.row_dev = std::max(r.row_dev, rdev);
       }
       x = layer.forward(x, mask);
     }

@@ -154,6 +154,7 @@ struct HeadInspection {
   double second_token = 0;    // the same for token 1
   double entropy = 0;         // mean row entropy / log n (1 = uniform)
   double col_dev = 0;         // largest |column sum - 1|
+  double row_dev = 0;         // largest |row sum - 1| (Sinkhorn stopped short of its marginals shows here too)
 };
 std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg, const std::string& checkpoint,
                                                const std::string& split, int64_t count, std::ostream& log);

@@ -127,11 +127,25 @@ TEST_CASE("inspect: a trained LOTFormer obeys its weight bound and is doubly sto
         CHECK(r.bound_used > 0);
         CHECK(r.bound_used <= 1 + 1e-6);  // A_ij <= 1 / (n min b) in every example (docs/lotformer.md §9)
         CHECK(r.col_dev < 1e-3);                       // columns sum to 1: mean pooling returns mean(V)
+        CHECK(r.row_dev < 1e-3);                       // and rows
       } else {
         CHECK(r.bound == 0);
         CHECK(r.col_dev > 1e-3);  // softmax rows sum to 1, its columns do not
+        CHECK(r.row_dev < 1e-5);
       }
     }
+  }
+  // Sinkhorn stopped after one half-step that ends on the columns: the columns still sum to 1,
+  // the rows do not, and inspect says so.
+  models::TrainConfig c = tiny(tmpdir("inspect_rows"), "lotformer");
+  c.steps = 4;
+  c.eval_every = 4;
+  c.knobs = {{"half_steps", 1}, {"last", 1}};
+  std::ostringstream log;
+  models::train(c, log);
+  for (const auto& r : models::inspect_checkpoint(c, c.out_dir + "/best.ckpt", "val", 4, log)) {
+    CHECK(r.col_dev < 1e-3);
+    CHECK(r.row_dev > 1e-2);
   }
 }
 

@@ -184,7 +184,8 @@ std::string inspect_table(const RunData& r, const ReportOptions& opt, const std:
   std::ostringstream log;
   const auto rows = models::inspect_checkpoint(r.config, r.best_checkpoint, opt.split, opt.inspect_count, log);
   std::vector<std::string> header = {"layer", "head", "n", "row max (mean)", "max weight", "bound", "max/bound",
-                                     "first token × n", "second × n", "entropy / log n", "max |colsum − 1|"};
+                                     "first token × n", "second × n", "entropy / log n", "max |colsum − 1|",
+                                     "max |rowsum − 1|"};
   for (const auto& e : ex) header.push_back("rank, example " + std::to_string(e.index));
   std::vector<std::vector<std::string>> out;
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -192,7 +193,8 @@ std::string inspect_table(const RunData& r, const ReportOptions& opt, const std:
     std::vector<std::string> row = {std::to_string(h.layer), std::to_string(h.head), fmt_num(h.n, 0), fmt_num(h.row_max),
                                     fmt_num(h.max_weight), h.bound > 0 ? fmt_num(h.bound) : "—",
                                     h.bound > 0 ? fmt_num(h.bound_used, 3) : "—", fmt_num(h.first_token, 2),
-                                    fmt_num(h.second_token, 2), fmt_num(h.entropy, 3), fmt_num(h.col_dev, 4)};
+                                    fmt_num(h.second_token, 2), fmt_num(h.entropy, 3), fmt_num(h.col_dev, 4),
+                                    fmt_num(h.row_dev, 4)};
     for (const auto& e : ex)
       row.push_back(i < e.rank.size() && e.rank[i] >= 0 ? std::to_string(e.rank[i]) + " / " + std::to_string(e.n) : "— (n > " + std::to_string(opt.rank_max_n) + ")");
     out.push_back(row);

@@ -110,8 +110,8 @@ int cmd_inspect(int argc, char** argv) {
       "time, unpadded): the mean length n, the mean largest weight per query and the largest of all, the weight bound\n"
       "a mechanism declares (LOTFormer: 1/(n min b)) and the largest share of its own bound an example used, the weight\n"
       "on the first and second tokens times n (1 = uniform; in ListOps the root operator and its first argument), the\n"
-      "row entropy over log n (1 = uniform) and the largest |column sum - 1| (0: doubly stochastic, which mean pooling\n"
-      "cancels). The checkpoint stores its run's settings. No --json.",
+      "row entropy over log n (1 = uniform), the largest |column sum - 1| (0: doubly stochastic, which mean pooling\n"
+      "cancels) and the largest |row sum - 1|. The checkpoint stores its run's settings. No --json.",
       "lotgrad inspect");
   CheckpointCommand cmd(app, "val");
   int64_t count = 20;
@@ -122,12 +122,13 @@ int cmd_inspect(int argc, char** argv) {
   const auto rows = models::inspect_checkpoint(c, cmd.checkpoint, cmd.split, count, std::cout);
   std::printf("%s on %lld %s examples\n", cmd.checkpoint.c_str(), (long long)count, cmd.split.c_str());
   std::printf("layer head      n   row max (mean)   max weight   max/bound (per example)   first token x n   second x n   "
-              "entropy/log n   max|colsum-1|\n");
+              "entropy/log n   max|colsum-1|   max|rowsum-1|\n");
   for (const auto& r : rows) {
     char used[32] = "-";  // each example's largest weight over that example's own bound, the largest of them
     if (r.bound > 0) std::snprintf(used, sizeof used, "%.3f", r.bound_used);
-    std::printf("%5lld %4lld %6.0f   %14.4f   %10.4f   %23s   %15.2f   %10.2f   %13.3f   %13.2e\n", (long long)r.layer,
-                (long long)r.head, r.n, r.row_max, r.max_weight, used, r.first_token, r.second_token, r.entropy, r.col_dev);
+    std::printf("%5lld %4lld %6.0f   %14.4f   %10.4f   %23s   %15.2f   %10.2f   %13.3f   %13.2e   %13.2e\n", (long long)r.layer,
+                (long long)r.head, r.n, r.row_max, r.max_weight, used, r.first_token, r.second_token, r.entropy, r.col_dev,
+                r.row_dev);
   }
   return 0;
 }
