@@ -49,7 +49,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
       std::vector<double> bound = layer.attn->mechanism->weight_bound((int64_t)valid.size());  // per head, or none
       bound.resize((size_t)H, 0.0);
       const std::vector<double> av = A.to_vector(), rmax = st.row_max.to_vector(), ent = st.row_entropy.to_vector(),
-                                csum = st.col_sum.to_vector();
+                                csum = st.col_sum.to_vector(), rsum = st.row_sum.to_vector();
       // The first two real tokens (after a CLS token, when there is one).
       const size_t lead = cfg.pooling == "cls" && valid.size() > 1 ? 1 : 0;
       const int64_t first_tok = valid[lead], second_tok = lead + 1 < valid.size() ? valid[lead + 1] : -1;
@@ -63,9 +63,7 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
           if (second_tok >= 0) second += av[(size_t)((h * n + i) * n + second_tok)];
           en += ent[(size_t)(h * n + i)];
           dev = std::max(dev, std::abs(csum[(size_t)(h * n + i)] - 1.0));
-          double rs = 0;  // over the valid keys (a pad's weight counts as a deviation)
-          for (int64_t j = 0; j < n; ++j) rs += av[(size_t)((h * n + i) * n + j)];
-          rdev = std::max(rdev, std::abs(rs - 1.0));
+          rdev = std::max(rdev, std::abs(rsum[(size_t)(h * n + i)] - 1.0));
         }
         r.n += nv / (double)k;
         r.row_max += rm / nv / (double)k;

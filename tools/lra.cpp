@@ -17,12 +17,9 @@ namespace lotgrad::cli {
 namespace {
 // LOTFormer's ListOps preset as its declaration gives it (nn/attention_lotformer.cpp).
 std::string lotformer_preset() {
+  const nn::MechanismSpec& spec = nn::mechanism_spec("lotformer");
   std::string s;
-  for (const auto& [knob, v] : nn::mechanism_spec("lotformer").preset("listops")) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%g", v);
-    s += (s.empty() ? "" : ", ") + knob + " " + b;
-  }
+  for (const auto& [knob, v] : spec.preset("listops")) s += (s.empty() ? "" : ", ") + knob + " " + spec.knob(knob)->format(v);
   return s;
 }
 }  // namespace
