@@ -79,6 +79,10 @@ std::vector<ConfigField> declare() {
       // ---- model
       {"attention", Role::model, "the attention mechanism (`lotgrad info` lists them; default: lotformer for the LRA tasks, softmax for mqar and lm, linear for icl-regression)", &C::attention, 0, 0,
        nn::attention_names()},
+      {"layer-attention", Role::model,
+       "per-layer mixing: LAYER:MECHANISM[,...] gives those layers (0 first) that mechanism instead of --attention; a knob "
+       "applies to every layer whose mechanism has it",
+       &C::layer_attention},
       {"no-preset", Role::model, "start the knobs from their defaults, not the mechanism's preset for the task",
        &C::use_preset, 0, 0, {}, true, true},
       {"pooling", Role::model, "mean over valid tokens, or a learned CLS token", &C::pooling, 0, 0, {"mean", "cls"}},
@@ -241,11 +245,89 @@ std::vector<std::string> knob_names() {
   return names;
 }
 
-std::map<std::string, double> effective_knobs(const TrainConfig& cfg) {
-  const nn::MechanismSpec& spec = nn::mechanism_spec(cfg.attention);
+std::vector<std::string> layer_mechanisms(const TrainConfig& cfg) {
+  std::vector<std::string> m((size_t)std::max<int64_t>(cfg.depth, 0), cfg.attention);
+  std::vector<bool> named(m.size(), false);
+  const std::string& text = cfg.layer_attention;
+  const std::string opt = "--layer-attention " + text;
+  for (size_t at = 0; !text.empty() && at <= text.size();) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    const size_t colon = item.find(':');
+    int64_t layer = -1;
+    if (colon != std::string::npos && colon > 0 && colon <= 9 &&
+        item.find_first_not_of("0123456789") == colon)
+      layer = std::stoll(item.substr(0, colon));
+    if (layer < 0)
+      throw std::invalid_argument(opt + ": \"" + item + "\" is not LAYER:MECHANISM (e.g. 1:softmax)");
+    if (layer >= cfg.depth)
+      throw std::invalid_argument(opt + ": layer " + num((double)layer) + " is outside [0, " + num((double)cfg.depth - 1) +
+                                  "] (--depth " + num((double)cfg.depth) + ")");
+    if (named[(size_t)layer]) throw std::invalid_argument(opt + ": layer " + num((double)layer) + " is named twice");
+    try {
+      m[(size_t)layer] = nn::mechanism_spec(item.substr(colon + 1)).name;
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(opt + ": " + e.what());
+    }
+    named[(size_t)layer] = true;
+    at = end + 1;
+  }
+  return m;
+}
+
+std::vector<std::string> run_mechanisms(const TrainConfig& cfg) {
+  std::vector<std::string> out = {cfg.attention};
+  for (const auto& m : layer_mechanisms(cfg))
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  return out;
+}
+
+namespace {
+// The declaration of a knob in the first of the run's mechanisms that has it (null: none).
+const nn::Knob* run_knob(const TrainConfig& cfg, const std::string& knob) {
+  for (const auto& m : run_mechanisms(cfg))
+    if (const nn::Knob* k = nn::mechanism_spec(m).knob(knob)) return k;
+  return nullptr;
+}
+}  // namespace
+
+std::map<std::string, double> effective_knobs(const TrainConfig& cfg, const std::string& mechanism) {
+  const nn::MechanismSpec& spec = nn::mechanism_spec(mechanism);
   std::map<std::string, double> k = cfg.use_preset ? spec.preset(cfg.task) : std::map<std::string, double>{};
-  for (const auto& [name, v] : cfg.knobs) k[name] = v;
+  for (const auto& [name, v] : cfg.knobs)
+    if (spec.knob(name) || !run_knob(cfg, name)) k[name] = v;  // one no layer declares: refused by resolve_knobs
   return nn::resolve_knobs(spec, k);
+}
+
+std::map<std::string, double> effective_knobs(const TrainConfig& cfg) {
+  const std::vector<std::string> mechs = run_mechanisms(cfg);
+  if (mechs.size() == 1) return effective_knobs(cfg, cfg.attention);
+  std::string names;
+  for (const auto& m : mechs) names += (names.empty() ? "" : ", ") + m;
+  for (const auto& [name, v] : cfg.knobs)
+    if (!run_knob(cfg, name))
+      throw std::invalid_argument("--" + knob_option(name) + ": none of this run's mechanisms (" + names +
+                                  ") has a knob " + name);
+  std::map<std::string, double> all;
+  std::map<std::string, std::string> from;
+  std::string clash;  // knobs whose presets or defaults differ between two of the mechanisms
+  for (const auto& m : mechs)
+    for (const auto& [name, v] : effective_knobs(cfg, m)) {
+      if (all.count(name) && all[name] != v)
+        clash += (clash.empty() ? "" : "; ") + ("--" + knob_option(name)) + " (" + from[name] + " " +
+                 format_knob(cfg, name, all[name]) + ", " + m + " " + format_knob(cfg, name, v) + ")";
+      all.emplace(name, v);
+      from.emplace(name, m);
+    }
+  if (!clash.empty())
+    throw std::invalid_argument("--layer-attention " + cfg.layer_attention + ": a knob takes one value in every layer, and " +
+                                "these differ between the mechanisms' presets or defaults: " + clash + "; give each one");
+  return all;
+}
+
+std::string format_knob(const TrainConfig& cfg, const std::string& knob, double v) {
+  const nn::Knob* k = run_knob(cfg, knob);
+  return k ? k->format(v) : num(v);
 }
 
 namespace {
@@ -292,14 +374,16 @@ void validate(const TrainConfig& c) {
   if (c.d_model % c.heads)
     throw std::invalid_argument("--d-model " + num((double)c.d_model) + " must be a multiple of --heads " + num((double)c.heads));
   if (c.resume && c.overwrite) throw std::invalid_argument("--resume and --overwrite: choose one");
-  effective_knobs(c);  // the mechanism's knobs, in their ranges
-  const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
+  effective_knobs(c);  // the mechanisms' knobs, in their ranges (and --layer-attention well formed)
   const TaskKind kind = task_spec(c.task).kind;
-  if (c.causal && !spec.caps.causal)
-    throw std::invalid_argument("--causal: " + spec.name + " attention has no causal form: " + spec.caps.why_not_causal);
-  if (kind != TaskKind::classify && !spec.caps.causal)
-    throw std::invalid_argument("--task " + c.task + " trains a causal model, but " + spec.name +
-                                " attention has no causal form: " + spec.caps.why_not_causal);
+  for (const auto& m : run_mechanisms(c)) {
+    const nn::MechanismSpec& spec = nn::mechanism_spec(m);
+    if (c.causal && !spec.caps.causal)
+      throw std::invalid_argument("--causal: " + spec.name + " attention has no causal form: " + spec.caps.why_not_causal);
+    if (kind != TaskKind::classify && !spec.caps.causal)
+      throw std::invalid_argument("--task " + c.task + " trains a causal model, but " + spec.name +
+                                  " attention has no causal form: " + spec.caps.why_not_causal);
+  }
   if (kind != TaskKind::classify && c.pos == "2d")
     throw std::invalid_argument("--pos 2d: only for the image tasks (pathfinder, image), not --task " + c.task);
   if (kind == TaskKind::classify && c.pos == "none")
@@ -367,12 +451,14 @@ namespace {
 // A given knob option's value, parsed by the knob's declaration in the run's mechanism.
 double parse_knob(const TrainConfig& c, const std::string& option, const std::string& text) {
   const std::string name = knob_name(option);
-  const nn::MechanismSpec& spec = nn::mechanism_spec(c.attention);
-  const nn::Knob* k = spec.knob(name);
+  const nn::Knob* k = run_knob(c, name);
   if (!k) {
-    std::string known;
-    for (const auto& kk : spec.knobs) known += (known.empty() ? "" : ", ") + kk.option();
-    throw std::invalid_argument("--" + option + ": " + spec.name + " attention has no knob " + name + " (its knobs: " +
+    std::string known, mechs;
+    for (const auto& m : run_mechanisms(c)) {
+      mechs += (mechs.empty() ? "" : " and ") + m;
+      for (const auto& kk : nn::mechanism_spec(m).knobs) known += (known.empty() ? "" : ", ") + kk.option();
+    }
+    throw std::invalid_argument("--" + option + ": " + mechs + " attention has no knob " + name + " (its knobs: " +
                                 (known.empty() ? "none" : known) + ")");
   }
   return k->parse(text);

@@ -45,10 +45,22 @@ struct ConfigField {
 const std::vector<ConfigField>& config_fields();
 const ConfigField* config_field(const std::string& option);
 
-// The knob values the run's mechanism takes: its preset for the task (unless use_preset is
-// off), then cfg.knobs, resolved against the mechanism's declaration (defaults filled in;
-// unknown knobs and values out of range refused, naming the option).
+// The mechanism of each of the cfg.depth layers: cfg.attention, but where cfg.layer_attention
+// ("1:softmax,0:window") names another. Refuses a malformed list, naming --layer-attention.
+std::vector<std::string> layer_mechanisms(const TrainConfig& cfg);
+// The mechanisms the run uses, each once, cfg.attention first.
+std::vector<std::string> run_mechanisms(const TrainConfig& cfg);
+
+// The knob values `mechanism` takes in this run: its preset for the task (unless use_preset is
+// off), then the knobs of cfg.knobs it declares, resolved against its declaration (defaults
+// filled in, values out of range refused, naming the option).
+std::map<std::string, double> effective_knobs(const TrainConfig& cfg, const std::string& mechanism);
+// The run's knobs: those of every mechanism it uses, one value per knob (a knob two of them
+// declare takes one value in both: given, or the same from their presets and defaults, else
+// refused). A knob none of them declares is refused.
 std::map<std::string, double> effective_knobs(const TrainConfig& cfg);
+// A knob value as its declaration in the run's mechanisms prints it.
+std::string format_knob(const TrainConfig& cfg, const std::string& knob, double v);
 
 // Refuses a configuration before any work: every field in its range, the mechanism known, its
 // knobs valid, settings that cannot go together. Messages name the option and the values.

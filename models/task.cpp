@@ -203,7 +203,8 @@ void load_weights(nn::Module& m, const Checkpoint& ck, const std::string& path) 
 
 std::vector<std::string> no_decay_names(const TrainConfig& cfg) {
   std::vector<std::string> names = {"bias", "norm", "ln", "embed", "pos"};  // the model's own
-  for (const auto& s : nn::mechanism_spec(cfg.attention).no_decay) names.push_back(s);
+  for (const auto& m : run_mechanisms(cfg))
+    for (const auto& s : nn::mechanism_spec(m).no_decay) names.push_back(s);
   return names;
 }
 

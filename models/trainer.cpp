@@ -235,15 +235,19 @@ void check_same_run(const TrainConfig& cfg, const TrainConfig& stored, const std
   std::map<std::string, std::string> as_given;
   for (const auto& f : config_fields())
     if (f.role != Role::free) as_given[f.option] = f.get(cfg);
-  for (const auto& [k, v] : effective_knobs(cfg)) as_given[knob_option(k)] = nn::mechanism_spec(cfg.attention).knob(k)->format(v);
+  for (const auto& [k, v] : effective_knobs(cfg)) as_given[knob_option(k)] = format_knob(cfg, k, v);
   merge_given(stored, as_given, cfg.override_run, {"no-preset"}, where);  // knobs are compared resolved
 }
 
+// "lotformer (eps 0.1, r 4)", or per layer "lotformer, softmax (eps 0.1, r 4)" when they differ.
 std::string describe_mechanism(const TrainConfig& cfg) {
-  const nn::MechanismSpec& spec = nn::mechanism_spec(cfg.attention);
-  std::string s = cfg.attention;
-  for (const auto& [k, v] : effective_knobs(cfg)) s += (s == cfg.attention ? " (" : ", ") + k + " " + spec.knob(k)->format(v);
-  return s + (s == cfg.attention ? "" : ")");
+  const std::vector<std::string> layers = layer_mechanisms(cfg);
+  std::string name;
+  for (const auto& m : layers)
+    if (run_mechanisms(cfg).size() > 1 || name.empty()) name += (name.empty() ? "" : ", ") + m;
+  std::string s = name;
+  for (const auto& [k, v] : effective_knobs(cfg)) s += (s == name ? " (" : ", ") + k + " " + format_knob(cfg, k, v);
+  return s + (s == name ? "" : ")");
 }
 }  // namespace
 

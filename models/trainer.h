@@ -40,6 +40,7 @@ struct TrainConfig {
   int64_t dims_start = 5, points_start = 11;  // the curriculum's first dims and points (Garg et al.)
   // ---- model
   std::string attention = "lotformer";
+  std::string layer_attention;  // "1:softmax,0:window": those layers' mechanism instead (layer_mechanisms)
   std::map<std::string, double> knobs;  // mechanism knobs over the preset (effective_knobs, run_config.h)
   bool use_preset = true;       // start from the mechanism's declared preset for the task (nn::MechanismSpec)
   std::string pooling = "mean";

@@ -31,13 +31,17 @@ const TaskSpec& task_spec(const std::string& name) {
 
 bool is_causal_run(const TrainConfig& cfg) { return cfg.causal || task_spec(cfg.task).kind != TaskKind::classify; }
 
-nn::AttentionOptions attention_options(const TrainConfig& cfg) {
-  nn::AttentionOptions a;
-  a.name = cfg.attention;
-  a.n_heads = cfg.heads;
-  a.knobs = effective_knobs(cfg);
-  a.causal = is_causal_run(cfg);
-  return a;
+std::vector<nn::AttentionOptions> attention_options(const TrainConfig& cfg) {
+  std::vector<nn::AttentionOptions> out;
+  for (const auto& m : layer_mechanisms(cfg)) {
+    nn::AttentionOptions a;
+    a.name = m;
+    a.n_heads = cfg.heads;
+    a.knobs = effective_knobs(cfg, m);
+    a.causal = is_causal_run(cfg);
+    out.push_back(a);
+  }
+  return out;
 }
 
 nn::EncoderConfig encoder_config(const TrainConfig& cfg) {
@@ -48,7 +52,7 @@ nn::EncoderConfig encoder_config(const TrainConfig& cfg) {
   e.mlp_hidden = cfg.mlp;
   e.dropout = cfg.dropout;
   e.norm = cfg.norm;
-  e.attention = {attention_options(cfg)};
+  e.attention = attention_options(cfg);
   return e;
 }
 

@@ -85,8 +85,8 @@ class Workload {
 std::unique_ptr<Workload> make_workload(const TrainConfig& cfg, std::ostream& log, Generator& init_gen,
                                         std::shared_ptr<Generator> dgen, const data::Shard& shard = {});
 
-// The attention settings of every layer (mechanism, heads, effective knobs, causal).
-nn::AttentionOptions attention_options(const TrainConfig& cfg);
+// The attention settings of each layer (mechanism, heads, effective knobs, causal): depth entries.
+std::vector<nn::AttentionOptions> attention_options(const TrainConfig& cfg);
 // The blocks every task's model stacks: depth, width, heads, MLP, dropout, norm, attention.
 nn::EncoderConfig encoder_config(const TrainConfig& cfg);
 // The training loader of the dataset tasks (shuffled by the seed, whole batches; the LRA

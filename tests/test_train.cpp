@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <lotgrad/lotgrad.h>
@@ -271,6 +272,89 @@ TEST_CASE("a run remembers its settings: config.json, checkpoints, eval from the
   nothing.out_dir = tmpdir("remember_empty");
   nothing.resume = true;
   CHECK_THROWS_WITH_AS(models::train(nothing, log), doctest::Contains("nothing to resume"), std::invalid_argument);
+}
+
+TEST_CASE("per-layer mixing: --layer-attention gives layers their own mechanism, knobs go where they are declared") {
+  models::TrainConfig c = tiny(tmpdir("layer_mix"), "lotformer");
+  c.layer_attention = "1:window";
+  CHECK(models::layer_mechanisms(c) == std::vector<std::string>{"lotformer", "window"});
+  CHECK(models::run_mechanisms(c) == std::vector<std::string>{"lotformer", "window"});
+  c.depth = 3;
+  c.layer_attention = "2:softmax,0:window";
+  CHECK(models::layer_mechanisms(c) == std::vector<std::string>{"window", "lotformer", "softmax"});
+  c.layer_attention = "";
+  CHECK(models::layer_mechanisms(c) == std::vector<std::string>(3, "lotformer"));
+  // malformed lists name the option and the item
+  for (const auto& [text, says] : std::vector<std::pair<std::string, std::string>>{
+           {"1softmax", "\"1softmax\" is not LAYER:MECHANISM"}, {"a:softmax", "\"a:softmax\" is not"},
+           {"1:window,", "\"\" is not"}, {"3:softmax", "layer 3 is outside [0, 2] (--depth 3)"},
+           {"1:window,1:softmax", "layer 1 is named twice"}, {"1:foo", "unknown attention mechanism \"foo\""}}) {
+    INFO(text);
+    c.layer_attention = text;
+    CHECK_THROWS_WITH_AS(models::validate(c), doctest::Contains(("--layer-attention " + text).c_str()), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(models::validate(c), doctest::Contains(says.c_str()), std::invalid_argument);
+  }
+  // each layer takes the knobs its mechanism declares; one that no layer declares is refused
+  c.depth = 2;
+  c = models::apply_given(c, {{"attention", "lotformer"}, {"layer-attention", "1:window"}, {"window", "5"}, {"r", "3"}});
+  const std::vector<nn::AttentionOptions> opts = models::encoder_config(c).attention;
+  REQUIRE(opts.size() == 2);
+  CHECK(opts[0].name == "lotformer");
+  CHECK(opts[0].knobs.at("r") == 3);
+  CHECK(opts[0].knobs.count("window") == 0);
+  CHECK(opts[1].name == "window");
+  CHECK(opts[1].knobs.at("window") == 5);
+  CHECK(opts[1].knobs.count("r") == 0);
+  CHECK_THROWS_WITH_AS(models::apply_given(c, {{"softmax-window", "3"}}),
+                       doctest::Contains("lotformer and window attention has no knob softmax_window"), std::invalid_argument);
+  // lotformer's no-decay parameters stay out of weight decay when only a mixed-in layer has them
+  models::TrainConfig w = c;
+  w.attention = "window";
+  w.layer_attention = "0:lotformer";
+  w.knobs = {};
+  const std::vector<std::string> nd = models::no_decay_names(w);
+  for (const auto& name : nn::mechanism_spec("lotformer").no_decay)
+    CHECK(std::find(nd.begin(), nd.end(), name) != nd.end());
+  // a knob two mechanisms declare takes one value: differing presets are refused until it is given
+  models::TrainConfig s = c;
+  s.layer_attention = "1:sinkformer";
+  s.knobs = {};
+  CHECK_THROWS_WITH_AS(models::validate(s), doctest::Contains("--eps (lotformer 0.1, sinkformer 1)"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(models::validate(s), doctest::Contains("--half-steps (lotformer 50, sinkformer 3)"), std::invalid_argument);
+  s.knobs = {{"eps", 0.5}, {"half_steps", 5}, {"grad", 0}};
+  CHECK_NOTHROW(models::validate(s));
+  // a causal task refuses a mixed-in mechanism without a causal form, naming it
+  models::TrainConfig q = c;
+  q.task = "mqar";
+  q.attention = "softmax";
+  q.layer_attention = "1:lotformer";
+  q.knobs = {};
+  CHECK_THROWS_WITH_AS(models::validate(q), doctest::Contains("lotformer attention has no causal form"), std::invalid_argument);
+  // trained, stored and read back: layer 0 is LOTFormer (bounded, doubly stochastic), layer 1 softmax
+  models::TrainConfig t = tiny(tmpdir("layer_mix_run"), "lotformer");
+  set_steps(t, 6, 3);
+  t.layer_attention = "1:softmax";
+  t.quiet = false;  // the model line names both mechanisms
+  std::ostringstream log;
+  models::train(t, log);
+  CHECK(log.str().find("attention lotformer, softmax (") != std::string::npos);
+  const models::TrainConfig stored = models::stored_config(t.out_dir + "/last.ckpt");
+  CHECK(stored.layer_attention == "1:softmax");
+  CHECK(models::effective_knobs(stored) == models::effective_knobs(t));
+  CHECK_THROWS_WITH_AS(models::merge_given(stored, {{"layer-attention", "0:softmax"}}, true, {}, "last.ckpt"),
+                       doctest::Contains("layer-attention is 1:softmax"), std::invalid_argument);
+  const auto rows = models::inspect_checkpoint(stored, t.out_dir + "/best.ckpt", "val", 4, log);
+  REQUIRE(rows.size() == 4);
+  for (const auto& r : rows) {
+    INFO("layer ", r.layer, " head ", r.head);
+    if (r.layer == 0) {
+      CHECK(r.bound > 0);
+      CHECK(r.col_dev < 1e-3);
+    } else {
+      CHECK(r.bound == 0);
+      CHECK(r.col_dev > 1e-3);
+    }
+  }
 }
 
 TEST_CASE("--init-from starts from a checkpoint's weights with a fresh optimiser, a mismatch names the file") {
