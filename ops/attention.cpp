@@ -203,8 +203,8 @@ std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const 
             pack_rows<T>(v, g, g.m, g.m_pad, g.e, g.ep, T(1), vr.data_ptr<T>())},
            row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
-  Tensor out = make_tensor({g.B, g.H, g.n, g.e}, dt);
-  Tensor lse = make_tensor({g.B, g.H, g.n_pad}, dt);
+  Tensor out = make_tensor_uninit({g.B, g.H, g.n, g.e}, dt);
+  Tensor lse = make_tensor_uninit({g.B, g.H, g.n_pad}, dt);
   attention_forward<T>(g, qs.data_ptr<T>(), kt.data_ptr<T>(), vr.data_ptr<T>(), km, out.data_ptr<T>(),
                        lse.data_ptr<T>());
   return {out, want_lse ? lse : Tensor()};
@@ -251,9 +251,9 @@ std::array<Tensor, 3> fused_backward(const Tensor& q, const Tensor& k, const Ten
   const BackwardArgs<T> args{qs.data_ptr<T>(), kt.data_ptr<T>(),  kr.data_ptr<T>(),  vt.data_ptr<T>(), dor.data_ptr<T>(),
                              Dt.data_ptr<T>(), lse.data_ptr<T>(), &km, dqp.data_ptr<T>()};
   attention_backward<T>(g, chunks, args, dkp.data_ptr<T>(), dvp.data_ptr<T>());
-  Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
-  Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
-  Tensor dv = make_tensor({g.B, g.H, g.m, g.e}, dt);
+  Tensor dq = make_tensor_uninit({g.B, g.H, g.n, g.d}, dt);
+  Tensor dk = make_tensor_uninit({g.B, g.H, g.m, g.d}, dt);
+  Tensor dv = make_tensor_uninit({g.B, g.H, g.m, g.e}, dt);
   run_jobs({unpack_rows<T>(dqp.data_ptr<T>(), 1, g, g.n, g.n_pad, g.d, g.dp, (T)scale, dq.data_ptr<T>()),
             unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.d, g.dp, (T)kLn2, dk.data_ptr<T>()),
             unpack_rows<T>(dvp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.e, g.ep, T(1), dv.data_ptr<T>())},

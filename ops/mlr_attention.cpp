@@ -385,8 +385,8 @@ std::pair<Tensor, Tensor> mlr_fused_forward(const Tensor& q, const Tensor& k, co
             pack_rows<T>(v, g, g.m, g.m_pad, g.e, g.ep, T(1), vr.data_ptr<T>())},
            row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
-  Tensor out = make_tensor({g.B, g.H, g.n, g.e}, dt);
-  Tensor lse = make_tensor({g.B, g.H, g.n_pad}, dt);
+  Tensor out = make_tensor_uninit({g.B, g.H, g.n, g.e}, dt);
+  Tensor lse = make_tensor_uninit({g.B, g.H, g.n_pad}, dt);
   mlr_forward_tiles<T>(g, lv, qs.data_ptr<T>(), kt.data_ptr<T>(), vr.data_ptr<T>(), km, out.data_ptr<T>(),
                        lse.data_ptr<T>());
   return {out, want_lse ? lse : Tensor()};
@@ -434,9 +434,9 @@ std::array<Tensor, 3> mlr_fused_backward(const Tensor& q, const Tensor& k, const
   const MlrBackwardArgs<T> args{qs.data_ptr<T>(), kt.data_ptr<T>(),  kr.data_ptr<T>(), vt.data_ptr<T>(),
                                 dor.data_ptr<T>(), Dt.data_ptr<T>(), lse.data_ptr<T>(), &km, &lv, dqp.data_ptr<T>()};
   mlr_backward_tiles<T>(g, chunks, args, dkp.data_ptr<T>(), dvp.data_ptr<T>());
-  Tensor dq = make_tensor({g.B, g.H, g.n, g.d}, dt);
-  Tensor dk = make_tensor({g.B, g.H, g.m, g.d}, dt);
-  Tensor dv = make_tensor({g.B, g.H, g.m, g.e}, dt);
+  Tensor dq = make_tensor_uninit({g.B, g.H, g.n, g.d}, dt);
+  Tensor dk = make_tensor_uninit({g.B, g.H, g.m, g.d}, dt);
+  Tensor dv = make_tensor_uninit({g.B, g.H, g.m, g.e}, dt);
   // dS is the gradient of the natural-log scores: dQ = dS K · c, dK = dSᵀ (Q · c) = ln 2 · dSᵀ Qs.
   run_jobs({unpack_dq<T>(dqp.data_ptr<T>(), g, lv.col, dq.data_ptr<T>()),
             unpack_rows<T>(dkp.data_ptr<T>(), chunks, g, g.m, g.m_pad, g.d, g.dp, (T)kLn2, dk.data_ptr<T>()),
