@@ -5,6 +5,7 @@
 #include "../core/autograd.h"
 #include "../core/parallel.h"
 #include "../nn/probe.h"
+#include "run_config.h"
 #include "task.h"
 #include "trainer.h"
 #include "workload.h"
@@ -30,8 +31,9 @@ std::vector<HeadInspection> inspect_checkpoint(const TrainConfig& cfg_in, const 
   const auto& layers = model.encoder->layers;
   const int64_t H = cfg.heads;
   std::vector<HeadInspection> out((size_t)((int64_t)layers.size() * H));
+  const std::vector<std::string> mech = layer_mechanisms(cfg);
   for (size_t l = 0; l < layers.size(); ++l)
-    for (int64_t h = 0; h < H; ++h) out[l * (size_t)H + (size_t)h] = {(int64_t)l, h};
+    for (int64_t h = 0; h < H; ++h) out[l * (size_t)H + (size_t)h] = {(int64_t)l, h, mech[l]};
   NoGradGuard ng;
   const int64_t k = std::min<int64_t>(count, (int64_t)d.size());
   for (int64_t e = 0; e < k; ++e) {

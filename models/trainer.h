@@ -146,6 +146,7 @@ double evaluate_checkpoint(const TrainConfig& cfg, const std::string& checkpoint
 // the values whatever A is) and, for LOTFormer, the bound 1/(n min b) on every weight.
 struct HeadInspection {
   int64_t layer = 0, head = 0;
+  std::string mechanism;      // the layer's (--attention, or --layer-attention's for that layer)
   double n = 0;               // mean number of tokens
   double row_max = 0;         // mean over queries of the largest weight in the row
   double max_weight = 0;      // largest weight seen

@@ -347,6 +347,7 @@ TEST_CASE("per-layer mixing: --layer-attention gives layers their own mechanism,
   REQUIRE(rows.size() == 4);
   for (const auto& r : rows) {
     INFO("layer ", r.layer, " head ", r.head);
+    CHECK(r.mechanism == (r.layer == 0 ? "lotformer" : "softmax"));
     if (r.layer == 0) {
       CHECK(r.bound > 0);
       CHECK(r.col_dev < 1e-3);

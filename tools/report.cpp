@@ -183,14 +183,14 @@ std::string map_figure(const std::vector<double>& a, int64_t n, const std::strin
 std::string inspect_table(const RunData& r, const ReportOptions& opt, const std::vector<models::ExampleAttention>& ex) {
   std::ostringstream log;
   const auto rows = models::inspect_checkpoint(r.config, r.best_checkpoint, opt.split, opt.inspect_count, log);
-  std::vector<std::string> header = {"layer", "head", "n", "row max (mean)", "max weight", "bound", "max/bound",
+  std::vector<std::string> header = {"layer", "head", "mechanism", "n", "row max (mean)", "max weight", "bound", "max/bound",
                                      "first token × n", "second × n", "entropy / log n", "max |colsum − 1|",
                                      "max |rowsum − 1|"};
   for (const auto& e : ex) header.push_back("rank, example " + std::to_string(e.index));
   std::vector<std::vector<std::string>> out;
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& h = rows[i];
-    std::vector<std::string> row = {std::to_string(h.layer), std::to_string(h.head), fmt_num(h.n, 0), fmt_num(h.row_max),
+    std::vector<std::string> row = {std::to_string(h.layer), std::to_string(h.head), h.mechanism, fmt_num(h.n, 0), fmt_num(h.row_max),
                                     fmt_num(h.max_weight), h.bound > 0 ? fmt_num(h.bound) : "—",
                                     h.bound > 0 ? fmt_num(h.bound_used, 3) : "—", fmt_num(h.first_token, 2),
                                     fmt_num(h.second_token, 2), fmt_num(h.entropy, 3), fmt_num(h.col_dev, 4),

@@ -107,7 +107,7 @@ int cmd_eval(int argc, char** argv) {
 int cmd_inspect(int argc, char** argv) {
   CLI::App app(
       "What a trained model's attention does on real examples. Per layer and head, over --count examples (one at a\n"
-      "time, unpadded): the mean length n, the mean largest weight per query and the largest of all, the weight bound\n"
+      "time, unpadded): the layer's mechanism, the mean length n, the mean largest weight per query and the largest of all, the weight bound\n"
       "a mechanism declares (LOTFormer: 1/(n min b)) and the largest share of its own bound an example used, the weight\n"
       "on the first and second tokens times n (1 = uniform; in ListOps the root operator and its first argument), the\n"
       "row entropy over log n (1 = uniform), the largest |column sum - 1| (0: doubly stochastic, which mean pooling\n"
@@ -121,13 +121,13 @@ int cmd_inspect(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   const auto rows = models::inspect_checkpoint(c, cmd.checkpoint, cmd.split, count, std::cout);
   std::printf("%s on %lld %s examples\n", cmd.checkpoint.c_str(), (long long)count, cmd.split.c_str());
-  std::printf("layer head      n   row max (mean)   max weight   max/bound (per example)   first token x n   second x n   "
+  std::printf("layer head  mechanism        n   row max (mean)   max weight   max/bound (per example)   first token x n   second x n   "
               "entropy/log n   max|colsum-1|   max|rowsum-1|\n");
   for (const auto& r : rows) {
     char used[32] = "-";  // each example's largest weight over that example's own bound, the largest of them
     if (r.bound > 0) std::snprintf(used, sizeof used, "%.3f", r.bound_used);
-    std::printf("%5lld %4lld %6.0f   %14.4f   %10.4f   %23s   %15.2f   %10.2f   %13.3f   %13.2e   %13.2e\n", (long long)r.layer,
-                (long long)r.head, r.n, r.row_max, r.max_weight, used, r.first_token, r.second_token, r.entropy, r.col_dev,
+    std::printf("%5lld %4lld  %-12s %6.0f   %14.4f   %10.4f   %23s   %15.2f   %10.2f   %13.3f   %13.2e   %13.2e\n", (long long)r.layer,
+                (long long)r.head, r.mechanism.c_str(), r.n, r.row_max, r.max_weight, used, r.first_token, r.second_token, r.entropy, r.col_dev,
                 r.row_dev);
   }
   return 0;
