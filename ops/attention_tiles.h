@@ -184,7 +184,15 @@ void tile_accum_block(const T* a, int64_t ars, int64_t acs, int rows, int kred, 
     for (int j = 0; j < kred; ++j) {
       V bv[DV];
 #pragma GCC unroll 8
-      for (int v = 0; v < DV; ++v) bv[v] = S::load(b + j * ldb + v * W);
+      for (int v = 0; v < DV; ++v) {
+        bv[v] = S::load(b + j * ldb + v * W);
+#if defined(__x86_64__)
+        // GCC folds these loads into the FMAs below, loading each vector R times: with four
+        // vectors that makes the loop load-bound (24% slower at DV = 4, measured). An empty asm
+        // pins the vector in a register. At DV <= 2 the folded form is the faster one.
+        if constexpr (DV >= 3) asm("" : "+v"(bv[v]));
+#endif
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const V ar = S::set1(ap[r * ars + j * acs]);
@@ -199,21 +207,19 @@ void tile_accum_block(const T* a, int64_t ars, int64_t acs, int rows, int kred, 
   }
 }
 
-// The same over dv vectors per row, in column chunks of at most 4 vectors.
+// The same over dv vectors per row, in column chunks of 4 vectors, then 2, then 1: three
+// vectors take 4 rows at a time (12 accumulators) and ran slower than 2 + 1 (measured).
 template <class T>
 void tile_accum(const T* a, int64_t ars, int64_t acs, int rows, int kred, const T* b, int64_t ldb, T* out,
                 int64_t ldo, int dv) {
   constexpr int W = Simd<T>::W;
-  for (int c = 0; c < dv; c += 4) {
-    const T* bc = b + c * W;
-    T* oc = out + c * W;
-    switch (std::min(4, dv - c)) {
-      case 1: tile_accum_block<T, 1>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
-      case 2: tile_accum_block<T, 2>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
-      case 3: tile_accum_block<T, 3>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
-      default: tile_accum_block<T, 4>(a, ars, acs, rows, kred, bc, ldb, oc, ldo); break;
-    }
+  int c = 0;
+  for (; c + 4 <= dv; c += 4) tile_accum_block<T, 4>(a, ars, acs, rows, kred, b + c * W, ldb, out + c * W, ldo);
+  if (c + 2 <= dv) {
+    tile_accum_block<T, 2>(a, ars, acs, rows, kred, b + c * W, ldb, out + c * W, ldo);
+    c += 2;
   }
+  if (c < dv) tile_accum_block<T, 1>(a, ars, acs, rows, kred, b + c * W, ldb, out + c * W, ldo);
 }
 
 // ---- geometry, packing, masks -----------------------------------------------------------
@@ -438,39 +444,50 @@ void for_each_unit(int64_t n, int64_t grain, Make make, F f) {
 // work is counted in multiply-adds of one unit; a thread gets at least ~256K of them.
 inline int64_t unit_grain(int64_t unit_work) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(unit_work, 1)); }
 
-// One key tile of the online softmax, row by row: adds the padding bias (when given), turns
-// the scores s (kBr × kBc) into weights 2^(s - running max) in place, and rescales the row's
-// sum l and accumulator acc (kBr × dp) where its running max mx moved.
+// One key tile of the online softmax: adds the padding bias (when given), turns the scores s
+// (kBr × kBc) into weights 2^(s - running max) in place, and rescales the row's sum l and
+// accumulator acc (kBr × dp) where its running max mx moved. The rescale factors 2^(old max -
+// new max) of all rows are computed together, vectorised: a libm exp2 per row cost as much as
+// the tile's other exponentials (measured).
 template <class T>
 void online_softmax_tile(T* s, const T* bias, T* mx, T* l, T* acc, int64_t dp) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int W = S::W;
   constexpr T kInf = std::numeric_limits<T>::infinity();
-  for (int i = 0; i < kBr; ++i) {
+  static_assert(kBr % W == 0);
+  alignas(64) T m_new[kBr], corr[kBr];
+  for (int i = 0; i < kBr; ++i) {  // the new row maxima
     T* sr = s + i * kBc;
     if (bias)
       for (int c = 0; c < kBc; c += W) S::store(sr + c, S::load(sr + c) + S::load(bias + c));
     V vm = S::load(sr);
     for (int c = W; c < kBc; c += W) vm = S::vmax(vm, S::load(sr + c));
-    const T m_new = std::max(mx[i], S::hmax(vm));
-    if (m_new == -kInf) {  // no unmasked key yet: weights 0 (avoids -inf - -inf)
+    m_new[i] = std::max(mx[i], S::hmax(vm));
+  }
+  for (int i = 0; i < kBr; i += W) {  // 1 where the max did not move (-inf to -inf included), 0 from -inf
+    const V a = S::load(mx + i), b = S::load(m_new + i);
+    S::store(corr + i, a == b ? S::set1(T(1)) : S::exp2(a - b));
+  }
+  for (int i = 0; i < kBr; ++i) {
+    T* sr = s + i * kBc;
+    if (m_new[i] == -kInf) {  // no unmasked key yet: weights 0 (avoids -inf - -inf)
       std::fill(sr, sr + kBc, T(0));
       continue;
     }
-    const V shift = S::set1(m_new);
+    const V shift = S::set1(m_new[i]);
     V sum = V{};
     for (int c = 0; c < kBc; c += W) {
       const V p = S::exp2(S::load(sr + c) - shift);
       S::store(sr + c, p);
       sum += p;
     }
-    const T corr = m_new == mx[i] ? T(1) : std::exp2(mx[i] - m_new);  // 0 when mx was -inf
-    l[i] = l[i] * corr + S::hsum(sum);
-    mx[i] = m_new;
-    if (corr != T(1)) {
+    l[i] = l[i] * corr[i] + S::hsum(sum);
+    mx[i] = m_new[i];
+    if (corr[i] != T(1)) {
       T* ar = acc + i * dp;
-      for (int64_t c = 0; c < dp; c += W) S::store(ar + c, S::load(ar + c) * corr);
+      const V cv = S::set1(corr[i]);
+      for (int64_t c = 0; c < dp; c += W) S::store(ar + c, S::load(ar + c) * cv);
     }
   }
 }
