@@ -241,10 +241,10 @@ void check_same_run(const TrainConfig& cfg, const TrainConfig& stored, const std
 
 // "lotformer (eps 0.1, r 4)", or per layer "lotformer, softmax (eps 0.1, r 4)" when they differ.
 std::string describe_mechanism(const TrainConfig& cfg) {
-  const std::vector<std::string> layers = layer_mechanisms(cfg);
+  const bool mixed = run_mechanisms(cfg).size() > 1;  // then each layer is named, in order
   std::string name;
-  for (const auto& m : layers)
-    if (run_mechanisms(cfg).size() > 1 || name.empty()) name += (name.empty() ? "" : ", ") + m;
+  for (const auto& m : layer_mechanisms(cfg))
+    if (mixed || name.empty()) name += (name.empty() ? "" : ", ") + m;
   std::string s = name;
   for (const auto& [k, v] : effective_knobs(cfg)) s += (s == name ? " (" : ", ") + k + " " + format_knob(cfg, k, v);
   return s + (s == name ? "" : ")");

@@ -159,41 +159,46 @@ rec_icl_table() {
 # positions; the curriculum (dims 4 -> 16, points 8 -> 32) ends at 20% of the steps (Kuang et al.:
 # 6% of 500,000). PyTorch's init and lr 3e-3: at N(0, 0.02²) or lr 1e-3 the 1,500-step probes
 # stayed on the zero predictor's plateau (dev 0.97); lr 3e-3 left it (0.92 at step 1,200).
+# ICL_CURRICULUM=N: one more dim every N steps instead (1000 with ICL_STEPS=20000: the curriculum
+# ends at step 12,000), in run directories of their own (sicl-cN-...).
 # struct_icl_run NAME MECHANISM HEADS
 struct_icl_run() {
   local steps=${ICL_STEPS:-12000}
   echo "run $1 --task icl-regression --dim 16 --points 32 --x-std 0 --layout interleaved --attention $2 --heads $3" \
-       "--depth 4 --d-model 64 --mlp 256 --dropout 0 --curriculum $((steps * 20 / 100 / 12)) --dims-start 4" \
+       "--depth 4 --d-model 64 --mlp 256 --dropout 0 --curriculum ${ICL_CURRICULUM:-$((steps * 20 / 100 / 12))} --dims-start 4" \
        "--points-start 8 --val-size 1000 --test-size 2000 --steps $steps --batch 64 --init torch --lr 3e-3 --warmup 0.05" \
        "--weight-decay 0 --eval-every $((steps / 10))"
 }
 struct_icl_specs="softmax-h8:softmax:8 softmax-h2:softmax:2 btt-h8:btt:8"
-struct_icl_jobs() { for s in ${STRUCT_ICL:-$struct_icl_specs}; do IFS=: read -r n m h <<<"$s"; struct_icl_run "sicl-$n" "$m" "$h"; done; }
+sicl=sicl${ICL_CURRICULUM:+-c$ICL_CURRICULUM}
+struct_icl_jobs() { for s in ${STRUCT_ICL:-$struct_icl_specs}; do IFS=: read -r n m h <<<"$s"; struct_icl_run "$sicl-$n" "$m" "$h"; done; }
 struct_icl_table() {
   printf "\nHigh-dimensional in-context regression, d 16, 32 points, 4 layers, d 64: test squared error\n"
   for s in ${STRUCT_ICL:-$struct_icl_specs}; do
     IFS=: read -r n m h <<<"$s"
-    local f=$runs/sicl-$n/result.txt
-    printf "%-12s %-10s %s\n" "$n" "$(figure sicl-$n mse)" "$([ -f "$f" ] && sed -E 's/.*\((min-norm[^)]*)\).*/\1/' "$f")"
-    if [ -z "$table_only" ] && [ -f "$runs/sicl-$n/best.ckpt" ] && [ ! -f "$runs/sicl-$n/points.txt" ]; then
-      "$bin" eval --checkpoint "$runs/sicl-$n/best.ckpt" --threads "$threads" --plot "$runs/sicl-$n/points.png" >"$runs/sicl-$n/points.txt"
+    local f=$runs/$sicl-$n/result.txt
+    printf "%-12s %-10s %s\n" "$n" "$(figure $sicl-$n mse)" "$([ -f "$f" ] && sed -E 's/.*\((min-norm[^)]*)\).*/\1/' "$f")"
+    if [ -z "$table_only" ] && [ -f "$runs/$sicl-$n/best.ckpt" ] && [ ! -f "$runs/$sicl-$n/points.txt" ]; then
+      "$bin" eval --checkpoint "$runs/$sicl-$n/best.ckpt" --threads "$threads" --plot "$runs/$sicl-$n/points.png" >"$runs/$sicl-$n/points.txt"
     fi
   done
 }
 
 # Fashion-MNIST (the LRA Image stand-in, Debian's dataset-fashion-mnist): the kernels that try to
 # stay close to softmax (QT-ViT, InLine) beside softmax and linear attention, the image task's
-# defaults, IMAGE_STEPS steps.
+# defaults, IMAGE_STEPS steps (default 600, evaluated every IMAGE_EVAL, default 300; a given
+# IMAGE_STEPS has run directories of its own, image-sN-...).
+img=image${IMAGE_STEPS:+-s$IMAGE_STEPS}
 struct_image_jobs() {
   for m in ${IMAGE_MECHS:-softmax linear qtvit inline}; do
-    echo "run image-$m --task image --attention $m --steps ${IMAGE_STEPS:-600} --eval-every 300 --eval-batches 16"
+    echo "run $img-$m --task image --attention $m --steps ${IMAGE_STEPS:-600} --eval-every ${IMAGE_EVAL:-300} --eval-batches 16"
   done
 }
 struct_image_table() {
   printf "\nFashion-MNIST (32x32 pixel tokens), %s steps: test accuracy, ms/step\n" "${IMAGE_STEPS:-600}"
   for m in ${IMAGE_MECHS:-softmax linear qtvit inline}; do
-    local f=$runs/image-$m/result.txt
-    printf "%-8s %-8s %s\n" "$m" "$(figure image-$m acc)" "$([ -f "$f" ] && sed -E 's/.*; ([0-9.]+) ms\/step.*/\1 ms\/step/' "$f")"
+    local f=$runs/$img-$m/result.txt
+    printf "%-8s %-8s %s\n" "$m" "$(figure $img-$m acc)" "$([ -f "$f" ] && sed -E 's/.*; ([0-9.]+) ms\/step.*/\1 ms\/step/' "$f")"
   done
 }
 
