@@ -12,6 +12,7 @@
 // Causal (AttentionOptions::causal): query i sees keys j <= i; the kernel skips the key tiles
 // above the diagonal.
 #include <cmath>
+#include <cstdio>
 
 #include "../ops/mlr_attention.h"
 #include "attention.h"
@@ -28,14 +29,21 @@ class MlrAttention : public AttentionMechanism {
         causal_(o.causal) {
     for (int64_t r : ranks_) scales_.push_back(o.get("mlr_scale") == 0 ? 1.0 / (double)r : 1.0 / std::sqrt((double)r));
   }
+  // Names the ranks and the score product's cost against softmax's at this head width,
+  // Σ_l r_l/2^l / d, so that benchmarks and model lines show it.
   std::string type_name() const override {
     std::string r;
-    for (int64_t x : ranks_) {
+    double cost = 0, d = 0;
+    for (size_t l = 0; l < ranks_.size(); ++l) {
       if (!r.empty()) r += "|";
-      r += std::to_string(x);
+      r += std::to_string(ranks_[l]);
+      cost += std::ldexp((double)ranks_[l], -(int)l);
+      d += (double)ranks_[l];
     }
-    return "MlrAttention(ranks " + r + (span_ > 0 ? ", span " + std::to_string(span_) : "") + (causal_ ? ", causal" : "") +
-           (fused_ ? ")" : ", reference)");
+    char c[32];
+    std::snprintf(c, sizeof c, "%.3g", d > 0 ? cost / d : 0.0);
+    return "MlrAttention(ranks " + r + ", score cost " + c + (span_ > 0 ? ", span " + std::to_string(span_) : "") +
+           (causal_ ? ", causal" : "") + (fused_ ? ")" : ", reference)");
   }
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) override {
     return mlr_attention(q, k, v, ranks_, mask, causal_, scales_, span_, fused_);

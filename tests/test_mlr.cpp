@@ -384,7 +384,7 @@ TEST_CASE("mlr mechanism: knobs, ranks, the map it applies") {
   o.d_head = 16;
   o.knobs = {{"mlr_split", 1}, {"mlr_levels", 3}, {"mlr_scale", 1}};
   auto m = nn::make_attention(o, g);
-  CHECK(m->type_name() == "MlrAttention(ranks 6|5|5)");
+  CHECK(m->type_name() == "MlrAttention(ranks 6|5|5, score cost 0.609)");  // (6 + 5/2 + 5/4)/16
   const Tensor q = rnd({2, 2, 40, 16}, 111), k = rnd({2, 2, 40, 16}, 112), v = rnd({2, 2, 40, 16}, 113);
   const Tensor mask = pads("inner", 2, 40);
   const std::vector<double> c{1 / std::sqrt(6.0), 1 / std::sqrt(5.0), 1 / std::sqrt(5.0)};
@@ -394,7 +394,7 @@ TEST_CASE("mlr mechanism: knobs, ranks, the map it applies") {
   o.knobs["fused"] = 0;
   CHECK(max_diff(nn::make_attention(o, g)->forward(q, k, v, mask), y) < 1e-12);
   o.knobs = {{"mlr_levels", 5}};  // d 16 halving: 8|4|2|1|1
-  CHECK(nn::make_attention(o, g)->type_name() == "MlrAttention(ranks 8|4|2|1|1)");
+  CHECK(nn::make_attention(o, g)->type_name() == "MlrAttention(ranks 8|4|2|1|1, score cost 0.668)");  // 10.6875/16
   o.knobs = {{"mlr_levels", 6}};  // 8|4|2|1|0|1
   CHECK_THROWS_WITH_AS(nn::make_attention(o, g), doctest::Contains("leaves a level without dims"), std::invalid_argument);
 }
