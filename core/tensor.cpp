@@ -196,6 +196,19 @@ void empty_storage_cache() {
   c.held = 0;
 }
 
+namespace {
+// LOTGRAD_POISON_UNINIT=1: make_tensor_uninit's memory is filled with 0xFF bytes (NaN in f32
+// and f64), so a kernel that reads an element it never wrote shows NaN in its test instead of
+// stale values that happen to be right. The sanitizer job sets it (scripts/sanitize.sh).
+bool poison_uninit() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOTGRAD_POISON_UNINIT");
+    return v && std::string(v) != "0" && std::string(v) != "";
+  }();
+  return on;
+}
+}  // namespace
+
 Storage::Storage(size_t n, bool zero) : nbytes(n) {
   size_t alloc = std::max<size_t>(64, (n + 63) / 64 * 64);
   data = take_block(alloc, alloc);
@@ -205,9 +218,10 @@ Storage::Storage(size_t n, bool zero) : nbytes(n) {
     raise_peak(g_bytes_reserved_peak, g_bytes_reserved.fetch_add((int64_t)alloc) + (int64_t)alloc);
   }
   block = alloc;
-  if (zero) {  // large blocks are zeroed by all threads (a serial memset left the others idle)
+  if (zero || poison_uninit()) {  // large blocks by all threads (a serial memset left the others idle)
     char* c = static_cast<char*>(data);
-    parallel_for(0, (int64_t)alloc, 1 << 20, [&](int64_t b, int64_t e) { std::memset(c + b, 0, (size_t)(e - b)); });
+    const int fill = zero ? 0 : 0xFF;
+    parallel_for(0, (int64_t)alloc, 1 << 17, [&](int64_t b, int64_t e) { std::memset(c + b, fill, (size_t)(e - b)); });
   }
   raise_peak(g_bytes_peak, g_bytes_in_use.fetch_add((int64_t)alloc) + (int64_t)alloc);
 }

@@ -232,7 +232,7 @@ struct Band {
 };
 
 // Sizes of one call. Rows are padded to whole tiles and the head dim to whole vectors; the
-// padding is zero (packed buffers are zero-initialised) and padded keys are masked.
+// padding is zero (the packing jobs write it) and padded keys are masked.
 struct Geo {
   int64_t B, H, n, m, d, e;  // e: the value width (d for q and k)
   int64_t dp, dv;        // padded head dim, vectors per row
@@ -284,26 +284,32 @@ inline void run_jobs(const std::vector<Job>& jobs, int64_t grain) {
 }
 inline int64_t row_grain(const Geo& g) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>({g.d, g.e, 1})); }
 
-// dst (BH, rows_pad, wp) ← src (B, H, rows, w) (any strides) · mul; one item per row. The width
-// is g.d (q, k) or g.e (v, dO), padded to g.dp or g.ep.
+// dst (BH, rows_pad, wp) ← src (B, H, rows, w) (any strides) · mul, the padding (rows past
+// rows, columns past w) written as zeros, so dst needs no zero fill first; one item per row.
+// The width is g.d (q, k) or g.e (v, dO), padded to g.dp or g.ep.
 template <class T>
 Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, int64_t w, int64_t wp, T mul, T* dst) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
   const int64_t d = w, dp = wp, H = g.H;
-  return {g.BH() * rows, [=](int64_t r) {
-            const int64_t bh = r / rows, i = r % rows;
+  return {g.BH() * rows_pad, [=](int64_t r) {
+            const int64_t bh = r / rows_pad, i = r % rows_pad;
+            T* o = dst + r * dp;
+            if (i >= rows) {
+              std::fill(o, o + dp, T(0));
+              return;
+            }
             const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-            T* o = dst + (bh * rows_pad + i) * dp;
             if (st[3] == 1)
               for (int64_t c = 0; c < d; ++c) o[c] = s[c] * mul;
             else
               for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul;
+            std::fill(o + d, o + dp, T(0));
           }};
 }
 
 // dst (BH, nJ, w, kBc) ← src (B, H, m, w): every key tile stored transposed, so score tiles
-// can be built with loads along the keys. One item per tile.
+// can be built with loads along the keys; columns past m written as zeros. One item per tile.
 template <class T>
 Job pack_tiles_t(const Tensor& src, const Geo& g, int64_t w, T* dst) {
   const T* s0 = src.data_ptr<T>();
@@ -312,10 +318,12 @@ Job pack_tiles_t(const Tensor& src, const Geo& g, int64_t w, T* dst) {
   return {g.BH() * nJ, [=](int64_t u) {
             const int64_t bh = u / nJ, J = u % nJ;
             T* o = dst + u * d * kBc;
-            for (int64_t c = 0; c < kBc && J * kBc + c < m; ++c) {
+            const int64_t cols = std::min<int64_t>(kBc, m - J * kBc);
+            for (int64_t c = 0; c < cols; ++c) {
               const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + (J * kBc + c) * st[2];
               for (int64_t k = 0; k < d; ++k) o[k * kBc + c] = s[k * st[3]];
             }
+            for (int64_t k = 0; k < d && cols < kBc; ++k) std::fill(o + k * kBc + cols, o + (k + 1) * kBc, T(0));
           }};
 }
 
@@ -514,6 +522,42 @@ inline int64_t backward_chunks(const Geo& g) {
   const int64_t T = get_num_threads(), BH = std::max<int64_t>(g.BH(), 1);
   const int64_t c = T / std::gcd(BH, T);
   return std::max<int64_t>(1, std::min<int64_t>(c, g.nI));
+}
+
+// One backward unit u = (head bh, chunk c of query tiles [bounds[c], bounds[c + 1])): a unit
+// owns its rows of dQ (dq: BH × n_pad × dp) and its partial dK/dV rows (dk_part: chunks × BH ×
+// m_pad × dp, dv_part the same with ep). It zeroes its dQ rows, then per key tile J runs
+// pair(I, J) for the query tiles that visit J, accumulating into dQ and dkacc/dvacc (kBc × dp,
+// kBc × ep), and stores those as J's partial rows; J's rows are zeros when no query tile of the
+// chunk visits J or all its keys are padded. So none of the three buffers needs a zero fill.
+template <class T, class Pair>
+void backward_unit(const Geo& g, const std::vector<TileRange>& tiles, const std::vector<int64_t>& bounds, int64_t chunks,
+                   int64_t u, const KeyMask<T>& km, T* dq, T* dk_part, T* dv_part, std::vector<T>& dkacc,
+                   std::vector<T>& dvacc, Pair pair) {
+  const int64_t dp = g.dp, ep = g.ep, nJ = g.nJ, BH = g.BH();
+  const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
+  const int64_t I0 = bounds[(size_t)c], I1 = bounds[(size_t)c + 1];
+  T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
+  T* dvp = dv_part + (c * BH + bh) * g.m_pad * ep;
+  std::fill(dq + (bh * g.n_pad + I0 * kBr) * dp, dq + (bh * g.n_pad + I1 * kBr) * dp, T(0));
+  TileRange js{nJ, -1};  // the key tiles some query tile of the chunk visits
+  for (int64_t I = I0; I < I1; ++I)
+    if (tiles[(size_t)I].count() > 0) js = {std::min(js.lo, tiles[(size_t)I].lo), std::max(js.hi, tiles[(size_t)I].hi)};
+  for (int64_t J = 0; J < nJ; ++J) {
+    T* dkJ = dkp + J * kBc * dp;
+    T* dvJ = dvp + J * kBc * ep;
+    if (J < js.lo || J > js.hi || km.status[b * nJ + J] == kTileMasked) {
+      std::fill(dkJ, dkJ + kBc * dp, T(0));
+      std::fill(dvJ, dvJ + kBc * ep, T(0));
+      continue;
+    }
+    std::fill(dkacc.begin(), dkacc.end(), T(0));
+    std::fill(dvacc.begin(), dvacc.end(), T(0));
+    for (int64_t I = I0; I < I1; ++I)
+      if (tiles[(size_t)I].lo <= J && J <= tiles[(size_t)I].hi) pair(bh, I, J);
+    std::copy(dkacc.begin(), dkacc.end(), dkJ);
+    std::copy(dvacc.begin(), dvacc.end(), dvJ);
+  }
 }
 
 // Errors name the op and every operand involved.

@@ -308,7 +308,7 @@ void mlr_backward_pair(const Geo& g, const MlrBackwardArgs<T>& a, int64_t bh, in
 
 template <class T>
 void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& a, T* dk_part, T* dv_part) {
-  const int64_t dp = g.dp, ep = g.ep, nJ = g.nJ, BH = g.BH();
+  const int64_t dp = g.dp, ep = g.ep;
   int64_t pairs = 0;
   const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
   const std::vector<int64_t> bounds = chunk_bounds(tiles, pairs, chunks);
@@ -318,23 +318,9 @@ void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& 
                                  std::vector<T>((size_t)(kBc * dp)), std::vector<T>((size_t)(kBc * ep)),
                                  std::vector<T>((size_t)kBr * Simd<T>::W)};
   };
-  for_each_unit(BH * chunks, unit_grain(unit_work), make, [&](int64_t u, MlrBackwardScratch<T>& sc) {
-    const int64_t bh = u / chunks, c = u % chunks, b = bh / g.H;
-    const int64_t I0 = bounds[(size_t)c], I1 = bounds[(size_t)c + 1];
-    T* dkp = dk_part + (c * BH + bh) * g.m_pad * dp;
-    T* dvp = dv_part + (c * BH + bh) * g.m_pad * ep;
-    TileRange js{nJ, -1};
-    for (int64_t I = I0; I < I1; ++I)
-      if (tiles[(size_t)I].count() > 0) js = {std::min(js.lo, tiles[(size_t)I].lo), std::max(js.hi, tiles[(size_t)I].hi)};
-    for (int64_t J = js.lo; J <= js.hi; ++J) {
-      if (a.km->status[b * nJ + J] == kTileMasked) continue;
-      std::fill(sc.dkacc.begin(), sc.dkacc.end(), T(0));
-      std::fill(sc.dvacc.begin(), sc.dvacc.end(), T(0));
-      for (int64_t I = I0; I < I1; ++I)
-        if (tiles[(size_t)I].lo <= J && J <= tiles[(size_t)I].hi) mlr_backward_pair(g, a, bh, I, J, sc);
-      std::copy(sc.dkacc.begin(), sc.dkacc.end(), dkp + J * kBc * dp);
-      std::copy(sc.dvacc.begin(), sc.dvacc.end(), dvp + J * kBc * ep);
-    }
+  for_each_unit(g.BH() * chunks, unit_grain(unit_work), make, [&](int64_t u, MlrBackwardScratch<T>& sc) {
+    backward_unit<T>(g, tiles, bounds, chunks, u, *a.km, a.dq, dk_part, dv_part, sc.dkacc, sc.dvacc,
+                     [&](int64_t bh, int64_t I, int64_t J) { mlr_backward_pair(g, a, bh, I, J, sc); });
   });
 }
 
@@ -343,7 +329,8 @@ void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& 
 // =======================================================================================
 Band mlr_band(bool causal) { return causal ? Band{kNoLimit, 0} : Band{}; }
 
-// The prefix trick's folding: packed q rows (BH, n_pad, dp) = q · c_(level of the dim) · log2 e.
+// The prefix trick's folding: packed q rows (BH, n_pad, dp) = q · c_(level of the dim) · log2 e,
+// the padding written as zeros (as pack_rows).
 template <class T>
 Job pack_q(const Tensor& q, const Geo& g, const std::vector<double>& col, T* dst) {
   const T* s0 = q.data_ptr<T>();
@@ -351,11 +338,16 @@ Job pack_q(const Tensor& q, const Geo& g, const std::vector<double>& col, T* dst
   std::vector<T> mul(col.size());
   for (size_t c = 0; c < col.size(); ++c) mul[c] = (T)(col[c] * kLog2e);
   const int64_t n = g.n, n_pad = g.n_pad, d = g.d, dp = g.dp, H = g.H;
-  return {g.BH() * n, [=](int64_t r) {
-            const int64_t bh = r / n, i = r % n;
+  return {g.BH() * n_pad, [=](int64_t r) {
+            const int64_t bh = r / n_pad, i = r % n_pad;
+            T* o = dst + r * dp;
+            if (i >= n) {
+              std::fill(o, o + dp, T(0));
+              return;
+            }
             const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-            T* o = dst + (bh * n_pad + i) * dp;
             for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul[(size_t)c];
+            std::fill(o + d, o + dp, T(0));
           }};
 }
 // dq (B, H, n, d) contiguous = packed dS K rows · c_(level of the dim).
@@ -377,7 +369,7 @@ std::pair<Tensor, Tensor> mlr_fused_forward(const Tensor& q, const Tensor& k, co
                                             const Levels& lv, bool causal, bool want_lse) {
   const Geo g = make_geo<T>(q, k, v, mlr_band(causal));
   const DType dt = dtype_of<T>::value;
-  Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);  // zero-filled on purpose: see fused_forward in ops/attention.cpp
   Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
   Tensor vr = make_tensor({g.BH(), g.m_pad, g.ep}, dt);
   run_jobs({pack_q<T>(q, g, lv.col, qs.data_ptr<T>()),
@@ -399,11 +391,11 @@ std::array<Tensor, 3> mlr_fused_backward(const Tensor& q, const Tensor& k, const
   const Geo g = make_geo<T>(q, k, v, mlr_band(causal));
   const DType dt = dtype_of<T>::value;
   const int64_t chunks = backward_chunks(g);
-  Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
-  Tensor kt = make_tensor({g.BH(), g.nJ, g.d, kBc}, dt);
-  Tensor kr = make_tensor({g.BH(), g.m_pad, g.dp}, dt);
-  Tensor vt = make_tensor({g.BH(), g.nJ, g.e, kBc}, dt);
-  Tensor dor = make_tensor({g.BH(), g.n_pad, g.ep}, dt);
+  Tensor qs = make_tensor_uninit({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor kt = make_tensor_uninit({g.BH(), g.nJ, g.d, kBc}, dt);
+  Tensor kr = make_tensor_uninit({g.BH(), g.m_pad, g.dp}, dt);
+  Tensor vt = make_tensor_uninit({g.BH(), g.nJ, g.e, kBc}, dt);
+  Tensor dor = make_tensor_uninit({g.BH(), g.n_pad, g.ep}, dt);
   // D_i = rowsum(dO ∘ O)_i; padded rows stay 0.
   Tensor Dt = make_tensor({g.BH(), g.n_pad}, dt);
   Job djob;
@@ -428,9 +420,9 @@ std::array<Tensor, 3> mlr_fused_backward(const Tensor& q, const Tensor& k, const
             pack_rows<T>(dout, g, g.n, g.n_pad, g.e, g.ep, T(1), dor.data_ptr<T>()), djob},
            row_grain(g));
   const KeyMask<T> km = make_key_mask<T>(mask, g);
-  Tensor dqp = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
-  Tensor dkp = make_tensor({chunks, g.BH(), g.m_pad, g.dp}, dt);
-  Tensor dvp = make_tensor({chunks, g.BH(), g.m_pad, g.ep}, dt);
+  Tensor dqp = make_tensor_uninit({g.BH(), g.n_pad, g.dp}, dt);
+  Tensor dkp = make_tensor_uninit({chunks, g.BH(), g.m_pad, g.dp}, dt);
+  Tensor dvp = make_tensor_uninit({chunks, g.BH(), g.m_pad, g.ep}, dt);
   const MlrBackwardArgs<T> args{qs.data_ptr<T>(), kt.data_ptr<T>(),  kr.data_ptr<T>(), vt.data_ptr<T>(),
                                 dor.data_ptr<T>(), Dt.data_ptr<T>(), lse.data_ptr<T>(), &km, &lv, dqp.data_ptr<T>()};
   mlr_backward_tiles<T>(g, chunks, args, dkp.data_ptr<T>(), dvp.data_ptr<T>());

@@ -14,6 +14,7 @@ cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Sanitize -DCMAKE_CXX_FLAGS_SANI
 cmake --build "$dir"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export LOTGRAD_POISON_UNINIT=1  # uninitialised tensor memory reads as NaN (core/tensor.cpp)
 ctest --test-dir "$dir" -j2 --output-on-failure
 # A graph of 10 million ops is freed without recursion (tests/test_autograd.cpp), alone: under
 # ASan it takes 11.5 GB and about 3 minutes of CPU.
