@@ -129,78 +129,92 @@ bool for_each_shared_block(const int64_t* ri, const int64_t* cj, F f) {
 // =======================================================================================
 // the three level-aware steps of a tile pair
 // =======================================================================================
+// Scratch of the level steps, one per thread: a (kBr × kBc) tile and two slices of up to dp
+// columns (kBc × dp, kBr × dp).
+template <class T>
+struct LevelScratch {
+  std::vector<T> tile, slice, acc;
+  explicit LevelScratch(int64_t dp)
+      : tile((size_t)kBr * kBc), slice((size_t)(kBc * dp)), acc((size_t)(std::max(kBr, kBc) * dp)) {}
+};
+
+// A deeper level's blocks cut the tiles (they are shorter than a tile, or not aligned to one):
+// its pairs are rectangles of the tile. Each such level costs one whole-tile product of its r
+// dims, vectorised, of which only the rectangles are used: a scalar loop over the rectangles
+// took as long as the rest of the tile pair (MLR at n = 256 ran slower than softmax).
+
 // Scores s (kBr × kBc) of tile pair (I, J) of batch entry b: qI (kBr × dp, the folded scales
 // and log2 e in it), ktJ (d × kBc, the key tile transposed).
 template <class T>
-void level_scores(const Levels& lv, int64_t b, int64_t I, int64_t J, const T* qI, int64_t dp, const T* ktJ, T* s) {
+void level_scores(const Levels& lv, int64_t b, int64_t I, int64_t J, const T* qI, int64_t dp, const T* ktJ, T* s,
+                  LevelScratch<T>& ls) {
   const int c = shared_depth(lv, b, I, J);
   const int64_t R = lv.off[(size_t)(c + 1)];
   if (R > 0)
     tile_scores<T>(qI, dp, ktJ, (int)R, s);
   else
     std::fill(s, s + kBr * kBc, T(0));
+  T* t = ls.tile.data();
   for (int l = c + 1; l < lv.L; ++l) {
     const int64_t o = lv.off[(size_t)l], r = lv.off[(size_t)l + 1] - o;
+    bool scored = false;
     const bool any = for_each_shared_block(lv.ids(b, l) + I * kBr, lv.ids(b, l) + J * kBc, [&](int i0, int i1, int j0, int j1) {
-      for (int i = i0; i < i1; ++i) {
-        T* sr = s + i * kBc;
-        const T* qr = qI + i * dp + o;
-        for (int64_t f = 0; f < r; ++f) {
-          const T x = qr[f];
-          const T* kr = ktJ + (o + f) * kBc;
-          for (int j = j0; j < j1; ++j) sr[j] += x * kr[j];
-        }
-      }
+      if (!scored) tile_scores<T>(qI + o, dp, ktJ + o * kBc, (int)r, t);  // the level's scores, whole tile
+      scored = true;
+      for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j) s[i * kBc + j] += t[i * kBc + j];
     });
     if (!any) break;  // levels nest: no deeper level is shared either
   }
 }
 
-// out[:, 0:R) += A · b[:, 0:R), A and b as in tile_accum (b: kred rows of stride ldb). Whole
-// vectors go to tile_accum; the last, partial one goes through a copy of b's columns with the
-// lanes past R zeroed (tail: kred × W), so out's dims past R receive exactly nothing.
+// out[:, o:o+r) += A · b[:, o:o+r), A and b as in tile_accum (b: kred rows of stride ldb): the
+// whole vectors from o = 0 straight, any other slice through copies of b's columns, zero-padded
+// to whole vectors, and of the product, so that out's other dims receive exactly nothing.
 template <class T>
-void prefix_accum(const T* a, int64_t ars, int64_t acs, int rows, int kred, const T* b, int64_t ldb, T* out,
-                  int64_t ldo, int64_t R, T* tail) {
+void slice_accum(const T* a, int64_t ars, int64_t acs, int rows, int kred, const T* b, int64_t ldb, T* out,
+                 int64_t ldo, int64_t o, int64_t r, LevelScratch<T>& ls) {
   constexpr int W = Simd<T>::W;
-  const int nv = (int)(R / W), t = (int)(R % W);
-  if (nv > 0) tile_accum<T>(a, ars, acs, rows, kred, b, ldb, out, ldo, nv);
-  if (t == 0) return;
-  for (int j = 0; j < kred; ++j) {
-    const T* src = b + j * ldb + nv * W;
-    T* dst = tail + j * W;
-    for (int f = 0; f < W; ++f) dst[f] = f < t ? src[f] : T(0);
+  if (o == 0 && r >= W) {
+    const int nv = (int)(r / W);
+    tile_accum<T>(a, ars, acs, rows, kred, b, ldb, out, ldo, nv);
+    o = nv * W;
+    r -= o;
   }
-  tile_accum<T>(a, ars, acs, rows, kred, tail, W, out + nv * W, ldo, 1);
+  if (r == 0) return;
+  const int rv = (int)((r + W - 1) / W);
+  const int64_t w = rv * W;
+  T* sl = ls.slice.data();
+  T* acc = ls.acc.data();
+  for (int j = 0; j < kred; ++j)
+    for (int64_t f = 0; f < w; ++f) sl[j * w + f] = f < r ? b[j * ldb + o + f] : T(0);
+  std::fill(acc, acc + rows * w, T(0));
+  tile_accum<T>(a, ars, acs, rows, kred, sl, w, acc, w, rv);
+  for (int i = 0; i < rows; ++i)
+    for (int64_t f = 0; f < r; ++f) out[i * ldo + o + f] += acc[i * w + f];
 }
 
 // dQ_I += dS K_J and dK_J += dSᵀ Qs_I over the dims each pair shares: ds (kBr × kBc), krJ
 // (kBc × dp, key rows), qI (kBr × dp), dqI (kBr × dp), dkJ (kBc × dp).
 template <class T>
 void level_grads(const Levels& lv, int64_t b, int64_t I, int64_t J, const T* ds, const T* krJ, const T* qI, int64_t dp,
-                 T* dqI, T* dkJ, T* tail) {
+                 T* dqI, T* dkJ, LevelScratch<T>& ls) {
   const int c = shared_depth(lv, b, I, J);
   const int64_t R = lv.off[(size_t)(c + 1)];
-  prefix_accum<T>(ds, kBc, 1, kBr, kBc, krJ, dp, dqI, dp, R, tail);
-  prefix_accum<T>(ds, 1, kBc, kBc, kBr, qI, dp, dkJ, dp, R, tail);
+  slice_accum<T>(ds, kBc, 1, kBr, kBc, krJ, dp, dqI, dp, 0, R, ls);
+  slice_accum<T>(ds, 1, kBc, kBc, kBr, qI, dp, dkJ, dp, 0, R, ls);
+  T* dsl = ls.tile.data();  // dS on the level's rectangles, zero elsewhere
   for (int l = c + 1; l < lv.L; ++l) {
     const int64_t o = lv.off[(size_t)l], r = lv.off[(size_t)l + 1] - o;
+    bool cleared = false;
     const bool any = for_each_shared_block(lv.ids(b, l) + I * kBr, lv.ids(b, l) + J * kBc, [&](int i0, int i1, int j0, int j1) {
-      for (int i = i0; i < i1; ++i) {
-        T* dq = dqI + i * dp + o;
-        const T* q = qI + i * dp + o;
-        for (int j = j0; j < j1; ++j) {
-          const T g = ds[i * kBc + j];
-          const T* k = krJ + j * dp + o;
-          T* dk = dkJ + j * dp + o;
-          for (int64_t f = 0; f < r; ++f) {
-            dq[f] += g * k[f];
-            dk[f] += g * q[f];
-          }
-        }
-      }
+      if (!cleared) std::fill(dsl, dsl + kBr * kBc, T(0));
+      cleared = true;
+      for (int i = i0; i < i1; ++i) std::copy(ds + i * kBc + j0, ds + i * kBc + j1, dsl + i * kBc + j0);
     });
     if (!any) break;
+    slice_accum<T>(dsl, kBc, 1, kBr, kBc, krJ, dp, dqI, dp, o, r, ls);
+    slice_accum<T>(dsl, 1, kBc, kBc, kBr, qI, dp, dkJ, dp, o, r, ls);
   }
 }
 
@@ -215,10 +229,11 @@ void mlr_forward_tiles(const Geo& g, const Levels& lv, const T* qs, const T* kt,
   const int64_t dp = g.dp, d = g.d, ep = g.ep, e = g.e, nI = g.nI, nJ = g.nJ;
   struct Scratch {
     std::vector<T> s, acc, mx, l;
+    LevelScratch<T> ls;
   };
   auto make = [&] {
     return Scratch{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)(kBr * ep)), std::vector<T>(kBr),
-                   std::vector<T>(kBr)};
+                   std::vector<T>(kBr), LevelScratch<T>(dp)};
   };
   int64_t pairs = 0;
   const std::vector<TileRange> tiles = all_key_tiles(g, pairs);
@@ -232,7 +247,7 @@ void mlr_forward_tiles(const Geo& g, const Levels& lv, const T* qs, const T* kt,
     for (int64_t J = tiles[(size_t)I].lo; J <= tiles[(size_t)I].hi; ++J) {
       const uint8_t st = km.status[b * nJ + J];
       if (st == kTileMasked) continue;
-      level_scores<T>(lv, b, I, J, qI, dp, kt + (bh * nJ + J) * d * kBc, sc.s.data());
+      level_scores<T>(lv, b, I, J, qI, dp, kt + (bh * nJ + J) * d * kBc, sc.s.data(), sc.ls);
       if (!tile_inside_band(g, I, J)) mask_band(g, I, J, sc.s.data());
       const T* bias = st == kTilePartial ? km.bias.data() + b * g.m_pad + J * kBc : nullptr;
       online_softmax_tile<T>(sc.s.data(), bias, sc.mx.data(), sc.l.data(), sc.acc.data(), ep);
@@ -264,7 +279,8 @@ struct MlrBackwardArgs {
 };
 template <class T>
 struct MlrBackwardScratch {
-  std::vector<T> p, ds, dkacc, dvacc, tail;  // (kBr × kBc) twice, (kBc × dp), (kBc × ep), (kBr × W)
+  std::vector<T> p, ds, dkacc, dvacc;  // (kBr × kBc) twice, (kBc × dp), (kBc × ep)
+  LevelScratch<T> ls;
 };
 
 template <class T>
@@ -281,7 +297,7 @@ void mlr_backward_pair(const Geo& g, const MlrBackwardArgs<T>& a, int64_t bh, in
   const T* doI = a.dor + r0 * ep;
   T* p = sc.p.data();
   T* ds = sc.ds.data();
-  level_scores<T>(*a.lv, b, I, J, qI, dp, a.kt + (bh * nJ + J) * d * kBc, p);
+  level_scores<T>(*a.lv, b, I, J, qI, dp, a.kt + (bh * nJ + J) * d * kBc, p, sc.ls);
   if (!tile_inside_band(g, I, J)) mask_band(g, I, J, p);
   for (int i = 0; i < kBr; ++i) {  // P = exp(S + bias - lse)
     T* pr = p + i * kBc;
@@ -302,8 +318,7 @@ void mlr_backward_pair(const Geo& g, const MlrBackwardArgs<T>& a, int64_t bh, in
     for (int cc = 0; cc < kBc; cc += W) S::store(dr + cc, S::load(pr + cc) * (S::load(dr + cc) - Di));
   }
   // dQ_I += dS K_J, dK_J += dSᵀ Qs_I over the shared levels' dims
-  level_grads<T>(*a.lv, b, I, J, ds, a.kr + (bh * g.m_pad + J * kBc) * dp, qI, dp, a.dq + r0 * dp, sc.dkacc.data(),
-                 sc.tail.data());
+  level_grads<T>(*a.lv, b, I, J, ds, a.kr + (bh * g.m_pad + J * kBc) * dp, qI, dp, a.dq + r0 * dp, sc.dkacc.data(), sc.ls);
 }
 
 template <class T>
@@ -316,7 +331,7 @@ void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& 
   auto make = [&] {
     return MlrBackwardScratch<T>{std::vector<T>((size_t)kBr * kBc), std::vector<T>((size_t)kBr * kBc),
                                  std::vector<T>((size_t)(kBc * dp)), std::vector<T>((size_t)(kBc * ep)),
-                                 std::vector<T>((size_t)kBr * Simd<T>::W)};
+                                 LevelScratch<T>(dp)};
   };
   for_each_unit(g.BH() * chunks, unit_grain(unit_work), make, [&](int64_t u, MlrBackwardScratch<T>& sc) {
     backward_unit<T>(g, tiles, bounds, chunks, u, *a.km, a.dq, dk_part, dv_part, sc.dkacc, sc.dvacc,
@@ -346,7 +361,11 @@ Job pack_q(const Tensor& q, const Geo& g, const std::vector<double>& col, T* dst
               return;
             }
             const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-            for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul[(size_t)c];
+            const T* m = mul.data();
+            if (st[3] == 1)  // the usual layout: a loop the compiler vectorises
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c] * m[c];
+            else
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * m[c];
             std::fill(o + d, o + dp, T(0));
           }};
 }
