@@ -31,8 +31,10 @@
 // every pair of the tile shares, plus each deeper level's dims only on the pairs that share it
 // (tiles that straddle a block boundary). Scores cost Σ_l n²·r_l/2^l instead of n²·d, and dQ
 // and dK shrink the same way; the exponentials and the value products (n²·e: out, dV, dP) do
-// not. At d = e = 64 (f32) the score product is about half of the softmax kernel's forward
-// time, so ranks 32|16|8|8 (Σ r_l/2^l = 43 of 64) run at about 0.85 of softmax's time.
+// not. So of a tile pair's seven tile products four shrink to f = Σ_l r_l/2^l / d, and at
+// d = e = 64 (f32, 72% of softmax's time in the products) the time is about 0.28 + 0.72·(3 +
+// 4f)/7 of softmax's: 0.865 for ranks 32|16|8|8 (f = 43/64), 0.86-0.89 measured
+// (docs/structured.md has the rank sweep that checks the model).
 // No n×n memory, forward or backward.
 #pragma once
 #include <cstdint>
