@@ -181,7 +181,7 @@ std::pair<Tensor, Tensor> fused_forward(const Tensor& q, const Tensor& k, const 
   const Geo g = make_geo<T>(q, k, v, band);
   const DType dt = dtype_of<T>::value;
   // The packing writes every element, padding included, yet these are zero-filled first: the
-  // fill runs on all threads and leaves the blocks in cache, and the forward ran 3% faster so
+  // fill runs on all threads and leaves the blocks in cache, and the forward ran 3% faster that way
   // than packing into cold blocks (alternated pairs, n = 1,024). The backward's buffers, used
   // later and longer, go unfilled (2% faster there).
   Tensor qs = make_tensor({g.BH(), g.n_pad, g.dp}, dt);
