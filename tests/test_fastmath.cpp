@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 
 #include <lotgrad/ops/fastmath.h>
@@ -41,6 +42,36 @@ TEST_CASE("fastmath: fexp float and double within 2 ulp over their ranges") {
   CHECK(fexp(-100.0f) == 0.0f);
   CHECK(std::isinf(fexp(89.0f)));
   CHECK(std::isinf(fexp(710.0)));
+}
+
+TEST_CASE("fastmath: fexpm1 float and double within 2.5 ulp, also near 0 where exp(x) - 1 cancels") {
+  double wf = 0, wd = 0;
+  for (int64_t k = 0; k <= 2000000; ++k) {
+    const float x = -87.0f + (float)(175.37 * (double)k / 2000000.0);
+    wf = std::max(wf, ulps(fexpm1(x), std::expm1((long double)x)));
+    const double xd = -708.0 + 1416.9999 * (double)k / 2000000.0 + 1e-8 * (double)(k % 7);
+    wd = std::max(wd, ulps(fexpm1(xd), std::expm1((long double)xd)));
+  }
+  for (int64_t k = -100000; k <= 100000; ++k) {  // dense around 0 and across the switch at |x| = 1
+    for (double c : {0.0, 1.0, -1.0}) {
+      const double xd = c + (double)k * 1.1e-5;
+      const float x = (float)xd;
+      if (x != 0.0f) wf = std::max(wf, ulps(fexpm1(x), std::expm1((long double)x)));
+      if (xd != 0.0) wd = std::max(wd, ulps(fexpm1(xd), std::expm1((long double)xd)));
+    }
+    const double tiny = (double)k * 1e-12;
+    if (tiny != 0.0) wd = std::max(wd, ulps(fexpm1(tiny), std::expm1((long double)tiny)));
+  }
+  MESSAGE("fexpm1 max error: float " << wf << " ulp, double " << wd << " ulp");
+  CHECK(wf < 2.5);
+  CHECK(wd < 2.5);
+  CHECK(fexpm1(0.0f) == 0.0f);
+  CHECK(fexpm1(0.0) == 0.0);
+  CHECK(fexpm1(-std::numeric_limits<float>::infinity()) == -1.0f);
+  CHECK(fexpm1(-std::numeric_limits<double>::infinity()) == -1.0);
+  CHECK(std::isnan(fexpm1(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(std::isnan(fexpm1(std::numeric_limits<double>::quiet_NaN())));
+  CHECK(std::isinf(fexpm1(89.0f)));
 }
 
 TEST_CASE("fastmath: flog float and double within 2 ulp for all positive inputs, subnormals included") {
