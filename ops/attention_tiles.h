@@ -284,11 +284,13 @@ inline void run_jobs(const std::vector<Job>& jobs, int64_t grain) {
 }
 inline int64_t row_grain(const Geo& g) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>({g.d, g.e, 1})); }
 
-// dst (BH, rows_pad, wp) ← src (B, H, rows, w) (any strides) · mul, the padding (rows past
-// rows, columns past w) written as zeros, so dst needs no zero fill first; one item per row.
-// The width is g.d (q, k) or g.e (v, dO), padded to g.dp or g.ep.
+// dst (BH, rows_pad, wp) ← src (B, H, rows, w) (any strides) · mul, or · col_mul[c] per column
+// when col_mul is given; the padding (rows past rows, columns past w) written as zeros, so dst
+// needs no zero fill first; one item per row. The width is g.d (q, k) or g.e (v, dO), padded
+// to g.dp or g.ep.
 template <class T>
-Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, int64_t w, int64_t wp, T mul, T* dst) {
+Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, int64_t w, int64_t wp, T mul, T* dst,
+              std::vector<T> col_mul = {}) {
   const T* s0 = src.data_ptr<T>();
   const Shape st = src.strides();
   const int64_t d = w, dp = wp, H = g.H;
@@ -300,10 +302,15 @@ Job pack_rows(const Tensor& src, const Geo& g, int64_t rows, int64_t rows_pad, i
               return;
             }
             const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-            if (st[3] == 1)
+            const T* m = col_mul.data();
+            if (!m && st[3] == 1)  // the usual layouts: loops the compiler vectorises
               for (int64_t c = 0; c < d; ++c) o[c] = s[c] * mul;
-            else
+            else if (!m)
               for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * mul;
+            else if (st[3] == 1)
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c] * m[c];
+            else
+              for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * m[c];
             std::fill(o + d, o + dp, T(0));
           }};
 }

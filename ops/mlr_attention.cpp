@@ -22,6 +22,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/autograd.h"
@@ -344,31 +345,14 @@ void mlr_backward_tiles(const Geo& g, int64_t chunks, const MlrBackwardArgs<T>& 
 // =======================================================================================
 Band mlr_band(bool causal) { return causal ? Band{kNoLimit, 0} : Band{}; }
 
-// The prefix trick's folding: packed q rows (BH, n_pad, dp) = q · c_(level of the dim) · log2 e,
-// the padding written as zeros (as pack_rows).
+// The prefix trick's folding: packed q rows (BH, n_pad, dp) = q · c_(level of the dim) · log2 e.
 template <class T>
 Job pack_q(const Tensor& q, const Geo& g, const std::vector<double>& col, T* dst) {
-  const T* s0 = q.data_ptr<T>();
-  const Shape st = q.strides();
   std::vector<T> mul(col.size());
   for (size_t c = 0; c < col.size(); ++c) mul[c] = (T)(col[c] * kLog2e);
-  const int64_t n = g.n, n_pad = g.n_pad, d = g.d, dp = g.dp, H = g.H;
-  return {g.BH() * n_pad, [=](int64_t r) {
-            const int64_t bh = r / n_pad, i = r % n_pad;
-            T* o = dst + r * dp;
-            if (i >= n) {
-              std::fill(o, o + dp, T(0));
-              return;
-            }
-            const T* s = s0 + (bh / H) * st[0] + (bh % H) * st[1] + i * st[2];
-            const T* m = mul.data();
-            if (st[3] == 1)  // the usual layout: a loop the compiler vectorises
-              for (int64_t c = 0; c < d; ++c) o[c] = s[c] * m[c];
-            else
-              for (int64_t c = 0; c < d; ++c) o[c] = s[c * st[3]] * m[c];
-            std::fill(o + d, o + dp, T(0));
-          }};
+  return pack_rows<T>(q, g, g.n, g.n_pad, g.d, g.dp, T(1), dst, std::move(mul));
 }
+
 // dq (B, H, n, d) contiguous = packed dS K rows · c_(level of the dim).
 template <class T>
 Job unpack_dq(const T* dqp, const Geo& g, const std::vector<double>& col, T* dq) {
