@@ -166,11 +166,28 @@ void check_png(const std::string& path, const std::string& bytes) {
                            std::to_string(need));
 }
 
+// The file without its empty IDAT chunks (the PNG spec allows them; they carry no data). stb
+// copies an empty first IDAT into a buffer it has not allocated yet: memcpy(NULL, src, 0),
+// undefined behaviour the fuzzer's UBSan build flags. check_png has checked the chunk lengths
+// up to IEND; what follows IEND is copied as it is (stb stops at IEND).
+std::string without_empty_idat(const std::string& bytes) {
+  const auto* u = reinterpret_cast<const unsigned char*>(bytes.data());
+  std::string out = bytes.substr(0, 8);
+  size_t pos = 8;
+  while (pos + 12 <= bytes.size() && std::memcmp(u + pos + 4, "IEND", 4) != 0) {
+    const size_t chunk = 12 + (size_t)be32(u + pos);
+    if (chunk > 12 || std::memcmp(u + pos + 4, "IDAT", 4) != 0) out.append(bytes, pos, chunk);
+    pos += chunk;
+  }
+  return out.append(bytes, pos);
+}
+
 }  // namespace
 
 std::vector<uint8_t> read_png_gray(const std::string& path, int* width, int* height) {
-  const std::string bytes = detail::read_file(path, INT_MAX);  // stb takes an int length
-  check_png(path, bytes);
+  const std::string file = detail::read_file(path, INT_MAX);  // stb takes an int length
+  check_png(path, file);
+  const std::string bytes = without_empty_idat(file);
   int w = 0, h = 0, c = 0;
   if (!stbi_info_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()), (int)bytes.size(), &w, &h, &c)) {
     const char* why = stbi_failure_reason();

@@ -415,6 +415,33 @@ TEST_CASE("png: every colour type and bit depth and interlacing still decodes") 
       }
 }
 
+// fuzz_png, crash-47f43cee: an empty IDAT chunk first made stb memcpy into a buffer it had not
+// allocated yet (memcpy(NULL, src, 0), flagged by UBSan in the fuzz build, which compiles stb).
+// Empty IDAT chunks are legal and carry nothing: wherever they sit, the image is the same.
+TEST_CASE("png: empty IDAT chunks anywhere decode to the same image") {
+  TmpDir t;
+  const int w = 7, h = 5;
+  auto sample = [](int x, int y, int) { return x * 31 + y * 17 + 3; };
+  const std::string z = zlib_compress(png_raw(w, h, 8, 0, false, sample));
+  const std::string head = kPngSig + png_ihdr(w, h, 8, 0), empty = png_chunk("IDAT", ""), end = png_chunk("IEND", "");
+  const std::string a = png_chunk("IDAT", z.substr(0, 9)), b = png_chunk("IDAT", z.substr(9));
+  for (const std::string& file : {head + empty + a + b + end, head + empty + empty + a + empty + b + empty + end,
+                                  head + a + b + end + "trailing bytes"}) {
+    write(t / "e.png", file);
+    int W = 0, H = 0;
+    const std::vector<uint8_t> px = data::read_png_gray(t / "e.png", &W, &H);
+    CHECK(W == w);
+    CHECK(H == h);
+    REQUIRE(px.size() == (size_t)(w * h));
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) CHECK(px[(size_t)(y * w + x)] == (uint8_t)sample(x, y, 0));
+  }
+  // Only empty IDAT chunks: no image data, named as such.
+  write(t / "none.png", head + empty + empty + end);
+  const std::string m = io_error([&] { int W, H; data::read_png_gray(t / "none.png", &W, &H); });
+  CHECK(contains(m, "inflates to 0 bytes"));
+}
+
 TEST_CASE("png: sizes and chunk lengths and pixel data that do not add up are rejected before decoding") {
   TmpDir t;
   const std::string p = t / "x.png";
