@@ -123,3 +123,85 @@ TEST_CASE("fastmath: flog float and double within 2 ulp for all positive inputs,
   CHECK(std::isnan(flog(std::numeric_limits<double>::quiet_NaN())));
   CHECK(flog(std::numeric_limits<double>::denorm_min()) == doctest::Approx(-744.44007192138126));
 }
+
+TEST_CASE("fastmath: fexp_full within 2 ulp over the whole range, subnormal results and overflow as std::exp") {
+  double wf = 0, wd = 0;
+  int64_t inf_mismatch = 0;
+  auto check_f = [&](float x) {
+    const long double ref = std::exp((long double)x);
+    const float y = fexp_full(x);
+    if (std::isinf((float)ref) || std::isinf(y)) inf_mismatch += std::isinf((float)ref) != std::isinf(y);
+    else wf = std::max(wf, ulps(y, ref));
+  };
+  auto check_d = [&](double x) {
+    const long double ref = std::exp((long double)x);
+    const double y = fexp_full(x);
+    if (std::isinf((double)ref) || std::isinf(y)) inf_mismatch += std::isinf((double)ref) != std::isinf(y);
+    else wd = std::max(wd, ulps(y, ref));
+  };
+  for (int64_t k = 0; k <= 2000000; ++k) {
+    check_f(-110.0f + (float)(200.0 * (double)k / 2000000.0));  // past both ends
+    check_d(-750.0 + 1465.0 * (double)k / 2000000.0 + 1e-8 * (double)(k % 7));
+  }
+  for (int64_t k = 0; k <= 200000; ++k) {  // densely where results turn subnormal and overflow
+    check_f(-104.0f + (float)(17.0 * (double)k / 200000.0));
+    check_f(88.6f + (float)(0.2 * (double)k / 200000.0));
+    check_d(-746.0 + 38.0 * (double)k / 200000.0);
+    check_d(709.6 + 0.3 * (double)k / 200000.0);
+  }
+  MESSAGE("fexp_full max error: float " << wf << " ulp, double " << wd << " ulp (subnormal results in units of the smallest)");
+  CHECK(wf < 2.0);
+  CHECK(wd < 2.0);
+  CHECK(inf_mismatch == 0);
+  // Where fexp's clamps end, std::exp's results go on.
+  CHECK(fexp_full(88.7f) > 1e38f);
+  CHECK(fexp_full(-95.0f) > 0.0f);
+  CHECK(fexp_full(-95.0f) == doctest::Approx((double)std::exp(-95.0f)).epsilon(1e-2));
+  CHECK(fexp_full(-745.0) == std::numeric_limits<double>::denorm_min());
+  CHECK(fexp_full(0.0f) == 1.0f);
+  CHECK(fexp_full(0.0) == 1.0);
+  CHECK(fexp_full(-std::numeric_limits<float>::infinity()) == 0.0f);
+  CHECK(fexp_full(-std::numeric_limits<double>::infinity()) == 0.0);
+  CHECK(std::isinf(fexp_full(std::numeric_limits<float>::infinity())));
+  CHECK(std::isinf(fexp_full(710.0)));
+  CHECK(std::isnan(fexp_full(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(std::isnan(fexp_full(-std::numeric_limits<double>::quiet_NaN())));
+}
+
+TEST_CASE("fastmath: ftanh within 2.5 ulp and flog1p within 3 ulp, near 0 included, and their special values") {
+  double tf = 0, td = 0, lf = 0, ld = 0;
+  for (int64_t k = -1000000; k <= 1000000; ++k) {
+    const double xd = 25.0 * (double)k / 1000000.0 + 1e-9 * (double)(k % 5);
+    const float x = (float)xd;
+    if (x != 0.0f) tf = std::max(tf, ulps(ftanh(x), std::tanh((long double)x)));
+    if (xd != 0.0) td = std::max(td, ulps(ftanh(xd), std::tanh((long double)xd)));
+    const double sd = std::ldexp(1.0 + (double)(k & 1023) / 1024.0, (int)(k % 60) - 30);  // 2^-30 .. 2^30
+    for (double v : {sd, -std::min(sd, 0.9999)}) {
+      lf = std::max(lf, ulps(flog1p((float)v), std::log1p((long double)(float)v)));
+      ld = std::max(ld, ulps(flog1p(v), std::log1p((long double)v)));
+    }
+  }
+  for (int64_t k = 1; k <= 100000; ++k) {  // tiny arguments
+    const double xd = (double)k * 1e-13;
+    tf = std::max(tf, ulps(ftanh((float)-xd), std::tanh((long double)(float)-xd)));
+    td = std::max(td, ulps(ftanh(xd), std::tanh((long double)xd)));
+    lf = std::max(lf, ulps(flog1p((float)xd), std::log1p((long double)(float)xd)));
+    ld = std::max(ld, ulps(flog1p(-xd), std::log1p((long double)-xd)));
+  }
+  MESSAGE("ftanh max error: float " << tf << " ulp, double " << td << " ulp; flog1p: float " << lf << ", double " << ld);
+  CHECK(tf < 2.5);
+  CHECK(td < 2.5);
+  CHECK(lf < 3.0);
+  CHECK(ld < 3.0);
+  const double inf = std::numeric_limits<double>::infinity();
+  CHECK(ftanh(inf) == 1.0);
+  CHECK(ftanh(-(float)inf) == -1.0f);
+  CHECK(std::signbit(ftanh(-0.0)));
+  CHECK(std::isnan(ftanh(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(flog1p(0.0) == 0.0);
+  CHECK(flog1p(-1.0) == -inf);
+  CHECK(flog1p(inf) == inf);
+  CHECK(std::isnan(flog1p(-2.0f)));
+  CHECK(std::isnan(flog1p(std::numeric_limits<double>::quiet_NaN())));
+  CHECK(flog1p(1e-30f) == 1e-30f);
+}
