@@ -2,7 +2,7 @@
 //   matmul: lotgrad matmul / linear at transformer shapes against cblas_sgemm called
 //           directly on the same buffers; reports both and the ratio lotgrad / BLAS
 //           (the goal is <= 1.10).
-//   ops:    elementwise add and gelu, softmax, log_softmax and layer_norm throughput in
+//   ops:    elementwise add, gelu, exp, sigmoid, tanh and softplus, softmax, log_softmax and layer_norm throughput in
 //           GB/s (bytes that must move: inputs read once, output written once), next to
 //           memcpy as the machine's copy bandwidth.
 #include <cstring>
@@ -154,12 +154,21 @@ void run_ops(Harness& h) {
                               [&] { return sampled([&](int64_t i) { return (double)ap[i] + bp[i]; }, "add"); }, (double)N, 3 * fb);
     h.emit(m);
   }
-  if (h.selected("gelu")) {
-    Measurement m = h.measure("gelu " + std::to_string(N) + " f32", "lotgrad", [&] { out = gelu(a); },
-                              [&] {
-                                return sampled([&](int64_t i) { const double x = ap[i]; return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); },
-                                               "gelu");
-                              },
+  // Unary ops whose per-element cost is a transcendental function (ops/fastmath.h).
+  struct UnaryCase {
+    const char* op;
+    Tensor (*fn)(const Tensor&);
+    double (*ref)(double);
+  };
+  for (UnaryCase u : {UnaryCase{"gelu", [](const Tensor& x) { return gelu(x); },
+                                [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }},
+                      UnaryCase{"exp", [](const Tensor& x) { return exp(x); }, [](double x) { return std::exp(x); }},
+                      UnaryCase{"sigmoid", [](const Tensor& x) { return sigmoid(x); }, [](double x) { return 1 / (1 + std::exp(-x)); }},
+                      UnaryCase{"tanh", [](const Tensor& x) { return tanh(x); }, [](double x) { return std::tanh(x); }},
+                      UnaryCase{"softplus", [](const Tensor& x) { return softplus(x); }, [](double x) { return std::log1p(std::exp(x)); }}}) {
+    const std::string name = std::string(u.op) + " " + std::to_string(N) + " f32";
+    if (!h.selected(name)) continue;
+    Measurement m = h.measure(name, "lotgrad", [&] { out = u.fn(a); }, [&] { return sampled([&](int64_t i) { return u.ref(ap[i]); }, u.op); },
                               0, 2 * fb);
     h.emit(m);
   }
@@ -230,7 +239,8 @@ const CoreBench kMatmul = {"matmul",
                            "into a freshly allocated tensor), with the ratio lotgrad / BLAS.",
                            run_matmul};
 const CoreBench kOps = {"ops",
-                        "Elementwise add and gelu, softmax, log_softmax and layer_norm throughput in GB/s (inputs read\n"
+                        "Elementwise add, gelu, exp, sigmoid, tanh and softplus, softmax, log_softmax and layer_norm\n"
+                        "throughput in GB/s (inputs read "
                         "once, output written once), next to memcpy as the machine's copy bandwidth.",
                         run_ops};
 

@@ -130,16 +130,16 @@ inline double fexpm1(double x) {
 }
 
 // log: x = 2^e m with m in [sqrt(1/2), sqrt(2)) (found by integer arithmetic on the bits),
-// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716, odd series in s.
-inline double flog(double x) {
-  constexpr double tiny = 2.2250738585072014e-308;  // smallest normal
-  const bool sub = x < tiny;
-  const double xs = sub ? x * 18014398509481984.0 : x;  // 2^54 lifts subnormals
-  const int64_t u = std::bit_cast<int64_t>(xs);
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716, odd series in s. log_reduce takes
+// a positive normal finite x and returns log(x) - shift·ln2 (shift undoes flog's scaling of
+// subnormals); the callers add the special values. Kept apart so that a caller's selects are
+// its own: GCC would not vectorise flog1p(fexp_full(x)) with flog's selects inside.
+inline double log_reduce(double x, double shift) {
+  const int64_t u = std::bit_cast<int64_t>(x);
   constexpr int64_t off = 0x3fe6a09e667f3bcdLL;  // bits of sqrt(1/2)
   const int64_t e = (u - off) >> 52;
   const double m = std::bit_cast<double>(u - (e << 52));
-  const double ef = (double)e - (sub ? 54.0 : 0.0);
+  const double ef = (double)e - shift;
   const double s = (m - 1.0) / (m + 1.0);
   const double z = s * s;
   double p = 2.0 / 23.0;
@@ -154,9 +154,34 @@ inline double flog(double x) {
   p = p * z + 2.0 / 5.0;
   p = p * z + 2.0 / 3.0;
   constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  const double y = ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0 * s);
-  constexpr double inf = std::numeric_limits<double>::infinity();
-  return x > 0 && x < inf ? y : (x == 0 ? -inf : (x == inf ? inf : std::numeric_limits<double>::quiet_NaN()));
+  return ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0 * s);
+}
+inline float log_reduce(float x, float shift) {
+  const int32_t u = std::bit_cast<int32_t>(x);
+  constexpr int32_t off = 0x3f3504f3;  // bits of sqrt(1/2)
+  const int32_t e = (u - off) >> 23;
+  const float m = std::bit_cast<float>(u - (e << 23));
+  const float ef = (float)e - shift;
+  const float s = (m - 1.0f) / (m + 1.0f);
+  const float z = s * s;
+  float p = 2.0f / 11.0f;
+  p = p * z + 2.0f / 9.0f;
+  p = p * z + 2.0f / 7.0f;
+  p = p * z + 2.0f / 5.0f;
+  p = p * z + 2.0f / 3.0f;
+  constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  return ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0f * s);
+}
+
+template <class T>
+inline T flog(T x) {
+  constexpr bool f32 = sizeof(T) == 4;
+  constexpr T tiny = std::numeric_limits<T>::min();  // smallest normal
+  constexpr T lift = f32 ? T(16777216.0) : T(18014398509481984.0), bits = f32 ? T(24) : T(54);  // 2^24, 2^54
+  const bool sub = x < tiny;
+  const T y = log_reduce(sub ? x * lift : x, sub ? bits : T(0));
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  return x > 0 && x < inf ? y : (x == 0 ? -inf : (x == inf ? inf : std::numeric_limits<T>::quiet_NaN()));
 }
 
 // log to ~1e-12 relative, for positive normal finite x only (no special values): cheaper
@@ -180,47 +205,29 @@ inline double flog_fast(double x) {
   return ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0 * s);
 }
 
-inline float flog(float x) {
-  constexpr float tiny = 1.17549435e-38f;
-  const bool sub = x < tiny;
-  const float xs = sub ? x * 16777216.0f : x;  // 2^24
-  const int32_t u = std::bit_cast<int32_t>(xs);
-  constexpr int32_t off = 0x3f3504f3;  // bits of sqrt(1/2)
-  const int32_t e = (u - off) >> 23;
-  const float m = std::bit_cast<float>(u - (e << 23));
-  const float ef = (float)e - (sub ? 24.0f : 0.0f);
-  const float s = (m - 1.0f) / (m + 1.0f);
-  const float z = s * s;
-  float p = 2.0f / 11.0f;
-  p = p * z + 2.0f / 9.0f;
-  p = p * z + 2.0f / 7.0f;
-  p = p * z + 2.0f / 5.0f;
-  p = p * z + 2.0f / 3.0f;
-  constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  const float y = ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0f * s);
-  constexpr float inf = std::numeric_limits<float>::infinity();
-  return x > 0 && x < inf ? y : (x == 0 ? -inf : (x == inf ? inf : std::numeric_limits<float>::quiet_NaN()));
-}
 
 // log(1 + x): u = 1 + x rounds, and log(u) · x / (u - 1) corrects for that rounding
 // (Goldberg, "What every computer scientist should know about floating-point arithmetic",
-// 1991, theorem 4); x itself where u rounds to 1. -1 gives -inf, +inf gives +inf, below -1 NaN.
+// 1991, theorem 4); x itself where u rounds to 1. u is normal wherever x > -1. -1 gives -inf,
+// +inf gives +inf, below -1 NaN.
 template <class T>
 inline T flog1p(T x) {
+  constexpr T inf = std::numeric_limits<T>::infinity();
   const T u = T(1) + x;
-  const T y = flog(u) * (x / (u - T(1)));
-  return u == T(1) || x == std::numeric_limits<T>::infinity() ? x : y;
+  const T y = log_reduce(u, T(0)) * (x / (u - T(1)));
+  const T special = x == T(-1) ? -inf : (x == inf ? inf : std::numeric_limits<T>::quiet_NaN());
+  return u == T(1) ? x : (x > T(-1) && x < inf ? y : special);
 }
 
 // tanh(|x|) = e / (e + 2), e = expm1(2|x|) >= 0: no cancellation near 0, and the error of e
-// shrinks by 2 / (e + 2) in the quotient. |x| is clamped to 20, where tanh is 1 in float and
-// double (and expm1(40) is finite). Odd by construction, -0 included; NaN stays NaN.
+// shrinks by 2 / (e + 2) in the quotient; 1 from |x| > 20 (tanh's value in float and double;
+// e overflows later). The sign is x's (copysign: odd, -0 included); NaN stays NaN. No clamp
+// before fexpm1: with one GCC did not vectorise the loop.
 template <class T>
 inline T ftanh(T x) {
   const T a = std::abs(x);
-  const T e = fexpm1(T(2) * (a > T(20) ? T(20) : a));
-  const T t = e / (e + T(2));
-  return x < T(0) ? -t : (x == T(0) ? x : t);
+  const T e = fexpm1(T(2) * a);
+  return std::copysign(a > T(20) ? T(1) : e / (e + T(2)), x);
 }
 
 }  // namespace lotgrad::fastmath
