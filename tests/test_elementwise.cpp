@@ -106,6 +106,62 @@ TEST_CASE("values: gelu, softplus, elu and clamp against closed forms") {
   CHECK(c[3] == 0.5);
 }
 
+// exp, sigmoid, tanh and softplus run on ops/fastmath.h, not libm: the values and gradients
+// std:: gives, within a few ulp, at the edges too (subnormal results, overflow, ±inf, NaN).
+TEST_CASE("values: exp, sigmoid, tanh and softplus match std:: in f32 and f64 over their whole range") {
+  using LD = long double;
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> xs{-inf, -1000, -746, -110, -103, -100, -90, -88.5, -40, -20, -1, -1e-30, -0.0, 0.0, 1e-30,
+                               0.3, 1, 9.5, 15, 20, 20.5, 30, 88.5, 88.8, 100, 709.5, 710, 1000, inf, nan};
+  struct Case {
+    const char* name;
+    Tensor (*op)(const Tensor&);
+    LD (*f)(LD);   // the value
+    LD (*df)(LD);  // its derivative
+  };
+  const Case cases[] = {
+      {"exp", [](const Tensor& x) { return exp(x); }, [](LD x) { return std::exp(x); }, [](LD x) { return std::exp(x); }},
+      {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, [](LD x) { return 1 / (1 + std::exp(-x)); },
+       [](LD x) { return x < -1e4L ? 0.0L : std::exp(-x) / ((1 + std::exp(-x)) * (1 + std::exp(-x))); }},
+      {"tanh", [](const Tensor& x) { return tanh(x); }, [](LD x) { return std::tanh(x); },
+       [](LD x) { return 1 - std::tanh(x) * std::tanh(x); }},
+      {"softplus", [](const Tensor& x) { return softplus(x); }, [](LD x) { return x > 20 ? x : std::log1p(std::exp(x)); },
+       [](LD x) { return x > 20 ? 1.0L : 1 / (1 + std::exp(-x)); }}};
+  // |got - want| in ulps of want as T (subnormals in units of the smallest); 0 when both are
+  // the same infinity or both NaN.
+  auto ulps = [inf](double got, LD want, bool f32) -> double {
+    const double w = f32 ? (double)(float)want : (double)want;
+    if (std::isnan(w) || std::isinf(w)) return (std::isnan(w) && std::isnan(got)) || got == w ? 0.0 : inf;
+    const double up = f32 ? (double)std::nextafter((float)std::abs(w), (float)inf) : std::nextafter(std::abs(w), inf);
+    return (double)(std::fabs((LD)got - want) / (LD)(up - std::abs(w)));
+  };
+  for (const DType dt : {kFloat32, kFloat64}) {
+    const bool f32 = dt == kFloat32;
+    for (const Case& c : cases) {
+      Tensor x = Tensor::from_vector(xs, {(int64_t)xs.size()}).to(dt).requires_grad_();
+      const Tensor y = c.op(x);
+      sum(y).backward();
+      const std::vector<double> xv = x.detach().to_vector(), yv = y.to_vector(), gv = x.grad().to_vector();
+      for (size_t i = 0; i < xs.size(); ++i) {
+        INFO(std::string(c.name) << (f32 ? " f32" : " f64") << " at x = " << xv[i] << ": " << yv[i] << ", grad " << gv[i]);
+        const LD xi = (LD)xv[i], want = c.f(xi), dwant = c.df(xi);
+        // Values: 3 ulp (subnormal results of exp and softplus included); sigmoid may flush
+        // below the smallest normal (sigmoid(-90) = 1 / (1 + exp(90)) is 0 in f32, as with
+        // libm's exp and in PyTorch: exp(90) overflows).
+        const LD tiny = f32 ? std::numeric_limits<float>::min() : std::numeric_limits<double>::min();
+        const bool may_flush = std::string(c.name) == "sigmoid";
+        CHECK((ulps(yv[i], want, f32) < 3.0 || (may_flush && std::fabs((LD)yv[i] - want) < tiny)));
+        // Gradients: 4 ulp, or 4 eps absolute: sigmoid's y (1 - y) and tanh's 1 - y² are formed
+        // from the rounded y (as PyTorch's), so they lose all digits where y rounds to 1.
+        const LD eps = f32 ? std::numeric_limits<float>::epsilon() : std::numeric_limits<double>::epsilon();
+        CHECK((ulps(gv[i], dwant, f32) < 4.0 || std::fabs((LD)gv[i] - dwant) <= 4 * eps));
+      }
+      CHECK(std::signbit(c.op(Tensor::from_vector(std::vector<double>{-0.0}, {1}).to(dt)).item()) ==
+            (std::string(c.name) == "tanh"));  // tanh(-0) = -0; exp, sigmoid, softplus are positive
+    }
+  }
+}
+
 TEST_CASE("maximum splits the gradient at ties") {
   Tensor a = Tensor::from_vector(std::vector<double>{1.0, 2.0}, {2}).requires_grad_();
   Tensor b = Tensor::from_vector(std::vector<double>{1.0, 3.0}, {2}).requires_grad_();
