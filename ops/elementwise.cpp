@@ -22,8 +22,8 @@ void check_pair(const Tensor& a, const Tensor& b, const char* op) {
 
 // =======================================================================================
 // unary: each op is a functor with fwd(x) and bwd(g, x, y) where y = fwd(x).
-// What the backward reads decides what is saved (kSaveX / kSaveY). exp, tanh, sigmoid, elu,
-// softplus and gelu's tanh form use fastmath's inline functions, so their loops vectorise
+// What the backward reads decides what is saved (kSaveX / kSaveY). exp, log, tanh, sigmoid,
+// elu, softplus and gelu's tanh form use fastmath's inline functions, so their loops vectorise
 // (libm's are one call per element: expf was 17% of a Performer forward + backward).
 // =======================================================================================
 struct NegOp {
@@ -41,7 +41,7 @@ struct ExpOp {
 struct LogOp {
   static constexpr const char* name = "LogBackward";
   static constexpr bool kSaveX = true, kSaveY = false;
-  template <class T> T fwd(T x) const { return std::log(x); }
+  template <class T> T fwd(T x) const { return fastmath::flog(x); }
   template <class T> T bwd(T g, T x, T) const { return g / x; }
 };
 struct SqrtOp {

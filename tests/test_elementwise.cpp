@@ -106,13 +106,14 @@ TEST_CASE("values: gelu, softplus, elu and clamp against closed forms") {
   CHECK(c[3] == 0.5);
 }
 
-// exp, sigmoid, tanh and softplus run on ops/fastmath.h, not libm: the values and gradients
+// exp, sigmoid, tanh, softplus and log run on ops/fastmath.h, not libm: the values and gradients
 // std:: gives, within a few ulp, at the edges too (subnormal results, overflow, ±inf, NaN).
-TEST_CASE("values: exp, sigmoid, tanh and softplus match std:: in f32 and f64 over their whole range") {
+TEST_CASE("values: exp, sigmoid, tanh, softplus and log match std:: in f32 and f64 over their whole range") {
   using LD = long double;
   const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
   const std::vector<double> xs{-inf, -1000, -746, -110, -103, -100, -90, -88.5, -40, -20, -1, -1e-30, -0.0, 0.0, 1e-30,
-                               0.3, 1, 9.5, 15, 20, 20.5, 30, 88.5, 88.8, 100, 709.5, 710, 1000, inf, nan};
+                               0.3, 1, 9.5, 15, 20, 20.5, 30, 88.5, 88.8, 100, 709.5, 710, 1000, inf, nan,
+                               1e-40, 1e-310, 3e38, 1e300};  // log: subnormal and huge inputs
   struct Case {
     const char* name;
     Tensor (*op)(const Tensor&);
@@ -126,7 +127,8 @@ TEST_CASE("values: exp, sigmoid, tanh and softplus match std:: in f32 and f64 ov
       {"tanh", [](const Tensor& x) { return tanh(x); }, [](LD x) { return std::tanh(x); },
        [](LD x) { return 1 - std::tanh(x) * std::tanh(x); }},
       {"softplus", [](const Tensor& x) { return softplus(x); }, [](LD x) { return x > 20 ? x : std::log1p(std::exp(x)); },
-       [](LD x) { return x > 20 ? 1.0L : 1 / (1 + std::exp(-x)); }}};
+       [](LD x) { return x > 20 ? 1.0L : 1 / (1 + std::exp(-x)); }},
+      {"log", [](const Tensor& x) { return log(x); }, [](LD x) { return std::log(x); }, [](LD x) { return 1 / x; }}};
   // |got - want| in ulps of want as T (subnormals in units of the smallest); 0 when both are
   // the same infinity or both NaN.
   auto ulps = [inf](double got, LD want, bool f32) -> double {
@@ -157,7 +159,7 @@ TEST_CASE("values: exp, sigmoid, tanh and softplus match std:: in f32 and f64 ov
         CHECK((ulps(gv[i], dwant, f32) < 4.0 || std::fabs((LD)gv[i] - dwant) <= 4 * eps));
       }
       CHECK(std::signbit(c.op(Tensor::from_vector(std::vector<double>{-0.0}, {1}).to(dt)).item()) ==
-            (std::string(c.name) == "tanh"));  // tanh(-0) = -0; exp, sigmoid, softplus are positive
+            (std::string(c.name) == "tanh" || std::string(c.name) == "log"));  // tanh(-0) = -0, log(-0) = -inf
     }
   }
 }
