@@ -132,13 +132,14 @@ inline double fexpm1(double x) {
 // log: x = 2^e m with m in [sqrt(1/2), sqrt(2)) (found by integer arithmetic on the bits),
 // log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716, odd series in s. log_reduce takes
 // a positive normal finite x and returns log(x) - shift·ln2 (shift undoes flog's scaling of
-// subnormals); the callers add the special values. Kept apart so that a caller's selects are
+// subnormals); the callers add the special values (for other inputs the integer arithmetic is
+// unsigned, so any bits give some number and no undefined behaviour). Kept apart so that a caller's selects are
 // its own: GCC would not vectorise flog1p(fexp_full(x)) with flog's selects inside.
 inline double log_reduce(double x, double shift) {
-  const int64_t u = std::bit_cast<int64_t>(x);
-  constexpr int64_t off = 0x3fe6a09e667f3bcdLL;  // bits of sqrt(1/2)
-  const int64_t e = (u - off) >> 52;
-  const double m = std::bit_cast<double>(u - (e << 52));
+  const uint64_t u = std::bit_cast<uint64_t>(x);
+  constexpr uint64_t off = 0x3fe6a09e667f3bcdULL;  // bits of sqrt(1/2)
+  const int64_t e = (int64_t)(u - off) >> 52;    // unsigned difference: no overflow for any bits
+  const double m = std::bit_cast<double>(u - ((uint64_t)e << 52));
   const double ef = (double)e - shift;
   const double s = (m - 1.0) / (m + 1.0);
   const double z = s * s;
@@ -157,10 +158,10 @@ inline double log_reduce(double x, double shift) {
   return ef * ln2_hi + ((s * z * p + ef * ln2_lo) + 2.0 * s);
 }
 inline float log_reduce(float x, float shift) {
-  const int32_t u = std::bit_cast<int32_t>(x);
-  constexpr int32_t off = 0x3f3504f3;  // bits of sqrt(1/2)
-  const int32_t e = (u - off) >> 23;
-  const float m = std::bit_cast<float>(u - (e << 23));
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  constexpr uint32_t off = 0x3f3504f3;  // bits of sqrt(1/2)
+  const int32_t e = (int32_t)(u - off) >> 23;
+  const float m = std::bit_cast<float>(u - ((uint32_t)e << 23));
   const float ef = (float)e - shift;
   const float s = (m - 1.0f) / (m + 1.0f);
   const float z = s * s;
@@ -188,10 +189,10 @@ inline T flog(T x) {
 // (shorter series, no subnormal or special-value selects) where a double log's result is
 // rounded to float anyway (Sinkhorn's f32 row log-sum-exps).
 inline double flog_fast(double x) {
-  const int64_t u = std::bit_cast<int64_t>(x);
-  constexpr int64_t off = 0x3fe6a09e667f3bcdLL;
-  const int64_t e = (u - off) >> 52;
-  const double m = std::bit_cast<double>(u - (e << 52));
+  const uint64_t u = std::bit_cast<uint64_t>(x);
+  constexpr uint64_t off = 0x3fe6a09e667f3bcdULL;
+  const int64_t e = (int64_t)(u - off) >> 52;
+  const double m = std::bit_cast<double>(u - ((uint64_t)e << 52));
   const double ef = (double)e;
   const double s = (m - 1.0) / (m + 1.0);
   const double z = s * s;
